@@ -1,0 +1,1 @@
+"""napari dock widgets: thin Qt front ends over the core."""

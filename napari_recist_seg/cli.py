@@ -1,0 +1,170 @@
+"""``recist-seg`` command line: argument parsing only; the work is in ``jobs/``.
+
+Exit status: 0 success, 2 bad input (one-line reason on stderr), 3 some files failed
+(listed in ``OUT/failures.csv``), 130 cancelled (Ctrl-C; finished outputs are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from napari_recist_seg.jobs.common import (
+    Cancelled,
+    CancelToken,
+    InputError,
+    JobReport,
+    ProgressEvent,
+)
+
+
+class _StderrProgress:
+    """Progress on stderr: a rewritten line on a terminal, sparse lines in a log."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self._last_printed = -1.0
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            end = "\n" if event.done >= event.total else ""
+            print("\r" + event.format()[:120].ljust(120), end=end, file=sys.stderr, flush=True)
+            return
+        # In logs print about every 10% (and the last step) rather than every file.
+        step = max(1, event.total // 10)
+        if event.done == event.total or event.done % step == 0 or event.elapsed - self._last_printed > 30:
+            self._last_printed = event.elapsed
+            print(event.format(), file=sys.stderr, flush=True)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recist-seg",
+        description="RECIST measurements to lesion masks; weakly supervised A1 / A1+L training.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("targets", help="derive RECIST and write ellipse / GrabCut weak masks")
+    p.add_argument("dataset", type=Path, help="dataset folder (images/, masks/, recist.csv)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--no-grabcut", action="store_true", help="ellipse targets only")
+    p.add_argument("--overwrite", action="store_true", help="redo finished outputs")
+    _add_common(p)
+
+    p = sub.add_parser("train", help="train A1 or A1+L from RECIST only")
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--mode", choices=["a1", "a1l"], default="a1l")
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--encoder-weights", default=None,
+                   help="e.g. imagenet (needs the weights cached or a network; falls back to random init)")
+    p.add_argument("--clusters", default="auto", help="K, or 'auto' (silhouette)")
+    p.add_argument("--lambda", dest="aux_weight", type=float, default=None,
+                   help="weight of the cluster loss (A1+L)")
+    p.add_argument("--target", choices=["ellipse", "grabcut"], default=None)
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--val-fraction", type=float, default=None)
+    p.add_argument("--init", type=Path, default=None, help="fine-tune from this checkpoint")
+    p.add_argument("--curated", type=Path, default=None,
+                   help="folder of curated full masks to fine-tune on (with --init)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+
+    p = sub.add_parser("segment", help="segment lesions from RECIST with a model")
+    p.add_argument("inputs", type=Path, nargs="+", help="a dataset folder, or image files")
+    p.add_argument("--recist", type=Path, default=None,
+                   help="RECIST CSV or DeepLesion DL_info.csv (default: the dataset's recist.csv)")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: shipped model)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("evaluate", help="compare predicted masks with ground truth")
+    p.add_argument("--pred", type=Path, required=True)
+    p.add_argument("--gt", type=Path, required=True)
+    p.add_argument("--json", type=Path, default=None, help="write all results here")
+    p.add_argument("--spacing", type=float, nargs=2, default=None, metavar=("ROW_MM", "COL_MM"),
+                   help="pixel size, to report distances in mm")
+    _add_common(p)
+    return parser
+
+
+def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
+    progress = _StderrProgress(args.quiet)
+    report: JobReport
+    if args.command == "targets":
+        from napari_recist_seg.jobs.targets import run_targets
+
+        report = run_targets(
+            args.dataset, args.out, grabcut=not args.no_grabcut,
+            overwrite=args.overwrite, progress=progress, cancel=cancel,
+        )
+    elif args.command == "segment":
+        from napari_recist_seg.jobs.segment import run_segment
+
+        inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
+        report = run_segment(
+            inputs, args.out, recist_csv=args.recist, model=args.model, device=args.device,
+            overwrite=args.overwrite, progress=progress, cancel=cancel,
+        )
+    elif args.command == "evaluate":
+        from napari_recist_seg.jobs.evaluate import evaluate_folders
+
+        result = evaluate_folders(
+            args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None,
+            progress=progress,
+        )
+        print(result.format_table())
+        if args.json is not None:
+            from napari_recist_seg.data.atomic import atomic_write_text
+
+            atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
+        return 3 if result.failures else 0
+    elif args.command == "train":
+        from napari_recist_seg.jobs.train import run_train
+
+        report = run_train(args, progress=progress, cancel=cancel)
+    else:  # pragma: no cover - argparse refuses unknown commands
+        raise InputError(f"unknown command {args.command}")
+    print(report.summary(), file=sys.stderr)
+    for file, reason in report.failures[:20]:
+        print(f"  failed: {file}: {reason}", file=sys.stderr)
+    if len(report.failures) > 20:
+        print(f"  ... and {len(report.failures) - 20} more (see failures.csv)", file=sys.stderr)
+    return report.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cancel = CancelToken()
+    try:
+        return _run(args, cancel)
+    except KeyboardInterrupt:
+        cancel.cancel()
+        print("recist-seg: cancelled; finished outputs are kept", file=sys.stderr)
+        return 130
+    except Cancelled:
+        print("recist-seg: cancelled; finished outputs are kept", file=sys.stderr)
+        return 130
+    except (InputError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        # Input problems get one line, never a traceback.
+        print(f"recist-seg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
