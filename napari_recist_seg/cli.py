@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs=2, default=None, metavar=("ROW_MM", "COL_MM"),
                    help="pixel size, to report distances in mm")
     _add_common(p)
+
+    p = sub.add_parser("view", help="open napari with the RECIST annotator (and a sample)")
+    p.add_argument("paths", type=Path, nargs="*", help="images or a RECIST CSV to open")
+    p.add_argument("--sample", choices=["dermoscopy", "ct"], default=None,
+                   help="open a shipped sample (default: dermoscopy when no paths are given)")
+    p.add_argument("--widget", action="append", default=None,
+                   choices=["RECIST annotator", "Bulk segment", "Train / fine-tune", "Evaluate"],
+                   help="dock widget(s) to open (default: RECIST annotator)")
     return parser
 
 
@@ -134,6 +142,12 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
 
             atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
         return 3 if result.failures else 0
+    elif args.command == "view":
+        from napari_recist_seg._launch import open_viewer
+
+        sample = args.sample or (None if args.paths else "dermoscopy")
+        open_viewer(args.paths, sample=sample, widgets=args.widget or ["RECIST annotator"])
+        return 0
     elif args.command == "train":
         from napari_recist_seg.jobs.train import run_train
 

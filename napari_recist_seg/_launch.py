@@ -1,0 +1,36 @@
+"""Open napari with the plugin ready: the annotator docked, images or a sample loaded.
+
+This is what ``recist-seg view`` runs (napari layer: imported only by that command).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+PLUGIN = "napari-recist-seg"
+
+
+def open_viewer(
+    paths: Sequence[Path] = (),
+    *,
+    sample: str | None = None,
+    widgets: Sequence[str] = ("RECIST annotator",),
+    run: bool = True,
+):
+    """Start a napari viewer with ``widgets`` docked and ``paths`` / ``sample`` opened.
+
+    Returns the viewer (useful with ``run=False`` in tests and scripts).
+    """
+    import napari
+
+    viewer = napari.Viewer(title="napari-recist-seg")
+    if sample:
+        viewer.open_sample(PLUGIN, sample)
+    for path in paths:
+        viewer.open(str(path))
+    for name in widgets:
+        viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    if run:
+        napari.run()
+    return viewer
