@@ -223,7 +223,13 @@ class Recist:
             )
         if image_shape is not None:
             shape = tuple(int(s) for s in image_shape)
-            if self.slice_index is not None and len(shape) >= 3 and shape[-1] not in (3, 4):
+            if len(shape) >= 3 and shape[-1] not in (3, 4):
+                # A volume: the plane is the last two axes, the slice must be given.
+                if self.slice_index is None:
+                    raise RecistError(
+                        f"the image is a {'x'.join(map(str, shape))} volume but the "
+                        "RECIST has no slice index"
+                    )
                 if not 0 <= self.slice_index < shape[0]:
                     raise RecistError(
                         f"slice {self.slice_index} is outside the volume (0..{shape[0] - 1})"
