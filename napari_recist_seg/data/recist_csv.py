@@ -1,0 +1,300 @@
+"""The RECIST CSV: the interchange format for RECIST measurements (DESIGN.md section 3).
+
+Columns::
+
+    image, lesion, slice, long_x1, long_y1, long_x2, long_y2,
+    short_x1, short_y1, short_x2, short_y2[, spacing_x, spacing_y]
+
+``image`` is a path relative to the CSV's folder (absolute paths are accepted),
+``lesion`` an integer id unique per image, ``slice`` the axial slice index of a volume
+(empty for 2D images), coordinates are pixels with ``x = col``, ``y = row``, and
+``spacing_x`` / ``spacing_y`` are mm per pixel along x (columns) and y (rows), empty
+when unknown. Note :attr:`Recist.spacing` is ``(row_mm, col_mm) = (spacing_y, spacing_x)``.
+
+Extra columns are ignored on reading; ``slice`` and the spacing columns may be absent.
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> from napari_recist_seg.recist import Recist
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> rec = RecistRecord(d / "images" / "a.png", 1,
+...                    Recist([[10, 10], [10, 50.25]], [[0, 30], [20, 30]], spacing=(0.5, 0.7)))
+>>> write_recist_csv(d / "recist.csv", [rec])
+>>> print((d / "recist.csv").read_text().splitlines()[1])
+images/a.png,1,,10,10,50.25,10,30,0,30,20,0.7,0.5
+>>> back = read_recist_csv(d / "recist.csv")[0]
+>>> back.image == rec.image, back.recist.long_axis.tolist(), back.recist.spacing
+(True, [[10.0, 10.0], [10.0, 50.25]], (0.5, 0.7))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from napari_recist_seg.data.atomic import atomic_write_text
+from napari_recist_seg.recist import Recist
+
+__all__ = [
+    "COORD_COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "RECIST_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "RecistCsvError",
+    "RecistRecord",
+    "format_number",
+    "read_recist_csv",
+    "write_recist_csv",
+]
+
+COORD_COLUMNS: tuple[str, ...] = (
+    "long_x1", "long_y1", "long_x2", "long_y2",
+    "short_x1", "short_y1", "short_x2", "short_y2",
+)
+REQUIRED_COLUMNS: tuple[str, ...] = ("image", "lesion") + COORD_COLUMNS
+OPTIONAL_COLUMNS: tuple[str, ...] = ("slice", "spacing_x", "spacing_y")
+#: Column order written by :func:`write_recist_csv`.
+RECIST_COLUMNS: tuple[str, ...] = (
+    ("image", "lesion", "slice") + COORD_COLUMNS + ("spacing_x", "spacing_y")
+)
+
+
+class RecistCsvError(ValueError):
+    """A RECIST CSV (or DeepLesion ``DL_info.csv``) that cannot be used as is.
+
+    The message names the file, and for a bad row its line number and column.
+    """
+
+
+@dataclass(eq=False)
+class RecistRecord:
+    """One RECIST measurement of one lesion in one image file.
+
+    Attributes
+    ----------
+    image : Path
+        The image file (absolute once read from a CSV).
+    lesion : int
+        Lesion id, unique per image.
+    recist : Recist
+        The measurement; ``recist.slice_index`` is the slice for volumes, and
+        ``recist.spacing`` the pixel size ``(row_mm, col_mm)`` when known.
+    """
+
+    image: Path
+    lesion: int
+    recist: Recist
+
+    def __post_init__(self) -> None:
+        self.image = Path(self.image)
+        self.lesion = int(self.lesion)
+
+    @property
+    def slice_index(self) -> int | None:
+        return self.recist.slice_index
+
+
+def format_number(value: float) -> str:
+    """Shortest text that reads back as exactly ``value`` (``repr``; whole numbers bare).
+
+    >>> format_number(100.0), format_number(0.1), format_number(1234.5678901234)
+    ('100', '0.1', '1234.5678901234')
+    """
+    v = float(value)
+    if math.isfinite(v) and v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return repr(v)
+
+
+def _norm_header(name: str) -> str:
+    return name.strip().lower()
+
+
+def _parse_float(text: str, where: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise RecistCsvError(f"{where}: {text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise RecistCsvError(f"{where}: {text!r} is not a finite number")
+    return v
+
+
+def _parse_int(text: str, where: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        v = float(text)
+    except ValueError:
+        raise RecistCsvError(f"{where}: {text!r} is not an integer") from None
+    if not math.isfinite(v) or v != int(v):
+        raise RecistCsvError(f"{where}: {text!r} is not an integer")
+    return int(v)
+
+
+def _image_path(text: str, base: Path) -> Path:
+    if os.sep == "/" and "\\" in text:
+        text = text.replace("\\", "/")  # a CSV written on Windows
+    p = Path(text).expanduser()
+    if not p.is_absolute():
+        p = base / p
+    return Path(os.path.normpath(p))
+
+
+def read_recist_csv(path: str | os.PathLike[str]) -> list[RecistRecord]:
+    """Read a RECIST CSV.
+
+    Parameters
+    ----------
+    path : path-like
+        The CSV (UTF-8, a byte-order mark is accepted). Header names are matched
+        case-insensitively, surrounding spaces ignored.
+
+    Returns
+    -------
+    list of RecistRecord
+        In file order; ``image`` resolved against the CSV's folder (absolute).
+
+    Raises
+    ------
+    RecistCsvError
+        Missing file, missing required columns (all listed), a bad value (line number
+        and column named), a half-given spacing, or a duplicate ``(image, lesion)``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise RecistCsvError(f"{p}: RECIST CSV not found")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RecistCsvError(f"{p}: not a UTF-8 text file ({exc.reason})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None or not any(h.strip() for h in header):
+        raise RecistCsvError(f"{p}: empty file (no header row)")
+    cols = {}
+    for i, h in enumerate(header):
+        cols.setdefault(_norm_header(h), i)
+    missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+    if missing:
+        raise RecistCsvError(
+            f"{p}: missing required column(s): {', '.join(missing)} "
+            f"(expected {', '.join(RECIST_COLUMNS)})"
+        )
+    base = p.parent.absolute()
+    records: list[RecistRecord] = []
+    seen: dict[tuple[str, int], int] = {}
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+
+        def cell(name: str) -> str:
+            i = cols.get(name)
+            return row[i].strip() if i is not None and i < len(row) else ""
+
+        def where(name: str) -> str:
+            return f"{p}, line {line}, column {name!r}"
+
+        image_text = cell("image")
+        if not image_text:
+            raise RecistCsvError(f"{where('image')}: empty image path")
+        lesion_text = cell("lesion")
+        if not lesion_text:
+            raise RecistCsvError(f"{where('lesion')}: empty lesion id")
+        lesion = _parse_int(lesion_text, where("lesion"))
+        slice_text = cell("slice")
+        slice_index = None
+        if slice_text:
+            slice_index = _parse_int(slice_text, where("slice"))
+            if slice_index < 0:
+                raise RecistCsvError(f"{where('slice')}: slice index {slice_index} is negative")
+        coords = []
+        for name in COORD_COLUMNS:
+            t = cell(name)
+            if not t:
+                raise RecistCsvError(f"{where(name)}: empty coordinate")
+            coords.append(_parse_float(t, where(name)))
+        sx_text, sy_text = cell("spacing_x"), cell("spacing_y")
+        spacing = None
+        if sx_text or sy_text:
+            if not (sx_text and sy_text):
+                name = "spacing_y" if sx_text else "spacing_x"
+                raise RecistCsvError(
+                    f"{where(name)}: give both spacing_x and spacing_y, or neither"
+                )
+            sx = _parse_float(sx_text, where("spacing_x"))
+            sy = _parse_float(sy_text, where("spacing_y"))
+            for name, v in (("spacing_x", sx), ("spacing_y", sy)):
+                if v <= 0:
+                    raise RecistCsvError(f"{where(name)}: spacing must be positive, got {v}")
+            spacing = (sy, sx)
+        image = _image_path(image_text, base)
+        key = (str(image), lesion)
+        if key in seen:
+            raise RecistCsvError(
+                f"{p}, line {line}: lesion {lesion} of {image_text!r} already given on "
+                f"line {seen[key]} (lesion ids must be unique per image)"
+            )
+        seen[key] = line
+        recist = Recist.from_deeplesion(coords, slice_index=slice_index, spacing=spacing)
+        records.append(RecistRecord(image=image, lesion=lesion, recist=recist))
+    return records
+
+
+def _relative_image(image: Path, base: Path) -> str:
+    img = Path(os.path.normpath(image if image.is_absolute() else Path.cwd() / image))
+    try:
+        rel = os.path.relpath(img, base)
+    except ValueError:  # another drive (Windows): no relative path exists
+        return img.as_posix()
+    return Path(rel).as_posix()
+
+
+def write_recist_csv(path: str | os.PathLike[str], records: Iterable[RecistRecord]) -> None:
+    """Write records as a RECIST CSV, atomically.
+
+    Image paths are written relative to the CSV's folder (``../`` if needed; absolute
+    only when no relative path exists). Numbers are written in their shortest exact
+    form, so reading the file back gives the same floats.
+
+    Raises
+    ------
+    ValueError
+        For a duplicate ``(image, lesion)`` or non-finite coordinates, before anything
+        is written.
+    """
+    p = Path(path)
+    base = Path(os.path.normpath(p.parent.absolute()))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(RECIST_COLUMNS)
+    seen: set[tuple[str, int]] = set()
+    for rec in records:
+        image = _relative_image(Path(rec.image), base)
+        key = (image, int(rec.lesion))
+        if key in seen:
+            raise ValueError(f"lesion {rec.lesion} of {image} appears twice")
+        seen.add(key)
+        r = rec.recist
+        values = r.to_deeplesion()
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"lesion {rec.lesion} of {image}: coordinates are not finite")
+        if r.spacing is not None:
+            sx, sy = format_number(r.spacing[1]), format_number(r.spacing[0])
+        else:
+            sx = sy = ""
+        writer.writerow(
+            [image, int(rec.lesion), "" if r.slice_index is None else int(r.slice_index)]
+            + [format_number(v) for v in values]
+            + [sx, sy]
+        )
+    atomic_write_text(p, buf.getvalue())
