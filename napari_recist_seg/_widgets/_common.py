@@ -1,0 +1,238 @@
+"""Small form pieces shared by the Bulk / Train / Evaluate docks, and viewer helpers.
+
+Nothing here computes anything: path pickers, the model and device choosers, and
+the code that puts an image with its masks into the viewer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QWidget,
+)
+
+__all__ = [
+    "DEVICES",
+    "DeviceCombo",
+    "ModelPicker",
+    "PathPicker",
+    "find_annotator",
+    "open_case",
+]
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+#: Layer name suffixes the annotator uses (``"<image> RECIST"``, ``"<image> lesions"``).
+RECIST_SUFFIX = " RECIST"
+LESIONS_SUFFIX = " lesions"
+
+
+class PathPicker(QWidget):
+    """A line edit with a Browse button. ``kind``: ``"dir"``, ``"file"`` or ``"save"``."""
+
+    changed = Signal(str)
+
+    def __init__(
+        self,
+        kind: str = "dir",
+        *,
+        placeholder: str = "",
+        file_filter: str = "All files (*)",
+        caption: str = "",
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        if kind not in ("dir", "file", "save"):
+            raise ValueError(f"kind must be 'dir', 'file' or 'save', got {kind!r}")
+        self.kind = kind
+        self.file_filter = file_filter
+        self.caption = caption or {"dir": "Choose a folder", "file": "Choose a file",
+                                   "save": "Save as"}[kind]
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(placeholder)
+        self.edit.textChanged.connect(self.changed.emit)
+        self.button = QPushButton("Browse…")
+        self.button.clicked.connect(self.browse)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit, 1)
+        layout.addWidget(self.button)
+
+    def browse(self) -> None:
+        start = self.edit.text() or os.getcwd()
+        if self.kind == "dir":
+            path = QFileDialog.getExistingDirectory(self, self.caption, start)
+        elif self.kind == "file":
+            path, _ = QFileDialog.getOpenFileName(self, self.caption, start, self.file_filter)
+        else:
+            path, _ = QFileDialog.getSaveFileName(self, self.caption, start, self.file_filter)
+        if path:
+            self.edit.setText(path)
+
+    def path(self) -> Path | None:
+        """The path typed or chosen (``~`` expanded), ``None`` when empty."""
+        text = self.edit.text().strip()
+        return Path(text).expanduser() if text else None
+
+    def set_path(self, path: str | os.PathLike[str] | None) -> None:
+        self.edit.setText("" if path is None else str(path))
+
+
+class DeviceCombo(QComboBox):
+    """``auto`` (CUDA, then Apple MPS, then CPU), or a device forced by the user."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.addItems(DEVICES)
+        self.setToolTip("auto: CUDA when present, else Apple MPS, else CPU")
+
+    def device(self) -> str:
+        return self.currentText()
+
+
+class ModelPicker(QWidget):
+    """Which model to use: the shipped default, the annotator's active model, or a checkpoint.
+
+    ``choices`` is a subset of ``("default", "active", "checkpoint", "scratch")`` in
+    display order; ``"scratch"`` means a new, untrained network (training only).
+    """
+
+    changed = Signal()
+    LABELS = {
+        "default": "Default model (shipped)",
+        "active": "Active model (annotator)",
+        "checkpoint": "Checkpoint…",
+        "scratch": "From scratch",
+    }
+
+    def __init__(
+        self,
+        choices: Sequence[str] = ("default", "checkpoint"),
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.combo = QComboBox()
+        self._keys = list(choices)
+        for key in self._keys:
+            self.combo.addItem(self.LABELS[key], key)
+        self.picker = PathPicker(
+            "dir", placeholder="checkpoint folder (with config.json) or .safetensors/.pt file"
+        )
+        self.picker.setToolTip(
+            "A model folder written by training (config.json + weights); type a path to "
+            "a .safetensors / .pt file if the weights are a single file"
+        )
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.combo)
+        layout.addWidget(self.picker, 1)
+        self.combo.currentIndexChanged.connect(self._update)
+        self.picker.changed.connect(lambda _: self.changed.emit())
+        self._update()
+
+    def _update(self) -> None:
+        self.picker.setVisible(self.choice() == "checkpoint")
+        self.changed.emit()
+
+    def choice(self) -> str:
+        return self.combo.currentData()
+
+    def set_choice(self, key: str, path: str | os.PathLike[str] | None = None) -> None:
+        self.combo.setCurrentIndex(self._keys.index(key))
+        if path is not None:
+            self.picker.set_path(path)
+
+    def checkpoint(self) -> Path | None:
+        """The chosen checkpoint path (only for the "checkpoint" choice)."""
+        return self.picker.path() if self.choice() == "checkpoint" else None
+
+    def label(self) -> str:
+        """Short name for tables and plots: ``default``, ``active`` or the folder name."""
+        if self.choice() == "checkpoint":
+            p = self.picker.path()
+            return p.name if p is not None else "checkpoint"
+        return self.choice()
+
+
+# -- viewer helpers -----------------------------------------------------------------
+
+
+def find_annotator(viewer):
+    """The open annotator dock widget of ``viewer``, or ``None``.
+
+    Looks through the docked widgets for the annotator class (by its module, so this
+    works whichever name napari gave the dock).
+    """
+    window = getattr(viewer, "window", None)
+    docks = getattr(window, "_dock_widgets", None) or {}
+    for dock in list(docks.values()):
+        inner = dock.widget() if hasattr(dock, "widget") else None
+        for candidate in (inner, *(inner.findChildren(QWidget) if inner is not None else ())):
+            if candidate is None:
+                continue
+            if type(candidate).__module__.endswith("_widgets.annotator"):
+                return candidate
+    return None
+
+
+def _replace_or_add(viewer, name: str, kind: str, data: np.ndarray, **kwargs):
+    """Update the layer ``name`` if it is of the same kind and shape, else add a new one."""
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        same_kind = type(layer).__name__.lower() == kind
+        if same_kind and getattr(layer.data, "shape", None) == data.shape:
+            layer.data = data
+            return layer
+        viewer.layers.remove(layer)
+    adder = getattr(viewer, f"add_{kind}")
+    return adder(data, name=name, **kwargs)
+
+
+def open_case(
+    viewer,
+    image_path: str | os.PathLike[str],
+    *,
+    name: str | None = None,
+    prediction: str | os.PathLike[str] | None = None,
+    ground_truth: str | os.PathLike[str] | None = None,
+    prediction_name: str | None = None,
+    labels_path: str | os.PathLike[str] | None = None,
+):
+    """Show an image with its predicted mask / labels and ground truth in the viewer.
+
+    The prediction is a filled Labels layer; the ground truth is drawn as a contour on
+    top so that both stay visible. Existing layers of the same names are updated
+    (double-clicking a row twice does not pile up layers). Returns the image layer.
+    """
+    from napari_recist_seg.data import read_image, read_labels, read_mask
+
+    img = read_image(image_path)
+    name = name or Path(image_path).name.split(".")[0]
+    scale = tuple(img.spacing) if img.spacing is not None else None
+    kwargs = {"scale": scale} if scale is not None else {}
+    image_layer = _replace_or_add(viewer, name, "image", img.array, rgb=img.is_rgb, **kwargs)
+    if labels_path is not None and Path(labels_path).is_file():
+        lab = read_labels(labels_path)
+        _replace_or_add(viewer, prediction_name or f"{name}{LESIONS_SUFFIX}", "labels",
+                        lab.astype(np.int32), opacity=0.5, **kwargs)
+    elif prediction is not None:
+        pred = read_mask(prediction)
+        _replace_or_add(viewer, prediction_name or f"{name}{LESIONS_SUFFIX}", "labels",
+                        pred.astype(np.int32), opacity=0.5, **kwargs)
+    if ground_truth is not None:
+        gt = read_mask(ground_truth).astype(np.int32) * 2  # label 2: another colour
+        layer = _replace_or_add(viewer, f"{name} ground truth", "labels", gt, opacity=1.0,
+                                **kwargs)
+        layer.contour = 2
+    viewer.layers.selection.active = image_layer
+    return image_layer

@@ -1,0 +1,242 @@
+"""Matplotlib plots docked in napari: training curves and per-case metric distributions.
+
+Plots use the viewer's theme colours so they sit in a dark (or light) dock without a
+white box. Drawing is ``draw_idle``: one epoch or one table change costs one redraw,
+scheduled by Qt, never inside a worker thread.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
+from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+
+__all__ = ["MetricPlot", "PlotStyle", "PlotWidget", "TrainingPlot", "split_log"]
+
+# Colours for series / models (colour-blind friendly, readable on dark and light).
+PALETTE = ("#4c9be8", "#f28e2b", "#59a14f", "#e15759", "#b07aa1", "#edc948")
+
+
+@dataclass(frozen=True)
+class PlotStyle:
+    """Figure colours; :meth:`from_viewer` follows napari's current theme."""
+
+    background: str = "#23242b"
+    foreground: str = "#f0f1f2"
+    grid: str = "#565f6c"
+
+    @classmethod
+    def from_viewer(cls, viewer) -> "PlotStyle":
+        try:
+            from napari.utils.theme import get_theme
+
+            theme = get_theme(viewer.theme)
+            return cls(
+                background=theme.background.as_hex(),
+                foreground=theme.text.as_hex(),
+                grid=theme.secondary.as_hex(),
+            )
+        except Exception:  # headless / unknown theme: the dark default
+            return cls()
+
+
+class PlotWidget(QWidget):
+    """A matplotlib figure in a Qt widget, styled like the viewer."""
+
+    def __init__(
+        self,
+        style: PlotStyle | None = None,
+        parent: QWidget | None = None,
+        *,
+        height: float = 2.6,
+    ) -> None:
+        super().__init__(parent)
+        self.style = style or PlotStyle()
+        self.figure = Figure(figsize=(4.0, height), dpi=100, facecolor=self.style.background)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        self.canvas.setMinimumHeight(int(height * 70))
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+
+    def _style_axes(self, ax) -> None:
+        s = self.style
+        ax.set_facecolor(s.background)
+        for spine in ax.spines.values():
+            spine.set_color(s.grid)
+        ax.tick_params(colors=s.foreground, labelsize=8)
+        ax.xaxis.label.set_color(s.foreground)
+        ax.yaxis.label.set_color(s.foreground)
+        ax.title.set_color(s.foreground)
+        ax.grid(True, color=s.grid, alpha=0.35, linewidth=0.6)
+
+    def _legend(self, ax, handles=None) -> None:
+        leg = ax.legend(handles=handles, fontsize=7, loc="best", frameon=True)
+        if leg is not None:
+            leg.get_frame().set_facecolor(self.style.background)
+            leg.get_frame().set_edgecolor(self.style.grid)
+            for text in leg.get_texts():
+                text.set_color(self.style.foreground)
+
+    def message(self, text: str) -> None:
+        """Replace the plot with a centred line of text (e.g. "no epochs yet")."""
+        self.figure.clear()
+        self.figure.text(0.5, 0.5, text, ha="center", va="center",
+                         color=self.style.foreground, fontsize=9)
+        self.canvas.draw_idle()
+
+
+def split_log(log: Mapping[str, object]) -> tuple[dict[str, float], dict[str, float]]:
+    """Split an epoch log into loss-like and score-like numeric entries.
+
+    Loss keys contain ``"loss"``; score keys contain ``"dice"`` or ``"iou"`` (plotted on
+    a 0–1 axis). Anything else (epoch number, wall time, learning rate) is ignored.
+
+    >>> split_log({"epoch": 3, "train_loss": 0.5, "val_loss": 0.6, "val_dice": 0.8, "lr": 1e-3})
+    ({'train_loss': 0.5, 'val_loss': 0.6}, {'val_dice': 0.8})
+    """
+    losses: dict[str, float] = {}
+    scores: dict[str, float] = {}
+    for key, value in log.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            continue
+        name = key.lower()
+        if "loss" in name:
+            losses[key] = float(value)
+        elif "dice" in name or "iou" in name:
+            scores[key] = float(value)
+    return losses, scores
+
+
+class TrainingPlot(PlotWidget):
+    """Training / validation loss (left) and validation Dice (right) per epoch.
+
+    Feed it the per-epoch log dicts the trainer sends (``on_epoch``); the keys are taken
+    from the logs, so a new loss term shows up without changes here.
+    """
+
+    def __init__(self, style: PlotStyle | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(style, parent, height=2.8)
+        self.logs: list[dict[str, object]] = []
+        self.best_epoch: int | None = None
+        self.clear()
+
+    def clear(self) -> None:
+        self.logs = []
+        self.best_epoch = None
+        self.message("loss and validation Dice appear here, per epoch")
+
+    @property
+    def epochs(self) -> list[int]:
+        """The epoch numbers plotted so far."""
+        return [self._epoch_of(log, i) for i, log in enumerate(self.logs)]
+
+    @staticmethod
+    def _epoch_of(log: Mapping[str, object], index: int) -> int:
+        value = log.get("epoch", index + 1)
+        try:
+            return int(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return index + 1
+
+    def add_epoch(self, log: Mapping[str, object]) -> None:
+        """Append one epoch's log and redraw."""
+        self.logs.append(dict(log))
+        self.redraw()
+
+    def mark_best(self, epoch: int | None) -> None:
+        """Draw a marker at the epoch whose checkpoint was kept."""
+        self.best_epoch = epoch
+        self.redraw()
+
+    def redraw(self) -> None:
+        self.figure.clear()
+        if not self.logs:
+            self.message("loss and validation Dice appear here, per epoch")
+            return
+        ax = self.figure.add_subplot(111)
+        self._style_axes(ax)
+        ax2 = ax.twinx()
+        ax2.set_facecolor("none")
+        ax2.tick_params(colors=self.style.foreground, labelsize=8)
+        for spine in ax2.spines.values():
+            spine.set_color(self.style.grid)
+        x = self.epochs
+        keys_loss: list[str] = []
+        keys_score: list[str] = []
+        for log in self.logs:
+            losses, scores = split_log(log)
+            keys_loss += [k for k in losses if k not in keys_loss]
+            keys_score += [k for k in scores if k not in keys_score]
+        handles = []
+        for i, key in enumerate(keys_loss):
+            y = [split_log(log)[0].get(key, math.nan) for log in self.logs]
+            style = "--" if key.lower().startswith("val") else "-"
+            (h,) = ax.plot(x, y, style, marker="o", ms=3, lw=1.4,
+                           color=PALETTE[i % len(PALETTE)], label=key.replace("_", " "))
+            handles.append(h)
+        for j, key in enumerate(keys_score):
+            y = [split_log(log)[1].get(key, math.nan) for log in self.logs]
+            (h,) = ax2.plot(x, y, "-", marker="s", ms=3, lw=1.6,
+                            color=PALETTE[(len(keys_loss) + j) % len(PALETTE)],
+                            label=key.replace("_", " "))
+            handles.append(h)
+        if self.best_epoch is not None:
+            ax.axvline(self.best_epoch, color=self.style.foreground, alpha=0.5, lw=0.8, ls=":")
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        ax2.set_ylabel("Dice", fontsize=8, color=self.style.foreground)
+        ax2.set_ylim(0, 1)
+        if len(x) <= 12:
+            ax.set_xticks(x)
+        self._legend(ax, handles)
+        self.figure.tight_layout(pad=0.6)
+        self.canvas.draw_idle()
+
+
+class MetricPlot(PlotWidget):
+    """Box plot (with the cases as dots) of one metric, one box per model."""
+
+    def __init__(self, style: PlotStyle | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(style, parent, height=2.4)
+        self.values: dict[str, list[float]] = {}
+        self.metric = ""
+        self.message("per-case distribution appears here")
+
+    def show_values(self, values: Mapping[str, Sequence[float]], metric: str) -> None:
+        """Plot ``values[model]`` (per-case numbers; NaN / inf are left out)."""
+        self.values = {k: [float(v) for v in vs] for k, vs in values.items()}
+        self.metric = metric
+        self.figure.clear()
+        finite = {k: [v for v in vs if math.isfinite(v)] for k, vs in self.values.items()}
+        if not any(finite.values()):
+            self.message(f"no finite {metric} values to plot")
+            return
+        ax = self.figure.add_subplot(111)
+        self._style_axes(ax)
+        names = list(finite)
+        data = [finite[n] if finite[n] else [math.nan] for n in names]
+        bp = ax.boxplot(data, widths=0.5, patch_artist=True, showfliers=False)
+        for i, box in enumerate(bp["boxes"]):
+            box.set_facecolor(PALETTE[i % len(PALETTE)])
+            box.set_alpha(0.45)
+            box.set_edgecolor(self.style.foreground)
+        for key in ("whiskers", "caps", "medians"):
+            for line in bp[key]:
+                line.set_color(self.style.foreground)
+        rng = np.random.default_rng(0)  # fixed jitter: the plot does not dance on redraw
+        for i, ys in enumerate(data, start=1):
+            xs = i + rng.uniform(-0.12, 0.12, size=len(ys))
+            ax.scatter(xs, ys, s=9, color=PALETTE[(i - 1) % len(PALETTE)],
+                       edgecolors=self.style.foreground, linewidths=0.3, zorder=3)
+        ax.set_xticks(range(1, len(names) + 1))
+        ax.set_xticklabels([f"{n}\n(n={len(finite[n])})" for n in names], fontsize=8)
+        ax.set_ylabel(metric, fontsize=8)
+        self.figure.tight_layout(pad=0.6)
+        self.canvas.draw_idle()
