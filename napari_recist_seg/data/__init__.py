@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "ImageReadError": "images",
     "image_plane": "images",
     "image_shape": "images",
+    "image_spacing": "images",
     "is_deeplesion_png": "images",
     "read_deeplesion_png": "images",
     "read_dicom_series": "images",
@@ -39,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     # recist_csv.py
     "RecistCsvError": "recist_csv",
     "RecistRecord": "recist_csv",
+    "format_number": "recist_csv",
     "read_recist_csv": "recist_csv",
     "write_recist_csv": "recist_csv",
     # deeplesion.py
@@ -50,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "Dataset": "dataset",
     "DatasetItem": "dataset",
     "dataset_recists": "dataset",
+    "RecistsByStem": "dataset",
     "image_stem": "dataset",
     "scan_dataset": "dataset",
 }

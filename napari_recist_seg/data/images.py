@@ -57,6 +57,7 @@ __all__ = [
     "ImageReadError",
     "image_plane",
     "image_shape",
+    "image_spacing",
     "image_suffix",
     "is_deeplesion_png",
     "read_deeplesion_png",
@@ -706,6 +707,60 @@ def image_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
             frames = int(ds.get("NumberOfFrames", 1) or 1)
             rc = (int(ds.Rows), int(ds.Columns))
             return (frames,) + rc if frames > 1 else rc
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise _fail(p, _reason(exc), exc) from exc
+    raise _fail(p, f"unknown image format {suffix or '(no extension)'!r}")
+
+
+def image_spacing(path: str | os.PathLike[str]) -> tuple[float, ...] | None:
+    """Spacing in mm from the file header, without reading the pixels.
+
+    ``(z_mm, row_mm, col_mm)`` for volumes, ``(row_mm, col_mm)`` for planes, ``None``
+    for formats that do not carry it (png, jpg, bmp; tif unless in centimetres).
+    A DICOM series folder reads all headers (no pixels) to get the slice spacing.
+
+    Raises
+    ------
+    ImageReadError
+        When the header cannot be read.
+    """
+    p = Path(path)
+    _check_file(p)
+    suffix = image_suffix(p)
+    try:
+        if p.is_dir():
+            return read_dicom_series(p).spacing
+        if suffix in _PIL_SUFFIXES:
+            return None
+        if suffix in _TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                sp = _tiff_spacing(tif)
+            if sp is not None and len(image_shape(p)) == 3:
+                return (1.0,) + sp
+            return sp
+        if suffix in _NIFTI_SUFFIXES:
+            import nibabel as nib
+
+            img = nib.load(str(p))
+            zooms = [float(z) for z in img.header.get_zooms()[:3]]
+            zooms += [1.0] * (3 - len(zooms))
+            if len(image_shape(p)) == 2:
+                return (zooms[1], zooms[0])
+            return (zooms[2], zooms[1], zooms[0])
+        if suffix in _DICOM_SUFFIXES or _is_dicom_file(p):
+            import pydicom
+
+            ds = pydicom.dcmread(str(p), stop_before_pixels=True)
+            plane = _dicom_plane_spacing(ds)
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            if frames > 1 and plane is not None:
+                dz = ds.get("SpacingBetweenSlices", None) or ds.get("SliceThickness", None) or 1.0
+                return (float(dz),) + plane
+            return plane
     except ImageReadError:
         raise
     except Exception as exc:
