@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", type=Path, required=True)
     p.add_argument("--gt", type=Path, required=True)
     p.add_argument("--json", type=Path, default=None, help="write all results here")
-    p.add_argument("--spacing", type=float, nargs=2, default=None, metavar=("ROW_MM", "COL_MM"),
-                   help="pixel size, to report distances in mm")
+    p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
+                   help="pixel size ROW_MM COL_MM (or Z_MM ROW_MM COL_MM for volumes), "
+                        "to report distances in mm")
     _add_common(p)
 
     p = sub.add_parser("view", help="open napari with the RECIST annotator (and a sample)")
@@ -132,6 +133,8 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
     elif args.command == "evaluate":
         from napari_recist_seg.jobs.evaluate import evaluate_folders
 
+        if args.spacing is not None and len(args.spacing) not in (2, 3):
+            raise InputError("--spacing takes 2 values (row, col) or 3 (z, row, col) in mm")
         result = evaluate_folders(
             args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None,
             progress=progress,
