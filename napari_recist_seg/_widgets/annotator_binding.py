@@ -1,0 +1,549 @@
+"""One image in the annotator: its RECIST Shapes layer, lesion Labels layer and session.
+
+:class:`ImageBinding` connects napari layers to a pure-Python
+:class:`~napari_recist_seg.annotation.AnnotationSession`:
+
+- it listens to the Shapes layer's ``events.data`` (``added`` / ``changed`` /
+  ``removed``, whatever their origin: mouse, ``add_lines``, ``layer.data = ...``) and
+  lets the session reconcile the layer; the session's answer (snapped lines, ids,
+  texts, masks to clear, lesions to segment, messages) is written back;
+- segmentation runs in a ``napari.qt.threading`` worker, never in the GUI thread; only
+  the paste into the Labels layer happens here, and only when the lesion has not been
+  edited since the request was made (generation counter);
+- the click tool is a Points layer: every point added asks the model for the lesion
+  under it, and the RECIST measured on its mask is drawn as a new lesion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from napari_recist_seg.annotation import (
+    AnnotationSession,
+    ClickRequest,
+    LineObs,
+    SegmentOutcome,
+    SegmentRequest,
+    SyncResult,
+    clear_indices,
+    paste_indices,
+    run_requests,
+    spacing_from_scale,
+)
+
+RECIST_SUFFIX = " RECIST"
+LESIONS_SUFFIX = " lesions"
+CLICKS_SUFFIX = " clicks"
+
+# Line colours by state (what a radiologist reads at a glance).
+COLOURS = {
+    "long": "#ffd60a",  # yellow: long axis
+    "short": "#64d2ff",  # light blue: short axis
+    "open": "#ff9f0a",  # orange: a line waiting for its partner
+    "invalid": "#ff453a",  # red: not a valid pair / failed
+    "committed": "#30d158",  # green: locked
+}
+
+FEATURE_DEFAULTS = {"line_id": -1, "lesion": -1, "axis": "", "label": "", "state": "open"}
+
+
+def _line_colour(axis: str, state: str) -> str:
+    if state == "committed":
+        return COLOURS["committed"]
+    if state in ("invalid", "failed"):
+        return COLOURS["invalid"]
+    if axis == "":
+        return COLOURS["open"]
+    return COLOURS[axis]
+
+
+def image_geometry(image_layer: Any) -> tuple[tuple[int, int], int | None]:
+    """``((rows, cols), n_slices or None)`` of a napari Image layer.
+
+    Raises
+    ------
+    ValueError
+        For images that are neither 2D (grey / RGB) nor a 3D volume.
+    """
+    data = image_layer.data[0] if getattr(image_layer, "multiscale", False) else image_layer.data
+    shape = tuple(int(s) for s in data.shape)
+    if image_layer.rgb:
+        shape = shape[:-1]
+    if len(shape) == 2:
+        return (shape[0], shape[1]), None
+    if len(shape) == 3:
+        return (shape[1], shape[2]), shape[0]
+    raise ValueError(
+        f"{image_layer.name!r} has {len(shape)} dimensions {shape}: the annotator works on "
+        "2D images (grey or RGB) and 3D volumes"
+    )
+
+
+def image_array(image_layer: Any) -> Any:
+    """The full-resolution array of an Image layer (never copied)."""
+    return image_layer.data[0] if getattr(image_layer, "multiscale", False) else image_layer.data
+
+
+class ImageBinding(QObject):
+    """The annotator's state for one image layer (see the module docstring).
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    image_layer : napari.layers.Image
+    segmenter : callable
+        Returns the current segmenter, or ``None`` while none is ready (requests wait).
+    quick, quick_ratio
+        Quick mode settings (see :class:`AnnotationSession`).
+    """
+
+    #: The lesions, their results or the layers changed (refresh the table).
+    changed = Signal()
+    #: A message for the user (also shown as a napari warning when ``True``).
+    message = Signal(str, bool)
+    #: Segmentation started (True) / all done (False).
+    busy_changed = Signal(bool)
+
+    def __init__(
+        self,
+        viewer: Any,
+        image_layer: Any,
+        segmenter: Callable[[], Any],
+        *,
+        quick: bool = False,
+        quick_ratio: float = 0.6,
+    ) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.image = image_layer
+        self._segmenter = segmenter
+        plane, n_slices = image_geometry(image_layer)
+        self.ndim = 2 if n_slices is None else 3
+        self.session = AnnotationSession(
+            plane,
+            n_slices=n_slices,
+            spacing=spacing_from_scale(image_layer.scale),
+            quick=quick,
+            quick_ratio=quick_ratio,
+        )
+        self._writing = 0
+        self._sync_scheduled = False
+        self._pending: dict[Any, SegmentRequest | ClickRequest] = {}
+        self._worker: Any = None
+        self._click_token = 0
+        self._closed = False
+        self.shapes = self._adopt_or_create_shapes()
+        self.labels = self._adopt_or_create_labels()
+        self.points: Any = None
+        self.shapes.events.data.connect(self._on_shapes_data)
+        # Lines already in an adopted layer (e.g. opened from a RECIST CSV) count too.
+        if len(self.shapes.data):
+            self.sync_now()
+        else:
+            self._write_shapes()
+
+    # -- layers ------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.image.name
+
+    def _layer_kwargs(self) -> dict[str, Any]:
+        return {
+            "scale": tuple(self.image.scale),
+            "translate": tuple(self.image.translate),
+            "rotate": self.image.rotate,
+            "affine": self.image.affine,
+        }
+
+    def _adopt_or_create_shapes(self) -> Any:
+        from napari.layers import Shapes
+
+        name = f"{self.name}{RECIST_SUFFIX}"
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            if isinstance(layer, Shapes) and layer.ndim == self.ndim:
+                layer.scale = self.image.scale
+                layer.translate = self.image.translate
+                self._style_shapes(layer)
+                return layer
+            name = f"{name} ({self.ndim}D)"
+        layer = self.viewer.add_shapes(
+            ndim=self.ndim,
+            shape_type="line",
+            name=name,
+            edge_color=COLOURS["open"],
+            edge_width=self._edge_width(),
+            features={k: np.array([], dtype=type(v)) for k, v in FEATURE_DEFAULTS.items()},
+            **self._layer_kwargs(),
+        )
+        self._style_shapes(layer)
+        return layer
+
+    def _edge_width(self) -> float:
+        rows, cols = self.session.plane_shape
+        return max(1.0, round(max(rows, cols) / 200.0, 1))
+
+    def _style_shapes(self, layer: Any) -> None:
+        rows, cols = self.session.plane_shape
+        layer.text = {
+            "string": "{label}",
+            "size": 10,
+            "color": "white",
+            "anchor": "upper_left",
+            "translation": [0.0] * (self.ndim - 2) + [-0.02 * rows, 0.0],
+        }
+        layer.current_edge_width = self._edge_width()
+        layer.current_edge_color = COLOURS["open"]
+
+    def _adopt_or_create_labels(self) -> Any:
+        from napari.layers import Labels
+
+        name = f"{self.name}{LESIONS_SUFFIX}"
+        rows, cols = self.session.plane_shape
+        shape = (rows, cols) if self.ndim == 2 else (self.session.n_slices, rows, cols)
+        if name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            if isinstance(layer, Labels) and tuple(layer.data.shape) == tuple(shape):
+                return layer
+            name = f"{name} ({self.ndim}D)"
+        return self.viewer.add_labels(
+            np.zeros(shape, np.uint16), name=name, opacity=0.45, **self._layer_kwargs()
+        )
+
+    def ensure_points(self) -> Any:
+        """The click-tool Points layer (created on first use)."""
+        from napari.layers import Points
+
+        name = f"{self.name}{CLICKS_SUFFIX}"
+        if self.points is not None and self.points in self.viewer.layers:
+            return self.points
+        if name in self.viewer.layers and isinstance(self.viewer.layers[name], Points):
+            layer = self.viewer.layers[name]
+        else:
+            rows, cols = self.session.plane_shape
+            layer = self.viewer.add_points(
+                ndim=self.ndim,
+                name=name,
+                size=max(4.0, max(rows, cols) / 60.0),
+                face_color="#ff375f",
+                symbol="cross",
+                **self._layer_kwargs(),
+            )
+        layer.events.data.connect(self._on_points_data)
+        self.points = layer
+        return layer
+
+    def owns(self, layer: Any) -> bool:
+        return layer is self.image or layer is self.shapes or layer is self.labels or (
+            self.points is not None and layer is self.points
+        )
+
+    def alive(self) -> bool:
+        layers = self.viewer.layers
+        return (
+            not self._closed
+            and self.image in layers
+            and self.shapes in layers
+            and self.labels in layers
+        )
+
+    def close(self) -> None:
+        """Disconnect from the layers (they stay in the viewer)."""
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self.shapes.events.data.disconnect(self._on_shapes_data)
+        if self.points is not None:
+            with contextlib.suppress(Exception):
+                self.points.events.data.disconnect(self._on_points_data)
+        self._pending.clear()
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        self._writing += 1
+        try:
+            yield
+        finally:
+            self._writing -= 1
+
+    # -- shapes <-> session --------------------------------------------------------
+    def _on_shapes_data(self, event: Any) -> None:
+        if self._writing or self._closed:
+            return
+        action = str(getattr(event, "action", "changed"))
+        if action.endswith("ing"):  # adding / changing / removing: not final yet
+            return
+        self._schedule_sync()
+
+    def _schedule_sync(self) -> None:
+        if not self._sync_scheduled:
+            self._sync_scheduled = True
+            QTimer.singleShot(0, self.sync_now)
+
+    def observe(self) -> list[LineObs]:
+        """The Shapes layer as the session sees it."""
+        feats = self.shapes.features
+        n = len(self.shapes.data)
+
+        def column(name: str, default: Any) -> list[Any]:
+            if name in feats.columns and len(feats) == n:
+                return list(feats[name])
+            return [default] * n
+
+        ids = column("line_id", -1)
+        hints = column("lesion", -1)
+        axes = column("axis", "")
+        types = list(self.shapes.shape_type)
+        obs = []
+        for i, coords in enumerate(self.shapes.data):
+            try:
+                lid = int(ids[i])
+            except (TypeError, ValueError):
+                lid = -1
+            try:
+                hint = int(hints[i])
+            except (TypeError, ValueError):
+                hint = -1
+            axis = axes[i] if isinstance(axes[i], str) else ""
+            obs.append(LineObs(lid, np.asarray(coords, float), hint if lid < 0 else None, axis, types[i]))
+        return obs
+
+    def sync_now(self) -> None:
+        """Reconcile the session with the Shapes layer now and act on the answer."""
+        self._sync_scheduled = False
+        if not self.alive():
+            return
+        out = self.session.sync(self.observe())
+        self.apply(out)
+
+    def apply(self, out: SyncResult) -> None:
+        """Write the session's view back and act: clear masks, queue segmentations, tell."""
+        if out.rewrite or out.changed:
+            self._write_shapes()
+        for lesion_id, box in out.clear:
+            self._clear_mask(lesion_id, box)
+        for msg in out.messages:
+            self.message.emit(msg, True)
+        if out.segment:
+            self.enqueue(out.segment)
+        if out.changed or out.clear or out.messages:
+            self.changed.emit()
+
+    def _write_shapes(self) -> None:
+        views = self.session.layer_lines()
+        current = self.shapes.data
+        feats = self.shapes.features
+        same = len(current) == len(views) and all(
+            np.asarray(c).shape == v.coords.shape and np.allclose(c, v.coords, atol=1e-6)
+            for c, v in zip(current, views)
+        )
+        same = same and all(t == "line" for t in self.shapes.shape_type)
+        with self._guard():
+            if not same:
+                selected = set(self.shapes.selected_data)
+                mode = self.shapes.mode
+                self.shapes.data = [(v.coords, "line") for v in views]
+                if mode != self.shapes.mode:
+                    self.shapes.mode = mode
+                self.shapes.selected_data = {i for i in selected if i < len(views)}
+            table = pd.DataFrame(
+                {
+                    "line_id": pd.Series([v.line_id for v in views], dtype=int),
+                    "lesion": pd.Series([v.lesion_id for v in views], dtype=int),
+                    "axis": pd.Series([v.axis for v in views], dtype=object),
+                    "label": pd.Series([v.label for v in views], dtype=object),
+                    "state": pd.Series([v.state for v in views], dtype=object),
+                }
+            )
+            unchanged = (
+                len(feats) == len(table)
+                and list(feats.columns) == list(table.columns)
+                and all(list(feats[c]) == list(table[c]) for c in table.columns)
+            )
+            if not unchanged or not same:
+                self.shapes.features = table
+                self.shapes.feature_defaults = FEATURE_DEFAULTS
+            if views:
+                colours = [_line_colour(v.axis, v.state) for v in views]
+                if not same or not unchanged:
+                    self.shapes.edge_color = colours
+
+    # -- labels ----------------------------------------------------------------------
+    def _clear_mask(self, lesion_id: int, box: Any) -> None:
+        idx = clear_indices(self.labels.data, lesion_id, box)
+        if idx[0].size:
+            self.labels.data_setitem(idx, 0)
+
+    def _paste(self, request: SegmentRequest, result: Any) -> None:
+        les = self.session.lesions[request.lesion_id]
+        self._clear_mask(les.id, les.box)
+        idx, box = paste_indices(self.labels.data, les.id, result, les.slice_index)
+        if idx[0].size:
+            self.labels.data_setitem(idx, les.id)
+        self.session.accept(request, result, box)
+
+    # -- segmentation worker -----------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None or bool(self._pending)
+
+    def enqueue(self, requests: list[SegmentRequest | ClickRequest]) -> None:
+        for r in requests:
+            key = ("lesion", r.lesion_id) if isinstance(r, SegmentRequest) else ("click", r.token)
+            self._pending[key] = r  # a newer request for a lesion replaces the older
+        self.kick()
+
+    def kick(self) -> None:
+        """Start a worker for the pending requests if none is running and a segmenter is ready."""
+        if self._worker is not None or not self._pending or self._closed:
+            return
+        segmenter = self._segmenter()
+        if segmenter is None:
+            return
+        from napari.qt.threading import create_worker
+
+        requests = [
+            r for r in self._pending.values()
+            if not isinstance(r, SegmentRequest) or self.session.is_current(r)
+        ]
+        self._pending.clear()
+        if not requests:
+            return
+        worker = create_worker(
+            run_requests, segmenter, image_array(self.image), requests, _start_thread=False
+        )
+        worker.yielded.connect(self._on_outcome)
+        worker.finished.connect(self._on_worker_finished)
+        worker.errored.connect(self._on_worker_error)
+        self._worker = worker
+        self.busy_changed.emit(True)
+        worker.start()
+
+    def _on_worker_finished(self) -> None:
+        self._worker = None
+        if self._pending:
+            self.kick()
+        else:
+            self.busy_changed.emit(False)
+
+    def _on_worker_error(self, exc: BaseException) -> None:
+        self.message.emit(f"segmentation failed: {exc}", True)
+
+    def _on_outcome(self, outcome: SegmentOutcome) -> None:
+        if not self.alive():
+            return
+        req = outcome.request
+        if isinstance(req, ClickRequest):
+            self._on_click_outcome(outcome)
+            return
+        if not self.session.is_current(req):
+            return  # the lesion was edited (or deleted) meanwhile: a newer request runs
+        if outcome.error is not None:
+            box = self.session.fail(req, outcome.error)
+            if box is not False:
+                self._clear_mask(req.lesion_id, box)
+            self.message.emit(
+                f"lesion {req.lesion_id}: segmentation failed ({outcome.error}); its lines are kept",
+                True,
+            )
+            self._write_shapes()  # drawn red
+        else:
+            try:
+                self._paste(req, outcome.result)
+            except Exception as exc:  # noqa: BLE001 - a bad result must not lose the lines
+                self.session.fail(req, str(exc))
+                self.message.emit(f"lesion {req.lesion_id}: could not paste the mask ({exc})", True)
+        self.changed.emit()
+
+    # -- click tool --------------------------------------------------------------------
+    def _on_points_data(self, event: Any) -> None:
+        if self._writing or self._closed:
+            return
+        action = str(getattr(event, "action", "added"))
+        if action != "added":
+            return
+        QTimer.singleShot(0, self._consume_points)
+
+    def _consume_points(self) -> None:
+        if self.points is None or not len(self.points.data):
+            return
+        pts = np.asarray(self.points.data, float)
+        with self._guard():
+            self.points.data = np.zeros((0, self.ndim))
+        requests = []
+        for p in pts:
+            self._click_token += 1
+            if self.ndim == 3:
+                requests.append(
+                    ClickRequest(self._click_token, (float(p[1]), float(p[2])), int(round(p[0])), self.session.spacing)
+                )
+            else:
+                requests.append(ClickRequest(self._click_token, (float(p[0]), float(p[1])), None, self.session.spacing))
+        self.message.emit("segmenting the clicked lesion…", False)
+        self.enqueue(requests)
+
+    def click(self, point: tuple[float, ...]) -> None:
+        """Segment the lesion at ``point`` (layer data coordinates), as the click tool does."""
+        layer = self.ensure_points()
+        layer.add(np.asarray([point], float))
+
+    def _on_click_outcome(self, outcome: SegmentOutcome) -> None:
+        if outcome.error is not None:
+            self.message.emit(f"click: {outcome.error}", True)
+            return
+        res = outcome.result
+        recist = getattr(res, "measured", None) or getattr(res, "recist", None)
+        if recist is None:
+            self.message.emit("click: no lesion found there; draw the RECIST axes instead", True)
+            return
+        out = self.session.add_recist(recist.with_spacing(self.session.spacing))
+        # The click result is the mask of this RECIST already: paste it, no second run.
+        reqs, out.segment = out.segment, []
+        self.apply(out)
+        for req in reqs:
+            try:
+                self._paste(req, res)
+            except Exception as exc:  # noqa: BLE001
+                self.session.fail(req, str(exc))
+        self.changed.emit()
+
+    # -- actions ---------------------------------------------------------------------
+    def undo(self) -> None:
+        self.apply(self.session.undo())
+
+    def commit(self, ids: list[int] | None = None) -> None:
+        self.apply(self.session.commit(ids))
+
+    def uncommit(self, ids: list[int] | None = None) -> None:
+        self.apply(self.session.uncommit(ids))
+
+    def delete(self, ids: list[int]) -> None:
+        self.apply(self.session.delete(ids))
+
+    def resegment(self) -> None:
+        self.apply(self.session.resegment())
+
+    def set_quick(self, quick: bool, ratio: float | None = None) -> None:
+        self.session.quick = bool(quick)
+        if ratio is not None:
+            self.session.quick_ratio = float(ratio)
+
+    def add_recists(self, items: list[tuple[int | None, Any]]) -> None:
+        """Add lesions from RECIST (import): ``(lesion id or None, Recist)`` pairs."""
+        total = SyncResult()
+        for lesion_id, recist in items:
+            total.extend(self.session.add_recist(recist.with_spacing(self.session.spacing), lesion_id=lesion_id))
+        self.apply(total)
+
+    def labels_features(self) -> pd.DataFrame:
+        rows = self.session.table_rows()
+        df = pd.DataFrame(rows)
+        if df.empty:
+            df = pd.DataFrame({"index": pd.Series([], dtype=int)})
+        else:
+            df.insert(0, "index", df["lesion"].astype(int))
+        return df
