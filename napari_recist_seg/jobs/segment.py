@@ -1,0 +1,555 @@
+"""``recist-seg segment``: bulk segmentation of stored RECIST measurements.
+
+Inputs are a dataset folder (``images/``, optional ``masks/`` and ``recist.csv``; with
+masks and no ``recist.csv`` the RECIST are derived from the masks, which is how a
+held-out evaluation with "RECIST derived from expert masks" is run) or a list of image
+files plus a RECIST CSV (the interchange format of DESIGN.md, or DeepLesion's
+``DL_info.csv``, recognised by its header).
+
+Outputs, all written atomically into ``OUT``:
+
+- ``<stem>.png`` (2D) or ``<stem>.nii.gz`` (volumes, with the voxel spacing): the union
+  of the image's lesion masks, 0/255 ``uint8``, the size of the image;
+- ``<stem>_labels.png`` / ``<stem>_labels.nii.gz`` when an image has several lesions
+  (label value = lesion id);
+- ``measurements.csv``: one row per lesion (:data:`MEASUREMENT_COLUMNS`); ``image`` is
+  the image path relative to ``OUT`` (the RECIST CSV convention);
+- ``failures.csv`` when some files or RECIST could not be processed.
+
+An image whose mask already exists in ``OUT`` is skipped (resume) unless
+``overwrite``; its rows in an existing ``measurements.csv`` are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+
+from napari_recist_seg.jobs.common import (
+    CancelToken,
+    InputError,
+    JobReport,
+    ProgressCallback,
+    ProgressTracker,
+    describe_error,
+)
+from napari_recist_seg.data.atomic import atomic_write_text
+from napari_recist_seg.recist import Recist, RecistError, snap
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_recist_seg.predict import LesionResult, Predictor
+
+__all__ = ["MEASUREMENTS_CSV", "MEASUREMENT_COLUMNS", "SegmentItem", "plan_segment", "run_segment"]
+
+MEASUREMENTS_CSV = "measurements.csv"
+MEASUREMENT_COLUMNS: tuple[str, ...] = (
+    "image",
+    "lesion",
+    "slice",
+    "cluster",
+    "confidence",
+    "area_px",
+    "area_mm2",
+    "long_px",
+    "short_px",
+    "long_mm",
+    "short_mm",
+    "measured_long_px",
+    "measured_short_px",
+    "measured_long_mm",
+    "measured_short_mm",
+)
+# measurements.csv is rewritten (atomically) at most this often during a run, and
+# always at the end, so a crash loses at most this many seconds of rows.
+_CSV_FLUSH_SECONDS = 2.0
+
+
+@dataclass
+class SegmentItem:
+    """One image to segment: where it is, its output stem and its RECIST."""
+
+    image_path: Path
+    stem: str
+    lesions: list[tuple[int, Recist]] = field(default_factory=list)
+    deeplesion: bool = False
+
+
+# -- planning --------------------------------------------------------------------------
+
+
+def _is_deeplesion_csv(path: Path) -> bool:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read RECIST CSV {path}: {exc}") from exc
+    return "Measurement_coordinates" in [h.strip() for h in header]
+
+
+def _read_records(recist_csv: Path) -> tuple[list, bool]:
+    """Records from a RECIST CSV or a DeepLesion DL_info.csv, and whether it is the latter."""
+    from napari_recist_seg.data import recist_csv as rcsv
+
+    recist_csv = Path(recist_csv)
+    if not recist_csv.is_file():
+        raise InputError(f"RECIST CSV not found: {recist_csv}")
+    if _is_deeplesion_csv(recist_csv):
+        return list(rcsv.read_deeplesion_csv(recist_csv, recist_csv.parent)), True
+    return list(rcsv.read_recist_csv(recist_csv)), False
+
+
+def _key(path: Path) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+def _output_stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz",):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Output stems; files with the same name in different folders (DeepLesion's
+    ``000001_01_01/103.png``) get their parent folders prefixed until unique."""
+    stems = [_output_stem(p) for p in paths]
+    depth = 0
+    while len(set(stems)) < len(stems) and depth < 8:
+        depth += 1
+        counts = defaultdict(int)
+        for s in stems:
+            counts[s] += 1
+        for i, p in enumerate(paths):
+            if counts[stems[i]] > 1:
+                parents = [q.name for q in list(p.parents)[:depth] if q.name][::-1]
+                stems[i] = "_".join(parents + [_output_stem(p)])
+    return stems
+
+
+class _RecordIndex:
+    """RECIST records grouped by image, looked up by path.
+
+    A CSV written on another machine may name an image by another absolute or
+    relative path: when the full path does not match, the last two path components
+    (DeepLesion's ``<series>/<slice>.png``), then the file name are tried, when
+    unambiguous.
+    """
+
+    def __init__(self, records: Iterable) -> None:
+        self.by_path: dict[str, list[tuple[int, Recist]]] = defaultdict(list)
+        for rec in records:
+            self.by_path[_key(Path(rec.image))].append((int(rec.lesion), rec.recist))
+        self.by_tail: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        for k in self.by_path:
+            parts = Path(k).parts
+            self.by_tail[parts[-2:]].append(k)
+            self.by_tail[parts[-1:]].append(k)
+
+    def get(self, path: Path) -> list[tuple[int, Recist]]:
+        k = _key(path)
+        if k in self.by_path:
+            return self.by_path[k]
+        parts = Path(k).parts
+        for tail in (parts[-2:], parts[-1:]):
+            cands = self.by_tail.get(tail, [])
+            if len(cands) == 1:
+                return self.by_path[cands[0]]
+        return []
+
+
+def plan_segment(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    recist_csv: str | os.PathLike[str] | None = None,
+) -> tuple[list[SegmentItem], list[tuple[str, str]], list[Path]]:
+    """Resolve inputs to images with their RECIST.
+
+    Returns
+    -------
+    items : list of SegmentItem
+    failures : list of (file, reason)
+        Images without any RECIST.
+    protect : list of Path
+        Input folders that must not receive outputs (a dataset's images and masks).
+
+    Raises
+    ------
+    InputError
+        If the inputs do not exist, or a file list comes without a RECIST CSV.
+    """
+    failures: list[tuple[str, str]] = []
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs_list: list[Path] = [Path(inputs)]
+    else:
+        inputs_list = [Path(p) for p in inputs]
+    if not inputs_list:
+        raise InputError("no inputs given")
+
+    if len(inputs_list) == 1 and inputs_list[0].is_dir():
+        from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
+
+        dataset = scan_dataset(inputs_list[0])
+        protect = [d for d in (dataset.images_dir, dataset.masks_dir) if d is not None]
+        deeplesion = False
+        if recist_csv is not None:
+            records, deeplesion = _read_records(Path(recist_csv))
+            index = _RecordIndex(records)
+            lesions_for = [index.get(item.image_path) for item in dataset.items]
+        else:
+            if dataset.recist_csv is None and dataset.dl_info is None and not dataset.has_masks:
+                raise InputError(
+                    f"{dataset.root} has no recist.csv and no masks/ to derive RECIST "
+                    "from; pass --recist CSV"
+                )
+            deeplesion = dataset.recist_csv is None and dataset.dl_info is not None
+            derived = dataset_recists(dataset)
+            failures.extend(derived.failures)
+            lesions_for = [
+                [(int(r.lesion), r.recist) for r in derived.get(item.stem, [])]
+                for item in dataset.items
+            ]
+        reported = {f for f, _ in failures}
+        items = []
+        for item, lesions in zip(dataset.items, lesions_for):
+            if not lesions:
+                if str(item.image_path) not in reported and str(item.mask_path) not in reported:
+                    failures.append((str(item.image_path), "no RECIST for this image"))
+                continue
+            lesions = sorted(lesions, key=lambda t: t[0])
+            items.append(SegmentItem(item.image_path, item.stem, lesions, deeplesion))
+        return items, failures, protect
+
+    for p in inputs_list:
+        if p.is_dir():
+            raise InputError(
+                f"{p} is a folder: give either one dataset folder or a list of image files"
+            )
+    if recist_csv is None:
+        raise InputError("image files need a RECIST CSV: pass --recist CSV (or DL_info.csv)")
+    records, deeplesion = _read_records(Path(recist_csv))
+    index = _RecordIndex(records)
+    stems = _unique_stems(inputs_list)
+    items = []
+    for path, stem in zip(inputs_list, stems):
+        lesions = index.get(path)
+        if not path.exists():
+            failures.append((str(path), "file not found"))
+            continue
+        if not lesions:
+            failures.append((str(path), f"no RECIST for this image in {recist_csv}"))
+            continue
+        items.append(SegmentItem(path, stem, sorted(lesions, key=lambda t: t[0]), deeplesion))
+    return items, failures, []
+
+
+def _check_out(out: Path, protect: Sequence[Path], items: Sequence[SegmentItem]) -> None:
+    """Refuse an output folder that holds inputs: an input mask is never overwritten."""
+    out_key = _key(out)
+    forbidden: set[str] = {_key(d) for d in protect}
+    for item in items:
+        forbidden.add(_key(item.image_path.parent))
+        if item.image_path.is_dir():  # a DICOM series folder
+            forbidden.add(_key(item.image_path))
+        if item.image_path.parent.name == "images":
+            forbidden.add(_key(item.image_path.parent.parent / "masks"))
+    try:
+        out_real = _key(out.resolve())
+        forbidden |= {_key(Path(f).resolve()) for f in forbidden}
+    except OSError:  # pragma: no cover - unresolvable paths: compare as given
+        out_real = out_key
+    if out_key in forbidden or out_real in forbidden:
+        raise InputError(
+            f"refusing to write into {out}: it holds input images or masks; choose another --out"
+        )
+
+
+# -- measurements.csv ------------------------------------------------------------------
+
+
+def _read_measurements(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or "image" not in reader.fieldnames:
+                raise InputError(f"{path} is not a measurements table (no 'image' column)")
+            return [dict(row) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read existing {path}: {exc}") from exc
+
+
+def _write_measurements(path: Path, rows: Sequence[dict[str, object]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(MEASUREMENT_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) for k in MEASUREMENT_COLUMNS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ""
+        return f"{value:.4f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+    return str(value)
+
+
+def _image_label(image_path: Path, out: Path) -> str:
+    """The image path relative to OUT (forward slashes), like the RECIST CSV convention."""
+    try:
+        rel = os.path.relpath(os.path.abspath(image_path), os.path.abspath(out))
+    except ValueError:  # different drives on Windows
+        rel = os.path.abspath(image_path)
+    return rel.replace(os.sep, "/")
+
+
+def _measurement_row(
+    image: str, lesion: int, res: "LesionResult", spacing: tuple[float, float] | None
+) -> dict[str, object]:
+    r = res.recist
+    m = res.measured
+    area_mm2 = res.area_px * spacing[0] * spacing[1] if spacing is not None else None
+    return {
+        "image": image,
+        "lesion": lesion,
+        "slice": "" if r.slice_index is None else r.slice_index,
+        "cluster": res.cluster,
+        "confidence": res.confidence,
+        "area_px": res.area_px,
+        "area_mm2": area_mm2,
+        "long_px": r.long_length,
+        "short_px": r.short_length,
+        "long_mm": r.long_length_mm,
+        "short_mm": r.short_length_mm,
+        "measured_long_px": m.long_length if m is not None else None,
+        "measured_short_px": m.short_length if m is not None else None,
+        "measured_long_mm": m.long_length_mm if m is not None else None,
+        "measured_short_mm": m.short_length_mm if m is not None else None,
+    }
+
+
+# -- the job ---------------------------------------------------------------------------
+
+
+def _outputs(out: Path, stem: str, volume: bool) -> tuple[Path, Path]:
+    ext = ".nii.gz" if volume else ".png"
+    return out / f"{stem}{ext}", out / f"{stem}_labels{ext}"
+
+
+def _existing_output(out: Path, item: SegmentItem) -> Path | None:
+    for volume in (False, True):
+        mask_path, _ = _outputs(out, item.stem, volume)
+        if mask_path.exists():
+            return mask_path
+    return None
+
+
+def _read(item: SegmentItem):
+    from napari_recist_seg.data.images import read_image
+
+    # DL_info.csv names 16-bit PNG slices that store HU + 32768.
+    return read_image(item.image_path, deeplesion=True if item.deeplesion else None)
+
+
+def _segment_one(
+    item: SegmentItem,
+    out: Path,
+    predictor: "Predictor",
+    batch_size: int,
+    report: JobReport,
+) -> list[dict[str, object]]:
+    """Read, segment and write one image; returns its measurement rows."""
+    from napari_recist_seg.data.masks import write_labels, write_mask
+
+    data = _read(item)
+    array = data.array
+    volume = bool(data.is_volume)
+    spacing = data.plane_spacing
+
+    valid: list[tuple[int, Recist]] = []
+    for lesion, r in item.lesions:
+        if not volume and r.slice_index is not None:
+            # A 2D slice file (DeepLesion key slice): the slice index names the file.
+            r = replace(r, slice_index=None)
+        if r.spacing is None and spacing is not None:
+            r = r.with_spacing(spacing)
+        try:
+            if volume and r.slice_index is None:
+                raise RecistError("no slice index for a RECIST on a volume")
+            r.validate(array.shape)
+            valid.append((lesion, snap(r)))
+        except RecistError as exc:
+            report.fail(item.image_path, f"lesion {lesion}: {exc}")
+    if not valid:
+        raise RecistError("no usable RECIST for this image")
+
+    results = predictor.segment(array, [r for _, r in valid], batch_size=batch_size)
+
+    shape = array.shape if volume else array.shape[:2]
+    union = np.zeros(shape, dtype=np.uint8)
+    labels = None
+    if len(valid) > 1:
+        top = max(lesion for lesion, _ in valid)
+        labels = np.zeros(shape, dtype=np.uint8 if top < 256 else np.uint16)
+    for (lesion, _), res in zip(valid, results):
+        _paste(res, union, 255, volume)
+        if labels is not None:
+            _paste(res, labels, lesion, volume)
+    mask_path, labels_path = _outputs(out, item.stem, volume)
+    out_spacing = data.spacing
+    # Labels first, mask last: the mask's existence marks the image as done (resume).
+    if labels is not None:
+        write_labels(labels_path, labels, spacing=out_spacing)
+        report.outputs.append(labels_path)
+    write_mask(mask_path, union > 0, spacing=out_spacing)
+    report.outputs.append(mask_path)
+
+    image_label = _image_label(item.image_path, out)
+    return [
+        _measurement_row(image_label, lesion, res, res.recist.spacing)
+        for (lesion, _), res in zip(valid, results)
+    ]
+
+
+def _paste(res: "LesionResult", target: np.ndarray, value: int, volume: bool) -> None:
+    if volume:
+        z = res.recist.slice_index
+        res.paste_into(target[z], value)  # a view: pastes into the volume in place
+    else:
+        res.paste_into(target, value)
+
+
+def run_segment(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    recist_csv: str | os.PathLike[str] | None = None,
+    model: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    batch_size: int = 32,
+    predictor: "Predictor | None" = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> JobReport:
+    """Segment every RECIST of a dataset folder or a list of image files.
+
+    Parameters
+    ----------
+    inputs : path or list of paths
+        A dataset folder, or image files (then ``recist_csv`` is required).
+    out : path
+        Output folder (created); must not be the dataset's ``images/`` or ``masks/``.
+    recist_csv : path, optional
+        RECIST CSV or DeepLesion ``DL_info.csv``; for a dataset folder the default is
+        its ``recist.csv``, or RECIST derived from its masks.
+    model : path, optional
+        Checkpoint; ``None`` = the default model shipped with the package.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+    overwrite : bool
+        Redo images whose outputs exist (default: skip them and keep their rows).
+    batch_size : int
+        Crops per forward pass; all lesions of one image go in one call.
+    predictor : Predictor, optional
+        An already loaded predictor (the napari widget reuses its model); overrides
+        ``model`` and ``device``.
+    progress, cancel
+        See :mod:`napari_recist_seg.jobs.common`. Cancelling stops between images;
+        finished outputs and their rows are kept.
+
+    Returns
+    -------
+    JobReport
+        ``processed`` images written, ``skipped`` (already done), ``failures`` per
+        file (unreadable image, bad RECIST), ``cancelled``.
+
+    Raises
+    ------
+    InputError
+        Missing inputs, a file list without a RECIST CSV, or ``out`` being an input
+        folder.
+    """
+    out = Path(out)
+    items, plan_failures, protect = plan_segment(inputs, recist_csv=recist_csv)
+    _check_out(out, protect, items)
+    report = JobReport()
+    for file, reason in plan_failures:
+        report.fail(file, reason)
+    out.mkdir(parents=True, exist_ok=True)
+
+    csv_path = out / MEASUREMENTS_CSV
+    previous = _read_measurements(csv_path)
+    rows_by_image: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for row in previous:
+        rows_by_image[row["image"]].append(row)
+
+    todo: list[SegmentItem] = []
+    for item in items:
+        if not overwrite and _existing_output(out, item) is not None:
+            report.skipped += 1
+        else:
+            todo.append(item)
+
+    if todo and predictor is None:
+        from napari_recist_seg.predict import Predictor
+
+        predictor = Predictor.load(model, device=device)
+
+    tracker = ProgressTracker(len(todo), progress)
+    last_flush = time.perf_counter()
+    dirty = False
+    try:
+        for item in todo:
+            if cancel is not None and cancel.cancelled:
+                report.cancelled = True
+                break
+            try:
+                rows = _segment_one(item, out, predictor, batch_size, report)  # type: ignore[arg-type]
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # one bad file never stops the run
+                report.fail(item.image_path, describe_error(exc))
+                tracker.step(f"failed {item.image_path.name}")
+                continue
+            rows_by_image[_image_label(item.image_path, out)] = rows
+            dirty = True
+            report.processed += 1
+            tracker.step(item.image_path.name)
+            if time.perf_counter() - last_flush > _CSV_FLUSH_SECONDS:
+                _write_measurements(csv_path, _ordered_rows(rows_by_image))
+                last_flush = time.perf_counter()
+                dirty = False
+    finally:
+        if dirty or (rows_by_image and not csv_path.exists()):
+            _write_measurements(csv_path, _ordered_rows(rows_by_image))
+        report.write_failures(out)
+    return report
+
+
+def _ordered_rows(rows_by_image: dict[str, list[dict[str, object]]]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for image in sorted(rows_by_image):
+        rows.extend(sorted(rows_by_image[image], key=lambda r: _as_int(r.get("lesion"))))
+    return rows
+
+
+def _as_int(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0

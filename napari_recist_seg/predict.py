@@ -1,0 +1,623 @@
+"""The predictor: RECIST -> crop -> network -> lesion mask, batched for bulk work.
+
+A :class:`Predictor` loads a checkpoint once and segments any number of lesions of one
+image per call: every lesion's crop (the crop rule of :mod:`~napari_recist_seg.preprocess`,
+stored in the checkpoint) goes through the network in one forward pass (in chunks of
+``batch_size``), the probabilities are resized back to each crop box and clipped to the
+image. Only the crop boxes of the image are ever read or allocated: a ``(Z, H, W)``
+volume is segmented on the view ``volume[slice_index]`` and a 3000x2000 photograph is
+never copied, so memory is bounded by the crop, not the image.
+
+Post-processing (on by default): threshold the probability (0.5, ``config.threshold``),
+keep the lesion the RECIST points at (the connected component containing the crossing
+point of the axes, else the largest component overlapping the RECIST quadrilateral),
+and fill holes. ``benchmarks/README.md`` records what it does to Dice.
+
+Examples
+--------
+>>> import numpy as np, tempfile
+>>> from napari_recist_seg.model import ModelConfig, build_model, save_checkpoint
+>>> from napari_recist_seg.recist import Recist
+>>> cfg = ModelConfig(mode="a1", input_size=64)
+>>> ckpt = save_checkpoint(tempfile.mkdtemp(), build_model(cfg), cfg)
+>>> predictor = Predictor.load(ckpt, device="cpu")
+>>> image = np.zeros((100, 120, 3), np.uint8)
+>>> [res] = predictor.segment(image, [Recist([[50, 30], [50, 70]], [[40, 50], [60, 50]])])
+>>> res.offset, res.mask.shape, res.cluster
+((11, 11), (80, 80), None)
+>>> predictor.segment(image, [Recist([[50, 30], [50, 30]], [[40, 50], [60, 50]])])
+Traceback (most recent call last):
+...
+napari_recist_seg.recist.RecistError: long axis has (near) zero length (0.00 px)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from napari_recist_seg.recist import Recist, RecistError, recist_from_mask, snap
+
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "CLICK_SCALES",
+    "LesionResult",
+    "Predictor",
+    "postprocess_mask",
+]
+
+#: Where the default model ships inside the package.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+#: Diameters (px) of the circular pseudo-RECIST tried by :meth:`Predictor.segment_click`.
+CLICK_SCALES: tuple[float, ...] = (12.0, 24.0, 48.0, 96.0, 192.0)
+# A click candidate whose probability mass on the crop border exceeds this fraction
+# of the border pixels leaks out of its crop: the lesion is larger than the crop.
+_CLICK_BORDER_LIMIT = 0.05
+
+_STRUCT8 = np.ones((3, 3), bool)
+
+
+@dataclass
+class LesionResult:
+    """One segmented lesion; arrays cover only its crop box (clipped to the image).
+
+    Attributes
+    ----------
+    recist : Recist
+        The (snapped) prompt; for click mode the RECIST derived from the mask.
+    offset : (int, int)
+        Top-left ``(row, col)`` of ``mask`` in the image plane.
+    mask : np.ndarray
+        bool, the lesion inside the crop box.
+    probability : np.ndarray
+        float32 lesion probability, same shape as ``mask``.
+    cluster : int or None
+        RECIST shape cluster predicted by the auxiliary head (A1+L); ``None`` for A1.
+    confidence : float or None
+        Softmax probability of that cluster.
+    measured : Recist or None
+        RECIST measured on the predicted mask (image coordinates); ``None`` if the
+        mask is empty or degenerate.
+    """
+
+    recist: Recist
+    offset: tuple[int, int]
+    mask: np.ndarray
+    probability: np.ndarray
+    cluster: int | None = None
+    confidence: float | None = None
+    measured: Recist | None = None
+
+    @property
+    def area_px(self) -> int:
+        """Mask area in pixels."""
+        return int(np.count_nonzero(self.mask))
+
+    @property
+    def area_mm2(self) -> float | None:
+        """Mask area in mm² (``None`` when the spacing is unknown)."""
+        sp = self.recist.spacing
+        return None if sp is None else self.area_px * sp[0] * sp[1]
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """Row and column slices of the crop box in the image plane."""
+        r0, c0 = self.offset
+        h, w = self.mask.shape
+        return slice(r0, r0 + h), slice(c0, c0 + w)
+
+    def _plane(self, target: np.ndarray) -> np.ndarray:
+        # (Z, H, W) targets: paste on the RECIST's slice (a view, written in place).
+        if target.ndim == 3 and self.recist.slice_index is not None:
+            return target[self.recist.slice_index]
+        if target.ndim != 2:
+            raise ValueError(
+                f"expected a (rows, cols) array or a (z, rows, cols) volume with a RECIST "
+                f"slice index; got shape {target.shape}"
+            )
+        return target
+
+    def paste_into(self, labels: np.ndarray, value: int) -> None:
+        """Set ``labels`` to ``value`` where this lesion's mask is, in place.
+
+        ``labels`` is the image plane ``(rows, cols)`` or, for a lesion on a volume
+        slice, the ``(z, rows, cols)`` volume. Pixels outside the mask are untouched.
+        """
+        plane = self._plane(labels)
+        rs, cs = self.slices
+        if rs.stop > plane.shape[0] or cs.stop > plane.shape[1]:
+            raise ValueError(
+                f"the lesion's box {rs.start}:{rs.stop}, {cs.start}:{cs.stop} does not fit "
+                f"an array of shape {plane.shape}"
+            )
+        plane[rs, cs][self.mask] = value
+
+    def full_mask(self, shape: Sequence[int]) -> np.ndarray:
+        """The mask as a bool array of the image (plane) ``shape``.
+
+        ``shape`` may be the image shape itself: ``(H, W)``, ``(H, W, 3)`` (the colour
+        axis is dropped) or ``(Z, H, W)`` (the mask is placed on the RECIST's slice).
+        """
+        shape = tuple(int(s) for s in shape)
+        if len(shape) == 3 and self.recist.slice_index is None and shape[-1] in (3, 4):
+            shape = shape[:2]
+        out = np.zeros(shape, dtype=bool)
+        self.paste_into(out, True)
+        return out
+
+
+def _largest(labels: np.ndarray, n: int, among: np.ndarray | None = None) -> int:
+    """Label (1..n) of the largest component, optionally only among ``among`` labels."""
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    areas[0] = 0
+    if among is not None:
+        keep = np.zeros(n + 1, bool)
+        keep[among] = True
+        areas[~keep] = 0
+    return int(np.argmax(areas)) if areas.max() > 0 else 0
+
+
+def postprocess_mask(
+    mask: np.ndarray, recist_local: Recist | None, *, fill_holes: bool = True
+) -> np.ndarray:
+    """Keep the lesion a RECIST points at and fill its holes.
+
+    Parameters
+    ----------
+    mask : np.ndarray
+        bool, the thresholded probability in a crop.
+    recist_local : Recist or None
+        The RECIST in the crop's pixel coordinates; ``None`` keeps the largest
+        component.
+    fill_holes : bool
+        Fill holes of the kept component(s).
+
+    Returns
+    -------
+    np.ndarray
+        bool mask: the 8-connected component containing the crossing point of the
+        axes; else the largest component overlapping the quadrilateral of the four
+        RECIST endpoints; else (nothing overlaps) the largest component.
+
+    Examples
+    --------
+    >>> m = np.zeros((20, 20), bool); m[2:10, 2:10] = True; m[14:18, 14:18] = True
+    >>> m[5, 5] = False
+    >>> r = Recist([[15, 14], [15, 17]], [[14, 15.5], [17, 15.5]])
+    >>> out = postprocess_mask(m, r)
+    >>> int(out.sum()), bool(out[15, 15]), bool(out[5, 5])
+    (16, True, False)
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return mask
+    labels, n = ndimage.label(mask, structure=_STRUCT8)
+    keep = 0
+    if n == 1:
+        keep = 1
+    elif recist_local is not None:
+        try:
+            r, c = (int(round(v)) for v in recist_local.crossing)
+        except RecistError:
+            r, c = (int(round(v)) for v in recist_local.centre)
+        if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]:
+            keep = int(labels[r, c])
+        if keep == 0:
+            quad = np.zeros(mask.shape, np.uint8)
+            pts = recist_local.endpoints[[0, 2, 1, 3]]  # long1, short1, long2, short2
+            poly = np.round(pts[:, ::-1] * 16).astype(np.int32)  # (x, y), fixed point
+            cv2.fillPoly(quad, [poly], 1, lineType=cv2.LINE_8, shift=4)
+            for seg in (recist_local.long_axis, recist_local.short_axis):
+                (r1, c1), (r2, c2) = np.round(seg * 16).astype(int)
+                cv2.line(quad, (c1, r1), (c2, r2), 1, 1, cv2.LINE_8, 4)
+            touching = np.unique(labels[quad.astype(bool)])
+            touching = touching[touching > 0]
+            if touching.size:
+                keep = _largest(labels, n, touching)
+    if keep == 0:
+        keep = _largest(labels, n)
+    out = labels == keep
+    if fill_holes:
+        out = ndimage.binary_fill_holes(out)
+    return out
+
+
+def _is_volume(image: np.ndarray) -> bool:
+    return image.ndim == 3 and image.shape[-1] not in (3, 4)
+
+
+def _check_image(image: Any) -> np.ndarray:
+    # np.asarray never copies an ndarray or memmap: volumes stay where they are.
+    arr = image if isinstance(image, np.ndarray) else np.asarray(image)
+    if arr.ndim in (2, 3):
+        if min(arr.shape) == 0:
+            raise ValueError(f"the image has no pixels (shape {arr.shape})")
+        if arr.dtype == object or not (
+            np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
+        ):
+            raise ValueError(f"the image must be numeric; got dtype {arr.dtype}")
+        return arr
+    raise ValueError(
+        "expected an (H, W) grey, (H, W, 3) RGB image or a (Z, H, W) volume; "
+        f"got shape {arr.shape}"
+    )
+
+
+def _plane(image: np.ndarray, recist: Recist) -> np.ndarray:
+    """The 2D plane of a RECIST: the image itself, or a view of the volume slice."""
+    if _is_volume(image):
+        return image[recist.slice_index]
+    return image
+
+
+class Predictor:
+    """A loaded model, ready to segment lesions from RECIST prompts.
+
+    Use :meth:`load`; the model is loaded once and reused for every call.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A :class:`~napari_recist_seg.model.RecistSegNet` (returns ``(seg, aux)``).
+    config : ModelConfig
+        Its configuration (crop rule, threshold, mode).
+    clusters : ClusterModel, optional
+        The RECIST shape clusters of an A1+L model.
+    device : str
+        Where the model lives (``"cpu"``, ``"cuda"``, ``"mps"``).
+    postprocess : bool
+        Component selection + hole filling (see :func:`postprocess_mask`).
+    tta : bool
+        Test-time augmentation: average with the horizontally flipped crop (twice
+        the compute; off by default for the latency budget).
+    path : Path, optional
+        Where the checkpoint came from (for display).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        config: Any,
+        clusters: Any = None,
+        device: str = "cpu",
+        *,
+        postprocess: bool = True,
+        tta: bool = False,
+        path: Path | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.config = config
+        self.clusters = clusters
+        self.device = str(device)
+        self.postprocess = bool(postprocess)
+        self.tta = bool(tta)
+        self.path = path
+        self.preprocess = config.preprocess
+        self.threshold = float(getattr(config, "threshold", 0.5))
+
+    # -- loading ---------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        **kwargs: Any,
+    ) -> "Predictor":
+        """Load a checkpoint (``None``: the default model shipped with the package).
+
+        Parameters
+        ----------
+        path : path, optional
+            Checkpoint folder or file (see :func:`~napari_recist_seg.model.load_checkpoint`).
+        device : str
+            ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
+        **kwargs
+            ``postprocess``, ``tta``: see :class:`Predictor`.
+
+        Raises
+        ------
+        CheckpointError
+            Missing default model, or a corrupt / mismatched checkpoint.
+        ValueError
+            An unavailable device.
+        """
+        from napari_recist_seg.model import CheckpointError, load_checkpoint, resolve_device
+
+        if path is None:
+            if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+                raise CheckpointError(
+                    f"the default model is missing from this installation ({DEFAULT_MODEL_DIR}); "
+                    "pass a checkpoint with --model (or Predictor.load(path)), or train one "
+                    "with `recist-seg train`"
+                )
+            path = DEFAULT_MODEL_DIR
+        dev = resolve_device(device)
+        model, config, clusters = load_checkpoint(path, device=dev)
+        return cls(model, config, clusters, dev, path=Path(path), **kwargs)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"Predictor({c.mode}, encoder={c.encoder}, input={c.input_size}px, "
+            f"K={c.n_clusters}, device={self.device}, path={self.path})"
+        )
+
+    # -- internals -------------------------------------------------------------------
+    def _forward(self, batch: np.ndarray, batch_size: int, tta: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Segmentation logits ``(N, S, S)`` and cluster probabilities ``(N, K)``."""
+        import torch
+
+        seg_out: list[np.ndarray] = []
+        aux_out: list[np.ndarray] = []
+        dev = torch.device(self.device)
+        autocast = (
+            torch.autocast("cuda", dtype=torch.float16)
+            if dev.type == "cuda"
+            else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            for start in range(0, len(batch), max(1, int(batch_size))):
+                x = torch.from_numpy(batch[start : start + batch_size]).to(dev, non_blocking=True)
+                seg, aux = self.model(x)
+                if tta:
+                    seg_f, aux_f = self.model(torch.flip(x, dims=[3]))
+                    seg = (seg + torch.flip(seg_f, dims=[3])) / 2
+                    if aux is not None:
+                        aux = (aux + aux_f) / 2
+                seg_out.append(seg[:, 0].float().cpu().numpy())
+                if aux is not None:
+                    aux_out.append(torch.softmax(aux.float(), dim=1).cpu().numpy())
+        seg_all = np.concatenate(seg_out) if seg_out else np.zeros((0, 1, 1), np.float32)
+        aux_all = np.concatenate(aux_out) if aux_out else None
+        return seg_all, aux_all
+
+    def _run(
+        self,
+        image: np.ndarray,
+        recists: Sequence[Recist],
+        *,
+        batch_size: int,
+        tta: bool,
+        timings: dict[str, float] | None,
+    ) -> list[LesionResult]:
+        """Segment already validated / snapped RECIST (no checks)."""
+        from napari_recist_seg.preprocess import make_input, paste_back
+
+        t0 = time.perf_counter()
+        inputs, boxes = [], []
+        for r in recists:
+            x, box = make_input(_plane(image, r), r, self.preprocess)
+            inputs.append(x)
+            boxes.append(box)
+        t1 = time.perf_counter()
+        seg, aux = self._forward(np.stack(inputs) if inputs else np.zeros(0), batch_size, tta)
+        t2 = time.perf_counter()
+        plane_shape = _plane(image, recists[0]).shape[:2] if recists else (0, 0)
+        results = []
+        for i, (r, box) in enumerate(zip(recists, boxes)):
+            # Resize logits (smoother than resizing probabilities), then sigmoid.
+            offset, logits = paste_back(seg[i], box, plane_shape)
+            prob = (1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))).astype(np.float32)
+            mask = prob > self.threshold
+            if self.postprocess and mask.any():
+                local = r.transformed(offset, 1.0)
+                mask = postprocess_mask(mask, local)
+            cluster = confidence = None
+            if aux is not None:
+                cluster = int(np.argmax(aux[i]))
+                confidence = float(aux[i, cluster])
+            measured = None
+            if mask.any():
+                try:
+                    m = recist_from_mask(mask, spacing=r.spacing, slice_index=r.slice_index)
+                    measured = m.transformed((-offset[0], -offset[1]), 1.0)
+                except RecistError:
+                    measured = None
+            results.append(
+                LesionResult(r, (int(offset[0]), int(offset[1])), mask, prob, cluster, confidence, measured)
+            )
+        t3 = time.perf_counter()
+        if timings is not None:
+            for key, dt in (("preprocess", t1 - t0), ("forward", t2 - t1), ("postprocess", t3 - t2)):
+                timings[key] = timings.get(key, 0.0) + dt
+        return results
+
+    # -- public API ------------------------------------------------------------------
+    def segment(
+        self,
+        image: np.ndarray,
+        recists: Sequence[Recist],
+        *,
+        batch_size: int = 32,
+        tta: bool | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[LesionResult]:
+        """Segment the lesions of one image, all in one batched forward pass.
+
+        Parameters
+        ----------
+        image : np.ndarray
+            ``(H, W)`` grey, ``(H, W, 3)`` RGB (uint8 / uint16 / float), or a
+            ``(Z, H, W)`` volume (CT in HU): each RECIST is segmented on the slice
+            ``recist.slice_index``, read through a view (never copied).
+        recists : sequence of Recist
+            Prompts in image pixel coordinates. Each is validated against the image
+            (a :class:`RecistError` names the reason and the lesion's position) and
+            snapped (short axis perpendicular through the crossing).
+        batch_size : int
+            Crops per forward pass.
+        tta : bool, optional
+            Override the predictor's test-time augmentation flag.
+        timings : dict, optional
+            If given, seconds spent in ``"preprocess"``, ``"forward"`` and
+            ``"postprocess"`` are added to it.
+
+        Returns
+        -------
+        list of LesionResult
+            In the order of ``recists``.
+        """
+        arr = _check_image(image)
+        if isinstance(recists, Recist):
+            recists = [recists]
+        prompts = []
+        for i, r in enumerate(recists):
+            if not isinstance(r, Recist):
+                raise TypeError(f"recists[{i}] is a {type(r).__name__}, not a Recist")
+            try:
+                r.validate(arr.shape)
+                prompts.append(snap(r))
+            except RecistError as exc:
+                if len(recists) == 1:
+                    raise
+                raise RecistError(f"RECIST {i + 1} of {len(recists)}: {exc}") from exc
+        if not prompts:
+            return []
+        return self._run(
+            arr, prompts, batch_size=batch_size, tta=self.tta if tta is None else tta,
+            timings=timings,
+        )
+
+    def segment_click(
+        self,
+        image: np.ndarray,
+        point: Sequence[float],
+        *,
+        slice_index: int | None = None,
+        spacing: tuple[float, float] | None = None,
+        scales: Sequence[float] = CLICK_SCALES,
+        refine: bool = True,
+    ) -> LesionResult:
+        """Segment the lesion under one click, without a drawn RECIST.
+
+        Every diameter in ``scales`` gives a circular pseudo-RECIST centred on the
+        click (all in one batch). A candidate is acceptable when its mask contains
+        the click and little probability reaches its crop border (the lesion fits the
+        crop); among those the one whose measured long axis best agrees with the
+        pseudo-RECIST diameter wins (ties: the smaller border leak). With ``refine``
+        the winner's mask is measured (:func:`recist_from_mask`) and the lesion is
+        segmented once more from that RECIST.
+
+        Parameters
+        ----------
+        image : np.ndarray
+            As for :meth:`segment`.
+        point : (row, col)
+            The click, in pixels of the image plane.
+        slice_index : int, optional
+            Required for volumes.
+        spacing : (row_mm, col_mm), optional
+            Stored on the returned RECIST.
+        scales : sequence of float
+            Pseudo-RECIST diameters in pixels.
+        refine : bool
+            Re-segment from the derived RECIST (one more forward pass).
+
+        Returns
+        -------
+        LesionResult
+            Its ``recist`` is the RECIST derived from the mask (the prompt of the
+            final pass).
+
+        Raises
+        ------
+        RecistError
+            If the point lies outside the image, or no scale finds a lesion there.
+        """
+        arr = _check_image(image)
+        if _is_volume(arr):
+            if slice_index is None:
+                raise RecistError(f"the image is a {arr.shape} volume: give the slice index")
+            if not 0 <= int(slice_index) < arr.shape[0]:
+                raise RecistError(f"slice {slice_index} is outside the volume (0..{arr.shape[0] - 1})")
+            h, w = arr.shape[1:]
+        else:
+            slice_index = None
+            h, w = arr.shape[:2]
+        p = np.asarray(point, dtype=float).ravel()
+        if p.shape != (2,) or not np.all(np.isfinite(p)):
+            raise RecistError(f"the click must be one finite (row, col) point; got {point!r}")
+        if not (-0.5 <= p[0] <= h - 0.5 and -0.5 <= p[1] <= w - 0.5):
+            raise RecistError(f"the click ({p[0]:.1f}, {p[1]:.1f}) lies outside the {h}x{w} image")
+        diameters = [float(d) for d in scales if float(d) >= 2.0]
+        if not diameters:
+            raise ValueError("scales must hold diameters of at least 2 px")
+        prompts = []
+        for d in diameters:
+            rad = d / 2.0
+            prompts.append(
+                Recist(
+                    [[p[0], p[1] - rad], [p[0], p[1] + rad]],
+                    [[p[0] - rad, p[1]], [p[0] + rad, p[1]]],
+                    slice_index=slice_index,
+                    spacing=spacing,
+                )
+            )
+        # Pseudo-RECIST may reach past the image border: the crop pads, so no validation.
+        candidates = self._run(arr, prompts, batch_size=len(prompts), tta=self.tta, timings=None)
+        pr, pc = int(round(p[0])), int(round(p[1]))
+        best = None
+        for d, res in zip(diameters, candidates):
+            r0, c0 = res.offset
+            lr, lc = pr - r0, pc - c0
+            inside = (
+                0 <= lr < res.mask.shape[0] and 0 <= lc < res.mask.shape[1] and res.mask[lr, lc]
+            )
+            if not inside or res.measured is None:
+                continue
+            leak = _border_leak(res.probability, res.offset, res.recist, self.preprocess, (h, w))
+            agreement = abs(math.log(max(res.measured.long_length, 1.0) / d))
+            key = (leak > _CLICK_BORDER_LIMIT, agreement, leak)
+            if best is None or key < best[0]:
+                best = (key, res)
+        if best is None:
+            raise RecistError(
+                f"no lesion found at ({p[0]:.0f}, {p[1]:.0f}); draw the RECIST axes instead"
+            )
+        chosen: LesionResult = best[1]
+        derived = replace(chosen.measured, spacing=spacing, slice_index=slice_index)  # type: ignore[arg-type]
+        if not refine:
+            return replace(chosen, recist=derived)
+        try:
+            prompt = snap(derived)
+        except RecistError:
+            return replace(chosen, recist=derived)
+        [final] = self._run(arr, [prompt], batch_size=1, tta=self.tta, timings=None)
+        if final.measured is None:
+            return replace(chosen, recist=derived)
+        return final
+
+
+def _border_leak(
+    prob: np.ndarray, offset: tuple[int, int], recist: Recist, cfg: Any, plane_shape: tuple[int, int]
+) -> float:
+    """Mean probability on the crop box border pixels that lie inside the image.
+
+    Where the box is clipped by the image edge the image border is not counted: a
+    lesion may legitimately touch the edge of the photograph.
+    """
+    from napari_recist_seg.preprocess import crop_box
+
+    box = crop_box(recist, cfg)
+    h, w = prob.shape
+    parts = []
+    if box.row0 >= 0:
+        parts.append(prob[0, :])
+    if box.row0 + box.side <= plane_shape[0]:
+        parts.append(prob[h - 1, :])
+    if box.col0 >= 0:
+        parts.append(prob[:, 0])
+    if box.col0 + box.side <= plane_shape[1]:
+        parts.append(prob[:, w - 1])
+    if not parts:
+        return 0.0
+    return float(np.mean(np.concatenate(parts)))

@@ -1,0 +1,426 @@
+"""The predictor on real ISIC / LiTS images: crop geometry, pasting, batching, volumes,
+validation, click mode; plus Dice of the shipped default model when it is present.
+
+Most tests use a tiny, freshly built (untrained) checkpoint: its masks are arbitrary
+but the geometry around them (offsets, clipping, pasting, batching, slices) is exact.
+Click-mode logic is checked with a transparent stand-in network that segments dark
+pixels, on a synthetic dark disk whose true extent is known.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_recist_seg.clusters import ClusterModel
+from napari_recist_seg.model import CheckpointError, ModelConfig, build_model, save_checkpoint
+from napari_recist_seg import predict as predict_mod
+from napari_recist_seg.predict import DEFAULT_MODEL_DIR, LesionResult, Predictor, postprocess_mask
+from napari_recist_seg.preprocess import crop_box
+from napari_recist_seg.recist import Recist, RecistError, recist_from_mask, snap
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+ISIC = SHARED_DATA / "isic2017_train256"
+LITS = SHARED_DATA / "lits_case117"
+ISIC_STEMS = ["ISIC_0000000", "ISIC_0000001", "ISIC_0000003", "ISIC_0000008", "ISIC_0000013"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The CI machine has 2 shared cores; oversubscribed torch threads crawl.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _isic(stem: str) -> tuple[np.ndarray, np.ndarray]:
+    if not (ISIC / "images").is_dir():
+        pytest.skip(f"real ISIC data not found at {ISIC}")
+    image = np.asarray(Image.open(ISIC / "images" / f"{stem}.jpg").convert("RGB"))
+    mask = np.asarray(Image.open(ISIC / "masks" / f"{stem}_segmentation.png")) > 0
+    return image, mask
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """An untrained A1+L checkpoint (64 px input, K=3)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(mode="a1l", n_clusters=3, input_size=64, decoder_channels=32)
+    rng = np.random.default_rng(0)
+    clusters = ClusterModel(rng.normal(size=(3, 7)), np.zeros(7), np.ones(7))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", build_model(cfg), cfg, clusters)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_ckpt) -> Predictor:
+    return Predictor.load(tiny_ckpt, device="cpu")
+
+
+# -- loading ---------------------------------------------------------------------------
+
+
+def test_load_reports_device_config_and_clusters(tiny):
+    assert tiny.device == "cpu"
+    assert tiny.config.input_size == 64 and tiny.config.mode == "a1l"
+    assert tiny.clusters is not None and tiny.clusters.k == 3
+    assert not tiny.model.training
+
+
+def test_missing_default_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(predict_mod, "DEFAULT_MODEL_DIR", tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="default model is missing"):
+        Predictor.load(None, device="cpu")
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path, tiny_ckpt):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(CheckpointError):
+        Predictor.load(bad, device="cpu")
+
+
+# -- geometry --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "recist",
+    [
+        # near the top-left corner: the crop box hangs over two edges
+        Recist([[3, 2], [3, 40]], [[0, 20], [12, 20]]),
+        # near the bottom-right corner
+        Recist([[250, 215], [250, 254]], [[244, 235], [255, 235]]),
+        # well inside
+        Recist([[120, 90], [130, 160]], [[110, 124], [140, 128]]),
+    ],
+)
+def test_offset_and_shape_follow_the_clipped_crop_box(tiny, recist):
+    image, _ = _isic("ISIC_0000000")
+    [res] = tiny.segment(image, [recist])
+    box = crop_box(snap(recist), tiny.config.preprocess)
+    r0, c0 = max(box.row0, 0), max(box.col0, 0)
+    r1 = min(box.row0 + box.side, image.shape[0])
+    c1 = min(box.col0 + box.side, image.shape[1])
+    assert res.offset == (r0, c0)
+    assert res.mask.shape == (r1 - r0, c1 - c0)
+    assert res.probability.shape == res.mask.shape
+    assert res.mask.dtype == bool and res.probability.dtype == np.float32
+    assert np.all((res.probability >= 0) & (res.probability <= 1))
+    np.testing.assert_allclose(res.recist.long_axis, snap(recist).long_axis)
+    assert res.area_px == int(res.mask.sum())
+
+
+def test_full_mask_and_paste_into_match_pasting_by_hand(tiny):
+    image, mask = _isic("ISIC_0000001")
+    r_true = recist_from_mask(mask)
+    r_corner = Recist([[5, 5], [5, 45]], [[0, 25], [15, 25]])
+    results = tiny.segment(image, [r_true, r_corner])
+    labels = np.zeros(image.shape[:2], np.uint16)
+    by_hand = np.zeros(image.shape[:2], np.uint16)
+    for value, res in enumerate(results, start=1):
+        full = res.full_mask(image.shape)  # the RGB shape: colour axis dropped
+        manual = np.zeros(image.shape[:2], bool)
+        (r0, c0), (h, w) = res.offset, res.mask.shape
+        manual[r0 : r0 + h, c0 : c0 + w] = res.mask
+        np.testing.assert_array_equal(full, manual)
+        res.paste_into(labels, value)
+        by_hand[manual] = value
+    np.testing.assert_array_equal(labels, by_hand)
+
+
+def test_measured_recist_is_in_image_coordinates(tiny):
+    image, mask = _isic("ISIC_0000003")
+    [res] = tiny.segment(image, [recist_from_mask(mask)])
+    if res.measured is None:
+        assert res.area_px < 4
+        return
+    ref = recist_from_mask(res.full_mask(image.shape))
+    np.testing.assert_allclose(res.measured.long_axis, ref.long_axis)
+    np.testing.assert_allclose(res.measured.short_axis, ref.short_axis)
+
+
+def test_cluster_from_aux_head_and_none_for_a1(tiny, tmp_path):
+    image, mask = _isic("ISIC_0000008")
+    r = recist_from_mask(mask)
+    [res] = tiny.segment(image, [r])
+    assert isinstance(res.cluster, int) and 0 <= res.cluster < 3
+    assert 1 / 3 <= res.confidence <= 1.0
+    cfg = ModelConfig(mode="a1", input_size=64, decoder_channels=32)
+    a1 = Predictor.load(save_checkpoint(tmp_path / "a1", build_model(cfg), cfg), device="cpu")
+    [res_a1] = a1.segment(image, [r])
+    assert res_a1.cluster is None and res_a1.confidence is None
+
+
+def test_batched_equals_one_by_one(tiny):
+    image, mask = _isic("ISIC_0000013")
+    base = recist_from_mask(mask)
+    recists = [
+        base,
+        base.transformed((5, -4), 1.0),
+        Recist([[20, 20], [20, 60]], [[10, 40], [32, 40]]),
+        Recist([[200, 150], [240, 190]], [[230, 160], [210, 180]]),
+    ]
+    batched = tiny.segment(image, recists, batch_size=32)
+    chunked = tiny.segment(image, recists, batch_size=3)
+    single = [tiny.segment(image, [r])[0] for r in recists]
+    for b, c, s in zip(batched, chunked, single):
+        assert b.offset == s.offset == c.offset
+        np.testing.assert_allclose(b.probability, s.probability, atol=1e-4)
+        np.testing.assert_allclose(c.probability, s.probability, atol=1e-4)
+        # a pixel may only flip if its probability sits on the threshold
+        assert np.mean(b.mask != s.mask) < 1e-3
+        assert b.cluster == s.cluster
+
+
+def test_grey_image_and_tta_flip_equivariance(tiny):
+    image, _ = _isic("ISIC_0000000")
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    # Symmetric about column 60 with an odd crop side (81 px), so the crop box of the
+    # mirrored RECIST is the mirrored box.
+    r = Recist([[50, 60], [90.5, 60]], [[70, 50], [70, 70]])
+    w = grey.shape[1]
+    r_flip = Recist(
+        r.long_axis * [1, -1] + [0, w - 1], r.short_axis * [1, -1] + [0, w - 1]
+    )
+    [a] = tiny.segment(grey, [r], tta=True)
+    [b] = tiny.segment(np.ascontiguousarray(grey[:, ::-1]), [r_flip], tta=True)
+    assert a.mask.shape == b.mask.shape
+    np.testing.assert_allclose(a.probability, b.probability[:, ::-1], atol=0.02)
+    [plain] = tiny.segment(grey, [r])
+    assert not np.allclose(plain.probability, a.probability, atol=1e-3)
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("recist", "reason"),
+    [
+        (Recist([[50, 50], [50, 50]], [[40, 50], [60, 50]]), "zero length"),
+        (Recist([[50, 30], [50, 70]], [[52, 30], [52, 70]]), "parallel"),
+        (Recist([[50, 30], [50, 70]], [[40, 100], [60, 100]]), "do not cross"),
+        (Recist([[50, 230], [50, 290]], [[40, 260], [60, 260]]), "outside"),
+        (Recist([[np.nan, 30], [50, 70]], [[40, 50], [60, 50]]), "NaN"),
+    ],
+)
+def test_bad_recist_raises_with_the_reason(tiny, recist, reason):
+    image, _ = _isic("ISIC_0000000")
+    with pytest.raises(RecistError, match=reason):
+        tiny.segment(image, [recist])
+
+
+def test_bad_recist_among_several_names_its_position(tiny):
+    image, _ = _isic("ISIC_0000000")
+    good = Recist([[50, 30], [50, 70]], [[40, 50], [60, 50]])
+    bad = Recist([[50, 30], [50, 70]], [[40, 100], [60, 100]])
+    with pytest.raises(RecistError, match="RECIST 2 of 2"):
+        tiny.segment(image, [good, bad])
+
+
+def test_snapping_is_applied(tiny):
+    image, _ = _isic("ISIC_0000000")
+    skewed = Recist([[100, 80], [100, 160]], [[80, 115], [125, 125]])
+    [res] = tiny.segment(image, [skewed])
+    d_long = res.recist.long_axis[1] - res.recist.long_axis[0]
+    d_short = res.recist.short_axis[1] - res.recist.short_axis[0]
+    assert abs(float(d_long @ d_short)) < 1e-6
+
+
+# -- volumes ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lits():
+    if not (LITS / "ct.nii.gz").is_file():
+        pytest.skip(f"real LiTS data not found at {LITS}")
+    import nibabel as nib
+
+    ct = np.asarray(nib.load(str(LITS / "ct.nii.gz")).dataobj).transpose(2, 1, 0)
+    labels = np.asarray(nib.load(str(LITS / "labels.nii.gz")).dataobj).transpose(2, 1, 0)
+    return np.ascontiguousarray(ct.astype(np.int16)), np.ascontiguousarray(labels)
+
+
+def test_volume_lesion_is_segmented_on_its_slice(tiny, lits):
+    ct, labels = lits
+    z = int(np.argmax((labels == 2).sum(axis=(1, 2))))
+    r = recist_from_mask(labels[z] == 2, slice_index=z)
+    [res_vol] = tiny.segment(ct, [r])
+    [res_plane] = tiny.segment(ct[z], [r.with_spacing(None)])
+    assert res_vol.offset == res_plane.offset
+    np.testing.assert_allclose(res_vol.probability, res_plane.probability, atol=1e-5)
+    full = res_vol.full_mask(ct.shape)
+    assert full.shape == ct.shape
+    assert full[z].sum() == res_vol.area_px
+    assert full.sum() == full[z].sum()  # nothing on any other slice
+    assert res_vol.recist.slice_index == z
+    with pytest.raises(RecistError, match="slice index"):
+        tiny.segment(ct, [Recist(r.long_axis, r.short_axis)])
+    with pytest.raises(RecistError, match="outside the volume"):
+        tiny.segment(ct, [Recist(r.long_axis, r.short_axis, slice_index=ct.shape[0])])
+
+
+def test_volume_is_never_copied(tiny, lits):
+    ct, labels = lits
+    z = int(np.argmax((labels == 2).sum(axis=(1, 2))))
+    # A real CT slice at 512x512, seen as a 300-slice volume through a zero-stride view:
+    # 150 MB if anything copied the volume, 0.5 MB of real memory otherwise.
+    plane = cv2.resize(ct[z], (512, 512), interpolation=cv2.INTER_NEAREST)
+    volume = np.broadcast_to(plane, (300, 512, 512))
+    assert volume.nbytes > 150e6
+    lesion = cv2.resize((labels[z] == 2).astype(np.uint8), (512, 512), interpolation=cv2.INTER_NEAREST)
+    r = recist_from_mask(lesion > 0, slice_index=150)
+    tiny.segment(volume, [r])  # warm-up (lazy torch allocations)
+    tracemalloc.start()
+    try:
+        [res] = tiny.segment(volume, [r])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    side = crop_box(res.recist, tiny.config.preprocess).side
+    assert peak < 20e6, f"peak {peak / 1e6:.1f} MB for a {side} px crop"
+    assert np.shares_memory(predict_mod._plane(volume, r), volume)
+
+
+# -- post-processing -------------------------------------------------------------------
+
+
+def test_postprocess_keeps_the_component_under_the_crossing_and_fills_holes():
+    m = np.zeros((40, 40), bool)
+    m[2:20, 2:20] = True  # large, not under the RECIST
+    m[25:35, 25:35] = True  # under the RECIST
+    m[29:31, 29:31] = False  # a hole
+    r = Recist([[30, 26], [30, 34]], [[26, 30], [34, 30]])
+    out = postprocess_mask(m, r)
+    expected = np.zeros_like(m)
+    expected[25:35, 25:35] = True
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_postprocess_falls_back_to_the_largest_component_touching_the_recist():
+    m = np.zeros((40, 40), bool)
+    m[2:8, 2:8] = True  # touches the long axis' left end, small
+    m[2:8, 30:39] = True  # touches its right end, larger
+    m[30:39, 2:39] = True  # largest, far from the RECIST
+    r = Recist([[5, 5], [5, 35]], [[2, 20], [8, 20]])  # crossing at (5, 20): background
+    out = postprocess_mask(m, r)
+    expected = np.zeros_like(m)
+    expected[2:8, 30:39] = True
+    np.testing.assert_array_equal(out, expected)
+    # Nothing touches the RECIST: the largest component.
+    far = Recist([[20, 10], [20, 30]], [[18, 20], [22, 20]])
+    out = postprocess_mask(m, far)
+    expected = np.zeros_like(m)
+    expected[30:39, 2:39] = True
+    np.testing.assert_array_equal(out, expected)
+
+
+# -- click mode ------------------------------------------------------------------------
+
+
+class _DarkNet(torch.nn.Module):
+    """Stand-in network: lesion = dark pixels of the crop (ignores the RECIST)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        grey = (x[:, :3] * self.std + self.mean).mean(dim=1, keepdim=True)
+        return 40.0 * (0.5 - grey), None
+
+
+def _disk_image(centre=(90, 110), radius=25, shape=(200, 240)):
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    disk = (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+    image = np.full(shape + (3,), 220, np.uint8)
+    image[disk] = 40
+    return image, disk
+
+
+def test_click_finds_the_whole_lesion_and_its_recist():
+    cfg = ModelConfig(mode="a1", input_size=64)
+    predictor = Predictor(_DarkNet(cfg), cfg, None, "cpu")
+    image, disk = _disk_image()
+    res = predictor.segment_click(image, (95, 104), spacing=(0.5, 0.5))
+    full = res.full_mask(image.shape)
+    assert _dice(full, disk) > 0.95
+    assert abs(res.recist.long_length - 50) <= 2.5
+    assert res.recist.spacing == (0.5, 0.5)
+    # The derived RECIST lies inside the mask.
+    for r, c in np.round(res.recist.endpoints).astype(int):
+        assert full[r, c]
+    cr, cc = np.round(res.recist.crossing).astype(int)
+    assert full[cr, cc]
+
+
+def test_click_outside_the_image_or_on_nothing_is_an_error():
+    cfg = ModelConfig(mode="a1", input_size=64)
+    predictor = Predictor(_DarkNet(cfg), cfg, None, "cpu")
+    image, _ = _disk_image()
+    with pytest.raises(RecistError, match="outside"):
+        predictor.segment_click(image, (-5, 10))
+    with pytest.raises(RecistError, match="no lesion"):
+        predictor.segment_click(image, (190, 230))  # bright skin only
+
+
+def test_click_with_the_tiny_model_returns_a_consistent_result(tiny):
+    image, mask = _isic("ISIC_0000001")
+    rows, cols = np.nonzero(mask)
+    try:
+        res = tiny.segment_click(image, (rows.mean(), cols.mean()))
+    except RecistError as exc:  # an untrained model may see no lesion at all
+        assert "no lesion" in str(exc)
+        return
+    assert isinstance(res, LesionResult)
+    full = res.full_mask(image.shape)
+    for r, c in np.round(res.recist.long_axis).astype(int):
+        assert full[r, c]
+
+
+# -- the shipped default model ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_predictor() -> Predictor:
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        pytest.skip(f"no default model at {DEFAULT_MODEL_DIR}")
+    return Predictor.load(None, device="cpu")
+
+
+def test_default_model_dice_on_real_images(default_predictor):
+    dices = []
+    for stem in ISIC_STEMS:
+        image, mask = _isic(stem)
+        [res] = default_predictor.segment(image, [recist_from_mask(mask)])
+        dices.append(_dice(res.full_mask(image.shape), mask))
+    assert np.mean(dices) > 0.8, dices
+
+
+def test_default_model_click_recist_lies_inside_the_mask(default_predictor):
+    dices = []
+    for stem in ISIC_STEMS[:3]:
+        image, mask = _isic(stem)
+        dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+        point = np.unravel_index(int(np.argmax(dist)), mask.shape)  # deep inside
+        res = default_predictor.segment_click(image, point)
+        full = res.full_mask(image.shape)
+        for r, c in np.round(res.recist.long_axis).astype(int):
+            assert full[r, c]
+        cr, cc = np.round(res.recist.crossing).astype(int)
+        assert full[cr, cc]
+        dices.append(_dice(full, mask))
+    assert np.mean(dices) > 0.7, dices
