@@ -236,3 +236,137 @@ def open_case(
         layer.contour = 2
     viewer.layers.selection.active = image_layer
     return image_layer
+
+
+# -- what the viewer holds, as core objects ------------------------------------------
+
+
+def _image_data(layer) -> np.ndarray:
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def _source_path(layer) -> Path | None:
+    meta = getattr(layer, "metadata", {}) or {}
+    for key in ("image_path", "path"):
+        if meta.get(key):
+            return Path(meta[key])
+    src = getattr(getattr(layer, "source", None), "path", None)
+    return Path(src) if src else None
+
+
+def _observe_lines(shapes) -> list:
+    """The lines of a RECIST Shapes layer as the annotation session reads them."""
+    from napari_recist_seg.annotation import LineObs
+
+    feats = shapes.features
+    n = len(shapes.data)
+
+    def column(name: str, default):
+        if name in feats.columns and len(feats) == n:
+            return list(feats[name])
+        return [default] * n
+
+    def as_int(v, default=-1) -> int:
+        try:
+            return int(v)
+        except (TypeError, ValueError):
+            return default
+
+    ids, hints, axes = column("line_id", -1), column("lesion", -1), column("axis", "")
+    types = list(shapes.shape_type)
+    obs = []
+    for i, coords in enumerate(shapes.data):
+        lid = as_int(ids[i])
+        axis = axes[i] if isinstance(axes[i], str) else ""
+        obs.append(LineObs(lid, np.asarray(coords, float), as_int(hints[i]) if lid < 0 else None,
+                           axis, types[i]))
+    return obs
+
+
+def layer_recists(viewer, image_layer, annotator=None) -> list:
+    """``[(lesion id, Recist), ...]`` of an image layer.
+
+    From the annotator's session when the annotator is bound to the layer (exactly
+    what it shows), else by reading ``"<image> RECIST"`` with the same pairing rules.
+    """
+    from napari_recist_seg.annotation import AnnotationSession, spacing_from_scale
+
+    if annotator is not None:
+        binding = getattr(annotator, "bindings", {}).get(id(image_layer))
+        if binding is not None and binding.alive():
+            return list(binding.session.recists())
+    name = f"{image_layer.name}{RECIST_SUFFIX}"
+    if name not in viewer.layers:
+        return []
+    shapes = viewer.layers[name]
+    data = _image_data(image_layer)
+    shape = tuple(data.shape[:-1]) if image_layer.rgb else tuple(data.shape)
+    if len(shape) not in (2, 3):
+        return []
+    session = AnnotationSession(
+        shape[-2:], n_slices=shape[0] if len(shape) == 3 else None,
+        spacing=spacing_from_scale(image_layer.scale),
+    )
+    session.sync(_observe_lines(shapes))
+    return list(session.recists())
+
+
+def curated_flag(layer) -> bool:
+    from napari_recist_seg.curation import CURATED_KEY
+
+    return bool((getattr(layer, "metadata", None) or {}).get(CURATED_KEY, False))
+
+
+def set_curated_flag(layer, value: bool) -> None:
+    from napari_recist_seg.curation import CURATED_KEY
+
+    layer.metadata[CURATED_KEY] = bool(value)
+
+
+def image_layers(viewer) -> list:
+    """Image layers that can carry RECIST (2D grey / RGB, 3D volumes)."""
+    from napari.layers import Image
+
+    out = []
+    for layer in viewer.layers:
+        if not isinstance(layer, Image):
+            continue
+        nd = layer.ndim - (0 if not layer.rgb else 0)
+        if nd in (2, 3):
+            out.append(layer)
+    return out
+
+
+def lesions_layer(viewer, image_layer):
+    """The ``"<image> lesions"`` Labels layer of an image layer, or ``None``."""
+    from napari.layers import Labels
+
+    name = f"{image_layer.name}{LESIONS_SUFFIX}"
+    if name in viewer.layers and isinstance(viewer.layers[name], Labels):
+        return viewer.layers[name]
+    return None
+
+
+def annotated_image(viewer, image_layer, *, annotator=None, copy_labels: bool = True):
+    """An :class:`~napari_recist_seg.curation.AnnotatedImage` from an image layer.
+
+    Labels come from ``"<image> lesions"`` (copied, so that painting while a job runs
+    does not change what it trains on); ``curated`` from that layer's metadata.
+    """
+    from napari_recist_seg.curation import AnnotatedImage
+
+    labels_layer = lesions_layer(viewer, image_layer)
+    labels = None
+    if labels_layer is not None:
+        labels = np.array(labels_layer.data, copy=True) if copy_labels else np.asarray(labels_layer.data)
+    scale = tuple(float(s) for s in image_layer.scale)
+    spacing = None if all(abs(s - 1.0) < 1e-12 for s in scale) else scale
+    return AnnotatedImage(
+        name=image_layer.name,
+        image=np.asarray(_image_data(image_layer)),
+        recists=layer_recists(viewer, image_layer, annotator),
+        labels=labels,
+        curated=labels_layer is not None and curated_flag(labels_layer),
+        spacing=spacing,
+        source=_source_path(image_layer),
+    )
