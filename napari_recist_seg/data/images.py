@@ -454,24 +454,11 @@ def _slice_normal(ds: Any) -> np.ndarray | None:
     return n / norm if norm > 0 else None
 
 
-def read_dicom_series(folder: str | os.PathLike[str]) -> ImageData:
-    """Read a folder holding one DICOM series as a ``(Z, H, W)`` float32 volume.
-
-    Files are recognised by content (``.dcm`` or no extension); other files are
-    ignored. Slices are sorted along the slice normal by ``ImagePositionPatient``
-    (falling back to ``InstanceNumber``, then the file name); the slice spacing is
-    the median distance between neighbouring positions (else ``SpacingBetweenSlices``
-    or ``SliceThickness``, else 1 mm). Each slice's own slope / intercept is applied.
-    A folder with a single image gives a 2D image.
-
-    Raises
-    ------
-    ImageReadError
-        No DICOM images, several series, or slices of different sizes.
-    """
+def _scan_series(root: Path) -> tuple[list[tuple[Path, Any]], float]:
+    """Headers of one series folder (no pixels), sorted along the slice axis, and the
+    slice spacing in mm."""
     import pydicom
 
-    root = Path(folder)
     if not root.is_dir():
         raise _fail(root, "not a folder")
     headers = []
@@ -491,12 +478,13 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> ImageData:
         raise _fail(root, "no DICOM images in the folder")
     series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
     if len(series) > 1:
-        raise _fail(root, f"the folder holds {len(series)} DICOM series; put each series in its own folder")
+        raise _fail(root, f"the folder holds {len(series)} DICOM series; "
+                    "put each series in its own folder")
     sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in headers}
     if len(sizes) > 1:
         raise _fail(root, f"slices have different sizes {sorted(sizes)}")
     if len(headers) == 1:
-        return _read_dicom_file(headers[0][0])
+        return headers, 1.0
 
     normal = _slice_normal(headers[0][1])
     positions = []
@@ -504,27 +492,59 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> ImageData:
         ipp = ds.get("ImagePositionPatient", None)
         positions.append(None if ipp is None or len(ipp) != 3 or normal is None
                          else float(np.dot([float(v) for v in ipp], normal)))
+    dz: float | None = None
     if all(p is not None for p in positions):
         order = np.argsort(np.asarray(positions, dtype=float), kind="stable")
-        pos_sorted = np.asarray(positions, dtype=float)[order]
-        steps = np.diff(pos_sorted)
+        steps = np.diff(np.asarray(positions, dtype=float)[order])
         if np.any(np.abs(steps) < 1e-6):
             raise _fail(root, "two slices share one position (duplicate files?)")
-        dz: float | None = float(np.median(steps))
+        dz = float(np.median(steps))
     else:
         inst = [int(ds.get("InstanceNumber", 0) or 0) for _, ds in headers]
         order = np.argsort(np.asarray(inst), kind="stable")
-        dz = None
-    first = headers[int(order[0])][1]
+    ordered = [headers[int(i)] for i in order]
     if dz is None:
+        first = ordered[0][1]
         raw = first.get("SpacingBetweenSlices", None) or first.get("SliceThickness", None)
         dz = float(raw) if raw else 1.0
+    return ordered, dz
 
-    rows, cols = sizes.pop()
-    vol = np.empty((len(headers), rows, cols), dtype=np.float32)
+
+def _series_shape_spacing(root: Path) -> tuple[tuple[int, ...], tuple[float, ...] | None]:
+    headers, dz = _scan_series(root)
+    first = headers[0][1]
+    plane = _dicom_plane_spacing(first)
+    if len(headers) == 1:
+        return image_shape(headers[0][0]), image_spacing(headers[0][0])
+    shape = (len(headers), int(first.Rows), int(first.Columns))
+    return shape, ((dz,) + plane if plane is not None else None)
+
+
+def read_dicom_series(folder: str | os.PathLike[str]) -> ImageData:
+    """Read a folder holding one DICOM series as a ``(Z, H, W)`` float32 volume.
+
+    Files are recognised by content (``.dcm`` or no extension); other files are
+    ignored. Slices are sorted along the slice normal by ``ImagePositionPatient``
+    (falling back to ``InstanceNumber``, then the file name); the slice spacing is
+    the median distance between neighbouring positions (else ``SpacingBetweenSlices``
+    or ``SliceThickness``, else 1 mm). Each slice's own slope / intercept is applied.
+    A folder with a single image gives what that file gives (usually a 2D image).
+
+    Raises
+    ------
+    ImageReadError
+        No DICOM images, several series, or slices of different sizes.
+    """
+    import pydicom
+
+    root = Path(folder)
+    headers, dz = _scan_series(root)
+    if len(headers) == 1:
+        return _read_dicom_file(headers[0][0])
+    first = headers[0][1]
+    vol = np.empty((len(headers), int(first.Rows), int(first.Columns)), dtype=np.float32)
     rescaled_any = False
-    for z, idx in enumerate(order):
-        f = headers[int(idx)][0]
+    for z, (f, _) in enumerate(headers):
         try:
             ds = pydicom.dcmread(str(f))
         except Exception as exc:
@@ -539,7 +559,7 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> ImageData:
     spacing = (dz,) + plane if plane is not None else None
     return _finish(vol, path=root, spacing=spacing, is_volume=True,
                    modality=_dicom_modality(first, rescaled_any),
-                   metadata={"files": [headers[int(i)][0] for i in order]})
+                   metadata={"files": [f for f, _ in headers]})
 
 
 # -- DeepLesion --------------------------------------------------------------------------
@@ -672,8 +692,7 @@ def image_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
     suffix = image_suffix(p)
     try:
         if p.is_dir():
-            img = read_dicom_series(p)
-            return tuple(int(s) for s in img.array.shape[: 3 if img.is_volume else 2])
+            return _series_shape_spacing(p)[0]
         if suffix in _PIL_SUFFIXES:
             from PIL import Image
 
@@ -719,7 +738,7 @@ def image_spacing(path: str | os.PathLike[str]) -> tuple[float, ...] | None:
 
     ``(z_mm, row_mm, col_mm)`` for volumes, ``(row_mm, col_mm)`` for planes, ``None``
     for formats that do not carry it (png, jpg, bmp; tif unless in centimetres).
-    A DICOM series folder reads all headers (no pixels) to get the slice spacing.
+    A DICOM series folder reads every file's header (no pixels) for the slice spacing.
 
     Raises
     ------
@@ -731,7 +750,7 @@ def image_spacing(path: str | os.PathLike[str]) -> tuple[float, ...] | None:
     suffix = image_suffix(p)
     try:
         if p.is_dir():
-            return read_dicom_series(p).spacing
+            return _series_shape_spacing(p)[1]
         if suffix in _PIL_SUFFIXES:
             return None
         if suffix in _TIFF_SUFFIXES:

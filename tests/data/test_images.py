@@ -243,6 +243,8 @@ def test_dicom_series_sorted_by_position(tmp_path: Path, write_dicom) -> None:
     assert img.modality == "ct"
     assert [f.name for f in img.metadata["files"]] == ["b.dcm", "c.dcm", "a.dcm"]
     assert read_dicom_series(series).array.shape == (3, 4, 5)
+    assert image_shape(series) == (3, 4, 5)  # headers only
+    np.testing.assert_allclose(image_spacing(series), (2.5, 0.5, 0.75))
 
 
 def test_dicom_series_errors(tmp_path: Path, write_dicom) -> None:
