@@ -481,7 +481,7 @@ class LineView:
     coords: np.ndarray
     lesion_id: int
     axis: str  # "long", "short" or "" (open line)
-    label: str
+    label: str  # text shown next to the line (the lesion's L and W on its long axis)
     state: str  # "ok", "open", "invalid", "failed" or "committed"
 
 
@@ -969,6 +969,22 @@ class AnnotationSession:
                 return les
         return None
 
+    def _lesion_label(self, les: Lesion) -> str:
+        """``"#3 L 27.7 × W 22.0 mm"``: one label per lesion, on its long axis.
+
+        Both lengths sit in one label next to the long axis (two labels per lesion
+        collide on small lesions: napari places every label at the same corner of its
+        line's bounding box).
+        """
+        long_px, long_mm = _segment_length(self._plane_coords(self.lines[les.long_id]), self.spacing)
+        unit = self.unit
+        long_v = long_mm if long_mm is not None else long_px
+        if les.short_id is None:
+            return f"#{les.id} {long_v:.1f} {unit}"
+        short_px, short_mm = _segment_length(self._plane_coords(self.lines[les.short_id]), self.spacing)
+        short_v = short_mm if short_mm is not None else short_px
+        return f"#{les.id} L {long_v:.1f} × W {short_v:.1f} {unit}"
+
     def layer_lines(self) -> list[LineView]:
         """The lines as the layer should show them, in layer order."""
         owner = self._lesion_of_line()
@@ -980,14 +996,7 @@ class AnnotationSession:
                 views.append(LineView(lid, coords.copy(), -1, "", "", OPEN))
                 continue
             axis = "" if les.short_id is None else ("long" if lid == les.long_id else "short")
-            px, mm = _segment_length(self._plane_coords(coords), self.spacing)
-            length = format_length(px, self.spacing, mm)
-            if axis == "long":
-                label = f"#{les.id} L {length}"
-            elif axis == "short":
-                label = f"W {length}"
-            else:
-                label = f"#{les.id} {length}"
+            label = self._lesion_label(les) if axis != "short" else ""
             if les.committed:
                 state = "committed"
             elif les.status in (INVALID, FAILED, OPEN):
@@ -1124,8 +1133,6 @@ class AnnotationSession:
                 out.clear.append((les_id, les.box))
         for les_id, old in restored.items():
             cur = current.get(les_id)
-            # Never reuse a generation a worker may still answer to.
-            old.generation = max(old.generation, cur.generation if cur else 0) + 1
             same_geometry = (
                 cur is not None
                 and cur.recist is not None
@@ -1134,20 +1141,23 @@ class AnnotationSession:
                 and _same(cur.recist.short_axis, old.recist.short_axis)
                 and cur.slice_index == old.slice_index
             )
-            if same_geometry and cur.status == DONE:
-                # Mask on screen is right: keep the current results.
-                old.status, old.message = cur.status, cur.message
+            if same_geometry:
+                # The mask on screen (or the request in flight) is right: keep it.
+                assert cur is not None
+                old.status, old.message, old.generation = cur.status, cur.message, cur.generation
                 old.cluster, old.confidence = cur.cluster, cur.confidence
                 old.measured, old.area_px, old.box = cur.measured, cur.area_px, cur.box
                 continue
+            # Never reuse a generation a worker may still answer to.
+            old.generation = max(old.generation, cur.generation if cur else 0)
             if cur is not None:
                 out.clear.append((les_id, cur.box))
             old.box = None
+            old.cluster = old.confidence = old.measured = old.area_px = None
             if old.recist is not None:
-                old.generation -= 1  # _request increments
                 out.segment.append(self._request(old))
             else:
-                old.cluster = old.confidence = old.measured = old.area_px = None
+                old.generation += 1
         self.lines = snap_["lines"]
         self.order = snap_["order"]
         self.lesions = restored

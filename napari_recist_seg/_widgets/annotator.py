@@ -59,6 +59,12 @@ SEGMENTER_LABELS = {
 
 TABLE_HEADERS = ("#", "slice", "L", "W", "L mask", "W mask", "Δ", "area", "cluster", "conf.", "status")
 
+# Mask colours by lesion: bright, distinct on skin and on grey CT.
+LESION_COLOURS = (
+    "#00e5ff", "#ff4fd8", "#76ff03", "#ff9100", "#b388ff",
+    "#ffea00", "#448aff", "#ff5252", "#1de9b6", "#ffc400",
+)
+
 # Cluster colours for "colour by cluster" (tab10).
 CLUSTER_COLOURS = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -134,6 +140,7 @@ class AnnotatorWidget(QWidget):
 
     # -- UI -------------------------------------------------------------------------------
     def _build_ui(self) -> None:
+        self.setMinimumWidth(480)  # the lesion table stays readable
         layout = QVBoxLayout(self)
         grid = QGridLayout()
         layout.addLayout(grid)
@@ -591,12 +598,14 @@ class AnnotatorWidget(QWidget):
             self._apply_colour(binding)
 
     def _apply_colour(self, binding: ImageBinding) -> None:
-        from napari.utils.colormaps import CyclicLabelColormap, DirectLabelColormap, label_colormap
+        from napari.utils.colormaps import CyclicLabelColormap, DirectLabelColormap
 
         labels = binding.labels
         if self._colour_by == "lesion":
-            if not isinstance(labels.colormap, CyclicLabelColormap):
-                labels.colormap = label_colormap(49)
+            if getattr(labels.colormap, "name", "") != "recist lesions":
+                labels.colormap = CyclicLabelColormap(
+                    colors=["transparent", *LESION_COLOURS], name="recist lesions"
+                )
             return
         colours: dict[Any, Any] = {None: "transparent", 0: "transparent"}
         for les in binding.session.lesions.values():

@@ -211,9 +211,14 @@ class ImageBinding(QObject):
             if isinstance(layer, Labels) and tuple(layer.data.shape) == tuple(shape):
                 return layer
             name = f"{name} ({self.ndim}D)"
-        return self.viewer.add_labels(
+        layer = self.viewer.add_labels(
             np.zeros(shape, np.uint16), name=name, opacity=0.45, **self._layer_kwargs()
         )
+        # Masks go under the RECIST lines, so the lines stay crisp.
+        layers = self.viewer.layers
+        with contextlib.suppress(Exception):
+            layers.move(layers.index(layer), layers.index(self.shapes))
+        return layer
 
     def ensure_points(self) -> Any:
         """The click-tool Points layer (created on first use)."""
