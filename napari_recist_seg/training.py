@@ -194,11 +194,12 @@ class TrainSample:
         is ``recist.slice_index``), or a file read with ``data.images.read_image``.
     recist : Recist
         The measurement in pixel coordinates of the plane.
-    curated_mask : ndarray of bool, optional
-        A mask corrected by hand (plane shape): the target instead of the weak one
-        (fine-tuning).
-    gt_mask : ndarray of bool, optional
-        Ground truth for the validation report only; never a training target.
+    curated_mask : ndarray of bool or path, optional
+        A mask corrected by hand (plane shape, or the volume's): the target instead
+        of the weak one (fine-tuning).
+    gt_mask : ndarray of bool or path, optional
+        Ground truth for the validation report only; never a training target. A path
+        is read only if the sample lands in the validation split.
     group : str, optional
         Image id used for the train/validation split (default: the path, else the
         sample's position); all lesions of an image share it.
@@ -210,8 +211,8 @@ class TrainSample:
 
     image: Any
     recist: Recist
-    curated_mask: np.ndarray | None = None
-    gt_mask: np.ndarray | None = None
+    curated_mask: Any = None
+    gt_mask: Any = None
     group: str | None = None
     split: str | None = None
     name: str = ""
@@ -251,6 +252,7 @@ class TrainResult:
     n_train: int = 0
     n_val: int = 0
     n_clusters: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 # -- split --------------------------------------------------------------------------
@@ -293,12 +295,20 @@ class _ValItem:
     label: int
 
 
-def _load_plane(sample: TrainSample) -> np.ndarray:
+def _load_plane(sample: TrainSample, cache: dict[str, Any] | None = None) -> np.ndarray:
     img = sample.image
     if isinstance(img, (str, os.PathLike)):
         from napari_recist_seg.data.images import image_plane, read_image
 
-        data = read_image(img)
+        key = str(img)
+        if cache is not None and key in cache:
+            data = cache[key]
+        else:
+            data = read_image(img)
+            if cache is not None:
+                # One image at a time: lesions of one image are usually consecutive.
+                cache.clear()
+                cache[key] = data
         return image_plane(data, sample.recist.slice_index if data.is_volume else None)
     arr = np.asarray(img)
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
@@ -308,9 +318,13 @@ def _load_plane(sample: TrainSample) -> np.ndarray:
     return arr
 
 
-def _mask_plane(mask: np.ndarray | None, recist: Recist, shape: tuple[int, int], what: str) -> np.ndarray | None:
+def _mask_plane(mask: Any, recist: Recist, shape: tuple[int, int], what: str) -> np.ndarray | None:
     if mask is None:
         return None
+    if isinstance(mask, (str, os.PathLike)):
+        from napari_recist_seg.data.masks import read_mask
+
+        mask = read_mask(mask)
     m = np.asarray(mask)
     if m.ndim == 3 and recist.slice_index is not None and m.shape[1:] == shape:
         m = m[recist.slice_index]
@@ -334,12 +348,13 @@ def _prepare_one(
     target_kind: str,
     want_val: bool,
     label: int,
+    cache: dict[str, Any] | None = None,
 ) -> tuple[_Prepared | None, _ValItem | None]:
-    plane = _load_plane(sample)
+    plane = _load_plane(sample, cache)
     shape = plane.shape[:2]
     recist = sample.recist.validate(shape)
     curated = _mask_plane(sample.curated_mask, recist, shape, "curated mask")
-    gt = _mask_plane(sample.gt_mask, recist, shape, "ground-truth mask")
+    gt = _mask_plane(sample.gt_mask, recist, shape, "ground-truth mask") if want_val else None
     target_full = curated if curated is not None else _weak_target(plane, recist, target_kind)
     box = crop_box(recist, pcfg)
     if want_val:
@@ -666,6 +681,7 @@ def _train(
     failures: list[tuple[str, str]] = []
     n_prep = len(train_idx) + (len(val_idx) if d.main else 0)
     tracker = ProgressTracker(n_prep, progress if d.main else None)
+    image_cache: dict[str, Any] = {}
     for i in train_idx + (val_idx if d.main else []):
         if cancel is not None and cancel.cancelled:
             break
@@ -674,7 +690,7 @@ def _train(
         if clusters is not None:
             label = int(clusters.predict(shape_features(s.recist))[0])
         try:
-            prep, val = _prepare_one(s, pcfg, cfg.target, is_val[i], label)
+            prep, val = _prepare_one(s, pcfg, cfg.target, is_val[i], label, image_cache)
         except (RecistError, ValueError, OSError) as exc:
             failures.append((s.name or groups[i], str(exc)))
             tracker.step(f"preparing (skipped {s.name or groups[i]})")
@@ -710,7 +726,7 @@ def _train(
         shuffle=sampler is None,
         sampler=sampler,
         num_workers=cfg.num_workers,
-        drop_last=len(dataset) // max(d.world, 1) > cfg.batch_size,
+        drop_last=len(dataset) // max(d.world, 1) >= cfg.batch_size,
         generator=gen,
         persistent_workers=False,
     )
@@ -765,6 +781,8 @@ def _train(
         for b, (x, t, label, _cur) in enumerate(loader):
             if b >= n_batches:
                 break
+            if x.shape[0] < 2:
+                continue  # batch norm cannot train on a single crop
             if _all_any(bool(cancel is not None and cancel.cancelled), d, device):
                 cancelled = True
                 break
@@ -874,6 +892,7 @@ def _train(
         n_train=len(prepared),
         n_val=len(val_items),
         n_clusters=clusters.k if clusters is not None else 0,
+        failures=failures,
     )
 
 

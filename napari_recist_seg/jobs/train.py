@@ -1,0 +1,212 @@
+"""``recist-seg train``: build training samples from a dataset folder and train.
+
+The dataset's RECIST come from its ``recist.csv`` (or are derived from its masks, as
+for ISIC / HAM10000). Dataset masks are ground truth: they feed the validation report
+(``val_gt_dice``) only, never the training target. Curated masks (``--curated DIR``,
+with ``--init``) are the fine-tuning targets of their images; the other images keep
+their weak (ellipse / GrabCut) targets.
+
+Two entry points: :func:`run_train` for the CLI (takes its argparse namespace, or
+keywords) and :func:`train_from_dataset` for widgets and scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from napari_recist_seg.jobs.common import (
+    CancelToken,
+    InputError,
+    JobReport,
+    ProgressCallback,
+)
+
+__all__ = ["build_samples", "run_train", "train_from_dataset", "train_config_from_args"]
+
+
+def _curated_index(folder: Path) -> dict[str, Path]:
+    """``{image stem: mask path}`` for a folder of curated masks.
+
+    ``<stem>.png``, ``<stem>_segmentation.png``, ``<stem>_mask.png`` (any mask format).
+    """
+    from napari_recist_seg.data.masks import MASK_SUFFIXES, mask_suffix
+
+    if not folder.is_dir():
+        raise InputError(f"curated mask folder {folder} does not exist")
+    out: dict[str, Path] = {}
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        suffix = mask_suffix(f)
+        if suffix not in MASK_SUFFIXES:
+            continue
+        stem = f.name[: -len(suffix)]
+        for tail in ("_segmentation", "_mask", "_curated"):
+            if stem.endswith(tail):
+                stem = stem[: -len(tail)]
+                break
+        out[stem] = f
+    return out
+
+
+def build_samples(
+    dataset: str | os.PathLike[str],
+    *,
+    curated: str | os.PathLike[str] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> tuple[list[Any], list[tuple[str, str]]]:
+    """Training samples (one per lesion) of a dataset folder, and per-file failures.
+
+    Images and masks are passed as paths: they are read once, while the weak targets
+    are prepared, and only the crop context is kept.
+    """
+    from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
+    from napari_recist_seg.training import TrainSample
+
+    ds = scan_dataset(dataset)
+    if not ds.items:
+        raise InputError(f"{dataset}: no images found")
+    recists = dataset_recists(ds, progress=progress, cancel=cancel)
+    curated_masks = _curated_index(Path(curated)) if curated is not None else {}
+    masks = {item.stem: item.mask_path for item in ds.items}
+    samples = []
+    for stem, records in recists.items():
+        for rec in records:
+            samples.append(
+                TrainSample(
+                    image=rec.image,
+                    recist=rec.recist,
+                    curated_mask=curated_masks.get(stem),
+                    gt_mask=masks.get(stem),
+                    group=stem,
+                    name=f"{stem}#{rec.lesion}",
+                )
+            )
+    unknown = sorted(set(curated_masks) - set(recists))
+    failures = list(recists.failures)
+    failures += [(str(curated_masks[s]), "curated mask for an image without RECIST") for s in unknown]
+    return samples, failures
+
+
+def train_config_from_args(args: argparse.Namespace | dict[str, Any]) -> Any:
+    """A :class:`~napari_recist_seg.training.TrainConfig` from CLI options (None = default)."""
+    from napari_recist_seg.training import TrainConfig
+
+    a = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    names = {f.name for f in fields(TrainConfig)}
+    kw: dict[str, Any] = {}
+    mapping = {"aux_weight": "aux_weight", "input_size": "input_size", "batch_size": "batch_size",
+               "val_fraction": "val_fraction", "encoder_weights": "encoder_weights"}
+    for key, value in a.items():
+        key = mapping.get(key, key)
+        if key in names and value is not None:
+            kw[key] = value
+    clusters = a.get("clusters", "auto")
+    if clusters is None or str(clusters).lower() == "auto":
+        kw["n_clusters"] = None
+    else:
+        try:
+            kw["n_clusters"] = int(clusters)
+        except ValueError as exc:
+            raise InputError(f"--clusters must be an integer or 'auto', got {clusters!r}") from exc
+    try:
+        return TrainConfig(**kw)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+
+
+def train_from_dataset(
+    dataset: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    train_config: Any = None,
+    *,
+    init: str | os.PathLike[str] | None = None,
+    curated: str | os.PathLike[str] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    on_epoch: Any = None,
+) -> tuple[JobReport, Any]:
+    """Train on a dataset folder; returns the job report and the ``TrainResult``.
+
+    Parameters
+    ----------
+    dataset : path
+        ``images/`` + ``recist.csv`` and/or ``masks/`` (see DESIGN.md).
+    out : path
+        Model folder: checkpoint, ``train_log.json``, ``failures.csv``.
+    train_config : TrainConfig, optional
+    init : path, optional
+        Checkpoint to fine-tune from.
+    curated : path, optional
+        Folder of curated masks (fine-tuning targets; requires ``init``).
+    """
+    from napari_recist_seg.model import CheckpointError
+    from napari_recist_seg.training import TrainConfig, train
+
+    cfg = train_config if train_config is not None else TrainConfig()
+    if curated is not None and init is None:
+        raise InputError("--curated needs --init (fine-tuning starts from a trained model)")
+    if init is not None and not Path(init).exists():
+        raise InputError(f"checkpoint {init} does not exist")
+    dataset = Path(dataset)
+    if not dataset.is_dir():
+        raise InputError(f"dataset folder {dataset} does not exist")
+    samples, failures = build_samples(dataset, curated=curated, progress=progress, cancel=cancel)
+    report = JobReport()
+    for f, reason in failures:
+        report.fail(f, reason)
+    if not samples:
+        report.write_failures(out) if Path(out).is_dir() else None
+        raise InputError(f"{dataset}: no lesion with a usable RECIST")
+    extra = {"dataset": str(dataset.resolve()), "curated": str(curated) if curated else None}
+    try:
+        result = train(cfg, samples, out, init_checkpoint=init, progress=progress,
+                       cancel=cancel, on_epoch=on_epoch, extra=extra)
+    except CheckpointError as exc:
+        raise InputError(f"cannot fine-tune from {init}: {exc}") from exc
+    for f, reason in result.failures:
+        report.fail(f, reason)
+    report.processed = result.n_train + result.n_val
+    report.cancelled = result.cancelled
+    out_p = Path(out)
+    if result.checkpoint is not None:
+        report.outputs.append(out_p / "config.json")
+    if (out_p / "train_log.json").is_file():
+        report.outputs.append(out_p / "train_log.json")
+    if out_p.is_dir():
+        report.write_failures(out_p)
+    return report, result
+
+
+def run_train(
+    args: argparse.Namespace | str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    **options: Any,
+) -> JobReport:
+    """``recist-seg train``: from the CLI's namespace, or ``run_train(dataset, out, **options)``.
+
+    ``options`` are the CLI's option names (``mode, epochs, encoder, encoder_weights,
+    clusters, aux_weight, target, input_size, batch_size, val_fraction, init, curated,
+    device, seed``).
+    """
+    if isinstance(args, argparse.Namespace):
+        opts = dict(vars(args))
+        dataset, out = opts.pop("dataset"), opts.pop("out")
+    else:
+        dataset, opts = args, dict(options)
+        if out is None:
+            raise InputError("run_train needs an output folder")
+    init = opts.pop("init", None)
+    curated = opts.pop("curated", None)
+    cfg = train_config_from_args(opts)
+    report, _ = train_from_dataset(dataset, out, cfg, init=init, curated=curated,
+                                   progress=progress, cancel=cancel)
+    return report
