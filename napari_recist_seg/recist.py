@@ -442,13 +442,18 @@ def _recist_from_points(
     np.minimum.at(pmin, bins, p)
     np.maximum.at(pmax, bins, p)
     width = pmax - pmin
-    width[~np.isfinite(width)] = -1
+    # The short axis must cross the long one: only slabs reaching the long axis (to half
+    # a pixel) count; the widest slab of a crescent can lie beside it.
+    crosses = (pmin <= 0.5) & (pmax >= -0.5)
+    width[~np.isfinite(width) | ~crosses] = -1
     k = int(np.argmax(width))
-    if width[k] <= 0:
+    # Below the minimum axis length the result would fail ``validate``: a line, not a lesion.
+    if width[k] < MIN_AXIS_LENGTH_PX:
         raise RecistError("the lesion is a thin line; it has no measurable short axis")
     s_k = float(np.clip(k + np.round(s).min(), 0.0, length))
     base = a + s_k * d
-    short = np.vstack([base + pmin[k] * normal, base + pmax[k] * normal])
+    lo, hi = min(float(pmin[k]), 0.0), max(float(pmax[k]), 0.0)
+    short = np.vstack([base + lo * normal, base + hi * normal])
     return Recist(np.vstack([a, b]), short, slice_index=slice_index, spacing=spacing)
 
 
