@@ -371,6 +371,23 @@ def test_recist_from_mask_picks_largest_or_all_components():
     assert len(recist_from_mask(m, per_component=True, min_area=5)) == 2
 
 
+def test_recist_from_mask_short_axis_crosses_the_long_axis_of_a_crescent():
+    # Upper half of a ring, 2 px thick at its tips and 16 px at the top: the longest
+    # diameter is the chord between the tips, and the widest perpendicular chord (at
+    # the top) lies beside it. RECIST's short axis must cross the long one.
+    rr, cc = np.mgrid[:50, :80].astype(float)
+    y, x = 40 - rr, cc - 40
+    theta = np.arctan2(y, x)
+    inner = 30 - (2 + 14 * np.sin(np.clip(theta, 0, np.pi)))
+    m = (y >= 0) & (np.hypot(x, y) <= 30) & (np.hypot(x, y) >= inner)
+    r = recist_from_mask(m)
+    np.testing.assert_allclose(r.long_axis, [[40, 10], [40, 70]])
+    r.validate(m.shape)
+    t, u = r.crossing_parameters()
+    assert 0 <= t <= 1 and 0 <= u <= 1
+    assert 2 <= r.short_length < 16
+
+
 def test_recist_from_mask_errors():
     with pytest.raises(RecistError, match="empty"):
         recist_from_mask(np.zeros((10, 10), bool))
@@ -384,6 +401,13 @@ def test_recist_from_mask_errors():
     line[4, 1:9] = True
     with pytest.raises(RecistError, match="thin line"):
         recist_from_mask(line)
+    # A two-pixel-wide diagonal streak is under a pixel wide across: a line too (a RECIST
+    # from a mask must pass its own validation).
+    streak = np.zeros((30, 30), bool)
+    for i in range(20):
+        streak[5 + i, 5 + i] = streak[5 + i, 6 + i] = True
+    with pytest.raises(RecistError, match="thin line"):
+        recist_from_mask(streak)
     # A line next to a real lesion is skipped, not fatal, per component.
     line[6:9, 1:9] = True
     assert len(recist_from_mask(line, per_component=True)) == 1
@@ -472,6 +496,24 @@ def test_per_component_on_ct_slice():
         assert len(owner) == 1, f"{r} touches components {owner}"
         owners.append(owner.pop())
     assert set(owners) == big  # one RECIST per component, none twice
+
+
+def test_every_recist_from_ct_slices_validates():
+    nib = pytest.importorskip("nibabel")
+    if not LITS_LABELS.is_file():
+        pytest.skip(f"LiTS labels not found at {LITS_LABELS}")
+    tumour = np.asarray(nib.load(str(LITS_LABELS)).dataobj) == 2
+    n = 0
+    for k in np.flatnonzero(tumour.any(axis=(0, 1))):
+        try:
+            rs = recist_from_mask(tumour[:, :, k], per_component=True, slice_index=int(k))
+        except RecistError:
+            continue  # only specks on this slice
+        for r in rs:
+            r.validate((128, 128, 128))
+            assert r.short_length <= r.long_length + 1e-9
+            n += 1
+    assert n > 100
 
 
 # -- clustering features ----------------------------------------------------------------------
