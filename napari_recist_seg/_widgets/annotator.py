@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -121,6 +121,7 @@ class AnnotatorWidget(QWidget):
         self._loader: Any = None
         self._colour_by = "lesion"
         self._updating = False
+        self._follow_scheduled = False
         self.last_message = ""
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._refresh_images)
@@ -134,9 +135,8 @@ class AnnotatorWidget(QWidget):
             self.set_segmenter(ann.ShapeSegmenter("ellipse"), choice="ellipse")
             self._say("the default model is not installed: using the ellipse (no model)")
         self._refresh_images()
-        active = self.viewer.layers.selection.active
-        if active is not None:
-            self._on_active_layer()
+        if self.viewer.layers.selection.active is not None:
+            self._follow_active()
 
     # -- UI -------------------------------------------------------------------------------
     def _build_ui(self) -> None:
@@ -307,8 +307,16 @@ class AnnotatorWidget(QWidget):
                 return
 
     def _on_active_layer(self, event: Any = None) -> None:
+        # Deferred: a reader adds an image and then its RECIST layer in one go; binding
+        # at once would create a second RECIST layer before the reader's arrives.
+        if not self._follow_scheduled:
+            self._follow_scheduled = True
+            QTimer.singleShot(0, self._follow_active)
+
+    def _follow_active(self) -> None:
         from napari.layers import Image
 
+        self._follow_scheduled = False
         layer = self.viewer.layers.selection.active
         if layer is None:
             return
@@ -334,7 +342,8 @@ class AnnotatorWidget(QWidget):
         key = id(image_layer)
         binding = self.bindings.get(key)
         if binding is not None and binding.alive():
-            self._switch(binding)
+            if binding is not self.binding:
+                self._switch(binding)
             return binding
         try:
             binding = ImageBinding(
@@ -444,7 +453,10 @@ class AnnotatorWidget(QWidget):
 
         device = self.device_combo.currentText()
         self.device_label.setText(f"loading {SEGMENTER_LABELS.get(choice, choice)} on {device}…")
-        worker = create_worker(ann.load_segmenter, choice, path, device, _start_thread=False)
+        # Errors go to `failed` (a message), not re-raised in the Qt event loop.
+        worker = create_worker(
+            ann.load_segmenter, choice, path, device, _start_thread=False, _ignore_errors=True
+        )
 
         def done(seg: Any) -> None:
             self._loader = None
@@ -481,6 +493,10 @@ class AnnotatorWidget(QWidget):
         if self.binding is None:
             self._say("select an image layer first", warn=True)
             return
+        points = self.binding.ensure_points()
+        self.viewer.layers.selection.active = points
+        with contextlib.suppress(Exception):
+            points.mode = "add"
         if not callable(getattr(self.segmenter, "segment_click", None)) or isinstance(
             self.segmenter, ann.ShapeSegmenter
         ):
@@ -488,10 +504,8 @@ class AnnotatorWidget(QWidget):
                 "click-to-segment needs a model: choose the default model or a checkpoint",
                 warn=True,
             )
-        points = self.binding.ensure_points()
-        self.viewer.layers.selection.active = points
-        with contextlib.suppress(Exception):
-            points.mode = "add"
+        else:
+            self._say("click on a lesion: the model segments it and measures its RECIST")
 
     def _on_quick(self, *_: Any) -> None:
         for binding in self.bindings.values():
@@ -544,6 +558,7 @@ class AnnotatorWidget(QWidget):
                     self.table.setItem(i, j, item)
                 if int(row["lesion"]) in selected:
                     self.table.selectRow(i)
+            self.table.setColumnHidden(1, self.binding is None or self.binding.ndim == 2)
         finally:
             self.table.blockSignals(False)
 
@@ -577,7 +592,8 @@ class AnnotatorWidget(QWidget):
         world = np.asarray(b.shapes.data_to_world(centre), float)
         if b.ndim == 3:
             self.viewer.dims.set_point(self.viewer.dims.ndim - 3, float(world[0]))
-        cam = self.viewer.camera
+        scene = getattr(self.viewer, "scene", None)  # napari >= 0.9; .camera before
+        cam = scene.camera if scene is not None and hasattr(scene, "camera") else self.viewer.camera
         cur = list(cam.center)
         cur[-2:] = [float(world[-2]), float(world[-1])]
         cam.center = tuple(cur)
@@ -808,11 +824,39 @@ class AnnotatorWidget(QWidget):
         if path:
             self.export_measurements(path)
 
-    # -- state for scripts and tests --------------------------------------------------------------
+    # -- state for scripts, tests and the other docks ------------------------------------------------
     @property
     def busy(self) -> bool:
-        """Whether a model is loading or a segmentation is pending / running."""
-        return self._loader is not None or any(b.busy for b in self.bindings.values())
+        """Whether a model is loading or a sync / segmentation is pending or running."""
+        return (
+            self._loader is not None
+            or self._follow_scheduled
+            or any(b.busy for b in self.bindings.values())
+        )
+
+    def annotations(self) -> list[dict[str, Any]]:
+        """What has been annotated, per image: for curation / fine-tuning docks.
+
+        Each item: ``image`` (the Image layer), ``image_path`` (its file or ``None``),
+        ``recists`` (``[(lesion id, Recist)]`` of the complete lesions, spacing set),
+        ``committed`` (lesion ids), ``labels`` (the Labels layer's array: label = lesion
+        id, possibly corrected by hand) and ``spacing``.
+        """
+        out = []
+        for b in self.bindings.values():
+            if not b.alive():
+                continue
+            out.append(
+                {
+                    "image": b.image,
+                    "image_path": image_source_path(b.image),
+                    "recists": b.session.recists(),
+                    "committed": [i for i, les in b.session.lesions.items() if les.committed],
+                    "labels": b.labels.data,
+                    "spacing": b.session.spacing,
+                }
+            )
+        return out
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
         for binding in self.bindings.values():

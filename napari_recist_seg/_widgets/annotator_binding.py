@@ -133,6 +133,7 @@ class ImageBinding(QObject):
         )
         self._writing = 0
         self._sync_scheduled = False
+        self._click_scheduled = False
         self._pending: dict[Any, SegmentRequest | ClickRequest] = {}
         self._worker: Any = None
         self._click_token = 0
@@ -394,7 +395,13 @@ class ImageBinding(QObject):
     # -- segmentation worker -----------------------------------------------------------
     @property
     def busy(self) -> bool:
-        return self._worker is not None or bool(self._pending)
+        """A sync, segmentation or click is scheduled, pending or running."""
+        return (
+            self._sync_scheduled
+            or self._click_scheduled
+            or self._worker is not None
+            or bool(self._pending)
+        )
 
     def enqueue(self, requests: list[SegmentRequest | ClickRequest]) -> None:
         for r in requests:
@@ -419,7 +426,8 @@ class ImageBinding(QObject):
         if not requests:
             return
         worker = create_worker(
-            run_requests, segmenter, image_array(self.image), requests, _start_thread=False
+            run_requests, segmenter, image_array(self.image), requests,
+            _start_thread=False, _ignore_errors=True,
         )
         worker.yielded.connect(self._on_outcome)
         worker.finished.connect(self._on_worker_finished)
@@ -469,11 +477,13 @@ class ImageBinding(QObject):
         if self._writing or self._closed:
             return
         action = str(getattr(event, "action", "added"))
-        if action != "added":
+        if action != "added" or self._click_scheduled:
             return
+        self._click_scheduled = True
         QTimer.singleShot(0, self._consume_points)
 
     def _consume_points(self) -> None:
+        self._click_scheduled = False
         if self.points is None or not len(self.points.data):
             return
         pts = np.asarray(self.points.data, float)

@@ -1,0 +1,531 @@
+"""The RECIST annotator dock in a real napari viewer.
+
+Lines are added from code (``add_lines``, ``layer.data = ...``, ``remove_selected``),
+which fires the same ``events.data`` as the mouse; the test then waits for the worker
+with ``qtbot.waitUntil``. Most tests use the model-free ellipse segmenter (its masks
+are known exactly, see ``targets.ellipse_mask``); the model test uses the default model
+when it ships, else a tiny untrained checkpoint (the widget must reproduce the
+predictor's own output either way).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# torch (and through segmentation-models-pytorch, torchvision -> triton) must be imported
+# before Qt/OpenGL start: importing triton afterwards crashes the process.
+torch = pytest.importorskip("torch")
+pytest.importorskip("segmentation_models_pytorch")
+
+from napari_recist_seg import annotation as ann
+from napari_recist_seg.annotation import ShapeResult, ShapeSegmenter
+from napari_recist_seg.recist import Recist, recist_from_mask
+from napari_recist_seg.targets import ellipse_mask
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO / ".." / "shared" / "data"
+ISIC = SHARED_DATA / "isic2017_train256"
+SAMPLES = REPO / "napari_recist_seg" / "sample_data"
+PLUGIN = "napari-recist-seg"
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+class Counting:
+    """Wraps a segmenter and records the RECIST of every call (from the worker thread)."""
+
+    def __init__(self, inner=None, *, gate: threading.Event | None = None, fail: bool = False):
+        self.inner = inner or ShapeSegmenter("ellipse")
+        self.name = "counting ellipse"
+        self.device = "cpu"
+        self.calls: list[list[Recist]] = []
+        self.gate = gate
+        self.fail = fail
+
+    def segment(self, image, recists):
+        self.calls.append(list(recists))
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.fail:
+            raise RuntimeError("the model crashed")
+        return self.inner.segment(image, recists)
+
+
+def _isic(stem: str) -> tuple[np.ndarray, np.ndarray]:
+    from napari_recist_seg.data import read_image, read_mask
+
+    if not (ISIC / "images").is_dir():
+        pytest.skip(f"real ISIC data not found at {ISIC}")
+    return (
+        read_image(ISIC / "images" / f"{stem}.jpg").array,
+        read_mask(ISIC / "masks" / f"{stem}_segmentation.png"),
+    )
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def annotator(viewer, image, segmenter=None, *, name="img", **layer_kwargs):
+    from napari_recist_seg._widgets.annotator import AnnotatorWidget
+
+    layer = viewer.add_image(image, name=name, **layer_kwargs)
+    widget = AnnotatorWidget(viewer, segmenter=segmenter or ShapeSegmenter("ellipse"))
+    viewer.window.add_dock_widget(widget)
+    assert widget.binding is not None and widget.binding.image is layer
+    return widget, widget.binding
+
+
+def idle(qtbot, widget, timeout=15000):
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def ellipse_of(binding, lesion_id) -> np.ndarray:
+    r = binding.session.lesions[lesion_id].recist
+    return ellipse_mask(r, binding.labels.data.shape)
+
+
+LONG1, SHORT1 = np.array([[60.0, 30], [60, 110]]), np.array([[40.0, 65], [80, 75]])
+LONG2, SHORT2 = np.array([[180.0, 140], [180, 220]]), np.array([[160.0, 180], [200, 180]])
+
+
+@pytest.fixture
+def grey():
+    return np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)
+
+
+def two_lesions(qtbot, viewer, image, segmenter=None):
+    widget, b = annotator(viewer, image, segmenter)
+    b.shapes.add_lines([LONG1, SHORT1])
+    idle(qtbot, widget)
+    b.shapes.add_lines([LONG2, SHORT2])
+    idle(qtbot, widget)
+    assert sorted(b.session.lesions) == [1, 2]
+    return widget, b
+
+
+# -- layers and the model --------------------------------------------------------------
+
+
+def test_layers_follow_the_image_scale_and_translate(qtbot, viewer, grey):
+    widget, b = annotator(viewer, grey, scale=(0.5, 0.7), translate=(10, 20))
+    assert b.shapes.name == "img RECIST" and b.labels.name == "img lesions"
+    for layer in (b.shapes, b.labels):
+        assert tuple(layer.scale) == (0.5, 0.7) and tuple(layer.translate) == (10, 20)
+    assert b.shapes.ndim == 2 and b.labels.data.shape == grey.shape
+    assert b.session.spacing == (0.5, 0.7)
+    assert viewer.layers.selection.active is b.shapes and b.shapes.mode == "add_line"
+    # Masks sit under the lines.
+    assert viewer.layers.index(b.labels) < viewer.layers.index(b.shapes)
+
+
+def _model_segmenter(tmp_path_factory):
+    import torch
+
+    from napari_recist_seg.predict import DEFAULT_MODEL_DIR, Predictor
+
+    torch.set_num_threads(1)
+    if (DEFAULT_MODEL_DIR / "config.json").is_file():
+        return Predictor.load(None, device="cpu"), True
+    from napari_recist_seg.clusters import ClusterModel
+    from napari_recist_seg.model import ModelConfig, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(mode="a1l", n_clusters=3, input_size=64, decoder_channels=32)
+    clusters = ClusterModel(np.random.default_rng(0).normal(size=(3, 7)), np.zeros(7), np.ones(7))
+    path = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", build_model(cfg, pretrained=False), cfg, clusters)
+    return Predictor.load(path, device="cpu"), False
+
+
+def test_pairs_from_code_on_real_images_match_the_predictor(qtbot, viewer, tmp_path_factory):
+    from napari_recist_seg.predict import Predictor
+
+    predictor, trained = _model_segmenter(tmp_path_factory)
+    from napari_recist_seg._widgets.annotator import AnnotatorWidget
+
+    widget = AnnotatorWidget(viewer, segmenter=predictor)
+    viewer.window.add_dock_widget(widget)
+    assert "cpu" in widget.device_label.text()
+    dices = []
+    for stem in ("ISIC_0000048", "ISIC_0000057", "ISIC_0000013"):
+        image, expert = _isic(stem)
+        layer = viewer.add_image(image, name=stem)
+        b = widget.bind(layer)
+        r = recist_from_mask(expert)
+        b.shapes.add_lines([r.long_axis, r.short_axis])
+        idle(qtbot, widget)
+        les = b.session.lesions[1]
+        assert les.status == "done", les.message
+        np.testing.assert_allclose(les.recist.long_axis, r.long_axis, atol=1e-3)
+        got = np.asarray(b.labels.data) == 1
+        [ref] = Predictor.segment(predictor, image, [les.recist])
+        ref_mask = ref.full_mask(image.shape)
+        np.testing.assert_array_equal(got, ref_mask)
+        assert _dice(got, expert) == pytest.approx(_dice(ref_mask, expert))
+        row = b.session.table_rows()[0]
+        assert row["cluster"] == ref.cluster and row["confidence"] == pytest.approx(ref.confidence)
+        dices.append(_dice(got, expert))
+    if trained:
+        assert np.mean(dices) > 0.75, dices
+
+
+# -- drawing rules ---------------------------------------------------------------------
+
+
+def test_second_line_snaps_and_a_longer_one_swaps(qtbot, viewer, grey):
+    widget, b = annotator(viewer, grey)
+    b.shapes.add_lines([np.array([[100.0, 80], [100, 120]])])
+    idle(qtbot, widget)
+    assert not (np.asarray(b.labels.data) > 0).any()  # one line: no lesion yet
+    b.shapes.add_lines([np.array([[40.0, 100], [160, 104]])])
+    idle(qtbot, widget)
+    data = [np.asarray(d) for d in b.shapes.data]
+    # The second line rotated perpendicular through the crossing (col 102), 120 px long:
+    # longer than the first (40 px), so it is the long axis now.
+    np.testing.assert_allclose(data[1], [[40, 102], [160, 102]], atol=1e-4)
+    assert list(b.shapes.features["axis"]) == ["short", "long"]
+    assert list(b.shapes.features["label"]) == ["", "#1 L 120.0 × W 40.0 px"]
+    np.testing.assert_array_equal(np.asarray(b.labels.data) == 1, ellipse_of(b, 1))
+    assert widget.table.rowCount() == 1 and widget.table.item(0, 2).text() == "120.0"
+
+
+def test_lengths_in_mm_from_the_image_scale(qtbot, viewer, grey):
+    widget, b = annotator(viewer, grey, scale=(0.5, 0.5))
+    b.shapes.add_lines([LONG1, SHORT1])
+    idle(qtbot, widget)
+    assert list(b.shapes.features["label"])[0] == "#1 L 40.0 × W 20.0 mm"
+    assert "L (mm)" == widget.table.horizontalHeaderItem(2).text()
+
+
+def test_a_non_crossing_second_line_gets_a_message(qtbot, viewer, grey, monkeypatch):
+    import napari.utils.notifications as notifications
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: shown.append(msg))
+    widget, b = annotator(viewer, grey)
+    first, second = np.array([[50.0, 50], [50, 100]]), np.array([[120.0, 150], [160, 150]])
+    b.shapes.add_lines([first, second])
+    idle(qtbot, widget)
+    assert any("does not cross" in m for m in shown)
+    assert "does not cross" in widget.last_message
+    assert not (np.asarray(b.labels.data) > 0).any()
+    np.testing.assert_allclose(b.shapes.data[1], second)  # kept as drawn
+    assert "invalid" in widget.table.item(0, 10).text()
+
+
+def test_quick_mode_proposes_the_short_axis(qtbot, viewer, grey):
+    widget, b = annotator(viewer, grey)
+    widget.quick_check.setChecked(True)
+    widget.quick_ratio.setValue(0.5)
+    b.shapes.add_lines([np.array([[100.0, 50], [100, 150]])])
+    idle(qtbot, widget)
+    assert len(b.shapes.data) == 2
+    np.testing.assert_allclose(sorted(np.asarray(b.shapes.data[1])[:, 0]), [75, 125], atol=1e-4)
+    assert (np.asarray(b.labels.data) == 1).sum() == ellipse_of(b, 1).sum() > 0
+
+
+# -- edits, deletion, undo, commit -----------------------------------------------------
+
+
+def test_editing_a_line_resegments_only_that_lesion(qtbot, viewer, grey):
+    seg = Counting()
+    widget, b = two_lesions(qtbot, viewer, grey, seg)
+    before_1 = np.asarray(b.labels.data) == 1
+    n = len(seg.calls)
+    data = [np.asarray(d).copy() for d in b.shapes.data]
+    data[3] = np.array([[150.0, 200], [210, 200]])  # lesion 2's short axis, moved
+    b.shapes.data = [(d, "line") for d in data]
+    idle(qtbot, widget)
+    new_calls = seg.calls[n:]
+    assert len(new_calls) == 1 and len(new_calls[0]) == 1
+    np.testing.assert_allclose(new_calls[0][0].short_axis[:, 1], [200, 200])
+    np.testing.assert_array_equal(np.asarray(b.labels.data) == 1, before_1)
+    np.testing.assert_array_equal(np.asarray(b.labels.data) == 2, ellipse_of(b, 2))
+
+
+def test_deleting_a_lesion_removes_only_its_mask_and_undo_restores_it(qtbot, viewer, grey):
+    widget, b = two_lesions(qtbot, viewer, grey)
+    before = np.asarray(b.labels.data).copy()
+    b.shapes.selected_data = {2, 3}
+    b.shapes.remove_selected()
+    idle(qtbot, widget)
+    after = np.asarray(b.labels.data)
+    assert not (after == 2).any()
+    np.testing.assert_array_equal(after == 1, before == 1)
+    assert sorted(b.session.lesions) == [1] and widget.table.rowCount() == 1
+    widget.undo()  # the two removals came in one event: one undo brings both back
+    idle(qtbot, widget)
+    assert len(b.shapes.data) == 4 and sorted(b.session.lesions) == [1, 2]
+    np.testing.assert_array_equal(np.asarray(b.labels.data), before)
+
+
+def test_committed_lesions_are_locked(qtbot, viewer, grey):
+    widget, b = two_lesions(qtbot, viewer, grey)
+    widget.commit([1])
+    idle(qtbot, widget)
+    assert "committed" in widget.table.item(0, 10).text()
+    before_lines = [np.asarray(d).copy() for d in b.shapes.data]
+    before_mask = np.asarray(b.labels.data).copy()
+    data = [d.copy() for d in before_lines]
+    data[0] = np.array([[10.0, 10], [10, 120]])
+    b.shapes.data = [(d, "line") for d in data]
+    idle(qtbot, widget)
+    for got, want in zip(b.shapes.data, before_lines):
+        np.testing.assert_allclose(got, want)
+    np.testing.assert_array_equal(np.asarray(b.labels.data), before_mask)
+    assert "committed" in widget.last_message
+    # Deleting a committed lesion's lines restores them too.
+    b.shapes.selected_data = {0, 1}
+    b.shapes.remove_selected()
+    idle(qtbot, widget)
+    assert len(b.shapes.data) == 4 and (np.asarray(b.labels.data) == 1).any()
+    widget.uncommit([1])
+    widget.delete_selected([1])
+    idle(qtbot, widget)
+    assert len(b.shapes.data) == 2 and not (np.asarray(b.labels.data) == 1).any()
+
+
+def test_results_for_an_edited_lesion_are_discarded(qtbot, viewer, grey):
+    gate = threading.Event()
+    seg = Counting(gate=gate)
+    widget, b = annotator(viewer, grey, seg)
+    b.shapes.add_lines([LONG1, SHORT1])
+    qtbot.waitUntil(lambda: len(seg.calls) == 1, timeout=5000)  # blocked in the worker
+    # The viewer is not frozen: the user edits the lesion meanwhile.
+    data = [np.asarray(d).copy() for d in b.shapes.data]
+    data[1] = np.array([[20.0, 50], [100, 50]])
+    b.shapes.data = [(d, "line") for d in data]
+    qtbot.waitUntil(lambda: b.session.lesions[1].generation == 2, timeout=5000)
+    gate.set()
+    idle(qtbot, widget)
+    assert len(seg.calls) == 2
+    np.testing.assert_array_equal(np.asarray(b.labels.data) == 1, ellipse_of(b, 1))
+    np.testing.assert_allclose(b.session.lesions[1].recist.short_axis[:, 1], [50, 50])
+
+
+def test_a_failed_run_keeps_the_lines_and_switching_model_resegments(qtbot, viewer, grey):
+    widget, b = annotator(viewer, grey, Counting(fail=True))
+    b.shapes.add_lines([LONG1, SHORT1])
+    idle(qtbot, widget)
+    assert b.session.lesions[1].status == "failed"
+    assert "the model crashed" in widget.last_message and len(b.shapes.data) == 2
+    assert not (np.asarray(b.labels.data) > 0).any()
+    widget.load_segmenter("ellipse")
+    idle(qtbot, widget)
+    assert b.session.lesions[1].status == "done" and len(b.shapes.data) == 2
+    np.testing.assert_array_equal(np.asarray(b.labels.data) == 1, ellipse_of(b, 1))
+
+
+def test_a_model_that_cannot_load_keeps_the_previous_one(qtbot, viewer, grey, tmp_path):
+    widget, b = two_lesions(qtbot, viewer, grey)
+    before = widget.segmenter
+    widget.load_segmenter("checkpoint", tmp_path / "missing")
+    idle(qtbot, widget)
+    assert widget.segmenter is before and "could not load" in widget.last_message
+    assert len(b.shapes.data) == 4 and sorted(b.session.lesions) == [1, 2]
+
+
+# -- click tool, table, colours -------------------------------------------------------------
+
+
+class DiskClicker:
+    """A stand-in model whose click result is a known disk of radius 12 around the click."""
+
+    name, device = "disk", "cpu"
+
+    def segment(self, image, recists):
+        return ShapeSegmenter("ellipse").segment(image, recists)
+
+    def segment_click(self, image, point, *, slice_index=None, spacing=None):
+        r0, c0 = int(point[0]) - 12, int(point[1]) - 12
+        yy, xx = np.mgrid[-12:13, -12:13]
+        mask = yy**2 + xx**2 <= 144
+        measured = recist_from_mask(mask, spacing=spacing, slice_index=slice_index).transformed((-r0, -c0), 1.0)
+        return ShapeResult(measured, (r0, c0), mask, mask.astype(np.float32), cluster=1, confidence=0.8, measured=measured)
+
+
+def test_click_tool_segments_and_draws_the_measured_recist(qtbot, viewer, grey):
+    widget, b = annotator(viewer, grey, DiskClicker())
+    widget.activate_click_tool()
+    assert viewer.layers.selection.active is b.points and b.points.mode == "add"
+    b.click((100.0, 120.0))
+    idle(qtbot, widget)
+    assert len(b.points.data) == 0  # the click was consumed
+    assert len(b.shapes.data) == 2 and sorted(b.session.lesions) == [1]
+    mask = np.asarray(b.labels.data) == 1
+    assert mask.sum() == (np.mgrid[-12:13, -12:13] ** 2).sum(axis=0).__le__(144).sum()
+    les = b.session.lesions[1]
+    assert les.recist.long_length == pytest.approx(24.0, abs=1.5)
+    assert les.cluster == 1 and les.confidence == pytest.approx(0.8)
+
+
+def test_click_needs_a_model(qtbot, viewer, grey):
+    widget, b = annotator(viewer, grey)
+    widget.activate_click_tool()
+    assert "needs a model" in widget.last_message
+    b.click((100.0, 120.0))
+    idle(qtbot, widget)
+    assert "needs a model" in widget.last_message and not b.session.lesions
+
+
+class Clustered:
+    name, device = "clustered", "cpu"
+
+    def segment(self, image, recists):
+        out = ShapeSegmenter("ellipse").segment(image, recists)
+        for res in out:
+            res.cluster = 1 if res.recist.centre[0] < 128 else 3
+            res.confidence = 0.6
+        return out
+
+
+def test_table_features_colours_and_row_selection(qtbot, viewer, grey):
+    from napari.utils.colormaps import DirectLabelColormap
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_recist_seg._widgets.annotator import CLUSTER_COLOURS
+
+    widget, b = two_lesions(qtbot, viewer, grey, Clustered())
+    feats = b.labels.features
+    assert list(feats["index"]) == [1, 2] and list(feats["cluster"]) == [1, 3]
+    assert list(feats["long_drawn"]) == pytest.approx([80.0, 80.0])
+    assert widget.table.item(1, 8).text() == "3"
+    widget.set_colour_by("cluster")
+    cmap = b.labels.colormap
+    assert isinstance(cmap, DirectLabelColormap)
+    np.testing.assert_allclose(cmap.map(np.array([2]))[0], transform_color(CLUSTER_COLOURS[3])[0])
+    widget.set_colour_by("lesion")
+    assert not isinstance(b.labels.colormap, DirectLabelColormap)
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = (0.0, 0.0)
+    widget.table.selectRow(1)
+    centre = b.session.lesion_centre(2)
+    assert tuple(camera.center)[-2:] == pytest.approx(centre)
+    assert b.shapes.selected_data == {2, 3}
+
+
+# -- export / import -------------------------------------------------------------------
+
+
+def test_export_import_round_trip(qtbot, viewer, tmp_path):
+    from napari_recist_seg.data import read_labels, read_recist_csv
+
+    image, _ = _isic("ISIC_0000057")
+    img_path = SAMPLES / "ISIC_0000057.jpg"
+    widget, b = annotator(viewer, image, name="ISIC_0000057", metadata={"image_path": str(img_path)})
+    b.shapes.add_lines([LONG1, SHORT1])
+    idle(qtbot, widget)
+    b.shapes.add_lines([LONG2, SHORT2])
+    idle(qtbot, widget)
+    csv_path = widget.export_recist_csv(tmp_path / "recist.csv", if_exists="error")
+    masks = widget.export_masks(tmp_path / "masks.png", if_exists="error")
+    meas = widget.export_measurements(tmp_path / "meas.csv", if_exists="error")
+    assert csv_path and masks and meas
+    records = read_recist_csv(csv_path)
+    assert [r.lesion for r in records] == [1, 2] and records[0].image == img_path
+    np.testing.assert_array_equal(read_labels(masks), np.asarray(b.labels.data))
+    assert "measured_long_px" in meas.read_text().splitlines()[0]
+    # Never silently overwritten: refused, or written under a new name.
+    text = csv_path.read_text()
+    assert widget.export_recist_csv(csv_path, if_exists="error") is None
+    assert "already exists" in widget.last_message and csv_path.read_text() == text
+    assert widget.export_recist_csv(csv_path, if_exists="rename").name == "recist-1.csv"
+    exported = np.asarray(b.labels.data).copy()
+
+    # Reopen: the reader puts the image and the lines back, the annotator the masks.
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    layers = viewer.open(str(csv_path), plugin=PLUGIN)
+    assert [type(layer).__name__ for layer in layers] == ["Image", "Shapes"]
+    viewer.layers.selection.active = layers[0]
+    idle(qtbot, widget)
+    b2 = widget.binding
+    assert b2.image is layers[0] and b2.shapes is layers[1]
+    assert sorted(b2.session.lesions) == [1, 2]
+    np.testing.assert_array_equal(np.asarray(b2.labels.data), exported)
+
+    # Importing into an annotated image adds the CSV's lesions (new ids if taken).
+    assert widget.import_recist_csv(csv_path) == 2
+    idle(qtbot, widget)
+    assert sorted(b2.session.lesions) == [1, 2, 3, 4]
+
+
+def test_an_in_memory_image_is_saved_next_to_the_csv(qtbot, viewer, grey, tmp_path):
+    from napari_recist_seg.data import read_image, read_recist_csv
+
+    widget, b = annotator(viewer, grey, name="scan")
+    b.shapes.add_lines([LONG1, SHORT1])
+    idle(qtbot, widget)
+    out = widget.export_recist_csv(tmp_path / "r.csv", if_exists="error")
+    [rec] = read_recist_csv(out)
+    assert rec.image == tmp_path / "scan.png"
+    np.testing.assert_array_equal(read_image(rec.image).array, grey)
+
+
+# -- volumes, selection, bad input --------------------------------------------------------
+
+
+def test_volume_pairs_live_on_the_current_slice(qtbot, viewer):
+    from napari_recist_seg.data import read_image
+
+    slab = read_image(SAMPLES / "lits117_slab.nii.gz").array
+    widget, b = annotator(viewer, slab, name="ct", contrast_limits=(-100, 250))
+    assert b.shapes.ndim == 3 and b.labels.data.shape == slab.shape
+    b.shapes.add_lines([np.array([[4.0, 40, 30], [4, 40, 70]]), np.array([[4.0, 25, 50], [4, 55, 50]])])
+    idle(qtbot, widget)
+    lab = np.asarray(b.labels.data)
+    assert (lab[4] == 1).any() and not np.delete(lab, 4, axis=0).any()
+    np.testing.assert_array_equal(lab[4] == 1, ellipse_mask(b.session.lesions[1].recist, slab.shape))
+    assert widget.table.item(0, 1).text() == "4" and not widget.table.isColumnHidden(1)
+    viewer.dims.set_point(0, 0)
+    widget.table.selectRow(0)
+    assert viewer.dims.point[0] == pytest.approx(4)
+    # A pair split over two slices does not pair: two open lines, no mask.
+    b.shapes.add_lines([np.array([[2.0, 100, 90], [2, 100, 120]])])
+    b.shapes.add_lines([np.array([[6.0, 90, 105], [6, 110, 105]])])
+    idle(qtbot, widget)
+    assert sorted(l.status for l in b.session.lesions.values())[-2:] == ["open", "open"]
+    assert not (np.asarray(b.labels.data) > 1).any()
+
+
+def test_follows_the_layer_selection(qtbot, viewer, grey):
+    widget, b = annotator(viewer, grey, name="first")
+    second = viewer.add_image(grey[::2, ::2].copy(), name="second")
+    viewer.layers.selection.active = second
+    idle(qtbot, widget)
+    assert widget.binding.image is second and widget.image_combo.currentText() == "second"
+    assert "second RECIST" in viewer.layers and "second lesions" in viewer.layers
+    viewer.layers.selection.active = b.labels
+    idle(qtbot, widget)
+    assert widget.binding is b
+
+
+def test_unsupported_images_are_refused_with_a_message(qtbot, viewer):
+    from napari_recist_seg._widgets.annotator import AnnotatorWidget
+
+    widget = AnnotatorWidget(viewer, segmenter=ShapeSegmenter("ellipse"))
+    viewer.window.add_dock_widget(widget)
+    viewer.add_image(np.zeros((2, 3, 20, 20), np.float32), name="4d")
+    idle(qtbot, widget)
+    assert widget.binding is None and "2D images" in widget.last_message
+
+
+def test_the_manifest_docks_the_annotator(qtbot, viewer, grey):
+    from napari_recist_seg._widgets.annotator import AnnotatorWidget
+
+    viewer.add_image(grey, name="img")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "RECIST annotator")
+    assert isinstance(widget, AnnotatorWidget)
+    idle(qtbot, widget, timeout=60000)  # the default model may be loading
+    assert widget.segmenter is not None and widget.binding is not None
