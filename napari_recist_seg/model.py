@@ -332,6 +332,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _file_mode() -> int:
+    """Ordinary file permissions: temp files are created 0600, a model is shareable.
+
+    (Not derived from ``os.umask``, which can only be read by changing it, racing
+    with other threads.)
+    """
+    return 0o644
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -406,6 +415,7 @@ def save_checkpoint(
     tmp = Path(tmp_name)
     try:
         save_file(state, str(tmp), metadata={"format": FORMAT_NAME})
+        os.chmod(tmp, _file_mode())
         digest = _sha256(tmp)
         weights_name = f"weights-{digest[:16]}.safetensors"
         os.replace(tmp, out / weights_name)
@@ -424,6 +434,8 @@ def save_checkpoint(
         "training": _jsonable(dict(extra or {})),
     }
     atomic_write_text(out / CONFIG_FILE, json.dumps(doc, indent=2, allow_nan=False))
+    with contextlib.suppress(OSError):
+        os.chmod(out / CONFIG_FILE, _file_mode())
     # Only now is the old weights file unreferenced.
     for old in out.glob("weights-*.safetensors"):
         if old.name != weights_name:
