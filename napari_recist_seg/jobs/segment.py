@@ -523,7 +523,7 @@ def run_segment(
             except (MemoryError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # one bad file never stops the run
-                report.fail(item.image_path, describe_error(exc))
+                report.fail(item.image_path, _reason(exc, item.image_path))
                 tracker.step(f"failed {item.image_path.name}")
                 continue
             rows_by_image[_image_label(item.image_path, out)] = rows
@@ -539,6 +539,16 @@ def run_segment(
             _write_measurements(csv_path, _ordered_rows(rows_by_image))
         report.write_failures(out)
     return report
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    """A one-line reason without repeating the file name (failures.csv has it)."""
+    text = describe_error(exc)
+    if isinstance(exc, ValueError):  # our readers' errors: the message is the reason
+        for prefix in (f"{type(exc).__name__}: ", f"{path}: "):
+            if text.startswith(prefix):
+                text = text[len(prefix):]
+    return text
 
 
 def _ordered_rows(rows_by_image: dict[str, list[dict[str, object]]]) -> list[dict[str, object]]:

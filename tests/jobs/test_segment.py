@@ -1,0 +1,254 @@
+"""``run_segment`` / ``recist-seg segment`` on a small real ISIC dataset (+ a truncated
+image), a file list with a RECIST CSV, and the LiTS CT volume."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_recist_seg.cli import main
+from napari_recist_seg.clusters import ClusterModel
+from napari_recist_seg.data.recist_csv import RecistRecord, write_recist_csv
+from napari_recist_seg.jobs.common import CancelToken, InputError
+from napari_recist_seg.jobs.segment import MEASUREMENT_COLUMNS, run_segment
+from napari_recist_seg.model import ModelConfig, build_model, save_checkpoint
+from napari_recist_seg.predict import Predictor
+from napari_recist_seg.recist import Recist, recist_from_mask
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+ISIC = SHARED_DATA / "isic2017_train256"
+LITS = SHARED_DATA / "lits_case117"
+STEMS = ["ISIC_0000000", "ISIC_0000001", "ISIC_0000002", "ISIC_0000003"]
+COLUMNS = [
+    "image", "lesion", "slice", "cluster", "confidence", "area_px", "area_mm2",
+    "long_px", "short_px", "long_mm", "short_mm", "measured_long_px",
+    "measured_short_px", "measured_long_mm", "measured_short_mm",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    cfg = ModelConfig(mode="a1l", n_clusters=3, input_size=64, decoder_channels=32)
+    rng = np.random.default_rng(1)
+    clusters = ClusterModel(rng.normal(size=(3, 7)), np.zeros(7), np.ones(7))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", build_model(cfg), cfg, clusters)
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt) -> Predictor:
+    return Predictor.load(ckpt, device="cpu")
+
+
+@pytest.fixture()
+def dataset(tmp_path) -> Path:
+    """4 real ISIC images with expert masks, plus a truncated JPEG that has a mask."""
+    if not (ISIC / "images").is_dir():
+        pytest.skip(f"real ISIC data not found at {ISIC}")
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for stem in STEMS:
+        shutil.copy(ISIC / "images" / f"{stem}.jpg", root / "images")
+        shutil.copy(ISIC / "masks" / f"{stem}_segmentation.png", root / "masks")
+    data = (ISIC / "images" / "ISIC_0000004.jpg").read_bytes()
+    (root / "images" / "broken.jpg").write_bytes(data[: len(data) // 2])
+    shutil.copy(ISIC / "masks" / "ISIC_0000004_segmentation.png", root / "masks" / "broken_segmentation.png")
+    return root
+
+
+def _rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "measurements.csv", newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == COLUMNS
+        return list(reader)
+
+
+def _failures(out: Path) -> dict[str, str]:
+    with open(out / "failures.csv", newline="", encoding="utf-8") as fh:
+        return {Path(r["file"]).name: r["reason"] for r in csv.DictReader(fh)}
+
+
+def test_cli_on_a_dataset_with_derived_recist_and_a_truncated_image(dataset, ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["segment", str(dataset), "--model", str(ckpt), "--out", str(out), "--quiet"])
+    assert code == 3
+    assert "broken.jpg" in capsys.readouterr().err
+    assert tuple(COLUMNS) == MEASUREMENT_COLUMNS
+    fails = _failures(out)
+    assert list(fails) == ["broken.jpg"]
+    assert "truncat" in fails["broken.jpg"].lower() or "broken" in fails["broken.jpg"]
+    rows = _rows(out)
+    assert [Path(r["image"]).name for r in rows] == [f"{s}.jpg" for s in STEMS]
+    for stem, row in zip(STEMS, rows):
+        # the image column is the path relative to OUT
+        assert (out / row["image"]).resolve() == (dataset / "images" / f"{stem}.jpg").resolve()
+        mask_file = out / f"{stem}.png"
+        written = np.asarray(Image.open(mask_file))
+        assert written.shape == (256, 256) and written.dtype == np.uint8
+        assert set(np.unique(written)) <= {0, 255}
+        assert int(row["area_px"]) == int((written > 0).sum())
+        assert row["lesion"] == "1" and row["slice"] == ""
+        assert 0 <= int(row["cluster"]) < 3 and 0 < float(row["confidence"]) <= 1
+        # drawn L/W are those derived from the expert mask
+        gt = np.asarray(Image.open(dataset / "masks" / f"{stem}_segmentation.png")) > 0
+        r = recist_from_mask(gt)
+        assert float(row["long_px"]) == pytest.approx(r.long_length, abs=1e-3)
+        assert float(row["short_px"]) == pytest.approx(r.short_length, abs=1e-3)
+        assert row["long_mm"] == "" and row["area_mm2"] == ""  # no spacing in a jpg
+        if row["measured_long_px"]:
+            m = recist_from_mask(written > 0)
+            assert float(row["measured_long_px"]) == pytest.approx(m.long_length, abs=1e-3)
+        assert not (out / f"{stem}_labels.png").exists()  # one lesion: no labels file
+    assert not (out / "broken.png").exists()
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_resume_skips_done_images_and_overwrite_redoes_them(dataset, ckpt, predictor, tmp_path):
+    out = tmp_path / "out"
+    first = run_segment(dataset, out, predictor=predictor)
+    assert first.processed == 4 and len(first.failures) == 1
+    rows_before = _rows(out)
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("ISIC_*.png")}
+    os.remove(out / "ISIC_0000002.png")  # as if the run had stopped before this one
+
+    second = run_segment(dataset, out, predictor=predictor)
+    assert second.processed == 1 and second.skipped == 3
+    assert [p for p, _ in second.failures] == [str(dataset / "images" / "broken.jpg")]
+    for name, t in stamp.items():
+        if name != "ISIC_0000002.png":
+            assert (out / name).stat().st_mtime_ns == t
+    assert _rows(out) == rows_before  # kept rows + the redone image's identical row
+
+    third = run_segment(dataset, out, predictor=predictor, overwrite=True)
+    assert third.processed == 4 and third.skipped == 0
+    assert all((out / n).stat().st_mtime_ns > t for n, t in stamp.items() if n != "ISIC_0000002.png")
+    assert len(_rows(out)) == 4
+
+
+def test_cli_resume_and_overwrite_flags(dataset, ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["segment", str(dataset), "--model", str(ckpt), "--out", str(out), "--quiet"]
+    assert main(args) == 3
+    capsys.readouterr()
+    assert main(args) == 3  # the broken image still fails
+    assert "4 skipped" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 3
+    assert "4 processed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sub", ["images", "masks"])
+def test_refuses_to_write_into_the_dataset_inputs(dataset, ckpt, sub, capsys):
+    before = {p.name: p.read_bytes() for p in (dataset / sub).iterdir()}
+    code = main(["segment", str(dataset), "--model", str(ckpt), "--out", str(dataset / sub), "--quiet"])
+    assert code == 2
+    assert "refusing to write" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (dataset / sub).iterdir()} == before
+    with pytest.raises(InputError, match="refusing"):
+        run_segment(dataset, dataset / sub / ".", model=ckpt)
+
+
+def test_file_list_with_recist_csv_several_lesions_and_a_bad_recist(dataset, predictor, tmp_path):
+    img = dataset / "images" / "ISIC_0000001.jpg"
+    img2 = dataset / "images" / "ISIC_0000003.jpg"
+    gt = np.asarray(Image.open(dataset / "masks" / "ISIC_0000001_segmentation.png")) > 0
+    r1 = recist_from_mask(gt).with_spacing((0.1, 0.2))
+    r2 = Recist([[20, 200], [20, 240]], [[10, 220], [30, 220]], spacing=(0.1, 0.2))
+    bad = Recist([[50, 30], [50, 70]], [[40, 100], [60, 100]])  # axes do not cross
+    csv_path = tmp_path / "meas" / "recist.csv"
+    write_recist_csv(
+        csv_path,
+        [
+            RecistRecord(img, 1, r1),
+            RecistRecord(img, 7, r2),
+            RecistRecord(img2, 1, bad),
+        ],
+    )
+    out = tmp_path / "out"
+    report = run_segment([img, img2], out, recist_csv=csv_path, predictor=predictor)
+    assert report.processed == 1 and report.exit_code == 3
+    assert len(report.failures) == 2  # the bad lesion, then the image with nothing left
+    assert all(f == str(img2) for f, _ in report.failures)
+    assert "do not cross" in report.failures[0][1]
+
+    labels = np.asarray(Image.open(out / "ISIC_0000001_labels.png"))
+    union = np.asarray(Image.open(out / "ISIC_0000001.png")) > 0
+    assert set(np.unique(labels)) <= {0, 1, 7}
+    np.testing.assert_array_equal(labels > 0, union)
+    rows = _rows(out)
+    assert [(r["lesion"]) for r in rows] == ["1", "7"]
+    for row, r in zip(rows, (r1, r2)):
+        assert float(row["long_mm"]) == pytest.approx(r.long_length_mm, abs=1e-3)
+        assert float(row["area_mm2"]) == pytest.approx(int(row["area_px"]) * 0.02, abs=1e-3)
+    # pixels of lesion 7 that no other lesion covers carry its label
+    res = predictor.segment(np.asarray(Image.open(img)), [r1, r2])
+    only7 = res[1].full_mask((256, 256)) & ~res[0].full_mask((256, 256))
+    assert np.all(labels[only7] == 7)
+    np.testing.assert_array_equal(union, res[0].full_mask((256, 256)) | res[1].full_mask((256, 256)))
+
+
+def test_file_list_needs_a_recist_csv(dataset, predictor, tmp_path):
+    with pytest.raises(InputError, match="RECIST CSV"):
+        run_segment([dataset / "images" / "ISIC_0000001.jpg"], tmp_path / "o", predictor=predictor)
+
+
+def test_cancel_keeps_finished_outputs(dataset, predictor, tmp_path):
+    out = tmp_path / "out"
+    token = CancelToken()
+    events = []
+
+    def progress(event):
+        events.append(event)
+        if event.done == 2:
+            token.cancel()
+
+    report = run_segment(dataset, out, predictor=predictor, progress=progress, cancel=token)
+    assert report.cancelled and report.exit_code == 130
+    assert report.processed == 2
+    done = sorted(p.name for p in out.glob("ISIC_*.png"))
+    assert done == ["ISIC_0000000.png", "ISIC_0000001.png"]
+    assert len(_rows(out)) == 2
+    assert events[-1].total == 5 and events[0].eta is not None
+
+
+def test_volume_outputs_nifti_on_the_right_slices(predictor, tmp_path):
+    if not (LITS / "ct.nii.gz").is_file():
+        pytest.skip(f"real LiTS data not found at {LITS}")
+    import nibabel as nib
+
+    labels = np.asarray(nib.load(str(LITS / "labels.nii.gz")).dataobj).transpose(2, 1, 0)
+    per_slice = (labels == 2).sum(axis=(1, 2))
+    z1, z2 = (int(z) for z in np.argsort(-per_slice)[:2])
+    r1 = recist_from_mask(labels[z1] == 2, slice_index=z1)
+    r2 = recist_from_mask(labels[z2] == 2, slice_index=z2)
+    csv_path = tmp_path / "recist.csv"
+    ct = LITS / "ct.nii.gz"
+    write_recist_csv(csv_path, [RecistRecord(ct, 1, r1), RecistRecord(ct, 2, r2)])
+    out = tmp_path / "out"
+    report = run_segment([ct], out, recist_csv=csv_path, predictor=predictor)
+    assert report.exit_code == 0, report.failures
+    mask_img = nib.load(str(out / "ct.nii.gz"))
+    mask = np.asarray(mask_img.dataobj).transpose(2, 1, 0)
+    lab = np.asarray(nib.load(str(out / "ct_labels.nii.gz")).dataobj).transpose(2, 1, 0)
+    assert mask.shape == labels.shape
+    on = set(np.flatnonzero(mask.any(axis=(1, 2))).tolist())
+    assert on <= {z1, z2}
+    assert set(np.unique(lab[z1])) <= {0, 1} and set(np.unique(lab[z2])) <= {0, 2}
+    assert tuple(float(v) for v in mask_img.header.get_zooms()) == (1.0, 1.0, 1.0)
+    rows = _rows(out)
+    assert sorted(int(r["slice"]) for r in rows) == sorted([z1, z2])
