@@ -309,6 +309,19 @@ def test_postprocess_keeps_the_component_under_the_crossing_and_fills_holes():
     np.testing.assert_array_equal(out, expected)
 
 
+def test_postprocess_flag_applies_to_the_thresholded_probability(tiny_ckpt):
+    image, mask = _isic("ISIC_0000001")
+    recists = [recist_from_mask(mask), Recist([[20, 20], [20, 60]], [[10, 40], [32, 40]])]
+    plain = Predictor.load(tiny_ckpt, device="cpu")
+    post = Predictor.load(tiny_ckpt, device="cpu", postprocess=True)
+    assert not plain.postprocess and post.postprocess
+    for a, b in zip(plain.segment(image, recists), post.segment(image, recists)):
+        np.testing.assert_array_equal(a.mask, a.probability > 0.5)
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-6)
+        local = b.recist.transformed(b.offset, 1.0)
+        np.testing.assert_array_equal(b.mask, postprocess_mask(a.mask, local))
+
+
 def test_postprocess_falls_back_to_the_largest_component_touching_the_recist():
     m = np.zeros((40, 40), bool)
     m[2:8, 2:8] = True  # touches the long axis' left end, small
