@@ -57,6 +57,9 @@ SEGMENTER_LABELS = {
     "grabcut": "GrabCut (no model)",
 }
 
+# The table / Labels features refresh waits this long (coalescing bursts of results).
+REFRESH_DELAY_MS = 30
+
 TABLE_HEADERS = ("#", "slice", "L", "W", "L mask", "W mask", "Δ", "area", "cluster", "conf.", "status")
 
 # Mask colours by lesion: bright, distinct on skin and on grey CT.
@@ -122,6 +125,8 @@ class AnnotatorWidget(QWidget):
         self._colour_by = "lesion"
         self._updating = False
         self._follow_scheduled = False
+        self._refresh_scheduled = False
+        self._dirty: set[int] = set()
         self.last_message = ""
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._refresh_images)
@@ -391,12 +396,24 @@ class AnnotatorWidget(QWidget):
     def _on_binding_changed(self) -> None:
         binding = self.sender()
         if isinstance(binding, ImageBinding):
+            self._dirty.add(id(binding))
+        if not self._refresh_scheduled:
+            # Coalesced and a little later: the table and the Labels features are
+            # bookkeeping, the mask on the canvas comes first.
+            self._refresh_scheduled = True
+            QTimer.singleShot(REFRESH_DELAY_MS, self._refresh_dirty)
+
+    def _refresh_dirty(self) -> None:
+        self._refresh_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for binding in self.bindings.values():
+            if id(binding) not in dirty or not binding.alive():
+                continue
             with contextlib.suppress(Exception):
                 binding.labels.features = binding.labels_features()
             if self._colour_by == "cluster":
                 self._apply_colour(binding)
-        if binding is self.binding or binding is None:
-            self._refresh_table()
+        self._refresh_table()
 
     # -- segmenter ------------------------------------------------------------------------
     def _device_text(self) -> str:
@@ -831,6 +848,7 @@ class AnnotatorWidget(QWidget):
         return (
             self._loader is not None
             or self._follow_scheduled
+            or self._refresh_scheduled
             or any(b.busy for b in self.bindings.values())
         )
 

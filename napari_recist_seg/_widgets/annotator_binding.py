@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
+from napari.utils.colormaps.standardize_color import transform_color
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_recist_seg.annotation import (
@@ -283,7 +284,21 @@ class ImageBinding(QObject):
         action = str(getattr(event, "action", "changed"))
         if action.endswith("ing"):  # adding / changing / removing: not final yet
             return
-        self._schedule_sync()
+        if self._interacting():
+            # Mouse drawing / dragging is finishing inside this event: rewriting the layer
+            # now would cut into napari's own handling, so answer on the next loop turn.
+            self._schedule_sync()
+        else:
+            # From code (add_lines, data = ..., remove_selected): answer at once, so the
+            # worker starts before the canvas repaints (latency).
+            self.sync_now()
+
+    def _interacting(self) -> bool:
+        layer = self.shapes
+        flags = [getattr(layer, name, None) for name in ("_is_creating", "_is_moving", "_is_selecting")]
+        if any(f is None for f in flags):
+            return True  # unknown napari internals: be safe, defer
+        return any(bool(f) for f in flags)
 
     def _schedule_sync(self) -> None:
         if not self._sync_scheduled:
@@ -321,7 +336,7 @@ class ImageBinding(QObject):
     def sync_now(self) -> None:
         """Reconcile the session with the Shapes layer now and act on the answer."""
         self._sync_scheduled = False
-        if not self.alive():
+        if not self.alive() or self._writing:
             return
         out = self.session.sync(self.observe())
         self.apply(out)
@@ -343,8 +358,9 @@ class ImageBinding(QObject):
         views = self.session.layer_lines()
         current = self.shapes.data
         feats = self.shapes.features
+        # napari stores float32 vertices: differences below 1e-3 px are rounding.
         same = len(current) == len(views) and all(
-            np.asarray(c).shape == v.coords.shape and np.allclose(c, v.coords, atol=1e-6)
+            np.asarray(c).shape == v.coords.shape and np.allclose(c, v.coords, atol=1e-3, rtol=0)
             for c, v in zip(current, views)
         )
         same = same and all(t == "line" for t in self.shapes.shape_type)
@@ -374,8 +390,11 @@ class ImageBinding(QObject):
                 self.shapes.features = table
                 self.shapes.feature_defaults = FEATURE_DEFAULTS
             if views:
-                colours = [_line_colour(v.axis, v.state) for v in views]
-                if not same or not unchanged:
+                colours = np.asarray(
+                    [transform_color(_line_colour(v.axis, v.state))[0] for v in views]
+                )
+                edge = np.asarray(self.shapes.edge_color)
+                if edge.shape != colours.shape or not np.allclose(edge, colours, atol=1e-3):
                     self.shapes.edge_color = colours
 
     # -- labels ----------------------------------------------------------------------
