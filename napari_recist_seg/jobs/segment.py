@@ -402,19 +402,26 @@ def _segment_one(
     shape = array.shape if volume else array.shape[:2]
     union = np.zeros(shape, dtype=np.uint8)
     labels = None
+    ids = [lesion for lesion, _ in valid]
     if len(valid) > 1:
-        top = max(lesion for lesion, _ in valid)
-        labels = np.zeros(shape, dtype=np.uint8 if top < 256 else np.uint16)
-    for (lesion, _), res in zip(valid, results):
+        # Label value = lesion id; ids below 1 (0-based CSVs) would vanish into the
+        # background, so then the lesions are numbered 1.. in id order instead.
+        values = ids if min(ids) >= 1 else list(range(1, len(ids) + 1))
+        labels = np.zeros(shape, dtype=np.uint8 if max(values) < 256 else np.uint16)
+    else:
+        values = ids
+    for value, res in zip(values, results):
         _paste(res, union, 255, volume)
         if labels is not None:
-            _paste(res, labels, lesion, volume)
+            _paste(res, labels, value, volume)
     mask_path, labels_path = _outputs(out, item.stem, volume)
     out_spacing = data.spacing
     # Labels first, mask last: the mask's existence marks the image as done (resume).
     if labels is not None:
         write_labels(labels_path, labels, spacing=out_spacing)
         report.outputs.append(labels_path)
+    elif labels_path.exists():
+        labels_path.unlink()  # from an earlier run with more lesions (overwrite)
     write_mask(mask_path, union > 0, spacing=out_spacing)
     report.outputs.append(mask_path)
 
