@@ -202,6 +202,22 @@ def test_file_list_with_recist_csv_several_lesions_and_a_bad_recist(dataset, pre
     np.testing.assert_array_equal(union, res[0].full_mask((256, 256)) | res[1].full_mask((256, 256)))
 
 
+def test_zero_based_lesion_ids_still_get_visible_labels(dataset, predictor, tmp_path):
+    img = dataset / "images" / "ISIC_0000002.jpg"
+    csv_path = tmp_path / "recist.csv"
+    write_recist_csv(csv_path, [
+        RecistRecord(img, 0, Recist([[60, 40], [60, 100]], [[40, 70], [80, 70]])),
+        RecistRecord(img, 1, Recist([[190, 150], [190, 220]], [[170, 185], [210, 185]])),
+    ])
+    report = run_segment([img], tmp_path / "out", recist_csv=csv_path, predictor=predictor)
+    assert report.exit_code == 0
+    labels = np.asarray(Image.open(tmp_path / "out" / "ISIC_0000002_labels.png"))
+    union = np.asarray(Image.open(tmp_path / "out" / "ISIC_0000002.png")) > 0
+    np.testing.assert_array_equal(labels > 0, union)
+    assert set(np.unique(labels[union])) <= {1, 2}
+    assert [r["lesion"] for r in _rows(tmp_path / "out")] == ["0", "1"]
+
+
 def test_file_list_needs_a_recist_csv(dataset, predictor, tmp_path):
     with pytest.raises(InputError, match="RECIST CSV"):
         run_segment([dataset / "images" / "ISIC_0000001.jpg"], tmp_path / "o", predictor=predictor)
