@@ -215,7 +215,9 @@ def test_zero_based_lesion_ids_still_get_visible_labels(dataset, predictor, tmp_
     union = np.asarray(Image.open(tmp_path / "out" / "ISIC_0000002.png")) > 0
     np.testing.assert_array_equal(labels > 0, union)
     assert set(np.unique(labels[union])) <= {1, 2}
-    assert [r["lesion"] for r in _rows(tmp_path / "out")] == ["0", "1"]
+    rows = _rows(tmp_path / "out")
+    assert [r["lesion"] for r in rows] == ["0", "1"]
+    assert all(int(r["area_px"]) > 0 for r in rows)  # both lesions are in the labels
 
 
 def test_file_list_needs_a_recist_csv(dataset, predictor, tmp_path):
