@@ -529,3 +529,48 @@ def test_the_manifest_docks_the_annotator(qtbot, viewer, grey):
     assert isinstance(widget, AnnotatorWidget)
     idle(qtbot, widget, timeout=60000)  # the default model may be loading
     assert widget.segmenter is not None and widget.binding is not None
+
+
+# -- the mouse ---------------------------------------------------------------------------
+
+
+def _drag(layer, start, end):
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
+
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start))
+    mid = (np.asarray(start, float) + np.asarray(end, float)) / 2
+    for pos in (mid, end):
+        mouse_move_callbacks(
+            layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=list(pos))
+        )
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=end))
+
+
+def test_drawing_and_moving_with_the_mouse(qtbot, viewer, grey):
+    widget, b = annotator(viewer, grey)
+    b.shapes.scale_factor = 0.001  # zoomed in: vertices never overlap the clicks below
+    assert b.shapes.mode == "add_line"
+    _drag(b.shapes, [100, 50], [100, 150])
+    idle(qtbot, widget)
+    assert [les.status for les in b.session.lesions.values()] == ["open"]
+    _drag(b.shapes, [70, 95], [130, 105])  # crosses at col 100, not perpendicular
+    idle(qtbot, widget)
+    les = b.session.lesions[1]
+    assert les.status == "done"
+    # (mouse positions go through world -> data transforms: equal to ~1e-3 px)
+    np.testing.assert_allclose(np.asarray(b.shapes.data[1]), [[70, 100], [130, 100]], atol=1e-2)
+    np.testing.assert_array_equal(np.asarray(b.labels.data) == 1, ellipse_of(b, 1))
+    # Drag the whole long axis down by 10 rows: the short axis follows, one new mask.
+    b.shapes.mode = "select"
+    b.shapes.selected_data = set()
+    _drag(b.shapes, [100, 70], [110, 70])
+    idle(qtbot, widget)
+    np.testing.assert_allclose(np.asarray(b.shapes.data[0])[:, 0], [110, 110], atol=1e-2)
+    np.testing.assert_allclose(np.asarray(b.shapes.data[1]), [[80, 100], [140, 100]], atol=1e-2)
+    np.testing.assert_array_equal(np.asarray(b.labels.data) == 1, ellipse_of(b, 1))
+    assert les.generation == b.session.lesions[1].generation and les.generation >= 2
