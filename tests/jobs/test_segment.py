@@ -202,22 +202,37 @@ def test_file_list_with_recist_csv_several_lesions_and_a_bad_recist(dataset, pre
     np.testing.assert_array_equal(union, res[0].full_mask((256, 256)) | res[1].full_mask((256, 256)))
 
 
-def test_zero_based_lesion_ids_still_get_visible_labels(dataset, predictor, tmp_path):
+class _DarkNet(torch.nn.Module):
+    """Stand-in network: lesion = dark pixels of the crop (dermoscopy lesions are dark)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        grey = (x[:, :3] * self.std + self.mean).mean(dim=1, keepdim=True)
+        return 40.0 * (0.45 - grey), None
+
+
+def test_zero_based_lesion_ids_still_get_visible_labels(dataset, tmp_path):
+    cfg = ModelConfig(mode="a1", input_size=64)
+    dark = Predictor(_DarkNet(cfg), cfg, None, "cpu")
     img = dataset / "images" / "ISIC_0000002.jpg"
+    gt = np.asarray(Image.open(dataset / "masks" / "ISIC_0000002_segmentation.png")) > 0
+    whole = recist_from_mask(gt)
+    inner = whole.transformed(whole.centre, 0.3).transformed(-whole.centre, 1.0)
     csv_path = tmp_path / "recist.csv"
-    write_recist_csv(csv_path, [
-        RecistRecord(img, 0, Recist([[60, 40], [60, 100]], [[40, 70], [80, 70]])),
-        RecistRecord(img, 1, Recist([[190, 150], [190, 220]], [[170, 185], [210, 185]])),
-    ])
-    report = run_segment([img], tmp_path / "out", recist_csv=csv_path, predictor=predictor)
+    write_recist_csv(csv_path, [RecistRecord(img, 0, whole), RecistRecord(img, 1, inner)])
+    report = run_segment([img], tmp_path / "out", recist_csv=csv_path, predictor=dark)
     assert report.exit_code == 0
     labels = np.asarray(Image.open(tmp_path / "out" / "ISIC_0000002_labels.png"))
     union = np.asarray(Image.open(tmp_path / "out" / "ISIC_0000002.png")) > 0
     np.testing.assert_array_equal(labels > 0, union)
-    assert set(np.unique(labels[union])) <= {1, 2}
     rows = _rows(tmp_path / "out")
     assert [r["lesion"] for r in rows] == ["0", "1"]
-    assert all(int(r["area_px"]) > 0 for r in rows)  # both lesions are in the labels
+    assert all(int(r["area_px"]) > 0 for r in rows)
+    assert set(np.unique(labels)) == {0, 1, 2}  # id 0 -> label 1, id 1 -> label 2
 
 
 def test_file_list_needs_a_recist_csv(dataset, predictor, tmp_path):
