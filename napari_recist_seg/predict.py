@@ -251,24 +251,24 @@ def _measure(mask: np.ndarray, offset: tuple[int, int], recist: Recist) -> Recis
     and column (their lengths are then within about ``f`` px, far below 1 % of such
     a lesion): :func:`recist_from_mask` needs about 70 bytes per lesion pixel.
     """
-    if not mask.any():
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
         return None
-    f = max(1, math.ceil(math.sqrt(mask.size / MEASURE_MAX_PIXELS)))
+    cols = np.flatnonzero(mask.any(axis=0))
+    # Measure inside the mask's bounding box (the crop is about 4x the lesion's area).
+    r0, c0 = int(rows[0]), int(cols[0])
+    sub = mask[r0 : int(rows[-1]) + 1, c0 : int(cols[-1]) + 1]
+    f = max(1, math.ceil(math.sqrt(sub.size / MEASURE_MAX_PIXELS)))
     try:
         m = recist_from_mask(
-            mask[::f, ::f] if f > 1 else mask,
+            sub[::f, ::f] if f > 1 else sub,
             spacing=recist.spacing,
             slice_index=recist.slice_index,
         )
     except RecistError:
         return None
-    if f > 1:
-        return replace(
-            m,
-            long_axis=m.long_axis * f + (offset[0], offset[1]),
-            short_axis=m.short_axis * f + (offset[0], offset[1]),
-        )
-    return m.transformed((-offset[0], -offset[1]), 1.0)
+    shift = (offset[0] + r0, offset[1] + c0)
+    return replace(m, long_axis=m.long_axis * f + shift, short_axis=m.short_axis * f + shift)
 
 
 def _is_volume(image: np.ndarray) -> bool:
