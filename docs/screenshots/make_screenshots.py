@@ -1,6 +1,6 @@
 """Screenshots of the RECIST annotator on both samples (run under xvfb).
 
-    xvfb-run -a python docs/screenshots/make_screenshots.py [--segmenter default|grabcut|ellipse]
+    xvfb-run -a python docs/screenshots/make_screenshots.py [--segmenter default|grabcut|ellipse|CKPT]
 
 Opens a real napari window, loads the sample through the plugin manifest, docks the
 annotator through the manifest, lets it segment every RECIST of the sample, and saves
@@ -46,13 +46,15 @@ def shoot(sample: str, out: Path, segmenter: str) -> None:
     from qtpy.QtWidgets import QApplication
 
     viewer = napari.Viewer(title="napari-recist-seg")
-    viewer.window._qt_window.resize(1500, 900)
+    viewer.window._qt_window.resize(1600, 920)
     app = QApplication.instance()
     viewer.open_sample(PLUGIN, sample)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "RECIST annotator")
     _wait(app, lambda: not widget.busy)
-    if segmenter != "default" or widget.segmenter is None:
+    if segmenter in ("ellipse", "grabcut"):
         widget.load_segmenter(segmenter)
+    elif segmenter != "default":
+        widget.load_segmenter("checkpoint", segmenter)
     _wait(app, lambda: not widget.busy)
     images = [layer for layer in viewer.layers if isinstance(layer, Image)]
     for layer in images:
@@ -65,9 +67,10 @@ def shoot(sample: str, out: Path, segmenter: str) -> None:
     if rows:
         widget.select_lesion(rows[0]["lesion"])
     viewer.reset_view()
+    cam = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    cam.zoom *= 0.92  # room for the labels at the edges
     if sample == "ct":
         viewer.dims.set_point(0, 4)
-        viewer.camera.zoom *= 1.0
     _wait(app, lambda: not widget.busy)
     _close_notifications(viewer, app)
     viewer.window._qt_window.grab().save(str(out))
@@ -77,7 +80,9 @@ def shoot(sample: str, out: Path, segmenter: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--segmenter", default="default", choices=["default", "grabcut", "ellipse"])
+    parser.add_argument(
+        "--segmenter", default="default", help="default, grabcut, ellipse or a checkpoint path"
+    )
     args = parser.parse_args()
     shoot("dermoscopy", OUT / "annotator_dermoscopy.png", args.segmenter)
     shoot("ct", OUT / "annotator_ct.png", args.segmenter)

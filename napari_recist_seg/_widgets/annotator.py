@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_recist_seg import annotation as ann
+from napari_recist_seg._widgets.annotator_torch import prepare_ml_imports
 from napari_recist_seg._widgets.annotator_binding import (
     CLICKS_SUFFIX,
     LESIONS_SUFFIX,
@@ -115,6 +116,8 @@ class AnnotatorWidget(QWidget):
 
     def __init__(self, napari_viewer: Any, *, segmenter: Any = None) -> None:
         super().__init__()
+        # Before any worker imports torch: triton would crash a software-OpenGL viewer.
+        prepare_ml_imports()
         self.viewer = napari_viewer
         self.bindings: dict[int, ImageBinding] = {}
         self.binding: ImageBinding | None = None

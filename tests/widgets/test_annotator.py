@@ -574,3 +574,29 @@ def test_drawing_and_moving_with_the_mouse(qtbot, viewer, grey):
     np.testing.assert_allclose(np.asarray(b.shapes.data[1]), [[80, 100], [140, 100]], atol=1e-2)
     np.testing.assert_array_equal(np.asarray(b.labels.data) == 1, ellipse_of(b, 1))
     assert les.generation == b.session.lesions[1].generation and les.generation >= 2
+
+
+def test_loading_the_model_after_the_viewer_started_does_not_crash():
+    """torch imports triton; after a software-OpenGL canvas exists that used to segfault.
+
+    Run in a fresh process (a crash would take pytest down) that opens a viewer first,
+    then creates the annotator and imports what building a network imports.
+    """
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import napari\n"
+        "v = napari.Viewer(show=False)\n"
+        "from napari_recist_seg._widgets.annotator import AnnotatorWidget\n"
+        "from napari_recist_seg.annotation import ShapeSegmenter\n"
+        "w = AnnotatorWidget(v, segmenter=ShapeSegmenter('ellipse'))\n"
+        "import torch._dynamo\n"  # what torchvision imports when the model is built
+        "print('built')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=dict(os.environ)
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "built" in out.stdout
