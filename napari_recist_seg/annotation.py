@@ -313,9 +313,23 @@ def segmenter_device(segmenter: Any) -> str:
 
 
 def segmenter_name(segmenter: Any) -> str:
+    """A short description: ``"default model (A1+L, resnet18)"``, ``"Ellipse (no model)"``..."""
     name = getattr(segmenter, "name", None)
     if isinstance(name, str) and name:
         return name
+    config = getattr(segmenter, "config", None)
+    path = getattr(segmenter, "path", None)
+    if config is not None and hasattr(config, "mode"):
+        mode = {"a1": "A1", "a1l": "A1+L"}.get(str(config.mode), str(config.mode))
+        what = f"{mode}, {getattr(config, 'encoder', '?')}"
+        try:
+            from napari_recist_seg.predict import DEFAULT_MODEL_DIR
+
+            is_default = path is not None and Path(path).resolve() == Path(DEFAULT_MODEL_DIR).resolve()
+        except Exception:  # noqa: BLE001 - a description must never fail
+            is_default = False
+        where = "default model" if is_default else (Path(path).name if path is not None else "model")
+        return f"{where} ({what})"
     return type(segmenter).__name__
 
 

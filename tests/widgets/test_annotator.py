@@ -21,7 +21,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("segmentation_models_pytorch")
 
-from napari_recist_seg import annotation as ann
 from napari_recist_seg.annotation import ShapeResult, ShapeSegmenter
 from napari_recist_seg.recist import Recist, recist_from_mask
 from napari_recist_seg.targets import ellipse_mask
