@@ -342,15 +342,17 @@ class ImageBinding(QObject):
         self.apply(out)
 
     def apply(self, out: SyncResult) -> None:
-        """Write the session's view back and act: clear masks, queue segmentations, tell."""
+        """Queue segmentations, write the session's view back, clear masks, tell."""
+        if out.segment:
+            # First: the worker computes while the layer is rewritten (results come back
+            # through the event loop, after this returns).
+            self.enqueue(out.segment)
         if out.rewrite or out.changed:
             self._write_shapes()
         for lesion_id, box in out.clear:
             self._clear_mask(lesion_id, box)
         for msg in out.messages:
             self.message.emit(msg, True)
-        if out.segment:
-            self.enqueue(out.segment)
         if out.changed or out.clear or out.messages:
             self.changed.emit()
 
