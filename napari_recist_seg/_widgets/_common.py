@@ -28,6 +28,7 @@ __all__ = [
     "PathPicker",
     "find_annotator",
     "open_case",
+    "prepare_torch",
 ]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -164,6 +165,19 @@ class ModelPicker(QWidget):
         return self.choice()
 
 
+def prepare_torch() -> None:
+    """Call in the GUI thread before a worker imports torch.
+
+    On Mesa's software OpenGL, triton (pulled in by ``torch._dynamo``, which every
+    torch optimiser imports) segfaults napari unless it is loaded first with
+    ``RTLD_DEEPBIND``; the annotator's :func:`prepare_ml_imports` does that (one
+    mechanism for the whole plugin). Cheap when already done.
+    """
+    from napari_recist_seg._widgets.annotator_torch import prepare_ml_imports
+
+    prepare_ml_imports()
+
+
 # -- viewer helpers -----------------------------------------------------------------
 
 
@@ -174,12 +188,15 @@ def find_annotator(viewer):
     works whichever name napari gave the dock).
     """
     window = getattr(viewer, "window", None)
-    docks = getattr(window, "_dock_widgets", None) or {}
-    for dock in list(docks.values()):
-        inner = dock.widget() if hasattr(dock, "widget") else None
-        for candidate in (inner, *(inner.findChildren(QWidget) if inner is not None else ())):
-            if candidate is None:
-                continue
+    try:
+        widgets = list(window.dock_widgets.values())  # public since napari 0.5
+    except AttributeError:
+        return None
+    for widget in widgets:
+        widget = getattr(widget, "native", widget)  # magicgui containers
+        if not isinstance(widget, QWidget):
+            continue
+        for candidate in (widget, *widget.findChildren(QWidget)):
             if type(candidate).__module__.endswith("_widgets.annotator"):
                 return candidate
     return None

@@ -30,7 +30,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -52,6 +52,10 @@ from napari_recist_seg.jobs.common import (
 )
 
 __all__ = ["JobOutcome", "JobPanel", "format_duration", "phase_progress"]
+
+#: The progress display is refreshed at most this often (seconds): each refresh repaints
+#: part of the window, and a job may report thousands of steps per second.
+MIN_DISPLAY_INTERVAL = 0.1
 
 #: Signature of what :meth:`JobPanel.run` runs: ``job(progress=..., cancel=...)``.
 Job = Callable[..., Any]
@@ -149,6 +153,8 @@ class JobPanel(QWidget):
         self._lock = threading.Lock()
         self._pending: ProgressEvent | None = None
         self._t0 = 0.0
+        self._last_shown = 0.0
+        self._drain_scheduled = False
         self._last_event: ProgressEvent | None = None
         self._on_result: Callable[[Any], None] | None = None
         self._on_error: Callable[[BaseException], None] | None = None
@@ -351,12 +357,28 @@ class JobPanel(QWidget):
 
         return progress
 
-    def _drain_progress(self, job_id: int) -> None:
+    def _drain_progress(self, job_id: int, *, now: bool = False) -> None:
+        if job_id != self._job_id or self._worker is None:
+            with self._lock:
+                self._pending = None
+            return
+        wait = self._last_shown + MIN_DISPLAY_INTERVAL - time.perf_counter()
+        if wait > 0 and not now:
+            # Leave the event pending (the worker keeps replacing it with newer ones
+            # without signalling) and show the newest one a little later.
+            if not self._drain_scheduled:
+                self._drain_scheduled = True
+                QTimer.singleShot(int(wait * 1000) + 1, lambda j=job_id: self._scheduled_drain(j))
+            return
         with self._lock:
             event, self._pending = self._pending, None
-        if event is None or job_id != self._job_id or self._worker is None:
-            return
-        self._show_event(event)
+        if event is not None:
+            self._last_shown = time.perf_counter()
+            self._show_event(event)
+
+    def _scheduled_drain(self, job_id: int) -> None:
+        self._drain_scheduled = False
+        self._drain_progress(job_id)
 
     def _show_event(self, event: ProgressEvent) -> None:
         self._last_event = event
@@ -385,7 +407,7 @@ class JobPanel(QWidget):
     def _finish(self, job_id: int, status: str, result: Any, error: BaseException | None) -> None:
         if job_id != self._job_id:
             return
-        self._drain_progress(job_id)  # show the last event before the summary
+        self._drain_progress(job_id, now=True)  # show the last event before the summary
         elapsed = time.perf_counter() - self._t0
         if status == "error" and isinstance(error, Cancelled):
             status = "cancelled"

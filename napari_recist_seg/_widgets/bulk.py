@@ -31,7 +31,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_recist_seg._widgets._common import DeviceCombo, ModelPicker, PathPicker, open_case
+from napari_recist_seg._widgets._common import (
+    DeviceCombo,
+    ModelPicker,
+    PathPicker,
+    open_case,
+    prepare_torch,
+)
 from napari_recist_seg._widgets._jobs import JobPanel
 from napari_recist_seg.jobs.common import InputError
 
@@ -80,6 +86,7 @@ class BulkSegmentWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        prepare_torch()  # before any worker imports torch
         self.viewer = napari_viewer
         self.rows: list[ResultRow] = []
         self.report = None
