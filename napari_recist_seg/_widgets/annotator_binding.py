@@ -491,7 +491,27 @@ class ImageBinding(QObject):
             except Exception as exc:  # noqa: BLE001 - a bad result must not lose the lines
                 self.session.fail(req, str(exc))
                 self.message.emit(f"lesion {req.lesion_id}: could not paste the mask ({exc})", True)
+            else:
+                self.message.emit(self.describe(req.lesion_id), False)
         self.changed.emit()
+
+    def describe(self, lesion_id: int) -> str:
+        """One line about a segmented lesion: drawn and measured axes, area, cluster."""
+        row = next((r for r in self.session.table_rows() if r["lesion"] == lesion_id), None)
+        if row is None or row["long_drawn"] is None:
+            return f"lesion {lesion_id}"
+        unit = row["unit"]
+        text = f"lesion {lesion_id}: L {row['long_drawn']:.1f} × W {row['short_drawn']:.1f} {unit}"
+        if row["long_measured"] is not None:
+            text += f"; mask L {row['long_measured']:.1f} × W {row['short_measured']:.1f}"
+            if row["flag"]:
+                text += f" (differs by {100 * row['disagreement']:.0f}%)"
+        if row["area"] is not None:
+            text += f", area {row['area']:.0f} {'mm²' if unit == 'mm' else 'px'}"
+        if row["cluster"] is not None:
+            conf = "" if row["confidence"] is None else f" ({row['confidence']:.2f})"
+            text += f", cluster {row['cluster']}{conf}"
+        return text
 
     # -- click tool --------------------------------------------------------------------
     def _on_points_data(self, event: Any) -> None:

@@ -197,6 +197,7 @@ def test_second_line_snaps_and_a_longer_one_swaps(qtbot, viewer, grey):
     assert list(b.shapes.features["label"]) == ["", "#1 L 120.0 × W 40.0 px"]
     np.testing.assert_array_equal(np.asarray(b.labels.data) == 1, ellipse_of(b, 1))
     assert widget.table.rowCount() == 1 and widget.table.item(0, 2).text() == "120.0"
+    assert widget.last_message.startswith("lesion 1: L 120.0 × W 40.0 px; mask L ")
 
 
 def test_lengths_in_mm_from_the_image_scale(qtbot, viewer, grey):
