@@ -1,0 +1,631 @@
+"""The "Evaluate" dock: segment a validation set with one or two models and score them.
+
+For each model, the job runs :func:`napari_recist_seg.jobs.segment.run_segment` into
+``OUT/pred_<model>`` and then :func:`napari_recist_seg.jobs.evaluate.evaluate_folders`
+against the ground-truth masks, the two functions behind ``recist-seg segment`` and
+``recist-seg evaluate``: the numbers in the table are the command line's. The
+long / short axis errors of the masks (:func:`napari_recist_seg.curation.recist_errors`)
+are added per case.
+
+The validation set is a dataset folder with ``masks/``, or the curated layers of the
+viewer (saved first as a dataset folder under ``OUT``). Click a row to open that case
+with the prediction filled and the ground truth as a contour; export CSV / JSON;
+compare two models (e.g. A1 vs A1+L) case by case.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import napari
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QFont
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_recist_seg._widgets._common import (
+    DeviceCombo,
+    ModelPicker,
+    PathPicker,
+    annotated_image,
+    find_annotator,
+    image_layers,
+    open_case,
+    prepare_torch,
+)
+from napari_recist_seg._widgets._jobs import JobPanel, phase_progress
+from napari_recist_seg._widgets._plot import MetricPlot, PlotStyle
+from napari_recist_seg.jobs.common import InputError
+
+__all__ = ["COLUMNS", "EvaluateWidget", "EvaluationRun", "ModelRun"]
+
+#: Table columns: (key in the evaluation case, header, number format). The first six
+#: use the formats of ``recist-seg evaluate``'s table.
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("dice", "Dice", ".4f"),
+    ("iou", "IoU", ".4f"),
+    ("hd", "HD", ".2f"),
+    ("hd95", "HD95", ".2f"),
+    ("avd", "AVD", ".3f"),
+    ("long_error", "L err", ".2f"),
+    ("short_error", "W err", ".2f"),
+    ("centre_error", "centre", ".2f"),
+    ("vs", "VS", ".4f"),
+    ("perimeter_error", "perim err", ".3f"),
+)
+#: Higher is better for these (for colouring the B - A difference).
+HIGHER_IS_BETTER = {"dice", "iou", "vs"}
+
+
+@dataclass
+class ModelRun:
+    """One model's predictions and their evaluation."""
+
+    label: str
+    checkpoint: Path | None
+    pred_dir: Path
+    segment_report: Any = None  # JobReport
+    evaluation: Any = None  # EvaluationReport
+
+    def by_case(self) -> dict[str, dict[str, Any]]:
+        return {c["case"]: c for c in (self.evaluation.cases if self.evaluation else [])}
+
+
+@dataclass
+class EvaluationRun:
+    """What the Evaluate job returns: one :class:`ModelRun` per model."""
+
+    dataset: Path
+    runs: list[ModelRun] = field(default_factory=list)
+    cancelled: bool = False
+
+    @property
+    def failures(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for run in self.runs:
+            if run.segment_report is not None:
+                out += [(f, f"[{run.label} segment] {r}") for f, r in run.segment_report.failures]
+            if run.evaluation is not None:
+                out += [(f, f"[{run.label} evaluate] {r}") for f, r in run.evaluation.failures]
+        return out
+
+    def summary(self) -> str:
+        parts = []
+        for run in self.runs:
+            ev = run.evaluation
+            if ev is None:
+                parts.append(f"{run.label}: not evaluated")
+                continue
+            d, s = ev.mean.get("dice", math.nan), ev.sd.get("dice", math.nan)
+            parts.append(f"{run.label}: {len(ev.cases)} cases, Dice {d:.3f} ± {s:.3f}")
+        return "; ".join(parts)
+
+    def differences(self) -> list[dict[str, Any]]:
+        """Per case in both runs: ``B - A`` of every numeric metric."""
+        if len(self.runs) < 2:
+            return []
+        a, b = self.runs[0].by_case(), self.runs[1].by_case()
+        rows = []
+        for case in sorted(set(a) & set(b)):
+            row: dict[str, Any] = {"case": case}
+            for key, _, _ in COLUMNS:
+                va, vb = a[case].get(key), b[case].get(key)
+                row[key] = (float(vb) - float(va)) if _finite(va) and _finite(vb) else math.nan
+            rows.append(row)
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: one model -> exactly ``recist-seg evaluate --json``; two -> both + diff."""
+        if len(self.runs) == 1 and self.runs[0].evaluation is not None:
+            return _clean(self.runs[0].evaluation.to_dict())
+        return _clean({
+            "dataset": str(self.dataset),
+            "models": {
+                r.label: {
+                    "checkpoint": str(r.checkpoint) if r.checkpoint else None,
+                    "predictions": str(r.pred_dir),
+                    "evaluation": r.evaluation.to_dict() if r.evaluation is not None else None,
+                }
+                for r in self.runs
+            },
+            "difference": {
+                "of": f"{self.runs[1].label} - {self.runs[0].label}" if len(self.runs) > 1 else None,
+                "cases": self.differences(),
+            },
+        })
+
+    def to_csv(self) -> str:
+        """One row per (model, case) with every metric; then ``B - A`` rows."""
+        keys = [k for k, _, _ in COLUMNS] + ["perimeter_pred", "perimeter_gt"]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["model", "case", *keys, "pred", "gt"])
+        for run in self.runs:
+            for c in (run.evaluation.cases if run.evaluation else []):
+                writer.writerow([run.label, c["case"], *(_csv_num(c.get(k)) for k in keys),
+                                 c.get("pred", ""), c.get("gt", "")])
+        if len(self.runs) > 1:
+            label = f"{self.runs[1].label} - {self.runs[0].label}"
+            for d in self.differences():
+                writer.writerow([label, d["case"], *(_csv_num(d.get(k)) for k in keys), "", ""])
+        return buf.getvalue()
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _csv_num(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ""
+    return str(v)
+
+
+def _clean(o: Any) -> Any:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return format(float(v), spec) if _finite(v) else "-"
+
+
+class _NumberItem(QTableWidgetItem):
+    """A table cell that sorts by its number (NaN last), shows it formatted."""
+
+    def __init__(self, value: Any, spec: str) -> None:
+        super().__init__(_fmt(value, spec))
+        self.value = float(value) if _finite(value) else math.inf
+        self.setData(Qt.UserRole, float(value) if _finite(value) else math.nan)
+        self.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        if isinstance(other, _NumberItem):
+            return self.value < other.value
+        return super().__lt__(other)
+
+
+class EvaluateWidget(QWidget):
+    """Dock widget: per-case metrics of one or two models on a validation set."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        prepare_torch()  # before any worker imports torch
+        self.viewer = napari_viewer
+        self.outcome: EvaluationRun | None = None
+        self._images: dict[str, Path] = {}
+
+        self.model_a = ModelPicker(("default", "active", "checkpoint"))
+        self.compare = QCheckBox("Compare with a second model (B)")
+        self.model_b = ModelPicker(("checkpoint", "default", "active"))
+        self.model_b.setEnabled(False)
+        self.compare.toggled.connect(self.model_b.setEnabled)
+        self.source = QComboBox()
+        self.source.addItem("Folder with ground-truth masks", "folder")
+        self.source.addItem("Curated layers in the viewer", "layers")
+        self.folder = PathPicker("dir", placeholder="validation folder: images/, masks/ [recist.csv]")
+        self.recist = QComboBox()
+        self.recist.addItem("Folder's recist.csv (else derived from masks)", "folder")
+        self.recist.addItem("Derived from the ground-truth masks", "masks")
+        self.recist.setToolTip("Where the RECIST prompts come from: drawn ones, or simulated "
+                               "from the ground truth as in the paper's HAM10000 protocol")
+        self.spacing = QLineEdit()
+        self.spacing.setPlaceholderText("optional: row_mm col_mm (distances in mm)")
+        self.output = PathPicker("dir", placeholder="output folder (predictions per model)")
+        self.device = DeviceCombo()
+        self.run_button = QPushButton("Evaluate")
+        self.run_button.clicked.connect(self.start)
+
+        form = QFormLayout()
+        form.addRow("Model A", self.model_a)
+        form.addRow("", self.compare)
+        form.addRow("Model B", self.model_b)
+        form.addRow("Validation", self.source)
+        form.addRow("", self.folder)
+        form.addRow("RECIST", self.recist)
+        form.addRow("Spacing", self.spacing)
+        form.addRow("Output", self.output)
+        form.addRow("Device", self.device)
+        box = QGroupBox("Evaluate")
+        inner = QVBoxLayout(box)
+        inner.addLayout(form)
+        inner.addWidget(self.run_button)
+        self.jobs = JobPanel("Evaluate")
+        self.jobs.busy_changed.connect(lambda busy: self.run_button.setEnabled(not busy))
+        inner.addWidget(self.jobs)
+
+        self.summary_table = QTableWidget(0, 1 + len(COLUMNS))
+        self.summary_table.setHorizontalHeaderLabels([""] + [h for _, h, _ in COLUMNS])
+        self.summary_table.verticalHeader().setVisible(False)
+        self.summary_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.summary_table.setMaximumHeight(130)
+        self.summary_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+
+        view_row = QHBoxLayout()
+        self.view = QComboBox()
+        self.view.currentIndexChanged.connect(self._fill_table)
+        self.metric = QComboBox()
+        for key, header, _ in COLUMNS:
+            self.metric.addItem(header, key)
+        self.metric.currentIndexChanged.connect(self._update_plot)
+        view_row.addWidget(QLabel("Show"))
+        view_row.addWidget(self.view, 1)
+        view_row.addWidget(QLabel("Plot"))
+        view_row.addWidget(self.metric)
+
+        self.table = QTableWidget(0, 1 + len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(["case"] + [h for _, h, _ in COLUMNS])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.table.setSortingEnabled(True)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.setToolTip("Click a case to open it: prediction filled, ground truth as a contour")
+        self.table.cellClicked.connect(self._row_clicked)
+        self.table.horizontalHeader().sectionClicked.connect(self._header_clicked)
+        self.table.setMinimumHeight(160)
+
+        self.plot = MetricPlot(PlotStyle.from_viewer(napari_viewer))
+
+        export = QHBoxLayout()
+        self.export_csv_button = QPushButton("Export CSV…")
+        self.export_json_button = QPushButton("Export JSON…")
+        self.export_csv_button.clicked.connect(lambda: self._export_dialog("csv"))
+        self.export_json_button.clicked.connect(lambda: self._export_dialog("json"))
+        for b in (self.export_csv_button, self.export_json_button):
+            b.setEnabled(False)
+            export.addWidget(b)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(box)
+        layout.addWidget(QLabel("Mean ± sd"))
+        layout.addWidget(self.summary_table)
+        layout.addLayout(view_row)
+        layout.addWidget(self.table, 2)
+        layout.addWidget(self.plot, 1)
+        layout.addLayout(export)
+        self.source.currentIndexChanged.connect(self._source_changed)
+        self._source_changed()
+
+    # -- form ------------------------------------------------------------------------------
+    def _source_changed(self) -> None:
+        folder = self.source.currentData() == "folder"
+        self.folder.setVisible(folder)
+        self.recist.setEnabled(folder)
+
+    def _model_path(self, picker: ModelPicker, name: str) -> Path | None:
+        choice = picker.choice()
+        if choice == "checkpoint":
+            path = picker.checkpoint()
+            if path is None or not path.exists():
+                raise InputError(f"choose the checkpoint of model {name} (not found: {path})")
+            return path
+        if choice == "active":
+            annotator = find_annotator(self.viewer)
+            path = getattr(getattr(annotator, "segmenter", None), "path", None)
+            return Path(path) if path else None
+        return None
+
+    def _labels(self) -> list[str]:
+        a = f"A {self.model_a.label()}"
+        if not self.compare.isChecked():
+            return [a]
+        b = f"B {self.model_b.label()}"
+        return [a, b]
+
+    def parse_spacing(self) -> tuple[float, ...] | None:
+        text = self.spacing.text().replace(",", " ").split()
+        if not text:
+            return None
+        try:
+            values = tuple(float(t) for t in text)
+        except ValueError as exc:
+            raise InputError(f"spacing must be numbers (mm), got {self.spacing.text()!r}") from exc
+        if len(values) not in (2, 3) or not all(v > 0 and math.isfinite(v) for v in values):
+            raise InputError(f"spacing needs 2 (or 3) positive values in mm, got {values}")
+        return values
+
+    def job_arguments(self, *, replace_predictions: bool | None = None) -> dict | None:
+        """The job's arguments from the form; ``None`` when the user declined."""
+        from napari_recist_seg.curation import curation_conflicts, safe_name
+
+        out = self.output.path()
+        if out is None:
+            raise InputError("choose an output folder for the predictions")
+        spacing = self.parse_spacing()
+        models = [self._model_path(self.model_a, "A")]
+        if self.compare.isChecked():
+            models.append(self._model_path(self.model_b, "B"))
+        labels = self._labels()
+        pred_dirs = [out / f"pred_{safe_name(label)}" for label in labels]
+        curated = None
+        if self.source.currentData() == "folder":
+            dataset = self.folder.path()
+            if dataset is None or not dataset.is_dir():
+                raise InputError(f"choose the validation folder (not found: {dataset})")
+            derive = self.recist.currentData() == "masks"
+        else:
+            from napari_recist_seg.annotation import free_path
+
+            annotator = find_annotator(self.viewer)
+            curated = [
+                im for im in (annotated_image(self.viewer, layer, annotator=annotator)
+                              for layer in image_layers(self.viewer))
+                if im.curated and im.recists
+            ]
+            if not curated:
+                raise InputError("no curated layer with RECIST in the viewer: correct masks, "
+                                 "tick 'curated' in the Train / fine-tune dock")
+            dataset = out / "curated_validation"
+            if curation_conflicts(curated, dataset):
+                dataset = free_path(dataset)
+            derive = False
+        existing = [d for d in pred_dirs if d.is_dir() and any(d.iterdir())]
+        if existing:
+            if replace_predictions is None:
+                answer = QMessageBox.question(
+                    self, "Replace predictions?",
+                    f"{existing[0]} holds predictions from an earlier evaluation. Replace them?",
+                )
+                replace_predictions = answer == QMessageBox.Yes
+            if not replace_predictions:
+                return None
+        return {
+            "dataset": dataset, "out": out, "models": list(zip(labels, models, pred_dirs)),
+            "derive": derive, "device": self.device.device(), "spacing": spacing,
+            "curated": curated,
+        }
+
+    # -- running ----------------------------------------------------------------------------
+    def start(self, *, replace_predictions: bool | None = None):
+        """Run the evaluation (the button). Returns the worker, or ``None``."""
+        try:
+            args = self.job_arguments(replace_predictions=replace_predictions)
+        except (InputError, ValueError) as exc:
+            self.jobs.show_error(str(exc))
+            return None
+        if args is None:
+            return None
+        self._clear()
+        return self.jobs.run(functools.partial(_evaluate_job, **args), on_result=self.show_outcome,
+                             start_message="loading the model…")
+
+    def cancel(self) -> None:
+        self.jobs.cancel()
+
+    def _clear(self) -> None:
+        self.outcome = None
+        self.table.setRowCount(0)
+        self.summary_table.setRowCount(0)
+        self.view.clear()
+        self.plot.message("per-case distribution appears here")
+        for b in (self.export_csv_button, self.export_json_button):
+            b.setEnabled(False)
+
+    # -- results ----------------------------------------------------------------------------
+    def show_outcome(self, outcome: EvaluationRun) -> None:
+        from napari_recist_seg.data import scan_dataset
+
+        self.outcome = outcome
+        try:
+            self._images = {it.stem: it.image_path for it in scan_dataset(outcome.dataset).items}
+        except Exception:  # the table still shows; only opening cases needs the images
+            self._images = {}
+        self.view.blockSignals(True)
+        self.view.clear()
+        for i, run in enumerate(outcome.runs):
+            if run.evaluation is not None:
+                self.view.addItem(run.label, i)
+        if len(outcome.runs) > 1 and all(r.evaluation is not None for r in outcome.runs):
+            self.view.addItem(f"{outcome.runs[1].label} − {outcome.runs[0].label} (per case)", -1)
+        self.view.blockSignals(False)
+        self._fill_summary()
+        self._fill_table()
+        for b in (self.export_csv_button, self.export_json_button):
+            b.setEnabled(bool(self.view.count()))
+
+    def _fill_summary(self) -> None:
+        out = self.outcome
+        rows: list[tuple[str, dict[str, Any], bool]] = []
+        for run in out.runs:
+            if run.evaluation is None:
+                continue
+            rows.append((f"{run.label} mean", run.evaluation.mean, False))
+            rows.append((f"{run.label} sd", run.evaluation.sd, False))
+        diffs = out.differences()
+        if diffs:
+            from napari_recist_seg.metrics import summarize
+
+            mean, sd = summarize(diffs)
+            rows.append(("B − A mean", mean, True))
+            rows.append(("B − A sd", sd, True))
+        self.summary_table.setRowCount(len(rows))
+        bold = QFont()
+        bold.setBold(True)
+        for r, (name, values, is_diff) in enumerate(rows):
+            head = QTableWidgetItem(name)
+            head.setFont(bold)
+            self.summary_table.setItem(r, 0, head)
+            for c, (key, _, spec) in enumerate(COLUMNS, start=1):
+                item = _NumberItem(values.get(key), ("+" + spec) if is_diff else spec)
+                self.summary_table.setItem(r, c, item)
+
+    def current_rows(self) -> list[dict[str, Any]]:
+        """The per-case dicts the table shows (one model, or the B − A differences)."""
+        if self.outcome is None or self.view.count() == 0:
+            return []
+        which = self.view.currentData()
+        if which == -1:
+            return self.outcome.differences()
+        return list(self.outcome.runs[which].evaluation.cases)
+
+    def _fill_table(self) -> None:
+        rows = self.current_rows()
+        is_diff = self.view.currentData() == -1
+        self.table.setSortingEnabled(False)
+        self.table.setRowCount(len(rows))
+        for r, case in enumerate(rows):
+            name = QTableWidgetItem(str(case["case"]))
+            name.setData(Qt.UserRole, case["case"])
+            self.table.setItem(r, 0, name)
+            for c, (key, _, spec) in enumerate(COLUMNS, start=1):
+                item = _NumberItem(case.get(key), ("+" + spec) if is_diff else spec)
+                if is_diff and _finite(case.get(key)) and key in HIGHER_IS_BETTER | {"hd", "hd95", "avd"}:
+                    better = (case[key] > 0) == (key in HIGHER_IS_BETTER)
+                    if case[key] != 0:
+                        item.setForeground(Qt.green if better else Qt.red)
+                self.table.setItem(r, c, item)
+        self.table.setSortingEnabled(True)
+        self._update_plot()
+
+    def table_values(self, key: str) -> dict[str, float]:
+        """``{case: value}`` of one column as shown (for scripts and tests)."""
+        col = 1 + [k for k, _, _ in COLUMNS].index(key)
+        return {self.table.item(r, 0).data(Qt.UserRole): self.table.item(r, col).data(Qt.UserRole)
+                for r in range(self.table.rowCount())}
+
+    def _header_clicked(self, section: int) -> None:
+        if section >= 1:
+            self.metric.setCurrentIndex(section - 1)
+
+    def _update_plot(self) -> None:
+        if self.outcome is None:
+            return
+        key = self.metric.currentData()
+        header = self.metric.currentText()
+        values = {}
+        for run in self.outcome.runs:
+            if run.evaluation is not None:
+                values[run.label] = [c.get(key, math.nan) for c in run.evaluation.cases]
+        unit = ""
+        if key in ("hd", "hd95", "avd", "centre_error", "long_error", "short_error"):
+            ev = next((r.evaluation for r in self.outcome.runs if r.evaluation is not None), None)
+            unit = f" ({ev.unit})" if ev is not None else ""
+        self.plot.show_values(values, header + unit)
+
+    def _row_clicked(self, row: int, column: int = 0) -> None:
+        item = self.table.item(row, 0)
+        if item is None:
+            return
+        try:
+            self.open_case(item.data(Qt.UserRole))
+        except Exception as exc:  # never raise into Qt's event loop
+            self.jobs.show_error(f"cannot open {item.text()}: {exc}")
+
+    def open_case(self, case: str):
+        """Open ``case``: the image, the prediction(s) of the shown model(s), the ground truth."""
+        if self.outcome is None:
+            return None
+        which = self.view.currentData()
+        runs = self.outcome.runs if which == -1 else [self.outcome.runs[which]]
+        image = self._images.get(case)
+        if image is None:
+            raise InputError(f"the image of case {case} is not in {self.outcome.dataset}")
+        layer = None
+        for run in runs:
+            c = run.by_case().get(case)
+            if c is None:
+                continue
+            layer = open_case(self.viewer, image, name=case, prediction=c["pred"],
+                              ground_truth=c["gt"], prediction_name=f"{case} prediction {run.label}")
+        return layer
+
+    # -- export -------------------------------------------------------------------------------
+    def _export_dialog(self, kind: str) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, f"Export {kind.upper()}", str(self.output.path() or Path.home()),
+            "CSV (*.csv)" if kind == "csv" else "JSON (*.json)",
+        )
+        if path:
+            try:
+                self.export(path, kind=kind)
+            except OSError as exc:
+                self.jobs.show_error(f"cannot write {path}: {exc}")
+
+    def export(self, path: str | Path, *, kind: str | None = None) -> Path:
+        """Write the results as CSV or JSON (by ``kind`` or the extension), atomically."""
+        from napari_recist_seg.data.atomic import atomic_write_text
+
+        if self.outcome is None:
+            raise InputError("nothing to export yet: run an evaluation first")
+        path = Path(path)
+        kind = kind or ("json" if path.suffix.lower() == ".json" else "csv")
+        text = (json.dumps(self.outcome.to_dict(), indent=2) if kind == "json"
+                else self.outcome.to_csv())
+        atomic_write_text(path, text)
+        self.jobs.set_status(f"exported {path}")
+        return path
+
+
+# -- worker side (no Qt widgets touched) -------------------------------------------------
+
+
+def _evaluate_job(*, dataset, out, models, derive, device, spacing, curated, progress=None,
+                  cancel=None) -> EvaluationRun:
+    from napari_recist_seg.curation import add_recist_errors, save_curated, write_derived_recist
+    from napari_recist_seg.jobs.evaluate import evaluate_folders
+    from napari_recist_seg.jobs.segment import run_segment
+    from napari_recist_seg.metrics import summarize
+
+    if curated is not None:
+        # The viewer's curated layers, saved as a dataset folder (never over changed files).
+        save_curated(curated, dataset)
+    recist_csv = write_derived_recist(dataset, Path(out) / "recist_from_masks.csv") if derive else None
+    result = EvaluationRun(Path(dataset))
+    n = 2 * len(models)
+    plane_spacing = tuple(spacing[-2:]) if spacing is not None else None
+    for i, (label, checkpoint, pred_dir) in enumerate(models):
+        run = ModelRun(label, checkpoint, Path(pred_dir))
+        result.runs.append(run)
+        run.segment_report = run_segment(
+            dataset, pred_dir, recist_csv=recist_csv, model=checkpoint, device=device,
+            overwrite=True, progress=phase_progress(progress, f"segment {label}", 2 * i, n),
+            cancel=cancel,
+        )
+        if run.segment_report.cancelled:
+            result.cancelled = True
+            break
+        ev = evaluate_folders(pred_dir, dataset, spacing=spacing,
+                              progress=phase_progress(progress, f"evaluate {label}", 2 * i + 1, n),
+                              cancel=cancel)
+        add_recist_errors(ev.cases, plane_spacing, cancel)
+        ev.mean, ev.sd = summarize(ev.cases)
+        run.evaluation = ev
+        if ev.cancelled:
+            result.cancelled = True
+            break
+    return result
