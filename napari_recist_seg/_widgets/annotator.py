@@ -69,6 +69,21 @@ LESION_COLOURS = (
     "#ffea00", "#448aff", "#ff5252", "#1de9b6", "#ffc400",
 )
 
+TABLE_TIPS = (
+    "lesion id (= its label in the lesions layer)",
+    "axial slice of the volume",
+    "long axis as drawn (snapped)",
+    "short axis as drawn (snapped)",
+    "long axis measured on the mask",
+    "short axis measured on the mask",
+    "largest relative difference between drawn and mask-measured axes "
+    f"(flagged above {100 * ann.DISAGREEMENT_THRESHOLD:.0f}%)",
+    "mask area",
+    "RECIST shape cluster predicted by the model (A1+L)",
+    "probability of that cluster",
+    "open: waiting for the second axis; invalid / failed: see the message",
+)
+
 # Cluster colours for "colour by cluster" (tab10).
 CLUSTER_COLOURS = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -546,6 +561,10 @@ class AnnotatorWidget(QWidget):
                     f"area ({area_unit})", "cluster", "conf.", "status",
                 ]
             )
+            for j, tip in enumerate(TABLE_TIPS):
+                header = self.table.horizontalHeaderItem(j)
+                if header is not None:
+                    header.setToolTip(tip)
             for i, row in enumerate(rows):
                 status = row["status"]
                 if row["committed"]:
