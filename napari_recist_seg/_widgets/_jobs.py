@@ -262,7 +262,9 @@ class JobPanel(QWidget):
         def work() -> Any:
             return job(progress=progress, cancel=token)
 
-        worker = create_worker(work, _start_thread=False)
+        # Errors are this panel's to show (one line + details): not re-raised into
+        # napari's event loop, which would add a traceback dialog on top.
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
         # Bind the job id now: a late signal of an old job must not touch a new one.
         worker.returned.connect(lambda result, j=job_id: self._finish(j, "ok", result, None))
         worker.errored.connect(lambda exc, j=job_id: self._finish(j, "error", None, exc))
