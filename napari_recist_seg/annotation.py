@@ -77,6 +77,7 @@ __all__ = [
     "export_masks",
     "export_measurements",
     "export_recist_csv",
+    "export_recist_csv_many",
     "format_length",
     "free_path",
     "save_image",
@@ -1332,12 +1333,26 @@ def export_recist_csv(
     Path
         The file written.
     """
+    return export_recist_csv_many(path, [(session, image_path)], if_exists=if_exists)
+
+
+def export_recist_csv_many(
+    path: str | os.PathLike[str],
+    items: Sequence[tuple[AnnotationSession, str | os.PathLike[str]]],
+    *,
+    if_exists: str = "error",
+) -> Path:
+    """Write the valid lesions of several images, ``(session, image file)`` pairs, to one CSV."""
     from napari_recist_seg.data import RecistRecord, write_recist_csv
 
-    target = _target(path, if_exists)
-    records = [RecistRecord(image=Path(image_path), lesion=i, recist=r) for i, r in session.recists()]
+    records = [
+        RecistRecord(image=Path(image_path), lesion=i, recist=r)
+        for session, image_path in items
+        for i, r in session.recists()
+    ]
     if not records:
         raise ValueError("no complete lesion to export (draw two crossing axes first)")
+    target = _target(path, if_exists)
     write_recist_csv(target, records)
     return target
 

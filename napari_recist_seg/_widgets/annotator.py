@@ -736,8 +736,15 @@ class AnnotatorWidget(QWidget):
         self._say(f"the image had no file: saved it as {path.name} next to the CSV")
         return path
 
-    def export_recist_csv(self, path: str | Path, *, if_exists: str = "ask") -> Path | None:
-        """Write the current image's lesions as a RECIST CSV; returns the file written."""
+    def export_recist_csv(
+        self, path: str | Path, *, if_exists: str = "ask", all_images: bool = True
+    ) -> Path | None:
+        """Write the lesions as a RECIST CSV; returns the file written.
+
+        With ``all_images`` every annotated image goes in (the ``image`` column tells
+        them apart), else only the current one. Images that exist only in memory are
+        saved next to the CSV.
+        """
         b = self._need_binding()
         if b is None:
             return None
@@ -745,13 +752,16 @@ class AnnotatorWidget(QWidget):
         mode = self._resolve_if_exists(path, if_exists)
         if mode is None:
             return None
+        bindings = [x for x in self.bindings.values() if x.alive()] if all_images else [b]
+        bindings = [x for x in bindings if x.session.recists()] or [b]
         try:
-            image = self._image_file_for_export(b, path.parent)
-            out = ann.export_recist_csv(path, b.session, image, if_exists=mode)
+            items = [(x.session, self._image_file_for_export(x, path.parent)) for x in bindings]
+            out = ann.export_recist_csv_many(path, items, if_exists=mode)
         except (OSError, ValueError) as exc:
             self._say(f"export failed: {exc}", warn=True)
             return None
-        self._say(f"saved {len(b.session.recists())} lesions to {out}")
+        n = sum(len(x.session.recists()) for x in bindings)
+        self._say(f"saved {n} lesions of {len(bindings)} image(s) to {out}")
         return out
 
     def export_masks(self, path: str | Path, *, if_exists: str = "ask") -> Path | None:

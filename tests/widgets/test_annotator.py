@@ -461,16 +461,24 @@ def test_export_import_round_trip(qtbot, viewer, tmp_path):
     assert sorted(b2.session.lesions) == [1, 2, 3, 4]
 
 
-def test_an_in_memory_image_is_saved_next_to_the_csv(qtbot, viewer, grey, tmp_path):
+def test_all_images_go_in_one_csv_and_in_memory_ones_are_saved(qtbot, viewer, grey, tmp_path):
     from napari_recist_seg.data import read_image, read_recist_csv
 
     widget, b = annotator(viewer, grey, name="scan")
     b.shapes.add_lines([LONG1, SHORT1])
     idle(qtbot, widget)
+    other = viewer.add_image(grey[:, ::-1].copy(), name="flipped")
+    b2 = widget.bind(other)
+    b2.shapes.add_lines([LONG2, SHORT2])
+    idle(qtbot, widget)
     out = widget.export_recist_csv(tmp_path / "r.csv", if_exists="error")
-    [rec] = read_recist_csv(out)
-    assert rec.image == tmp_path / "scan.png"
-    np.testing.assert_array_equal(read_image(rec.image).array, grey)
+    recs = read_recist_csv(out)
+    assert [(r.image.name, r.lesion) for r in recs] == [("scan.png", 1), ("flipped.png", 1)]
+    np.testing.assert_array_equal(read_image(tmp_path / "scan.png").array, grey)
+    np.testing.assert_array_equal(read_image(tmp_path / "flipped.png").array, grey[:, ::-1])
+    np.testing.assert_allclose(recs[1].recist.long_axis, LONG2)
+    only = widget.export_recist_csv(tmp_path / "one.csv", if_exists="error", all_images=False)
+    assert [r.image.name for r in read_recist_csv(only)] == ["flipped.png"]
 
 
 # -- volumes, selection, bad input --------------------------------------------------------
