@@ -143,6 +143,8 @@ class ImageBinding(QObject):
         self.labels = self._adopt_or_create_labels()
         self.points: Any = None
         self.shapes.events.data.connect(self._on_shapes_data)
+        self.image.events.scale.connect(self._on_image_scale)
+        self.image.events.translate.connect(self._on_image_scale)
         # Lines already in an adopted layer (e.g. opened from a RECIST CSV) count too.
         if len(self.shapes.data):
             self.sync_now()
@@ -259,9 +261,22 @@ class ImageBinding(QObject):
             and self.labels in layers
         )
 
+    def _on_image_scale(self, event: Any = None) -> None:
+        """The image's pixel size or position changed: follow it (lengths switch px <-> mm)."""
+        for layer in (self.shapes, self.labels, self.points):
+            if layer is not None:
+                layer.scale = self.image.scale
+                layer.translate = self.image.translate
+        self.session.spacing = spacing_from_scale(self.image.scale)
+        self._write_shapes()
+        self.changed.emit()
+
     def close(self) -> None:
         """Disconnect from the layers (they stay in the viewer)."""
         self._closed = True
+        with contextlib.suppress(Exception):
+            self.image.events.scale.disconnect(self._on_image_scale)
+            self.image.events.translate.disconnect(self._on_image_scale)
         with contextlib.suppress(Exception):
             self.shapes.events.data.disconnect(self._on_shapes_data)
         if self.points is not None:

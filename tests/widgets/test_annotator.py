@@ -206,6 +206,11 @@ def test_lengths_in_mm_from_the_image_scale(qtbot, viewer, grey):
     idle(qtbot, widget)
     assert list(b.shapes.features["label"])[0] == "#1 L 40.0 × W 20.0 mm"
     assert "L (mm)" == widget.table.horizontalHeaderItem(2).text()
+    # The user sets the real pixel size afterwards: lengths follow.
+    b.image.scale = (0.25, 0.25)
+    idle(qtbot, widget)
+    assert list(b.shapes.features["label"])[0] == "#1 L 20.0 × W 10.0 mm"
+    assert tuple(b.labels.scale) == (0.25, 0.25) and widget.table.item(0, 2).text() == "20.0"
 
 
 def test_a_non_crossing_second_line_gets_a_message(qtbot, viewer, grey, monkeypatch):
