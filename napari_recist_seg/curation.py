@@ -686,13 +686,13 @@ def recist_errors(
     (``short_error``) diameters, in mm with ``spacing`` ``(row_mm, col_mm)``, else px.
     NaN when either mask has no measurable lesion or the masks are volumes.
 
-    Two 2-pixel-high bars, 20 and 18 pixels long: the long axes (pixel-centre
-    diagonals) are sqrt(19**2 + 1) and sqrt(17**2 + 1), about 2 px apart.
+    Two 6-pixel-high bars, 20 and 18 pixels long: the long axes (pixel-centre
+    diagonals) are sqrt(19**2 + 5**2) and sqrt(17**2 + 5**2), 1.93 px apart.
 
-    >>> g = np.zeros((30, 30), bool); g[14:16, 5:25] = True
-    >>> p = np.zeros((30, 30), bool); p[14:16, 5:23] = True
-    >>> {k: round(v, 2) for k, v in recist_errors(p, g).items()}
-    {'long_error': 2.0, 'short_error': 0.0}
+    >>> g = np.zeros((30, 30), bool); g[12:18, 5:25] = True
+    >>> p = np.zeros((30, 30), bool); p[12:18, 5:23] = True
+    >>> round(recist_errors(p, g)["long_error"], 2)
+    1.93
     """
     from napari_recist_seg.recist import recist_from_mask
 

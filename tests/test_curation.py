@@ -221,11 +221,12 @@ def test_holdout_scores_match_an_independent_dice(isic, tmp_path):
 
 def test_recist_errors_by_hand_and_in_mm():
     g = np.zeros((40, 40), bool)
-    g[14:16, 5:25] = True  # long axis between pixel centres: sqrt(19^2 + 1^2)
+    g[14:20, 5:25] = True  # long axis between pixel centres: sqrt(19^2 + 5^2)
     p = np.zeros((40, 40), bool)
-    p[14:16, 5:31] = True  # sqrt(25^2 + 1)
+    p[14:20, 5:31] = True  # sqrt(25^2 + 5^2)
     err = recist_errors(p, g)
-    assert err["long_error"] == pytest.approx(math.hypot(25, 1) - math.hypot(19, 1), abs=1e-6)
+    assert err["long_error"] == pytest.approx(math.hypot(25, 5) - math.hypot(19, 5), abs=1e-6)
+    assert err["short_error"] < 1.0  # same height: the short axes nearly agree
     mm = recist_errors(p, g, spacing=(0.5, 0.5))
     assert mm["long_error"] == pytest.approx(err["long_error"] * 0.5, abs=1e-6)
     empty = recist_errors(np.zeros_like(g), g)

@@ -202,6 +202,17 @@ def find_annotator(viewer):
     return None
 
 
+#: Overlay colours: ground truth, then predictions (model A, model B, ...).
+GROUND_TRUTH_COLOUR = "#ffd23f"
+PREDICTION_COLOURS = ("#2de2e6", "#ff4fd8", "#7cff6b")
+
+
+def _single_colour(colour: str):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: colour})
+
+
 def _replace_or_add(viewer, name: str, kind: str, data: np.ndarray, **kwargs):
     """Update the layer ``name`` if it is of the same kind and shape, else add a new one."""
     if name in viewer.layers:
@@ -209,10 +220,25 @@ def _replace_or_add(viewer, name: str, kind: str, data: np.ndarray, **kwargs):
         same_kind = type(layer).__name__.lower() == kind
         if same_kind and getattr(layer.data, "shape", None) == data.shape:
             layer.data = data
+            for key, value in kwargs.items():
+                if key not in ("scale", "rgb"):
+                    setattr(layer, key, value)
             return layer
         viewer.layers.remove(layer)
     adder = getattr(viewer, f"add_{kind}")
     return adder(data, name=name, **kwargs)
+
+
+def _stack(viewer, layers) -> None:
+    """Put ``layers`` directly on top of each other, first at the bottom.
+
+    napari inserts a new layer above the *selected* one, so without this an overlay
+    can end up under its image.
+    """
+    for below, above in zip(layers, layers[1:]):
+        i, j = viewer.layers.index(below), viewer.layers.index(above)
+        if j != i + 1:
+            viewer.layers.move(j, i + 1 if j > i else i)
 
 
 def open_case(
@@ -220,38 +246,51 @@ def open_case(
     image_path: str | os.PathLike[str],
     *,
     name: str | None = None,
-    prediction: str | os.PathLike[str] | None = None,
-    ground_truth: str | os.PathLike[str] | None = None,
-    prediction_name: str | None = None,
+    predictions: Sequence[tuple[str, str | os.PathLike[str]]] = (),
     labels_path: str | os.PathLike[str] | None = None,
+    ground_truth: str | os.PathLike[str] | None = None,
 ):
-    """Show an image with its predicted mask / labels and ground truth in the viewer.
+    """Show an image with its predicted mask(s) / lesion labels and ground truth.
 
-    The prediction is a filled Labels layer; the ground truth is drawn as a contour on
-    top so that both stay visible. Existing layers of the same names are updated
-    (double-clicking a row twice does not pile up layers). Returns the image layer.
+    - ``labels_path``: a label image (one id per lesion, as ``recist-seg segment``
+      writes for several lesions), filled, one colour per lesion;
+    - ``predictions``: ``(layer name, mask file)`` pairs; one prediction is filled
+      (translucent cyan), several (models side by side) are drawn as contours in
+      distinct colours;
+    - ``ground_truth``: a mask file, drawn as a yellow contour on top.
+
+    Layers of the same names are updated, not piled up, and stacked image ->
+    predictions -> ground truth. Returns the image layer.
     """
     from napari_recist_seg.data import read_image, read_labels, read_mask
 
     img = read_image(image_path)
     name = name or Path(image_path).name.split(".")[0]
-    scale = tuple(img.spacing) if img.spacing is not None else None
-    kwargs = {"scale": scale} if scale is not None else {}
-    image_layer = _replace_or_add(viewer, name, "image", img.array, rgb=img.is_rgb, **kwargs)
+    kw = {"scale": tuple(img.spacing)} if img.spacing is not None else {}
+    image_layer = _replace_or_add(viewer, name, "image", img.array, rgb=img.is_rgb, **kw)
+    stack = [image_layer]
     if labels_path is not None and Path(labels_path).is_file():
-        lab = read_labels(labels_path)
-        _replace_or_add(viewer, prediction_name or f"{name}{LESIONS_SUFFIX}", "labels",
-                        lab.astype(np.int32), opacity=0.5, **kwargs)
-    elif prediction is not None:
-        pred = read_mask(prediction)
-        _replace_or_add(viewer, prediction_name or f"{name}{LESIONS_SUFFIX}", "labels",
-                        pred.astype(np.int32), opacity=0.5, **kwargs)
+        lab = read_labels(labels_path).astype(np.int32)
+        stack.append(_replace_or_add(viewer, f"{name}{LESIONS_SUFFIX}", "labels", lab,
+                                     opacity=0.45, **kw))
+    several = len(predictions) > 1
+    for i, (layer_name, path) in enumerate(predictions):
+        mask = read_mask(path).astype(np.int32)
+        colour = PREDICTION_COLOURS[i % len(PREDICTION_COLOURS)]
+        layer = _replace_or_add(viewer, layer_name, "labels", mask,
+                                colormap=_single_colour(colour),
+                                opacity=1.0 if several else 0.4, **kw)
+        layer.contour = 2 if several else 0
+        stack.append(layer)
     if ground_truth is not None:
-        gt = read_mask(ground_truth).astype(np.int32) * 2  # label 2: another colour
-        layer = _replace_or_add(viewer, f"{name} ground truth", "labels", gt, opacity=1.0,
-                                **kwargs)
+        gt = read_mask(ground_truth).astype(np.int32)
+        layer = _replace_or_add(viewer, f"{name} ground truth", "labels", gt,
+                                colormap=_single_colour(GROUND_TRUTH_COLOUR), opacity=1.0, **kw)
         layer.contour = 2
+        stack.append(layer)
+    _stack(viewer, stack)
     viewer.layers.selection.active = image_layer
+    viewer.reset_view()
     return image_layer
 
 

@@ -28,6 +28,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
@@ -183,8 +184,9 @@ class JobPanel(QWidget):
         self.error.hide()
         self.failures_label = QLabel("")
         self.failures = QListWidget()
-        self.failures.setMaximumHeight(110)
-        self.failures.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Maximum)
+        self.failures.setWordWrap(True)
+        self.failures.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.failures.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Fixed)
         self.failures_label.hide()
         self.failures.hide()
 
@@ -315,13 +317,18 @@ class JobPanel(QWidget):
     def add_failure(self, failure) -> None:
         """Append one failure (a ``(file, reason)`` pair or a string)."""
         if isinstance(failure, (tuple, list)) and len(failure) == 2:
-            text = f"{failure[0]}: {failure[1]}"
+            # The file name keeps the list readable; the full path is in the tooltip.
+            text = f"{Path(str(failure[0])).name}: {failure[1]}"
+            tip = f"{failure[0]}\n{failure[1]}"
         else:
-            text = str(failure)
+            text = tip = str(failure)
         item = QListWidgetItem(text)
-        item.setToolTip(text)
+        item.setToolTip(tip)
         self.failures.addItem(item)
         n = self.failures.count()
+        # As tall as up to four entries; more scroll.
+        rows = sum(self.failures.sizeHintForRow(i) for i in range(min(n, 4)))
+        self.failures.setFixedHeight(rows + 2 * self.failures.frameWidth() + 4)
         self.failures_label.setText(f"{n} failure{'s' if n != 1 else ''} (the rest went on):")
         self.failures_label.show()
         self.failures.show()

@@ -126,9 +126,25 @@ class TrainingPlot(PlotWidget):
 
     #: Shown when present (others are in train_log.json); all numeric keys otherwise.
     PREFERRED = ("train_loss", "val_loss", "train_aux_loss", "val_dice", "val_gt_dice")
+    #: Colour and line style per known key: a loss and its validation twin share a
+    #: colour (solid = training, dashed = validation).
+    STYLES = {
+        "train_loss": ("#4c9be8", "-"),
+        "val_loss": ("#4c9be8", "--"),
+        "train_aux_loss": ("#f28e2b", "-"),
+        "val_dice": ("#59a14f", "-"),
+        "val_gt_dice": ("#edc948", "-"),
+    }
+    LABELS = {
+        "train_loss": "train loss",
+        "val_loss": "val loss",
+        "train_aux_loss": "cluster loss",
+        "val_dice": "val Dice (weak target)",
+        "val_gt_dice": "val Dice (ground truth)",
+    }
 
     def __init__(self, style: PlotStyle | None = None, parent: QWidget | None = None) -> None:
-        super().__init__(style, parent, height=2.8)
+        super().__init__(style, parent, height=3.6)
         self.logs: list[dict[str, object]] = []
         self.best_epoch: int | None = None
         self._ax = self._ax2 = None
@@ -192,7 +208,8 @@ class TrainingPlot(PlotWidget):
         ax.set_ylabel("loss", fontsize=8)
         ax2.set_ylabel("Dice", fontsize=8, color=self.style.foreground)
         ax2.set_ylim(0, 1)
-        self.figure.subplots_adjust(left=0.13, right=0.87, bottom=0.17, top=0.96)
+        # Room for the legend above the axes (it never hides a curve).
+        self.figure.subplots_adjust(left=0.12, right=0.88, bottom=0.16, top=0.78)
         self._ax, self._ax2 = ax, ax2
         self._lines = {}
         self._best_line = None
@@ -213,16 +230,20 @@ class TrainingPlot(PlotWidget):
             line = self._lines.get(key)
             if line is None:
                 target = ax2 if is_score else ax
-                style = "-" if is_score or not key.lower().startswith("val") else "--"
+                default = "-" if is_score or not key.lower().startswith("val") else "--"
+                colour, style = self.STYLES.get(key, (PALETTE[i % len(PALETTE)], default))
                 (line,) = target.plot(x, values, style, marker="s" if is_score else "o", ms=3,
-                                      lw=1.5, color=PALETTE[i % len(PALETTE)],
-                                      label=key.replace("_", " "))
+                                      lw=1.5, color=colour,
+                                      label=self.LABELS.get(key, key.replace("_", " ")))
                 self._lines[key] = line
                 new_key = True
             else:
                 line.set_data(x, values)
         if new_key:
-            self._legend(ax, list(self._lines.values()))
+            leg = ax.legend(handles=list(self._lines.values()), fontsize=7, ncol=2,
+                            loc="lower center", bbox_to_anchor=(0.5, 1.02), frameon=False)
+            for text in leg.get_texts():
+                text.set_color(self.style.foreground)
         if self.best_epoch is not None:
             if self._best_line is None:
                 self._best_line = ax.axvline(self.best_epoch, color=self.style.foreground,

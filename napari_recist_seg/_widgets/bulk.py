@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_recist_seg._widgets._common import (
+    LESIONS_SUFFIX,
     DeviceCombo,
     ModelPicker,
     PathPicker,
@@ -122,7 +123,10 @@ class BulkSegmentWidget(QWidget):
         self.jobs.busy_changed.connect(self._busy)
 
         self.results_label = QLabel("Results (double-click to open in the viewer)")
+        self.results_label.setWordWrap(True)
         self.results = QListWidget()
+        self.results.setWordWrap(True)
+        self.results.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.results.itemDoubleClicked.connect(self._open_item)
         self.results.setMinimumHeight(120)
 
@@ -256,11 +260,11 @@ class BulkSegmentWidget(QWidget):
 
     def open_row(self, row: ResultRow):
         """Open ``row``'s image with its mask (labels when several lesions) in the viewer."""
-        return open_case(
-            self.viewer, row.image_path, name=row.stem,
-            prediction=row.mask_path if row.status == "done" else None,
-            labels_path=row.labels_path if row.status == "done" else None,
-        )
+        done = row.status == "done"
+        several = done and row.labels_path is not None
+        single = [(f"{row.stem}{LESIONS_SUFFIX}", row.mask_path)] if done and not several else []
+        return open_case(self.viewer, row.image_path, name=row.stem, predictions=single,
+                         labels_path=row.labels_path if several else None)
 
 
 def result_rows(folder: Path, out: Path, failures) -> list[ResultRow]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import napari
 from qtpy.QtCore import Qt
-from qtpy.QtGui import QFont
+from qtpy.QtGui import QColor, QFont
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -60,10 +60,10 @@ from napari_recist_seg._widgets._jobs import JobPanel, phase_progress
 from napari_recist_seg._widgets._plot import MetricPlot, PlotStyle
 from napari_recist_seg.jobs.common import InputError
 
-__all__ = ["COLUMNS", "EvaluateWidget", "EvaluationRun", "ModelRun"]
+__all__ = ["ALL_KEYS", "COLUMNS", "EvaluateWidget", "EvaluationRun", "ModelRun"]
 
-#: Table columns: (key in the evaluation case, header, number format). The first six
-#: use the formats of ``recist-seg evaluate``'s table.
+#: Table columns: (key in the evaluation case, header, number format); Dice to AVD use
+#: the formats of ``recist-seg evaluate``'s table.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("dice", "Dice", ".4f"),
     ("iou", "IoU", ".4f"),
@@ -72,11 +72,12 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("avd", "AVD", ".3f"),
     ("long_error", "L err", ".2f"),
     ("short_error", "W err", ".2f"),
-    ("centre_error", "centre", ".2f"),
-    ("vs", "VS", ".4f"),
-    ("perimeter_error", "perim err", ".3f"),
 )
-#: Higher is better for these (for colouring the B - A difference).
+#: Further per-case numbers: in the exports and the B - A rows, not in the table.
+EXTRA_KEYS: tuple[str, ...] = ("vs", "centre_error", "perimeter_error", "perimeter_pred",
+                               "perimeter_gt")
+ALL_KEYS: tuple[str, ...] = tuple(k for k, _, _ in COLUMNS) + EXTRA_KEYS
+#: Higher is better for these, lower for the others (colours of the B - A difference).
 HIGHER_IS_BETTER = {"dice", "iou", "vs"}
 
 
@@ -131,7 +132,7 @@ class EvaluationRun:
         rows = []
         for case in sorted(set(a) & set(b)):
             row: dict[str, Any] = {"case": case}
-            for key, _, _ in COLUMNS:
+            for key in ALL_KEYS:
                 va, vb = a[case].get(key), b[case].get(key)
                 row[key] = (float(vb) - float(va)) if _finite(va) and _finite(vb) else math.nan
             rows.append(row)
@@ -159,7 +160,7 @@ class EvaluationRun:
 
     def to_csv(self) -> str:
         """One row per (model, case) with every metric; then ``B - A`` rows."""
-        keys = [k for k, _, _ in COLUMNS] + ["perimeter_pred", "perimeter_gt"]
+        keys = list(ALL_KEYS)
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["model", "case", *keys, "pred", "gt"])
@@ -271,7 +272,6 @@ class EvaluateWidget(QWidget):
         self.summary_table.setHorizontalHeaderLabels([""] + [h for _, h, _ in COLUMNS])
         self.summary_table.verticalHeader().setVisible(False)
         self.summary_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.summary_table.setMaximumHeight(130)
         self.summary_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
 
         view_row = QHBoxLayout()
@@ -337,7 +337,10 @@ class EvaluateWidget(QWidget):
         if choice == "active":
             annotator = find_annotator(self.viewer)
             path = getattr(getattr(annotator, "segmenter", None), "path", None)
-            return Path(path) if path else None
+            if not path:
+                raise InputError(f"model {name}: the annotator has no model loaded (it is "
+                                 "closed, or uses the ellipse / GrabCut); choose a checkpoint")
+            return Path(path)
         return None
 
     def _labels(self) -> list[str]:
@@ -483,6 +486,11 @@ class EvaluateWidget(QWidget):
             for c, (key, _, spec) in enumerate(COLUMNS, start=1):
                 item = _NumberItem(values.get(key), ("+" + spec) if is_diff else spec)
                 self.summary_table.setItem(r, c, item)
+        # As tall as its rows: the summary is read at a glance, never scrolled.
+        self.summary_table.resizeRowsToContents()
+        height = self.summary_table.horizontalHeader().height() + 2 * self.summary_table.frameWidth()
+        height += sum(self.summary_table.rowHeight(r) for r in range(len(rows)))
+        self.summary_table.setFixedHeight(height + 2)
 
     def current_rows(self) -> list[dict[str, Any]]:
         """The per-case dicts the table shows (one model, or the B − A differences)."""
@@ -504,12 +512,12 @@ class EvaluateWidget(QWidget):
             self.table.setItem(r, 0, name)
             for c, (key, _, spec) in enumerate(COLUMNS, start=1):
                 item = _NumberItem(case.get(key), ("+" + spec) if is_diff else spec)
-                if is_diff and _finite(case.get(key)) and key in HIGHER_IS_BETTER | {"hd", "hd95", "avd"}:
+                if is_diff and _finite(case.get(key)) and case[key] != 0:
                     better = (case[key] > 0) == (key in HIGHER_IS_BETTER)
-                    if case[key] != 0:
-                        item.setForeground(Qt.green if better else Qt.red)
+                    item.setForeground(QColor("#59d65a") if better else QColor("#ff6b6b"))
                 self.table.setItem(r, c, item)
         self.table.setSortingEnabled(True)
+        self.table.sortByColumn(0, Qt.AscendingOrder)
         self._update_plot()
 
     def table_values(self, key: str) -> dict[str, float]:
@@ -555,14 +563,10 @@ class EvaluateWidget(QWidget):
         image = self._images.get(case)
         if image is None:
             raise InputError(f"the image of case {case} is not in {self.outcome.dataset}")
-        layer = None
-        for run in runs:
-            c = run.by_case().get(case)
-            if c is None:
-                continue
-            layer = open_case(self.viewer, image, name=case, prediction=c["pred"],
-                              ground_truth=c["gt"], prediction_name=f"{case} prediction {run.label}")
-        return layer
+        preds = [(f"{case} prediction {run.label}", run.by_case()[case]["pred"])
+                 for run in runs if case in run.by_case()]
+        gt = next(run.by_case()[case]["gt"] for run in runs if case in run.by_case())
+        return open_case(self.viewer, image, name=case, predictions=preds, ground_truth=gt)
 
     # -- export -------------------------------------------------------------------------------
     def _export_dialog(self, kind: str) -> None:

@@ -141,6 +141,11 @@ class TrainWidget(QWidget):
         row.addWidget(self.from_folder)
         row.addWidget(self.from_layers)
         row.addStretch(1)
+        self.refresh_button = QPushButton("↻")
+        self.refresh_button.setToolTip("Re-read the layers (RECIST drawn since, new lesions layers)")
+        self.refresh_button.setFixedWidth(32)
+        self.refresh_button.clicked.connect(self.refresh_layers)
+        row.addWidget(self.refresh_button)
         v.addLayout(row)
         self.folder = PathPicker("dir", placeholder="dataset folder: images/, recist.csv or masks/")
         v.addWidget(self.folder)
@@ -231,6 +236,9 @@ class TrainWidget(QWidget):
         self.folder.setVisible(not layers)
         self.layer_table.setVisible(layers)
         self.use_curated.setVisible(layers)
+        self.refresh_button.setVisible(layers)
+        if layers:
+            self.refresh_layers()
 
     def _busy(self, busy: bool) -> None:
         self.train_button.setEnabled(not busy)
@@ -347,10 +355,9 @@ class TrainWidget(QWidget):
         """Where training starts: ``None`` = from scratch, ``"default"`` = the shipped model."""
         choice = self.init_model.choice()
         if choice == "scratch":
-            if required:
-                raise InputError("fine-tuning starts from a model: choose the active, default "
-                                 "or a checkpoint under 'Start from'")
-            return None
+            if not required:
+                return None
+            choice = "active"  # fine-tuning always starts from a model: the active one
         if choice == "checkpoint":
             path = self.init_model.checkpoint()
             if path is None or not path.exists():
@@ -508,9 +515,17 @@ class TrainWidget(QWidget):
         annotator = find_annotator(self.viewer)
         if annotator is None:
             _, annotator = self.viewer.window.add_plugin_dock_widget(PLUGIN, ANNOTATOR)
-        worker = annotator.load_segmenter("checkpoint", str(self.checkpoint))
+        path = str(self.checkpoint)
         self.summary.setText(self.summary.text() + f"\nLoading {self.checkpoint.name} into the annotator…")
-        return worker
+        # A freshly opened annotator may still be loading its default model: load ours
+        # after it, or the default would win the race.
+        # TODO(annotator): a public "loading" state / set_model(path) would replace
+        # this look at its private _loader.
+        pending = getattr(annotator, "_loader", None)
+        if pending is not None:
+            pending.finished.connect(lambda: annotator.load_segmenter("checkpoint", path))
+            return pending
+        return annotator.load_segmenter("checkpoint", path)
 
 
 _warm_up_state: dict[str, Any] = {"worker": None, "done": False}

@@ -166,3 +166,31 @@ def test_bad_input_is_reported_without_starting(widget, tmp_path):
     assert widget.start() is None
     assert "does not exist" in widget.jobs.error.text()
     assert not widget.jobs.busy
+
+
+def test_recist_source_folder_csv_or_derived_from_masks(widget, qtbot, dataset, tmp_path):
+    """The folder's recist.csv wins by default; "derived from masks" ignores it."""
+    from napari_recist_seg._widgets.bulk import RecistSource
+    from napari_recist_seg.data import RecistRecord, read_recist_csv, write_recist_csv
+    from napari_recist_seg.recist import recist_from_mask
+
+    (dataset / "images" / f"{BROKEN}.jpg").unlink()
+    (dataset / "masks" / f"{BROKEN}_segmentation.png").unlink()
+    only = STEMS[0]
+    gt = read_mask(dataset / "masks" / f"{only}_segmentation.png")
+    write_recist_csv(dataset / "recist.csv",
+                     [RecistRecord(dataset / "images" / f"{only}.jpg", 1, recist_from_mask(gt))])
+    widget.input.set_path(dataset)
+
+    widget.output.set_path(tmp_path / "from_csv")
+    report = _run(widget, qtbot).result
+    assert report.processed == 1
+    assert sorted(Path(f).stem for f, _ in report.failures) == STEMS[1:]
+    assert all("no RECIST" in reason for _, reason in report.failures)
+
+    widget.source.setCurrentIndex(widget.source.findData(RecistSource.MASKS))
+    widget.output.set_path(tmp_path / "from_masks")
+    report = _run(widget, qtbot).result
+    assert report.processed == len(STEMS) and not report.failures
+    derived = read_recist_csv(tmp_path / "from_masks" / "recist_from_masks.csv")
+    assert sorted(r.image.stem for r in derived) == STEMS
