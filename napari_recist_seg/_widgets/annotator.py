@@ -140,6 +140,7 @@ class AnnotatorWidget(QWidget):
         self._segmenter_choice = "ellipse"
         self._checkpoint: Path | None = None
         self._loader: Any = None
+        self._load_generation = 0
         self._colour_by = "lesion"
         self._updating = False
         self._follow_scheduled = False
@@ -479,9 +480,14 @@ class AnnotatorWidget(QWidget):
         """Load a segmenter in a worker (``default``, ``checkpoint``, ``ellipse``, ``grabcut``).
 
         The drawn lesions are kept whatever happens; if loading fails the previous
-        segmenter stays and the error is shown. Returns the worker (or ``None``).
+        segmenter stays and the error is shown. When calls overlap, the last one wins
+        (an earlier load finishing later is ignored). Returns the worker (or ``None``).
         """
+        # The last request wins, whatever order the loads finish in.
+        self._load_generation += 1
+        generation = self._load_generation
         if choice in ("ellipse", "grabcut"):
+            self._loader = None
             self.set_segmenter(ann.ShapeSegmenter(choice), choice=choice)
             return None
         from napari.qt.threading import create_worker
@@ -494,6 +500,8 @@ class AnnotatorWidget(QWidget):
         )
 
         def done(seg: Any) -> None:
+            if generation != self._load_generation:
+                return  # a later choice superseded this one
             self._loader = None
             if choice == "checkpoint":
                 self._checkpoint = Path(path) if path else None
@@ -501,6 +509,8 @@ class AnnotatorWidget(QWidget):
             self._say(f"segmenter: {self._device_text()}")
 
         def failed(exc: BaseException) -> None:
+            if generation != self._load_generation:
+                return
             self._loader = None
             self._restore_combo()
             self.device_label.setText(self._device_text())
@@ -511,6 +521,11 @@ class AnnotatorWidget(QWidget):
         self._loader = worker
         worker.start()
         return worker
+
+    @property
+    def loading(self) -> bool:
+        """Whether a model is being loaded (the last ``load_segmenter`` call wins)."""
+        return self._loader is not None
 
     # -- tools ----------------------------------------------------------------------------
     def activate_drawing(self) -> None:

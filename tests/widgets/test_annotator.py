@@ -613,3 +613,28 @@ def test_loading_the_model_after_the_viewer_started_does_not_crash():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "built" in out.stdout
+
+
+def test_the_last_model_choice_wins(qtbot, viewer, grey, tmp_path_factory, monkeypatch):
+    """A slow default-model load must not override a checkpoint chosen after it."""
+    import time as _time
+
+    from napari_recist_seg import annotation
+
+    real = annotation.load_segmenter
+
+    def slow_first(choice, path=None, device="auto"):
+        if choice == "default":
+            _time.sleep(1.0)
+            return ShapeSegmenter("grabcut")  # stands in for the slow default model
+        return real(choice, path, device)
+
+    monkeypatch.setattr(annotation, "load_segmenter", slow_first)
+    widget, b = annotator(viewer, grey)
+    widget.load_segmenter("default")
+    assert widget.loading
+    widget.load_segmenter("ellipse")
+    idle(qtbot, widget)
+    qtbot.wait(1500)  # the default load finishes meanwhile, and must be ignored
+    assert isinstance(widget.segmenter, ShapeSegmenter) and widget.segmenter.method == "ellipse"
+    assert not widget.loading
