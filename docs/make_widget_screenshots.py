@@ -7,13 +7,15 @@ A walk-through on real ISIC 2017 images, each dock opened through the plugin man
 in a real napari window:
 
 1. Train / fine-tune: train A1+L (and A1, for the comparison) on a dataset folder of
-   RECIST derived from the masks, 64 px input, a few epochs; the live plot fills.
+   RECIST derived from the masks, 64 px input, a few epochs; the live plot fills
+   -> ``train.png``. Then fine-tune A1+L on viewer layers, four of them curated (the
+   expert masks stand in for hand-corrected ones) -> ``finetune.png``.
 2. Bulk segment: segment a folder (with one truncated file) with the A1+L model,
    then double-click a result to open it -> ``bulk.png``.
 3. Evaluate: A1+L vs A1 on held-out images, the B - A view, one case opened with its
    prediction and ground truth -> ``evaluate.png``.
 
-Writes ``docs/screenshots/{train,bulk,evaluate}.png``. Takes a few minutes on a CPU.
+Writes ``docs/screenshots/{train,finetune,bulk,evaluate}.png``. Takes a few minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -147,6 +149,46 @@ def main() -> int:
         if mode == "a1l":
             _save(viewer, app, "train.png")
         viewer.close()
+
+    # 1b. Fine-tune on curated layers ---------------------------------------------------
+    import numpy as np
+
+    from napari_recist_seg._reader import recist_shapes_layer
+    from napari_recist_seg.data import read_image, read_mask
+    from napari_recist_seg.recist import recist_from_mask
+
+    viewer = _viewer("napari-recist-seg — fine-tune on curated masks", app)
+    tune_stems = stems[args.n_train + 20 : args.n_train + 32]
+    curated = tune_stems[:4]
+    for stem in tune_stems:
+        gt = read_mask(args.data / "masks" / f"{stem}_segmentation.png")
+        viewer.add_image(read_image(args.data / "images" / f"{stem}.jpg").array, name=stem,
+                         rgb=True, visible=stem == curated[0])
+        data, kwargs, _ = recist_shapes_layer([(1, recist_from_mask(gt))], name=f"{stem} RECIST", ndim=2)
+        viewer.add_shapes(data, visible=stem == curated[0], **kwargs)
+        if stem in curated:  # the expert mask stands in for a mask corrected by hand
+            viewer.add_labels(gt.astype(np.int32), name=f"{stem} lesions", opacity=0.4,
+                              visible=stem == curated[0])
+    w = _dock(viewer, "Train / fine-tune", app)
+    w.from_layers.setChecked(True)
+    w.refresh_layers()
+    for row in range(w.layer_table.rowCount()):
+        if w.layer_table.item(row, 1).text() in curated:
+            w.layer_table.item(row, 3).setCheckState(2)
+    w.init_model.set_choice("checkpoint", models["a1l"])
+    w.epochs.setValue(4)
+    w.batch_size.setValue(8)
+    w.device.setCurrentText("cpu")
+    w.output.set_path(args.work / "model_finetuned")
+    w.start_fine_tune()
+    _wait(app, lambda: not w.jobs.busy)
+    if w.jobs.last_outcome.status != "ok":
+        print("fine-tuning failed:", w.jobs.error.text(), w.jobs.error.toolTip(), file=sys.stderr)
+        return 1
+    viewer.layers.selection.active = viewer.layers[curated[0]]
+    viewer.reset_view()
+    _save(viewer, app, "finetune.png")
+    viewer.close()
 
     # 2. Bulk segment ------------------------------------------------------------------
     viewer = _viewer("napari-recist-seg — bulk segment", app)

@@ -157,7 +157,8 @@ class TrainWidget(QWidget):
         hh.setSectionResizeMode(1, QHeaderView.Stretch)
         for c in (0, 2, 3):
             hh.setSectionResizeMode(c, QHeaderView.ResizeToContents)
-        self.layer_table.setMaximumHeight(150)
+        self.layer_table.setMinimumHeight(110)
+        self.layer_table.setMaximumHeight(170)
         self.layer_table.setToolTip(
             "curated: the image's lesions layer was corrected by hand (paint / erase) and "
             "is trained on as ground truth"
@@ -224,7 +225,19 @@ class TrainWidget(QWidget):
         form.addRow("Device", self.device)
         form.addRow("Output", self.output)
         self.mode.currentIndexChanged.connect(self._mode_changed)
+        self.init_model.changed.connect(self._init_changed)
+        self._init_changed()
         return box
+
+    def _init_changed(self) -> None:
+        # Training from a model keeps its architecture, crop rule and clusters.
+        scratch = self.init_model.choice() == "scratch"
+        tip = "" if scratch else "kept from the model training starts from"
+        for w in (self.mode, self.encoder, self.input_size, self.clusters):
+            w.setEnabled(scratch)
+            w.setToolTip(tip)
+        if scratch:
+            self._mode_changed()
 
     def _mode_changed(self) -> None:
         a1l = self.mode.currentData() == "a1l"
@@ -517,14 +530,7 @@ class TrainWidget(QWidget):
             _, annotator = self.viewer.window.add_plugin_dock_widget(PLUGIN, ANNOTATOR)
         path = str(self.checkpoint)
         self.summary.setText(self.summary.text() + f"\nLoading {self.checkpoint.name} into the annotator…")
-        # A freshly opened annotator may still be loading its default model: load ours
-        # after it, or the default would win the race.
-        # TODO(annotator): a public "loading" state / set_model(path) would replace
-        # this look at its private _loader.
-        pending = getattr(annotator, "_loader", None)
-        if pending is not None:
-            pending.finished.connect(lambda: annotator.load_segmenter("checkpoint", path))
-            return pending
+        # The annotator's last load request wins, even over its own default-model load.
         return annotator.load_segmenter("checkpoint", path)
 
 
@@ -533,11 +539,14 @@ _warm_up_state: dict[str, Any] = {"worker": None, "done": False}
 
 def _import_training_stack() -> None:
     import numpy as np
+    import segmentation_models_pytorch  # noqa: F401 - model.build_model imports it lazily
     import torch._dynamo  # noqa: F401 - torch optimisers import it on creation
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score  # noqa: F401
 
     import napari_recist_seg.curation  # noqa: F401
+    import napari_recist_seg.predict  # noqa: F401 - before / after scoring of fine-tuning
+    import napari_recist_seg.targets  # noqa: F401
     import napari_recist_seg.training  # noqa: F401
 
     # scikit-learn's first k-means inspects every loaded native library (threadpoolctl,
