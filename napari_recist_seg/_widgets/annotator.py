@@ -47,6 +47,7 @@ from napari_recist_seg._widgets.annotator_binding import (
     LESIONS_SUFFIX,
     RECIST_SUFFIX,
     ImageBinding,
+    unwrap,
 )
 
 __all__ = ["AnnotatorWidget"]
@@ -133,7 +134,11 @@ class AnnotatorWidget(QWidget):
         super().__init__()
         # Before any worker imports torch: triton would crash a software-OpenGL viewer.
         prepare_ml_imports()
-        self.viewer = napari_viewer
+        # napari hands plugins a PublicOnlyProxy of the viewer: every attribute access
+        # then makes a new proxy (so layer identity, ``is`` and ``id()`` break) and
+        # inspects the calling frame (slow on the RECIST-to-mask path). Work on the real
+        # objects.
+        self.viewer = unwrap(napari_viewer)
         self.bindings: dict[int, ImageBinding] = {}
         self.binding: ImageBinding | None = None
         self.segmenter: Any = None
@@ -363,6 +368,7 @@ class AnnotatorWidget(QWidget):
 
     def bind(self, image_layer: Any, *, activate: bool = True) -> ImageBinding | None:
         """Annotate ``image_layer`` (create or adopt its RECIST and lesions layers)."""
+        image_layer = unwrap(image_layer)
         key = id(image_layer)
         binding = self.bindings.get(key)
         if binding is not None and binding.alive():
@@ -390,6 +396,14 @@ class AnnotatorWidget(QWidget):
         if activate:
             self.activate_drawing()
         return binding
+
+    def binding_for(self, layer: Any) -> ImageBinding | None:
+        """The annotator's state for an image layer (or one of its own layers), if any."""
+        layer = unwrap(layer)
+        for binding in self.bindings.values():
+            if binding.alive() and binding.owns(layer):
+                return binding
+        return None
 
     def _switch(self, binding: ImageBinding) -> None:
         self.binding = binding
@@ -629,6 +643,7 @@ class AnnotatorWidget(QWidget):
         for i in range(self.table.rowCount()):
             item = self.table.item(i, 0)
             if item is not None and int(item.data(Qt.UserRole)) == lesion_id:
+                self.table.clearSelection()  # re-selecting centres again
                 self.table.selectRow(i)
                 return
 
@@ -636,6 +651,8 @@ class AnnotatorWidget(QWidget):
         ids = self.selected_lesions()
         if len(ids) == 1:
             self.centre_on(ids[0])
+            if self.binding is not None:
+                self._say(self.binding.describe(ids[0]))
 
     def centre_on(self, lesion_id: int) -> None:
         """Centre the view on a lesion (and go to its slice on a volume)."""

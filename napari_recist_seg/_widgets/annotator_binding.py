@@ -63,6 +63,11 @@ def _line_colour(axis: str, state: str) -> str:
     return COLOURS[axis]
 
 
+def unwrap(obj: Any) -> Any:
+    """The napari object behind a plugin ``PublicOnlyProxy`` (or ``obj`` itself)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 def image_geometry(image_layer: Any) -> tuple[tuple[int, int], int | None]:
     """``((rows, cols), n_slices or None)`` of a napari Image layer.
 
@@ -120,15 +125,15 @@ class ImageBinding(QObject):
         quick_ratio: float = 0.6,
     ) -> None:
         super().__init__()
-        self.viewer = viewer
-        self.image = image_layer
+        self.viewer = unwrap(viewer)
+        self.image = unwrap(image_layer)
         self._segmenter = segmenter
-        plane, n_slices = image_geometry(image_layer)
+        plane, n_slices = image_geometry(self.image)
         self.ndim = 2 if n_slices is None else 3
         self.session = AnnotationSession(
             plane,
             n_slices=n_slices,
-            spacing=spacing_from_scale(image_layer.scale),
+            spacing=spacing_from_scale(self.image.scale),
             quick=quick,
             quick_ratio=quick_ratio,
         )
@@ -248,6 +253,7 @@ class ImageBinding(QObject):
         return layer
 
     def owns(self, layer: Any) -> bool:
+        layer = unwrap(layer)
         return layer is self.image or layer is self.shapes or layer is self.labels or (
             self.points is not None and layer is self.points
         )

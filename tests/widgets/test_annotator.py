@@ -535,13 +535,26 @@ def test_unsupported_images_are_refused_with_a_message(qtbot, viewer):
 
 
 def test_the_manifest_docks_the_annotator(qtbot, viewer, grey):
+    """Through the manifest napari hands the widget a proxied viewer: layers must still
+    be recognised when selected again (one RECIST layer per image, one binding)."""
     from napari_recist_seg._widgets.annotator import AnnotatorWidget
 
-    viewer.add_image(grey, name="img")
+    image = viewer.add_image(grey, name="img")
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "RECIST annotator")
     assert isinstance(widget, AnnotatorWidget)
     idle(qtbot, widget, timeout=60000)  # the default model may be loading
     assert widget.segmenter is not None and widget.binding is not None
+    first = widget.binding
+    for layer in (first.labels, image, first.shapes, image):
+        viewer.layers.selection.active = layer
+        idle(qtbot, widget)
+    assert widget.binding is first and len(widget.bindings) == 1
+    assert [layer.name for layer in viewer.layers] == ["img", "img lesions", "img RECIST"]
+    assert widget.binding_for(image) is first and widget.binding_for(first.labels) is first
+    widget.load_segmenter("ellipse")
+    first.shapes.add_lines([LONG1, SHORT1])
+    idle(qtbot, widget)
+    np.testing.assert_array_equal(np.asarray(first.labels.data) == 1, ellipse_of(first, 1))
 
 
 # -- the mouse ---------------------------------------------------------------------------
