@@ -10,8 +10,8 @@ in a real napari window:
    RECIST derived from the masks, 64 px input, a few epochs; the live plot fills
    -> ``train.png``. Then fine-tune A1+L on viewer layers, four of them curated (the
    expert masks stand in for hand-corrected ones) -> ``finetune.png``.
-2. Bulk segment: segment a folder (with one truncated file) with the A1+L model,
-   then double-click a result to open it -> ``bulk.png``.
+2. Bulk segment: segment a folder (with one truncated file) with the shipped default
+   model (else the A1+L just trained), then double-click a result -> ``bulk.png``.
 3. Evaluate: A1+L vs A1 on held-out images, the B - A view, one case opened with its
    prediction and ground truth -> ``evaluate.png``.
 
@@ -194,7 +194,10 @@ def main() -> int:
     viewer = _viewer("napari-recist-seg — bulk segment", app)
     w = _dock(viewer, "Bulk segment", app)
     w.input.set_path(bulk_ds)
-    w.model.set_choice("checkpoint", models["a1l"])
+    if (ROOT / "napari_recist_seg" / "models" / "default" / "config.json").is_file():
+        w.model.set_choice("default")  # the model shipped with the plugin
+    else:
+        w.model.set_choice("checkpoint", models["a1l"])
     w.output.set_path(args.work / "bulk_out")
     w.device.setCurrentText("cpu")
     w.start()

@@ -385,10 +385,8 @@ def image_layers(viewer) -> list:
 
     out = []
     for layer in viewer.layers:
-        if not isinstance(layer, Image):
-            continue
-        nd = layer.ndim - (0 if not layer.rgb else 0)
-        if nd in (2, 3):
+        # napari's ndim leaves out the colour axis of RGB images.
+        if isinstance(layer, Image) and layer.ndim in (2, 3):
             out.append(layer)
     return out
 

@@ -184,7 +184,10 @@ class JobPanel(QWidget):
         self.error.hide()
         self.failures_label = QLabel("")
         self.failures = QListWidget()
-        self.failures.setWordWrap(True)
+        # One line per file (elided; the whole reason is in the tooltip): rows keep a
+        # fixed height, so the list can be sized to its content.
+        self.failures.setWordWrap(False)
+        self.failures.setTextElideMode(Qt.ElideRight)
         self.failures.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.failures.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Fixed)
         self.failures_label.hide()
