@@ -391,7 +391,10 @@ class ImageBinding(QObject):
             if not same:
                 selected = set(self.shapes.selected_data)
                 mode = self.shapes.mode
+                width = self.shapes.current_edge_width
                 self.shapes.data = [(v.coords, "line") for v in views]
+                if views:  # napari gives shapes added this way width 1
+                    self.shapes.edge_width = width
                 if mode != self.shapes.mode:
                     self.shapes.mode = mode
                 self.shapes.selected_data = {i for i in selected if i < len(views)}
