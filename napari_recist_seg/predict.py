@@ -449,7 +449,8 @@ class Predictor:
         for i, (r, box) in enumerate(zip(recists, boxes)):
             # Resize logits (smoother than resizing probabilities), then sigmoid.
             offset, logits = paste_back(seg[i], box, plane_shape)
-            prob = _sigmoid_inplace(np.array(logits, dtype=np.float32, copy=True))
+            # paste_back's output is a fresh array (or a slice of ``seg`` no longer used).
+            prob = _sigmoid_inplace(np.asarray(logits, dtype=np.float32))
             mask = prob > self.threshold
             if postprocess and mask.any():
                 local = r.transformed(offset, 1.0)
@@ -503,6 +504,7 @@ class Predictor:
         list of LesionResult
             In the order of ``recists``.
         """
+        t0 = time.perf_counter()
         arr = _check_image(image)
         if isinstance(recists, Recist):
             recists = [recists]
@@ -519,6 +521,8 @@ class Predictor:
                 raise RecistError(f"RECIST {i + 1} of {len(recists)}: {exc}") from exc
         if not prompts:
             return []
+        if timings is not None:  # validation + snapping count as preprocessing
+            timings["preprocess"] = timings.get("preprocess", 0.0) + time.perf_counter() - t0
         return self._run(
             arr, prompts, batch_size=batch_size, tta=self.tta if tta is None else tta,
             timings=timings,
