@@ -348,7 +348,8 @@ def layer_recists(viewer, image_layer, annotator=None) -> list:
     from napari_recist_seg.annotation import AnnotationSession, spacing_from_scale
 
     if annotator is not None:
-        binding = getattr(annotator, "bindings", {}).get(id(image_layer))
+        # binding_for unwraps napari's plugin proxies (id() of a proxy changes per access).
+        binding = annotator.binding_for(image_layer) if hasattr(annotator, "binding_for") else None
         if binding is not None and binding.alive():
             return list(binding.session.recists())
     name = f"{image_layer.name}{RECIST_SUFFIX}"
