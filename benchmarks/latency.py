@@ -56,16 +56,17 @@ def machine_info(device: str = "cpu") -> dict:
     return info
 
 
-def load_predictor(model: str | None, device: str = "cpu"):
+def load_predictor(model: str | None, device: str = "cpu", **kwargs):
     """``(predictor, description)``: the given checkpoint, the default model, or an
-    untrained default-architecture model when neither exists."""
+    untrained default-architecture model when neither exists. ``kwargs`` go to
+    ``Predictor.load`` (``optimize``, ``tta``, ``postprocess``)."""
     from napari_recist_seg.predict import DEFAULT_MODEL_DIR, Predictor
 
     if model is not None:
-        p = Predictor.load(model, device=device)
+        p = Predictor.load(model, device=device, **kwargs)
         return p, {"source": str(model), **_describe(p)}
     if (DEFAULT_MODEL_DIR / "config.json").is_file():
-        p = Predictor.load(None, device=device)
+        p = Predictor.load(None, device=device, **kwargs)
         return p, {"source": "default (shipped)", **_describe(p)}
     import torch
 
@@ -77,7 +78,7 @@ def load_predictor(model: str | None, device: str = "cpu"):
     rng = np.random.default_rng(0)
     clusters = ClusterModel(rng.normal(size=(4, 7)), np.zeros(7), np.ones(7))
     path = save_checkpoint(Path(tempfile.mkdtemp()) / "untrained", build_model(cfg), cfg, clusters)
-    p = Predictor.load(path, device=device)
+    p = Predictor.load(path, device=device, **kwargs)
     return p, {"source": "untrained (no default model yet; same architecture and compute)", **_describe(p)}
 
 
@@ -89,6 +90,7 @@ def _describe(p) -> dict:
         "input_size": c.input_size,
         "recist_channel": c.recist_channel,
         "n_clusters": c.n_clusters,
+        "optimized": p.optimized,
     }
 
 
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--click-runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--eager", action="store_true",
+                        help="run the eager network (Predictor optimize=False)")
     args = parser.parse_args(argv)
 
     import torch
@@ -126,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
     mask = np.asarray(Image.open(ISIC / "masks" / f"{args.image}_segmentation.png")) > 0
     recist = recist_from_mask(mask)
     t_load = time.perf_counter()
-    predictor, model_info = load_predictor(args.model, args.device)
+    predictor, model_info = load_predictor(
+        args.model, args.device, **({"optimize": False} if args.eager else {})
+    )
     load_s = time.perf_counter() - t_load
 
     def sync() -> None:

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--eager", action="store_true",
+                        help="run the eager network (Predictor optimize=False)")
     args = parser.parse_args(argv)
 
     import torch
@@ -77,7 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         n_lesions = make_dataset(tmp / "ds", args.n, args.offset)
         t0 = time.perf_counter()
-        predictor, model_info = load_predictor(args.model, args.device)
+        predictor, model_info = load_predictor(
+            args.model, args.device, **({"optimize": False} if args.eager else {})
+        )
         load_s = time.perf_counter() - t0
         # Warm up the lazily initialised kernels on a separate, tiny run.
         warm = tmp / "warm"

@@ -447,3 +447,21 @@ def test_default_model_click_recist_lies_inside_the_mask(default_predictor):
         assert full[cr, cc]
         dices.append(_dice(full, mask))
     assert np.mean(dices) > 0.7, dices
+
+
+@pytest.mark.parametrize("mode", ["a1l", "a1"])
+def test_optimized_network_gives_the_eager_results(tmp_path, mode):
+    torch.manual_seed(3)
+    cfg = ModelConfig(mode=mode, n_clusters=3 if mode == "a1l" else 0, input_size=64, decoder_channels=32)
+    clusters = ClusterModel(np.eye(3, 7), np.zeros(7), np.ones(7)) if mode == "a1l" else None
+    ckpt = save_checkpoint(tmp_path / mode, build_model(cfg), cfg, clusters)
+    fast = Predictor.load(ckpt, device="cpu")
+    eager = Predictor.load(ckpt, device="cpu", optimize=False)
+    assert fast.optimized and not eager.optimized
+    image, mask = _isic("ISIC_0000003")
+    recists = [recist_from_mask(mask), Recist([[20, 20], [20, 60]], [[10, 40], [32, 40]])]
+    for a, b in zip(fast.segment(image, recists), eager.segment(image, recists)):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
+        assert a.cluster == b.cluster
+        if a.confidence is not None:
+            assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
