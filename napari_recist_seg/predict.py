@@ -497,43 +497,95 @@ class Predictor:
         timings: dict[str, float] | None,
         postprocess: bool | None = None,
     ) -> list[LesionResult]:
-        """Segment already validated / snapped RECIST (no checks)."""
-        postprocess = self.postprocess if postprocess is None else postprocess
-        from napari_recist_seg.preprocess import make_input, paste_back
+        """Segment already validated / snapped RECIST of one image (no checks)."""
+        return self._run_many(
+            [(image, recists)], batch_size=batch_size, tta=tta, timings=timings,
+            postprocess=postprocess,
+        )[0]
 
+    def _run_many(
+        self,
+        pairs: Sequence[tuple[np.ndarray, Sequence[Recist]]],
+        *,
+        batch_size: int,
+        tta: bool,
+        timings: dict[str, float] | None,
+        postprocess: bool | None = None,
+    ) -> list[list[LesionResult]]:
+        """Segment validated RECIST of several images in shared forward passes."""
+        from napari_recist_seg.preprocess import make_input
+
+        postprocess = self.postprocess if postprocess is None else postprocess
         t0 = time.perf_counter()
         inputs, boxes = [], []
-        for r in recists:
-            x, box = make_input(_plane(image, r), r, self.preprocess)
-            inputs.append(x)
-            boxes.append(box)
+        for image, recists in pairs:
+            for r in recists:
+                x, box = make_input(_plane(image, r), r, self.preprocess)
+                inputs.append(x)
+                boxes.append(box)
         t1 = time.perf_counter()
         seg, aux = self._forward(np.stack(inputs) if inputs else np.zeros(0), batch_size, tta)
         t2 = time.perf_counter()
-        plane_shape = _plane(image, recists[0]).shape[:2] if recists else (0, 0)
-        results = []
-        for i, (r, box) in enumerate(zip(recists, boxes)):
-            # Resize logits (smoother than resizing probabilities), then sigmoid.
-            offset, logits = paste_back(seg[i], box, plane_shape)
-            # paste_back's output is a fresh array (or a slice of ``seg`` no longer used).
-            prob = _sigmoid_inplace(np.asarray(logits, dtype=np.float32))
-            mask = prob > self.threshold
-            if postprocess and mask.any():
-                local = r.transformed(offset, 1.0)
-                mask = postprocess_mask(mask, local)
-            cluster = confidence = None
-            if aux is not None:
-                cluster = int(np.argmax(aux[i]))
-                confidence = float(aux[i, cluster])
-            measured = _measure(mask, offset, r)
-            results.append(
-                LesionResult(r, (int(offset[0]), int(offset[1])), mask, prob, cluster, confidence, measured)
-            )
+        out: list[list[LesionResult]] = []
+        k = 0
+        for image, recists in pairs:
+            results = []
+            for r in recists:
+                plane_shape = _plane(image, r).shape[:2]
+                results.append(
+                    self._finish(r, boxes[k], seg[k], None if aux is None else aux[k],
+                                 plane_shape, postprocess)
+                )
+                k += 1
+            out.append(results)
         t3 = time.perf_counter()
         if timings is not None:
             for key, dt in (("preprocess", t1 - t0), ("forward", t2 - t1), ("postprocess", t3 - t2)):
                 timings[key] = timings.get(key, 0.0) + dt
-        return results
+        return out
+
+    def _finish(
+        self,
+        r: Recist,
+        box: Any,
+        logits_crop: np.ndarray,
+        cluster_probs: np.ndarray | None,
+        plane_shape: tuple[int, int],
+        postprocess: bool,
+    ) -> LesionResult:
+        """Network output of one crop -> LesionResult in image coordinates."""
+        from napari_recist_seg.preprocess import paste_back
+
+        # Resize logits (smoother than resizing probabilities), then sigmoid.
+        offset, logits = paste_back(logits_crop, box, plane_shape)
+        # paste_back's output is a fresh array (or a slice of the batch output, unused).
+        prob = _sigmoid_inplace(np.asarray(logits, dtype=np.float32))
+        mask = prob > self.threshold
+        if postprocess and mask.any():
+            mask = postprocess_mask(mask, r.transformed(offset, 1.0))
+        cluster = confidence = None
+        if cluster_probs is not None:
+            cluster = int(np.argmax(cluster_probs))
+            confidence = float(cluster_probs[cluster])
+        offset = (int(offset[0]), int(offset[1]))
+        return LesionResult(r, offset, mask, prob, cluster, confidence, _measure(mask, offset, r))
+
+    def _prompts(self, arr: np.ndarray, recists: Sequence[Recist], where: str = "") -> list[Recist]:
+        """Validate and snap the RECIST of one image; RecistError names which one."""
+        if isinstance(recists, Recist):
+            recists = [recists]
+        prompts = []
+        for i, r in enumerate(recists):
+            if not isinstance(r, Recist):
+                raise TypeError(f"{where}recists[{i}] is a {type(r).__name__}, not a Recist")
+            try:
+                r.validate(arr.shape)
+                prompts.append(snap(r))
+            except RecistError as exc:
+                if len(recists) == 1 and not where:
+                    raise
+                raise RecistError(f"{where}RECIST {i + 1} of {len(recists)}: {exc}") from exc
+        return prompts
 
     # -- public API ------------------------------------------------------------------
     def segment(
@@ -572,19 +624,7 @@ class Predictor:
         """
         t0 = time.perf_counter()
         arr = _check_image(image)
-        if isinstance(recists, Recist):
-            recists = [recists]
-        prompts = []
-        for i, r in enumerate(recists):
-            if not isinstance(r, Recist):
-                raise TypeError(f"recists[{i}] is a {type(r).__name__}, not a Recist")
-            try:
-                r.validate(arr.shape)
-                prompts.append(snap(r))
-            except RecistError as exc:
-                if len(recists) == 1:
-                    raise
-                raise RecistError(f"RECIST {i + 1} of {len(recists)}: {exc}") from exc
+        prompts = self._prompts(arr, recists)
         if not prompts:
             return []
         if timings is not None:  # validation + snapping count as preprocessing
@@ -592,6 +632,48 @@ class Predictor:
         return self._run(
             arr, prompts, batch_size=batch_size, tta=self.tta if tta is None else tta,
             timings=timings,
+        )
+
+    def segment_many(
+        self,
+        items: Sequence[tuple[np.ndarray, Sequence[Recist]]],
+        *,
+        batch_size: int = 32,
+        tta: bool | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[list[LesionResult]]:
+        """Segment the lesions of several images in shared forward passes.
+
+        The bulk job's fast path: on a CPU a batch of 8 crops costs about half as
+        much per crop as one crop alone, and most images hold one lesion. Results
+        equal those of :meth:`segment` on each image.
+
+        Parameters
+        ----------
+        items : sequence of (image, recists)
+            As for :meth:`segment`.
+        batch_size, tta, timings
+            As for :meth:`segment`.
+
+        Returns
+        -------
+        list of list of LesionResult
+            One list per item, in order.
+
+        Raises
+        ------
+        RecistError
+            Naming the image (by position) and the RECIST.
+        """
+        t0 = time.perf_counter()
+        pairs = []
+        for j, (image, recists) in enumerate(items):
+            arr = _check_image(image)
+            pairs.append((arr, self._prompts(arr, recists, f"image {j + 1}: ")))
+        if timings is not None:
+            timings["preprocess"] = timings.get("preprocess", 0.0) + time.perf_counter() - t0
+        return self._run_many(
+            pairs, batch_size=batch_size, tta=self.tta if tta is None else tta, timings=timings
         )
 
     def segment_click(

@@ -185,6 +185,26 @@ def test_batched_equals_one_by_one(tiny):
         assert b.cluster == s.cluster
 
 
+def test_segment_many_equals_segment_per_image(tiny):
+    items = []
+    for stem in ISIC_STEMS[:3]:
+        image, mask = _isic(stem)
+        items.append((image, [recist_from_mask(mask)]))
+    grey = cv2.cvtColor(items[0][0], cv2.COLOR_RGB2GRAY)
+    items.append((grey, [Recist([[30, 30], [30, 90]], [[15, 60], [45, 60]]),
+                         Recist([[200, 150], [240, 190]], [[230, 160], [210, 180]])]))
+    many = tiny.segment_many(items)
+    assert [len(m) for m in many] == [1, 1, 1, 2]
+    for (image, recists), got in zip(items, many):
+        for a, b in zip(got, tiny.segment(image, recists)):
+            assert a.offset == b.offset
+            np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
+            assert a.cluster == b.cluster
+    bad = Recist([[50, 30], [50, 70]], [[40, 100], [60, 100]])
+    with pytest.raises(RecistError, match="image 2: RECIST 1 of 1"):
+        tiny.segment_many([items[0], (items[1][0], [bad])])
+
+
 def test_grey_image_and_tta_flip_equivariance(tiny):
     image, _ = _isic("ISIC_0000000")
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)

@@ -247,16 +247,36 @@ def test_cancel_keeps_finished_outputs(dataset, predictor, tmp_path):
 
     def progress(event):
         events.append(event)
-        if event.done == 2:
+        if event.done >= 2:
             token.cancel()
 
-    report = run_segment(dataset, out, predictor=predictor, progress=progress, cancel=token)
+    # batch_size=2: images are read and segmented two lesions at a time, so the
+    # cancel lands between chunks
+    report = run_segment(dataset, out, predictor=predictor, progress=progress, cancel=token,
+                         batch_size=2)
     assert report.cancelled and report.exit_code == 130
-    assert report.processed == 2
+    assert 1 <= report.processed < 4
     done = sorted(p.name for p in out.glob("ISIC_*.png"))
-    assert done == ["ISIC_0000000.png", "ISIC_0000001.png"]
-    assert len(_rows(out)) == 2
+    assert len(done) == report.processed
+    assert sorted(Path(r["image"]).stem + ".png" for r in _rows(out)) == done
     assert events[-1].total == 5 and events[0].eta is not None
+    # resuming finishes the rest
+    again = run_segment(dataset, out, predictor=predictor)
+    assert again.skipped == report.processed and again.processed == 4 - report.processed
+    assert len(_rows(out)) == 4
+
+
+def test_chunked_bulk_run_equals_image_by_image(dataset, predictor, tmp_path):
+    a = run_segment(dataset, tmp_path / "a", predictor=predictor, batch_size=32)
+    b = run_segment(dataset, tmp_path / "b", predictor=predictor, batch_size=1)
+    assert a.processed == b.processed == 4
+    for stem in STEMS:
+        ma = np.asarray(Image.open(tmp_path / "a" / f"{stem}.png"))
+        mb = np.asarray(Image.open(tmp_path / "b" / f"{stem}.png"))
+        assert np.mean(ma != mb) < 1e-3
+    ra, rb = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    assert [r["image"] for r in ra] == [r["image"] for r in rb]
+    assert [r["cluster"] for r in ra] == [r["cluster"] for r in rb]
 
 
 def test_volume_outputs_nifti_on_the_right_slices(predictor, tmp_path):
