@@ -8,8 +8,9 @@ masks, reports the mean / median Dice against the expert masks of:
 - ``recist_postprocess``: with component selection + hole filling;
 - ``recist_tta``: with horizontal-flip test-time augmentation;
 - ``click_deep`` / ``click_centroid``: ``segment_click`` from one click at the point
-  deepest inside the expert mask / at its centroid (``refine`` off, the default);
-- ``click_deep_refine``: click with the extra refinement pass.
+  deepest inside the expert mask / at its centroid (with the refinement pass, the
+  default);
+- ``click_deep_norefine``: click without the refinement pass.
 
 Optionally (``--lits``) the same with/without post-processing comparison per LiTS
 tumour (RECIST per connected tumour component, every other slice).
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     predictor, model_info = load_predictor(args.model, "cpu")
     stems, where = test_stems(predictor, args.n)
     variants = ["recist", "recist_postprocess", "recist_tta", "click_deep", "click_centroid",
-                "click_deep_refine"]
+                "click_deep_norefine"]
     scores: dict[str, list[float]] = {k: [] for k in variants}
     click_fail = {k: 0 for k in variants if k.startswith("click")}
     pp_changed = 0
@@ -103,9 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
         rows, cols = np.nonzero(gt)
         centroid = (float(rows.mean()), float(cols.mean()))
         for key, point, refine in (
-            ("click_deep", deep, False),
-            ("click_centroid", centroid, False),
-            ("click_deep_refine", deep, True),
+            ("click_deep", deep, True),
+            ("click_centroid", centroid, True),
+            ("click_deep_norefine", deep, False),
         ):
             try:
                 res = predictor.segment_click(image, point, refine=refine)
