@@ -11,10 +11,10 @@ never copied, so memory is bounded by the crop, not the image.
 The mask is the probability above ``config.threshold`` (0.5). Optional post-processing
 (``postprocess=True``) keeps the lesion the RECIST points at (the connected component
 containing the crossing point of the axes, else the largest component overlapping the
-RECIST quadrilateral) and fills holes. It is off by default because it changed no
-lesion's Dice on 200 held-out ISIC images nor on 253 LiTS tumours (the network already
-returns one filled blob; ``benchmarks/README.md``); click mode always applies it, since
-a click is a weaker prompt.
+RECIST quadrilateral) and fills holes. It is off by default because it changed no mask
+of 200 held-out ISIC images and one of 254 LiTS tumours (the network already returns
+one filled blob; ``benchmarks/README.md``); click mode always applies it, since a click
+is a weaker prompt.
 
 Examples
 --------
