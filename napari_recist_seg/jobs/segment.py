@@ -596,6 +596,11 @@ def run_segment(
             if not chunk:
                 continue
             for loaded, results in zip(chunk, _segment_chunk(chunk, predictor, batch_size)):  # type: ignore[arg-type]
+                # Cancel takes effect between images, also inside a chunk: the rest of
+                # the chunk is left unwritten and a later run resumes from there.
+                if cancel is not None and cancel.cancelled:
+                    report.cancelled = True
+                    break
                 item = loaded.item
                 if isinstance(results, BaseException):
                     failed(item, results)

@@ -136,7 +136,9 @@ def test_cancel_keeps_finished_outputs_and_next_run_resumes(widget, qtbot, datas
 
         def progress(event):
             forward(event)
-            if event.done >= 1 and panel.cancel_token is not None:
+            # Bad files are reported while a chunk is read, before any image is written.
+            written = event.done >= 1 and not event.message.startswith("failed")
+            if written and panel.cancel_token is not None:
                 panel.cancel_token.cancel()
 
         return progress
