@@ -50,6 +50,7 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from napari_recist_seg.jobs.segment import MEASUREMENT_COLUMNS
 from napari_recist_seg.recist import (
     MIN_AXIS_LENGTH_PX,
     Recist,
@@ -1450,25 +1451,9 @@ def export_masks(
     return target
 
 
-MEASUREMENT_FIELDS: tuple[str, ...] = (
-    "image",
-    "lesion",
-    "slice",
-    "cluster",
-    "confidence",
-    "area_px",
-    "area_mm2",
-    "long_px",
-    "short_px",
-    "long_mm",
-    "short_mm",
-    "measured_long_px",
-    "measured_short_px",
-    "measured_long_mm",
-    "measured_short_mm",
-    "status",
-    "committed",
-)
+# The bulk job's measurements.csv columns, plus the annotator's per-lesion state, so a
+# table exported from the viewer reads like one written by `recist-seg segment`.
+MEASUREMENT_FIELDS: tuple[str, ...] = MEASUREMENT_COLUMNS + ("status", "committed")
 
 
 def export_measurements(
