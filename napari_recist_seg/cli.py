@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
-    progress = _StderrProgress(args.quiet)
+    progress = _StderrProgress(getattr(args, "quiet", False))
     report: JobReport
     if args.command == "targets":
         from napari_recist_seg.jobs.targets import run_targets

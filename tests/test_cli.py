@@ -22,3 +22,21 @@ def test_unknown_option_exits_2(capsys):
         assert exc.code == 2
     else:
         raise AssertionError("argparse should have refused a missing --out")
+
+
+def test_view_opens_napari_with_the_annotator_and_sample(monkeypatch):
+    """`recist-seg view` (the README's run command) opens the sample and docks the widget."""
+    import napari
+
+    from napari_recist_seg import _launch
+
+    calls = {}
+
+    def fake_open_viewer(paths, *, sample=None, widgets=(), run=True):
+        calls.update(paths=list(paths), sample=sample, widgets=list(widgets))
+        return None
+
+    monkeypatch.setattr(_launch, "open_viewer", fake_open_viewer)
+    assert main(["view"]) == 0
+    assert calls == {"paths": [], "sample": "dermoscopy", "widgets": ["RECIST annotator"]}
+    assert napari  # the napari layer is importable where the CLI runs it
