@@ -51,6 +51,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import numpy as np
 
 from napari_recist_seg.jobs.segment import MEASUREMENT_COLUMNS
+from napari_recist_seg.predict import LesionResult, measure_mask
 from napari_recist_seg.recist import (
     MIN_AXIS_LENGTH_PX,
     Recist,
@@ -163,31 +164,8 @@ class Segmenter(Protocol):
     def segment(self, image: np.ndarray, recists: Sequence[Recist]) -> list[Any]: ...
 
 
-@dataclass
-class ShapeResult:
-    """A segmenter result (same fields as ``predict.LesionResult``) for shape targets."""
-
-    recist: Recist
-    offset: tuple[int, int]
-    mask: np.ndarray
-    probability: np.ndarray
-    cluster: int | None = None
-    confidence: float | None = None
-    measured: Recist | None = None
-
-    @property
-    def area_px(self) -> int:
-        return int(np.count_nonzero(self.mask))
-
-    def paste_into(self, labels: np.ndarray, value: int) -> None:
-        r0, c0 = self.offset
-        h, w = self.mask.shape
-        labels[r0 : r0 + h, c0 : c0 + w][self.mask] = value
-
-    def full_mask(self, shape: Sequence[int]) -> np.ndarray:
-        out = np.zeros(tuple(shape)[:2], bool)
-        self.paste_into(out, True)  # type: ignore[arg-type]
-        return out
+# Shape segmenters return the predictor's result type, so the annotator handles one kind.
+ShapeResult = LesionResult
 
 
 def _plane(image: np.ndarray, recist: Recist) -> np.ndarray:
@@ -200,16 +178,6 @@ def _plane(image: np.ndarray, recist: Recist) -> np.ndarray:
             "no slice index"
         )
     return image
-
-
-def _measure(mask: np.ndarray, offset: tuple[int, int], recist: Recist) -> Recist | None:
-    if not mask.any():
-        return None
-    try:
-        m = recist_from_mask(mask, spacing=recist.spacing, slice_index=recist.slice_index)
-    except RecistError:
-        return None
-    return m.transformed((-offset[0], -offset[1]), 1.0)  # type: ignore[union-attr]
 
 
 class ShapeSegmenter:
@@ -272,7 +240,7 @@ class ShapeSegmenter:
             offset=offset,
             mask=mask,
             probability=mask.astype(np.float32),
-            measured=_measure(mask, offset, recist),
+            measured=measure_mask(mask, offset, recist),
         )
 
     def segment(self, image: np.ndarray, recists: Sequence[Recist]) -> list[ShapeResult]:

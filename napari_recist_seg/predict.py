@@ -63,7 +63,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 # A click candidate whose mean probability on its crop border exceeds this leaks out
 # of its crop: the lesion is larger than the crop.
 _CLICK_BORDER_LIMIT = 0.05
-#: Masks with more pixels are measured on a decimated grid (see ``_measure``).
+#: Masks with more pixels are measured on a decimated grid (see ``measure_mask``).
 MEASURE_MAX_PIXELS = 1 << 20
 
 _STRUCT8 = np.ones((3, 3), bool)
@@ -244,7 +244,7 @@ def _sigmoid_inplace(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _measure(mask: np.ndarray, offset: tuple[int, int], recist: Recist) -> Recist | None:
+def measure_mask(mask: np.ndarray, offset: tuple[int, int], recist: Recist) -> Recist | None:
     """RECIST measured on a crop mask, in image coordinates (``None`` if degenerate).
 
     Masks larger than :data:`MEASURE_MAX_PIXELS` are measured on every ``f``-th row
@@ -568,7 +568,7 @@ class Predictor:
             cluster = int(np.argmax(cluster_probs))
             confidence = float(cluster_probs[cluster])
         offset = (int(offset[0]), int(offset[1]))
-        return LesionResult(r, offset, mask, prob, cluster, confidence, _measure(mask, offset, r))
+        return LesionResult(r, offset, mask, prob, cluster, confidence, measure_mask(mask, offset, r))
 
     def _prompts(self, arr: np.ndarray, recists: Sequence[Recist], where: str = "") -> list[Recist]:
         """Validate and snap the RECIST of one image; RecistError names which one."""
