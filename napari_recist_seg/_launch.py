@@ -31,6 +31,8 @@ def open_viewer(
         viewer.open(str(path))
     for name in widgets:
         viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    # Docking shrinks the canvas: fit the data to what is left of it.
+    viewer.reset_view()
     if run:
         napari.run()
     return viewer
