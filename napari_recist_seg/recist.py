@@ -22,8 +22,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "FEATURE_NAMES",
@@ -389,54 +389,54 @@ def snap(recist: Recist, *, tolerance: float = CROSSING_TOLERANCE) -> Recist:
     return out
 
 
-def _rc_points(mask: np.ndarray) -> np.ndarray:
-    rows, cols = np.nonzero(mask)
-    return np.column_stack([rows, cols]).astype(float)
+def _hull_points(comp: np.ndarray) -> np.ndarray:
+    """Convex hull vertices ``(N, 2)`` (row, col) of one 8-connected component.
 
-
-def _boundary_points(mask: np.ndarray) -> np.ndarray:
-    interior = ndimage.binary_erosion(mask, structure=np.ones((3, 3), bool), border_value=0)
-    return _rc_points(mask & ~interior)
+    The hull of a pixel set is the hull of its outer contour, so tracing the contour
+    (OpenCV, 8-connected) and taking its integer hull is exact and needs no
+    per-pixel work beyond the trace.
+    """
+    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    xy = np.vstack([c.reshape(-1, 2) for c in contours])
+    if len(xy) > 2:
+        xy = cv2.convexHull(xy).reshape(-1, 2)
+    return xy[:, ::-1].astype(float)
 
 
 def _max_feret_pair(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The two points farthest apart (exact: over the convex hull vertices)."""
-    if len(points) > 3:
-        try:
-            from scipy.spatial import ConvexHull
-
-            hull = points[ConvexHull(points).vertices]
-        except Exception:  # collinear or too few points: hull is undefined
-            hull = points
-    else:
-        hull = points
+    """The two hull points farthest apart (exact: all pairs of hull vertices)."""
     # Hulls of pixel masks are small (a few hundred vertices): all pairs is exact and fast.
-    diff = hull[:, None, :] - hull[None, :, :]
+    diff = points[:, None, :] - points[None, :, :]
     d2 = np.einsum("ijk,ijk->ij", diff, diff)
     i, j = np.unravel_index(int(np.argmax(d2)), d2.shape)
-    a, b = hull[i], hull[j]
+    a, b = points[i], points[j]
     # A stable orientation: first endpoint is the upper (then left) one.
     if (b[0], b[1]) < (a[0], a[1]):
         a, b = b, a
     return a, b
 
 
-def _recist_from_points(
-    points: np.ndarray, boundary: np.ndarray, spacing: tuple[float, float] | None,
+def _recist_of_component(
+    comp: np.ndarray, offset: tuple[int, int], spacing: tuple[float, float] | None,
     slice_index: int | None,
 ) -> Recist:
-    a, b = _max_feret_pair(boundary)
+    """RECIST of one component (``uint8`` 0/1 crop whose corner is at ``offset``)."""
+    a, b = _max_feret_pair(_hull_points(comp))
     length = float(np.linalg.norm(b - a))
     if length < MIN_AXIS_LENGTH_PX:
         raise RecistError("the lesion is a single pixel; it has no measurable axes")
     d = (b - a) / length
     normal = np.array([-d[1], d[0]])
-    rel = points - a
-    s = rel @ d
-    p = rel @ normal
+    rows, cols = np.nonzero(comp)
+    # Coordinates along (s) and across (p) the long axis, without an (N, 2) matrix.
+    rr = rows - a[0]
+    cc = cols - a[1]
+    s = rr * d[0] + cc * d[1]
+    p = rr * normal[0] + cc * normal[1]
     # Slabs one pixel wide across the long axis; the widest slab gives the short axis.
     bins = np.round(s).astype(np.int64)
-    bins -= bins.min()
+    bin0 = int(bins.min())
+    bins -= bin0
     pmin = np.full(bins.max() + 1, np.inf)
     pmax = np.full(bins.max() + 1, -np.inf)
     np.minimum.at(pmin, bins, p)
@@ -450,11 +450,12 @@ def _recist_from_points(
     # Below the minimum axis length the result would fail ``validate``: a line, not a lesion.
     if width[k] < MIN_AXIS_LENGTH_PX:
         raise RecistError("the lesion is a thin line; it has no measurable short axis")
-    s_k = float(np.clip(k + np.round(s).min(), 0.0, length))
+    s_k = float(np.clip(k + bin0, 0.0, length))
     base = a + s_k * d
     lo, hi = min(float(pmin[k]), 0.0), max(float(pmax[k]), 0.0)
     short = np.vstack([base + lo * normal, base + hi * normal])
-    return Recist(np.vstack([a, b]), short, slice_index=slice_index, spacing=spacing)
+    shift = np.asarray(offset, dtype=float)
+    return Recist(np.vstack([a, b]) + shift, short + shift, slice_index=slice_index, spacing=spacing)
 
 
 def recist_from_mask(
@@ -506,26 +507,23 @@ def recist_from_mask(
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise RecistError(f"mask must be 2D (rows, cols); got shape {mask.shape}")
-    mask = mask.astype(bool)
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if n == 0:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (mask != 0).view(np.uint8), connectivity=8, ltype=cv2.CV_32S
+    )
+    if n <= 1:
         raise RecistError("the mask is empty")
-    areas = np.bincount(labels.ravel())[1:]
+    areas = stats[1:, cv2.CC_STAT_AREA]
     order = [int(i) + 1 for i in np.argsort(-areas, kind="stable") if areas[i] >= min_area]
     if not order:
         raise RecistError(f"the mask has no component of at least {min_area} pixels")
     if not per_component:
         order = order[:1]
     results: list[Recist] = []
-    objects = ndimage.find_objects(labels)
     for lab in order:
-        sl = objects[lab - 1]
-        comp = labels[sl] == lab
-        offset = np.array([sl[0].start, sl[1].start], dtype=float)
-        pts = _rc_points(comp) + offset
-        boundary = _boundary_points(comp) + offset
+        c0, r0, w, h = (int(v) for v in stats[lab, :4])
+        comp = (labels[r0 : r0 + h, c0 : c0 + w] == lab).view(np.uint8)
         try:
-            results.append(_recist_from_points(pts, boundary, spacing, slice_index))
+            results.append(_recist_of_component(comp, (r0, c0), spacing, slice_index))
         except RecistError:
             if not per_component:
                 raise
