@@ -535,12 +535,17 @@ def _all_any(flag: bool, d: _Dist, device: str) -> bool:
 def _resolve_clusters(
     cfg: TrainConfig, train_recists: list[Recist], init: ClusterModel | None
 ) -> ClusterModel | None:
-    if cfg.mode != "a1l":
-        return None
+    # A1 fits them too: it has no cluster head, but the checkpoint keeps the clusters
+    # so that inference can still name the RECIST shape cluster (from the RECIST alone).
     if init is not None:
         return init
     feats = recist_features(train_recists)
-    return ClusterModel.fit(feats, cfg.n_clusters, seed=cfg.seed)
+    if cfg.mode == "a1l":
+        return ClusterModel.fit(feats, cfg.n_clusters, seed=cfg.seed)
+    try:
+        return ClusterModel.fit(feats, cfg.n_clusters, seed=cfg.seed)
+    except ValueError:  # too few shapes to cluster: A1 trains without them
+        return None
 
 
 def _write_log(out_dir: Path, doc: dict[str, Any]) -> None:
@@ -673,6 +678,8 @@ def _train(
             torch.manual_seed(cfg.seed)
             model = build_model(mcfg)
     pcfg = mcfg.preprocess
+    # Cluster labels are training targets only for the cluster head (A1+L).
+    aux_clusters = clusters if mcfg.has_aux else None
 
     # -- prepare (weak targets once per sample); every rank prepares all train items
     # (cheap next to training) but only rank 0 the validation items.
@@ -687,7 +694,7 @@ def _train(
             break
         s = samples[i]
         label = -1
-        if clusters is not None:
+        if aux_clusters is not None:
             label = int(clusters.predict(shape_features(s.recist))[0])
         try:
             prep, val = _prepare_one(s, pcfg, cfg.target, is_val[i], label, image_cache)
@@ -712,7 +719,7 @@ def _train(
 
         net = DDP(model, device_ids=[d.local_rank] if device.startswith("cuda") else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    dataset = _TrainSet(prepared, cfg, pcfg, clusters)
+    dataset = _TrainSet(prepared, cfg, pcfg, aux_clusters)
     sampler: Any = None
     if d.world > 1:
         sampler = torch.utils.data.distributed.DistributedSampler(

@@ -43,6 +43,7 @@ def test_core_does_not_import_qt_or_napari():
         "import napari_recist_seg.jobs.segment, napari_recist_seg.jobs.evaluate, napari_recist_seg.jobs.train\n"
         "import napari_recist_seg.predict, napari_recist_seg.training, napari_recist_seg.model\n"
         "import napari_recist_seg.clusters, napari_recist_seg.preprocess, napari_recist_seg.data\n"
+        "import napari_recist_seg.runtime\n"
         "import napari_recist_seg.annotation, napari_recist_seg.curation\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6')]\n"
         "assert not bad, bad\n"

@@ -164,6 +164,31 @@ def test_cluster_from_aux_head_and_none_for_a1(tiny, tmp_path):
     assert res_a1.cluster is None and res_a1.confidence is None
 
 
+def test_a1_with_clusters_names_the_recist_shape_cluster(tmp_path):
+    """An A1 checkpoint that carries the RECIST clusters assigns them from the shape."""
+    from napari_recist_seg.recist import shape_features
+
+    image, mask = _isic("ISIC_0000008")
+    r = recist_from_mask(mask)
+    f = shape_features(r)
+    # Two centres in standardised space (mean 0, scale 1): one on this RECIST, one
+    # 2 units away along the aspect feature -> squared distances 0 and 4.
+    far = f.copy()
+    far[2] += 2.0
+    clusters = ClusterModel(np.stack([far, f]), np.zeros(f.size), np.ones(f.size))
+    cfg = ModelConfig(mode="a1", input_size=64, decoder_channels=32)
+    a1 = Predictor.load(
+        save_checkpoint(tmp_path / "a1c", build_model(cfg), cfg, clusters), device="cpu"
+    )
+    snapped = a1.segment(image, [r])[0].recist
+    d2 = ((shape_features(snapped)[None] - clusters.centers) ** 2).sum(1)
+    expected = np.exp(-0.5 * d2) / np.exp(-0.5 * d2).sum()
+    [res] = a1.segment(image, [r])
+    assert res.cluster == 1
+    np.testing.assert_allclose(res.confidence, expected[1], rtol=1e-9)
+    assert res.confidence == pytest.approx(1 / (1 + np.exp(-2.0)), abs=0.02)
+
+
 def test_batched_equals_one_by_one(tiny):
     image, mask = _isic("ISIC_0000013")
     base = recist_from_mask(mask)
@@ -478,10 +503,19 @@ def test_optimized_network_gives_the_eager_results(tmp_path, mode):
     fast = Predictor.load(ckpt, device="cpu")
     eager = Predictor.load(ckpt, device="cpu", optimize=False)
     assert fast.optimized and not eager.optimized
+    assert fast.backend == "onnxruntime" and eager.backend == "eager"
     image, mask = _isic("ISIC_0000003")
     recists = [recist_from_mask(mask), Recist([[20, 20], [20, 60]], [[10, 40], [32, 40]])]
-    for a, b in zip(fast.segment(image, recists), eager.segment(image, recists)):
+    traced = Predictor.load(ckpt, device="cpu", backend="torchscript")
+    assert traced.backend == "torchscript"
+    expected = eager.segment(image, recists)
+    for other in (fast, traced):
+        for a, b in zip(other.segment(image, recists), expected):
+            np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
+            assert a.cluster == b.cluster
+            if a.confidence is not None:
+                assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
+    # Batched (dynamic batch axis) and test-time augmentation go through the same runner.
+    many = fast.segment(image, recists * 3, tta=True)
+    for a, b in zip(many, eager.segment(image, recists * 3, tta=True)):
         np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
-        assert a.cluster == b.cluster
-        if a.confidence is not None:
-            assert a.confidence == pytest.approx(b.confidence, abs=1e-4)
