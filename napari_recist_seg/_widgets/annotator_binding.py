@@ -50,6 +50,10 @@ COLOURS = {
     "committed": "#30d158",  # green: locked
 }
 
+# New lines get their axis colours once the worker is done, or after this long when the
+# model is slow (recolouring refreshes the layer: it would slow the worker on 2 cores).
+COLOUR_DELAY_MS = 150
+
 FEATURE_DEFAULTS = {"line_id": -1, "lesion": -1, "axis": "", "label": "", "state": "open"}
 
 
@@ -138,6 +142,7 @@ class ImageBinding(QObject):
             quick_ratio=quick_ratio,
         )
         self._writing = 0
+        self._colours_stale = False
         self._sync_scheduled = False
         self._click_scheduled = False
         self._pending: dict[Any, SegmentRequest | ClickRequest] = {}
@@ -369,7 +374,12 @@ class ImageBinding(QObject):
             # through the event loop, after this returns).
             self.enqueue(out.segment)
         if out.rewrite or out.changed:
-            self._write_shapes()
+            # Line ids and lengths now (the next sync reads them); the line colours, a
+            # napari refresh that would compete with the worker for the CPU, once the
+            # worker is done (or after COLOUR_DELAY_MS if it is slow).
+            self._write_shapes(colours=not out.segment)
+            if out.segment:
+                self._schedule_colours()
         for lesion_id, box in out.clear:
             self._clear_mask(lesion_id, box)
         for msg in out.messages:
@@ -377,7 +387,18 @@ class ImageBinding(QObject):
         if out.changed or out.clear or out.messages:
             self.changed.emit()
 
-    def _write_shapes(self) -> None:
+    def _schedule_colours(self) -> None:
+        if not self._colours_stale:
+            self._colours_stale = True
+            QTimer.singleShot(COLOUR_DELAY_MS, self._write_colours)
+
+    def _write_colours(self) -> None:
+        if self._colours_stale and self.alive():
+            self._write_shapes()
+
+    def _write_shapes(self, colours: bool = True) -> None:
+        if colours:
+            self._colours_stale = False
         views = self.session.layer_lines()
         current = self.shapes.data
         feats = self.shapes.features
@@ -414,8 +435,13 @@ class ImageBinding(QObject):
             )
             if not unchanged or not same:
                 self.shapes.features = table
-                self.shapes.feature_defaults = FEATURE_DEFAULTS
-            if views:
+                defaults = self.shapes.feature_defaults
+                if any(
+                    k not in defaults.columns or defaults[k].iloc[0] != v
+                    for k, v in FEATURE_DEFAULTS.items()
+                ):
+                    self.shapes.feature_defaults = FEATURE_DEFAULTS
+            if views and colours:
                 colours = np.asarray(
                     [transform_color(_line_colour(v.axis, v.state))[0] for v in views]
                 )
@@ -486,6 +512,7 @@ class ImageBinding(QObject):
         if self._pending:
             self.kick()
         else:
+            self._write_colours()
             self.busy_changed.emit(False)
 
     def _on_worker_error(self, exc: BaseException) -> None:

@@ -200,6 +200,25 @@ def test_second_line_snaps_and_a_longer_one_swaps(qtbot, viewer, grey):
     assert widget.last_message.startswith("lesion 1: L 120.0 × W 40.0 px; mask L ")
 
 
+def test_line_colours_follow_the_axes_after_segmentation_or_a_slow_model(qtbot, viewer, grey):
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    from napari_recist_seg._widgets.annotator_binding import COLOURS
+
+    long_c, short_c = (transform_color(COLOURS[k])[0] for k in ("long", "short"))
+    gate = threading.Event()
+    widget, b = annotator(viewer, grey, Counting(gate=gate))
+    b.shapes.add_lines([LONG1, SHORT1])
+    # The model is still running (gated): the colours come anyway, after a short delay.
+    qtbot.waitUntil(lambda: np.allclose(np.asarray(b.shapes.edge_color), [long_c, short_c]), timeout=3000)
+    assert widget.busy
+    gate.set()
+    idle(qtbot, widget)
+    b.shapes.add_lines([LONG2, SHORT2])
+    idle(qtbot, widget)  # a fast model: recoloured when the worker finishes
+    np.testing.assert_allclose(np.asarray(b.shapes.edge_color), [long_c, short_c] * 2)
+
+
 def test_lengths_in_mm_from_the_image_scale(qtbot, viewer, grey):
     widget, b = annotator(viewer, grey, scale=(0.5, 0.5))
     b.shapes.add_lines([LONG1, SHORT1])
