@@ -85,6 +85,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     import napari
+    from qtpy.QtCore import QEventLoop, QTimer
     from qtpy.QtWidgets import QApplication
 
     from napari_recist_seg._widgets.annotator import AnnotatorWidget
@@ -108,11 +109,36 @@ def main() -> None:
     b = widget.binding
 
     def pump(until, timeout=30.0):
-        t0 = time.perf_counter()
-        while not until():
-            app.processEvents()
-            if time.perf_counter() - t0 > timeout:
-                raise TimeoutError("no mask within 30 s")
+        """Run a real Qt event loop (as napari's does) until ``until()`` holds.
+
+        Not a busy ``processEvents`` loop: spinning the GUI thread would hold the GIL
+        and a core that the segmentation worker needs, and measure the spinning. The
+        loop sleeps until events arrive; the condition is checked on every layer or
+        session change and by a 20 ms safety timer.
+        """
+        if until():
+            return
+        loop = QEventLoop()
+        deadline = time.perf_counter() + timeout
+
+        def check(*_args):
+            if until() or time.perf_counter() > deadline:
+                loop.quit()
+
+        timer = QTimer()
+        timer.setInterval(20)
+        timer.timeout.connect(check)
+        b.labels.events.labels_update.connect(check)
+        b.changed.connect(check)
+        timer.start()
+        try:
+            loop.exec_()
+        finally:
+            timer.stop()
+            b.labels.events.labels_update.disconnect(check)
+            b.changed.disconnect(check)
+        if not until():
+            raise TimeoutError(f"condition not met within {timeout} s")
 
     # When the mask lands in the Labels layer (data and texture updated): napari's
     # labels_update event, fired by the paste. Stamped in the callback, because the

@@ -90,7 +90,7 @@ def _describe(p) -> dict:
         "input_size": c.input_size,
         "recist_channel": c.recist_channel,
         "n_clusters": c.n_clusters,
-        "optimized": p.optimized,
+        "backend": p.backend,
     }
 
 
@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--click-runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--eager", action="store_true",
-                        help="run the eager network (Predictor optimize=False)")
+    parser.add_argument("--backend", choices=["auto", "onnxruntime", "torchscript", "eager"],
+                        default="auto", help="how the network runs (default: fastest that agrees)")
     args = parser.parse_args(argv)
 
     import torch
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     recist = recist_from_mask(mask)
     t_load = time.perf_counter()
     predictor, model_info = load_predictor(
-        args.model, args.device, **({"optimize": False} if args.eager else {})
+        args.model, args.device, **({} if args.backend == "auto" else {"backend": args.backend})
     )
     load_s = time.perf_counter() - t_load
 

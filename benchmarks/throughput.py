@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
-    parser.add_argument("--eager", action="store_true",
-                        help="run the eager network (Predictor optimize=False)")
+    parser.add_argument("--backend", choices=["auto", "onnxruntime", "torchscript", "eager"],
+                        default="auto", help="how the network runs (default: fastest that agrees)")
     args = parser.parse_args(argv)
 
     import torch
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         n_lesions = make_dataset(tmp / "ds", args.n, args.offset)
         t0 = time.perf_counter()
         predictor, model_info = load_predictor(
-            args.model, args.device, **({"optimize": False} if args.eager else {})
+            args.model, args.device, **({} if args.backend == "auto" else {"backend": args.backend})
         )
         load_s = time.perf_counter() - t0
         # Warm up the lazily initialised kernels on a separate, tiny run.
