@@ -277,9 +277,11 @@ def load_segmenter(choice: str, path: str | os.PathLike[str] | None = None, devi
 
 
 def segmenter_device(segmenter: Any) -> str:
-    """A short device description of a segmenter (``'cpu'``, ``'cuda:0'``...)."""
+    """A short device description of a segmenter (``'cpu (onnxruntime)'``, ``'cuda:0'``...)."""
     dev = getattr(segmenter, "device", None)
-    return "cpu" if dev is None else str(dev)
+    dev = "cpu" if dev is None else str(dev)
+    backend = getattr(segmenter, "backend", None)
+    return f"{dev} ({backend})" if isinstance(backend, str) and backend != "eager" else dev
 
 
 def segmenter_name(segmenter: Any) -> str:
