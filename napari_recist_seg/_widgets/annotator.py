@@ -164,6 +164,7 @@ class AnnotatorWidget(QWidget):
             self.set_segmenter(ann.ShapeSegmenter("ellipse"), choice="ellipse")
             self._say("the default model is not installed: using the ellipse (no model)")
         self._refresh_images()
+        self._adopt_annotated()
         if self.viewer.layers.selection.active is not None:
             self._follow_active()
 
@@ -315,6 +316,19 @@ class AnnotatorWidget(QWidget):
                     self.image_combo.setCurrentIndex(idx)
         finally:
             self._updating = False
+
+    def _adopt_annotated(self) -> None:
+        """Bind every image that already has RECIST lines (a sample, a RECIST CSV opened
+        before the dock): all their masks appear, not only the selected image's."""
+        from napari.layers import Shapes
+
+        for layer in self._image_layers():
+            if self.binding_for(layer) is not None:
+                continue
+            name = f"{layer.name}{RECIST_SUFFIX}"
+            lines = self.viewer.layers[name] if name in self.viewer.layers else None
+            if isinstance(lines, Shapes) and len(lines.data):
+                self.bind(layer, activate=False)
 
     def _on_layer_removed(self, event: Any) -> None:
         for key, binding in list(self.bindings.items()):

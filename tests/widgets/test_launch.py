@@ -15,10 +15,15 @@ def test_open_viewer_with_dermoscopy_sample(qtbot):
         docks = [name for name in viewer.window.dock_widgets]
         assert any("RECIST annotator" in name for name in docks), docks
 
+        images = [n for n in names if n.startswith("ISIC_") and " " not in n]
+        assert len(images) == 4, names
+
         def masks_shown() -> bool:
-            return any(
-                n.endswith(" lesions") and np.asarray(viewer.layers[n].data).any()
-                for n in (layer.name for layer in viewer.layers)
+            # Every sample image gets its masks on opening, not only the selected one.
+            return all(
+                f"{n} lesions" in viewer.layers
+                and np.asarray(viewer.layers[f"{n} lesions"].data).any()
+                for n in images
             )
 
         qtbot.waitUntil(masks_shown, timeout=60000)
