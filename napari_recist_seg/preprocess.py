@@ -245,10 +245,13 @@ def extract_crop(
     region = np.asarray(image_plane[rs, cs])
     if region.dtype == bool:
         region = region.astype(np.uint8)
-    region = region.astype(np.float32, copy=False)
     top, left = rs.start - box.row0, cs.start - box.col0
     bottom = box.side - top - region.shape[0]
     right = box.side - left - region.shape[1]
+    padded = bool(top or left or bottom or right)
+    if padded and region.size and box.side > BIG_BOX_FACTOR * size:
+        return _sample_padded(region, top, left, box.side, size, pad_mode)
+    region = region.astype(np.float32, copy=False)
     if region.size == 0:
         # The box misses the image entirely: nothing to replicate.
         shape = (box.side, box.side) + region.shape[2:]
@@ -259,6 +262,31 @@ def extract_crop(
     if region.shape[0] != size:
         region = cv2.resize(region, (size, size), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(region, dtype=np.float32)
+
+
+# Boxes this many times the network input that reach outside the image are sampled
+# straight from the image instead of padded at full resolution first: a lesion larger
+# than a 3000 x 2000 photo makes a 5000+ px box, 300+ MB as a padded float copy.
+BIG_BOX_FACTOR = 4
+
+
+def _sample_padded(
+    region: np.ndarray, top: int, left: int, side: int, size: int, pad_mode: str
+) -> np.ndarray:
+    """What padding ``region`` to ``side`` and resizing to ``size`` gives, without the
+    padded copy: bilinear sampling at the same positions as ``cv2.resize`` (pixel
+    centre ``(o + 0.5) * side / size - 0.5`` of the padded box), with the border rule
+    of the padding (interpolation weights in 1/32 px steps, OpenCV's warp tables)."""
+    if region.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+        region = region.astype(np.float32)
+    k = side / size
+    m = np.array([[k, 0.0, 0.5 * k - 0.5 - left], [0.0, k, 0.5 * k - 0.5 - top]])
+    border = cv2.BORDER_REPLICATE if pad_mode == "edge" else cv2.BORDER_CONSTANT
+    out = cv2.warpAffine(
+        np.ascontiguousarray(region), m, (size, size),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=border, borderValue=0,
+    )
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def normalize_intensity(

@@ -95,6 +95,35 @@ def test_extract_crop_reads_only_the_box():
     assert crop[64, 64, 0] == pytest.approx(200)
 
 
+@needs_isic
+@pytest.mark.parametrize("pad_mode", ["edge", "constant"])
+def test_big_padded_boxes_are_sampled_like_pad_then_resize(pad_mode):
+    img, _ = _isic("ISIC_0000002")
+    box = CropBox(-300, -150, 900)  # 3.5x the image, reaching out on every side
+    got = extract_crop(img, box, 128, pad_mode=pad_mode)
+    border = cv2.BORDER_REPLICATE if pad_mode == "edge" else cv2.BORDER_CONSTANT
+    padded = cv2.copyMakeBorder(
+        img.astype(np.float32), 300, 900 - 300 - 256, 150, 900 - 150 - 256, border, value=0
+    )
+    ref = cv2.resize(padded, (128, 128), interpolation=cv2.INTER_LINEAR)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    # Same sampling positions; the warp rounds its uint8 output (measured: max 0.5,
+    # mean 0.09 grey levels).
+    assert np.abs(got - ref).max() <= 1.0
+    assert np.abs(got - ref).mean() < 0.2
+
+
+def test_a_lesion_bigger_than_a_photo_does_not_pad_at_full_resolution():
+    big = np.full((3000, 2000, 3), 90, np.uint8)
+    box = CropBox(-1500, -2000, 6000)  # a 6000 px box: 432 MB as a padded float copy
+    tracemalloc.start()
+    crop = extract_crop(big, box, 128)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 30_000_000, peak
+    np.testing.assert_allclose(crop, 90.0)
+
+
 def test_grey_and_ct_normalisation():
     cfg = PreprocessConfig(ct_window=(40, 400))
     hu = np.array([[-160.0, 40.0], [240.0, 1000.0]], np.float32)  # window edges -160 .. 240
