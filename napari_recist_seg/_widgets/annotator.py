@@ -61,6 +61,11 @@ SEGMENTER_LABELS = {
 
 # The table / Labels features refresh waits this long (coalescing bursts of results).
 REFRESH_DELAY_MS = 30
+# While a lesion is being segmented the table waits for its mask (one update, with the
+# measurements), at most this long: repainting widgets beside the model slows it.
+BUSY_REFRESH_DELAY_MS = 300
+# "segmenting…" appears only if a run takes longer than this (no flicker per lesion).
+BUSY_LABEL_DELAY_MS = 250
 
 TABLE_HEADERS = ("#", "slice", "L", "W", "L mask", "W mask", "Δ", "area", "cluster", "conf.", "status")
 
@@ -149,8 +154,13 @@ class AnnotatorWidget(QWidget):
         self._colour_by = "lesion"
         self._updating = False
         self._follow_scheduled = False
-        self._refresh_scheduled = False
         self._dirty: set[int] = set()
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.timeout.connect(self._refresh_dirty)
+        self._busy_label_timer = QTimer(self)
+        self._busy_label_timer.setSingleShot(True)
+        self._busy_label_timer.timeout.connect(self._show_busy)
         self.last_message = ""
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._refresh_images)
@@ -436,22 +446,34 @@ class AnnotatorWidget(QWidget):
 
     def _on_busy(self, busy: bool) -> None:
         if busy:
-            self.device_label.setText(self._device_text() + " — segmenting…")
-        else:
+            self._busy_label_timer.start(BUSY_LABEL_DELAY_MS)
+            return
+        self._busy_label_timer.stop()
+        if self.device_label.text() != self._device_text():
             self.device_label.setText(self._device_text())
+        if self._dirty:  # the masks are in: show their rows now
+            self._schedule_refresh(REFRESH_DELAY_MS)
+
+    def _show_busy(self) -> None:
+        if any(b.busy for b in self.bindings.values()):
+            self.device_label.setText(self._device_text() + " — segmenting…")
 
     def _on_binding_changed(self) -> None:
         binding = self.sender()
+        busy = False
         if isinstance(binding, ImageBinding):
             self._dirty.add(id(binding))
-        if not self._refresh_scheduled:
-            # Coalesced and a little later: the table and the Labels features are
-            # bookkeeping, the mask on the canvas comes first.
-            self._refresh_scheduled = True
-            QTimer.singleShot(REFRESH_DELAY_MS, self._refresh_dirty)
+            busy = binding.busy
+        # Coalesced and a little later: the table and the Labels features are
+        # bookkeeping, the mask on the canvas comes first.
+        self._schedule_refresh(BUSY_REFRESH_DELAY_MS if busy else REFRESH_DELAY_MS)
+
+    def _schedule_refresh(self, delay_ms: int) -> None:
+        timer = self._refresh_timer
+        if not timer.isActive() or timer.remainingTime() > delay_ms:
+            timer.start(delay_ms)
 
     def _refresh_dirty(self) -> None:
-        self._refresh_scheduled = False
         dirty, self._dirty = self._dirty, set()
         for binding in self.bindings.values():
             if id(binding) not in dirty or not binding.alive():
@@ -926,7 +948,7 @@ class AnnotatorWidget(QWidget):
         return (
             self._loader is not None
             or self._follow_scheduled
-            or self._refresh_scheduled
+            or self._refresh_timer.isActive()
             or any(b.busy for b in self.bindings.values())
         )
 

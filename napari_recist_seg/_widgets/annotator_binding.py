@@ -54,6 +54,11 @@ COLOURS = {
 # model is slow (recolouring refreshes the layer: it would slow the worker on 2 cores).
 COLOUR_DELAY_MS = 150
 
+# When a pair completes, the canvas waits (at most this long) for its mask, so that one
+# frame shows the lines and the mask. With software OpenGL on 2 cores a repaint takes
+# tens of ms and would run beside the model, slowing both; on a GPU it changes nothing.
+HOLD_CANVAS_MS = 150
+
 FEATURE_DEFAULTS = {"line_id": -1, "lesion": -1, "axis": "", "label": "", "state": "open"}
 
 
@@ -143,6 +148,7 @@ class ImageBinding(QObject):
         )
         self._writing = 0
         self._colours_stale = False
+        self._holding_canvas = False
         self._sync_scheduled = False
         self._click_scheduled = False
         self._pending: dict[Any, SegmentRequest | ClickRequest] = {}
@@ -285,6 +291,7 @@ class ImageBinding(QObject):
     def close(self) -> None:
         """Disconnect from the layers (they stay in the viewer)."""
         self._closed = True
+        self._release_canvas()
         with contextlib.suppress(Exception):
             self.image.events.scale.disconnect(self._on_image_scale)
             self.image.events.translate.disconnect(self._on_image_scale)
@@ -373,6 +380,7 @@ class ImageBinding(QObject):
             # First: the worker computes while the layer is rewritten (results come back
             # through the event loop, after this returns).
             self.enqueue(out.segment)
+            self._hold_canvas()
         if out.rewrite or out.changed:
             # Line ids and lengths now (the next sync reads them); the line colours, a
             # napari refresh that would compete with the worker for the CPU, once the
@@ -386,6 +394,30 @@ class ImageBinding(QObject):
             self.message.emit(msg, True)
         if out.changed or out.clear or out.messages:
             self.changed.emit()
+
+    def _canvas_widget(self) -> Any:
+        """The viewer's canvas widget, or ``None`` (headless, or napari internals moved)."""
+        try:
+            return self.viewer.window._qt_viewer.canvas.native
+        except Exception:  # noqa: BLE001 - only an optimisation: never fail for it
+            return None
+
+    def _hold_canvas(self) -> None:
+        widget = self._canvas_widget()
+        if widget is None or self._holding_canvas:
+            return
+        self._holding_canvas = True
+        widget.setUpdatesEnabled(False)  # repaint requests wait; events still flow
+        QTimer.singleShot(HOLD_CANVAS_MS, self._release_canvas)
+
+    def _release_canvas(self) -> None:
+        if not self._holding_canvas:
+            return
+        self._holding_canvas = False
+        widget = self._canvas_widget()
+        if widget is not None:
+            with contextlib.suppress(RuntimeError):  # the window is already gone
+                widget.setUpdatesEnabled(True)  # and repaints what changed meanwhile
 
     def _schedule_colours(self) -> None:
         if not self._colours_stale:
@@ -513,6 +545,7 @@ class ImageBinding(QObject):
             self.kick()
         else:
             self._write_colours()
+            self._release_canvas()
             self.busy_changed.emit(False)
 
     def _on_worker_error(self, exc: BaseException) -> None:

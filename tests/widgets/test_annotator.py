@@ -219,6 +219,23 @@ def test_line_colours_follow_the_axes_after_segmentation_or_a_slow_model(qtbot, 
     np.testing.assert_allclose(np.asarray(b.shapes.edge_color), [long_c, short_c] * 2)
 
 
+def test_the_canvas_waits_for_a_mask_but_never_long(qtbot, viewer, grey):
+    gate = threading.Event()
+    widget, b = annotator(viewer, grey, Counting(gate=gate))
+    canvas = viewer.window._qt_viewer.canvas.native
+    b.shapes.add_lines([LONG1, SHORT1])
+    assert not canvas.updatesEnabled()  # one frame will show the lines and the mask
+    # A slow model: the canvas repaints anyway after a short hold.
+    qtbot.waitUntil(canvas.updatesEnabled, timeout=2000)
+    assert widget.busy
+    gate.set()
+    idle(qtbot, widget)
+    b.shapes.add_lines([LONG2, SHORT2])
+    idle(qtbot, widget)  # a fast model: released as soon as the mask is in
+    assert canvas.updatesEnabled()
+    np.testing.assert_array_equal(np.asarray(b.labels.data) == 2, ellipse_of(b, 2))
+
+
 def test_lengths_in_mm_from_the_image_scale(qtbot, viewer, grey):
     widget, b = annotator(viewer, grey, scale=(0.5, 0.5))
     b.shapes.add_lines([LONG1, SHORT1])
