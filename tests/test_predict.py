@@ -30,14 +30,8 @@ ISIC = SHARED_DATA / "isic2017_train256"
 LITS = SHARED_DATA / "lits_case117"
 ISIC_STEMS = ["ISIC_0000000", "ISIC_0000001", "ISIC_0000003", "ISIC_0000008", "ISIC_0000013"]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI machine has 2 shared cores; oversubscribed torch threads crawl.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
+# ``tiny`` / ``tiny_ckpt`` (conftest.py): the untrained A1+L model, seed 0.
 
 
 def _isic(stem: str) -> tuple[np.ndarray, np.ndarray]:
@@ -46,27 +40,6 @@ def _isic(stem: str) -> tuple[np.ndarray, np.ndarray]:
     image = np.asarray(Image.open(ISIC / "images" / f"{stem}.jpg").convert("RGB"))
     mask = np.asarray(Image.open(ISIC / "masks" / f"{stem}_segmentation.png")) > 0
     return image, mask
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else 2.0 * np.logical_and(a, b).sum() / s
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    """An untrained A1+L checkpoint (64 px input, K=3)."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(mode="a1l", n_clusters=3, input_size=64, decoder_channels=32)
-    rng = np.random.default_rng(0)
-    clusters = ClusterModel(rng.normal(size=(3, 7)), np.zeros(7), np.ones(7))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", build_model(cfg), cfg, clusters)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_ckpt) -> Predictor:
-    return Predictor.load(tiny_ckpt, device="cpu")
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -388,19 +361,6 @@ def test_postprocess_falls_back_to_the_largest_component_touching_the_recist():
 # -- click mode ------------------------------------------------------------------------
 
 
-class _DarkNet(torch.nn.Module):
-    """Stand-in network: lesion = dark pixels of the crop (ignores the RECIST)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1))
-
-    def forward(self, x):
-        grey = (x[:, :3] * self.std + self.mean).mean(dim=1, keepdim=True)
-        return 40.0 * (0.5 - grey), None
-
-
 def _disk_image(centre=(90, 110), radius=25, shape=(200, 240)):
     rr, cc = np.mgrid[: shape[0], : shape[1]]
     disk = (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
@@ -409,13 +369,12 @@ def _disk_image(centre=(90, 110), radius=25, shape=(200, 240)):
     return image, disk
 
 
-def test_click_finds_the_whole_lesion_and_its_recist():
-    cfg = ModelConfig(mode="a1", input_size=64)
-    predictor = Predictor(_DarkNet(cfg), cfg, None, "cpu")
+def test_click_finds_the_whole_lesion_and_its_recist(make_dark_predictor, dice):
+    predictor = make_dark_predictor(0.5)
     image, disk = _disk_image()
     res = predictor.segment_click(image, (95, 104), spacing=(0.5, 0.5))
     full = res.full_mask(image.shape)
-    assert _dice(full, disk) > 0.95
+    assert dice(full, disk) > 0.95
     assert abs(res.recist.long_length - 50) <= 2.5
     assert res.recist.spacing == (0.5, 0.5)
     # The derived RECIST lies inside the mask.
@@ -425,9 +384,8 @@ def test_click_finds_the_whole_lesion_and_its_recist():
     assert full[cr, cc]
 
 
-def test_click_outside_the_image_or_on_nothing_is_an_error():
-    cfg = ModelConfig(mode="a1", input_size=64)
-    predictor = Predictor(_DarkNet(cfg), cfg, None, "cpu")
+def test_click_outside_the_image_or_on_nothing_is_an_error(make_dark_predictor):
+    predictor = make_dark_predictor(0.5)
     image, _ = _disk_image()
     with pytest.raises(RecistError, match="outside"):
         predictor.segment_click(image, (-5, 10))
@@ -469,16 +427,16 @@ def _heldout_stems(n: int) -> list[str]:
     return ISIC_STEMS[:n]
 
 
-def test_default_model_dice_on_real_images(default_predictor):
+def test_default_model_dice_on_real_images(default_predictor, dice):
     dices = []
     for stem in _heldout_stems(8):
         image, mask = _isic(stem)
         [res] = default_predictor.segment(image, [recist_from_mask(mask)])
-        dices.append(_dice(res.full_mask(image.shape), mask))
+        dices.append(dice(res.full_mask(image.shape), mask))
     assert np.mean(dices) > 0.8, dices
 
 
-def test_default_model_click_recist_lies_inside_the_mask(default_predictor):
+def test_default_model_click_recist_lies_inside_the_mask(default_predictor, dice):
     dices = []
     for stem in _heldout_stems(4):
         image, mask = _isic(stem)
@@ -490,7 +448,7 @@ def test_default_model_click_recist_lies_inside_the_mask(default_predictor):
             assert full[r, c]
         cr, cc = np.round(res.recist.crossing).astype(int)
         assert full[cr, cc]
-        dices.append(_dice(full, mask))
+        dices.append(dice(full, mask))
     assert np.mean(dices) > 0.7, dices
 
 

@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from napari_recist_seg.cli import main
-from napari_recist_seg.clusters import ClusterModel
 from napari_recist_seg.data.recist_csv import RecistRecord, write_recist_csv
 from napari_recist_seg.jobs.common import CancelToken, InputError
 from napari_recist_seg.jobs.segment import MEASUREMENT_COLUMNS, run_segment
-from napari_recist_seg.model import ModelConfig, build_model, save_checkpoint
-from napari_recist_seg.predict import Predictor
 from napari_recist_seg.recist import Recist, recist_from_mask
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-ISIC = SHARED_DATA / "isic2017_train256"
 LITS = SHARED_DATA / "lits_case117"
 STEMS = ["ISIC_0000000", "ISIC_0000001", "ISIC_0000002", "ISIC_0000003"]
 COLUMNS = [
@@ -33,43 +27,19 @@ COLUMNS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    cfg = ModelConfig(mode="a1l", n_clusters=3, input_size=64, decoder_channels=32)
-    rng = np.random.default_rng(1)
-    clusters = ClusterModel(rng.normal(size=(3, 7)), np.zeros(7), np.ones(7))
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", build_model(cfg), cfg, clusters)
-
-
-@pytest.fixture(scope="module")
-def predictor(ckpt) -> Predictor:
-    return Predictor.load(ckpt, device="cpu")
+def tiny_seed() -> int:
+    """This module's ``tiny_ckpt`` / ``tiny`` (see conftest.py) are built with seed 1."""
+    return 1
 
 
 @pytest.fixture()
-def dataset(tmp_path) -> Path:
+def dataset(tmp_path, make_isic_dataset) -> Path:
     """4 real ISIC images with expert masks, plus a truncated JPEG that has a mask."""
-    if not (ISIC / "images").is_dir():
-        pytest.skip(f"real ISIC data not found at {ISIC}")
-    root = tmp_path / "ds"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for stem in STEMS:
-        shutil.copy(ISIC / "images" / f"{stem}.jpg", root / "images")
-        shutil.copy(ISIC / "masks" / f"{stem}_segmentation.png", root / "masks")
-    data = (ISIC / "images" / "ISIC_0000004.jpg").read_bytes()
-    (root / "images" / "broken.jpg").write_bytes(data[: len(data) // 2])
-    shutil.copy(ISIC / "masks" / "ISIC_0000004_segmentation.png", root / "masks" / "broken_segmentation.png")
-    return root
+    return make_isic_dataset(tmp_path / "ds", STEMS, broken="broken", broken_from="ISIC_0000004")
 
 
 def _rows(out: Path) -> list[dict[str, str]]:
@@ -84,9 +54,9 @@ def _failures(out: Path) -> dict[str, str]:
         return {Path(r["file"]).name: r["reason"] for r in csv.DictReader(fh)}
 
 
-def test_cli_on_a_dataset_with_derived_recist_and_a_truncated_image(dataset, ckpt, tmp_path, capsys):
+def test_cli_on_a_dataset_with_derived_recist_and_a_truncated_image(dataset, tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["segment", str(dataset), "--model", str(ckpt), "--out", str(out), "--quiet"])
+    code = main(["segment", str(dataset), "--model", str(tiny_ckpt), "--out", str(out), "--quiet"])
     assert code == 3
     assert "broken.jpg" in capsys.readouterr().err
     assert tuple(COLUMNS) == MEASUREMENT_COLUMNS
@@ -119,15 +89,15 @@ def test_cli_on_a_dataset_with_derived_recist_and_a_truncated_image(dataset, ckp
     assert not list(out.glob(".*"))  # no temporary files left behind
 
 
-def test_resume_skips_done_images_and_overwrite_redoes_them(dataset, ckpt, predictor, tmp_path):
+def test_resume_skips_done_images_and_overwrite_redoes_them(dataset, tiny_ckpt, tiny, tmp_path):
     out = tmp_path / "out"
-    first = run_segment(dataset, out, predictor=predictor)
+    first = run_segment(dataset, out, predictor=tiny)
     assert first.processed == 4 and len(first.failures) == 1
     rows_before = _rows(out)
     stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("ISIC_*.png")}
     os.remove(out / "ISIC_0000002.png")  # as if the run had stopped before this one
 
-    second = run_segment(dataset, out, predictor=predictor)
+    second = run_segment(dataset, out, predictor=tiny)
     assert second.processed == 1 and second.skipped == 3
     assert [p for p, _ in second.failures] == [str(dataset / "images" / "broken.jpg")]
     for name, t in stamp.items():
@@ -135,15 +105,15 @@ def test_resume_skips_done_images_and_overwrite_redoes_them(dataset, ckpt, predi
             assert (out / name).stat().st_mtime_ns == t
     assert _rows(out) == rows_before  # kept rows + the redone image's identical row
 
-    third = run_segment(dataset, out, predictor=predictor, overwrite=True)
+    third = run_segment(dataset, out, predictor=tiny, overwrite=True)
     assert third.processed == 4 and third.skipped == 0
     assert all((out / n).stat().st_mtime_ns > t for n, t in stamp.items() if n != "ISIC_0000002.png")
     assert len(_rows(out)) == 4
 
 
-def test_cli_resume_and_overwrite_flags(dataset, ckpt, tmp_path, capsys):
+def test_cli_resume_and_overwrite_flags(dataset, tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["segment", str(dataset), "--model", str(ckpt), "--out", str(out), "--quiet"]
+    args = ["segment", str(dataset), "--model", str(tiny_ckpt), "--out", str(out), "--quiet"]
     assert main(args) == 3
     capsys.readouterr()
     assert main(args) == 3  # the broken image still fails
@@ -153,17 +123,17 @@ def test_cli_resume_and_overwrite_flags(dataset, ckpt, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("sub", ["images", "masks"])
-def test_refuses_to_write_into_the_dataset_inputs(dataset, ckpt, sub, capsys):
+def test_refuses_to_write_into_the_dataset_inputs(dataset, tiny_ckpt, sub, capsys):
     before = {p.name: p.read_bytes() for p in (dataset / sub).iterdir()}
-    code = main(["segment", str(dataset), "--model", str(ckpt), "--out", str(dataset / sub), "--quiet"])
+    code = main(["segment", str(dataset), "--model", str(tiny_ckpt), "--out", str(dataset / sub), "--quiet"])
     assert code == 2
     assert "refusing to write" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in (dataset / sub).iterdir()} == before
     with pytest.raises(InputError, match="refusing"):
-        run_segment(dataset, dataset / sub / ".", model=ckpt)
+        run_segment(dataset, dataset / sub / ".", model=tiny_ckpt)
 
 
-def test_file_list_with_recist_csv_several_lesions_and_a_bad_recist(dataset, predictor, tmp_path):
+def test_file_list_with_recist_csv_several_lesions_and_a_bad_recist(dataset, tiny, tmp_path):
     img = dataset / "images" / "ISIC_0000001.jpg"
     img2 = dataset / "images" / "ISIC_0000003.jpg"
     gt = np.asarray(Image.open(dataset / "masks" / "ISIC_0000001_segmentation.png")) > 0
@@ -180,7 +150,7 @@ def test_file_list_with_recist_csv_several_lesions_and_a_bad_recist(dataset, pre
         ],
     )
     out = tmp_path / "out"
-    report = run_segment([img, img2], out, recist_csv=csv_path, predictor=predictor)
+    report = run_segment([img, img2], out, recist_csv=csv_path, predictor=tiny)
     assert report.processed == 1 and report.exit_code == 3
     assert len(report.failures) == 2  # the bad lesion, then the image with nothing left
     assert all(f == str(img2) for f, _ in report.failures)
@@ -196,28 +166,14 @@ def test_file_list_with_recist_csv_several_lesions_and_a_bad_recist(dataset, pre
         assert float(row["long_mm"]) == pytest.approx(r.long_length_mm, abs=1e-3)
         assert float(row["area_mm2"]) == pytest.approx(int(row["area_px"]) * 0.02, abs=1e-3)
     # pixels of lesion 7 that no other lesion covers carry its label
-    res = predictor.segment(np.asarray(Image.open(img)), [r1, r2])
+    res = tiny.segment(np.asarray(Image.open(img)), [r1, r2])
     only7 = res[1].full_mask((256, 256)) & ~res[0].full_mask((256, 256))
     assert np.all(labels[only7] == 7)
     np.testing.assert_array_equal(union, res[0].full_mask((256, 256)) | res[1].full_mask((256, 256)))
 
 
-class _DarkNet(torch.nn.Module):
-    """Stand-in network: lesion = dark pixels of the crop (dermoscopy lesions are dark)."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1))
-
-    def forward(self, x):
-        grey = (x[:, :3] * self.std + self.mean).mean(dim=1, keepdim=True)
-        return 40.0 * (0.45 - grey), None
-
-
-def test_zero_based_lesion_ids_still_get_visible_labels(dataset, tmp_path):
-    cfg = ModelConfig(mode="a1", input_size=64)
-    dark = Predictor(_DarkNet(cfg), cfg, None, "cpu")
+def test_zero_based_lesion_ids_still_get_visible_labels(dataset, make_dark_predictor, tmp_path):
+    dark = make_dark_predictor(0.45)  # lesion = dark pixels of the crop
     img = dataset / "images" / "ISIC_0000002.jpg"
     gt = np.asarray(Image.open(dataset / "masks" / "ISIC_0000002_segmentation.png")) > 0
     whole = recist_from_mask(gt)
@@ -235,12 +191,12 @@ def test_zero_based_lesion_ids_still_get_visible_labels(dataset, tmp_path):
     assert set(np.unique(labels)) == {0, 1, 2}  # id 0 -> label 1, id 1 -> label 2
 
 
-def test_file_list_needs_a_recist_csv(dataset, predictor, tmp_path):
+def test_file_list_needs_a_recist_csv(dataset, tiny, tmp_path):
     with pytest.raises(InputError, match="RECIST CSV"):
-        run_segment([dataset / "images" / "ISIC_0000001.jpg"], tmp_path / "o", predictor=predictor)
+        run_segment([dataset / "images" / "ISIC_0000001.jpg"], tmp_path / "o", predictor=tiny)
 
 
-def test_cancel_keeps_finished_outputs(dataset, predictor, tmp_path):
+def test_cancel_keeps_finished_outputs(dataset, tiny, tmp_path):
     out = tmp_path / "out"
     token = CancelToken()
     events = []
@@ -252,7 +208,7 @@ def test_cancel_keeps_finished_outputs(dataset, predictor, tmp_path):
 
     # batch_size=2: images are read and segmented two lesions at a time, so the
     # cancel lands between chunks
-    report = run_segment(dataset, out, predictor=predictor, progress=progress, cancel=token,
+    report = run_segment(dataset, out, predictor=tiny, progress=progress, cancel=token,
                          batch_size=2)
     assert report.cancelled and report.exit_code == 130
     assert 1 <= report.processed < 4
@@ -261,14 +217,14 @@ def test_cancel_keeps_finished_outputs(dataset, predictor, tmp_path):
     assert sorted(Path(r["image"]).stem + ".png" for r in _rows(out)) == done
     assert events[-1].total == 5 and events[0].eta is not None
     # resuming finishes the rest
-    again = run_segment(dataset, out, predictor=predictor)
+    again = run_segment(dataset, out, predictor=tiny)
     assert again.skipped == report.processed and again.processed == 4 - report.processed
     assert len(_rows(out)) == 4
 
 
-def test_chunked_bulk_run_equals_image_by_image(dataset, predictor, tmp_path):
-    a = run_segment(dataset, tmp_path / "a", predictor=predictor, batch_size=32)
-    b = run_segment(dataset, tmp_path / "b", predictor=predictor, batch_size=1)
+def test_chunked_bulk_run_equals_image_by_image(dataset, tiny, tmp_path):
+    a = run_segment(dataset, tmp_path / "a", predictor=tiny, batch_size=32)
+    b = run_segment(dataset, tmp_path / "b", predictor=tiny, batch_size=1)
     assert a.processed == b.processed == 4
     for stem in STEMS:
         ma = np.asarray(Image.open(tmp_path / "a" / f"{stem}.png"))
@@ -279,7 +235,7 @@ def test_chunked_bulk_run_equals_image_by_image(dataset, predictor, tmp_path):
     assert [r["cluster"] for r in ra] == [r["cluster"] for r in rb]
 
 
-def test_volume_outputs_nifti_on_the_right_slices(predictor, tmp_path):
+def test_volume_outputs_nifti_on_the_right_slices(tiny, tmp_path):
     if not (LITS / "ct.nii.gz").is_file():
         pytest.skip(f"real LiTS data not found at {LITS}")
     import nibabel as nib
@@ -293,7 +249,7 @@ def test_volume_outputs_nifti_on_the_right_slices(predictor, tmp_path):
     ct = LITS / "ct.nii.gz"
     write_recist_csv(csv_path, [RecistRecord(ct, 1, r1), RecistRecord(ct, 2, r2)])
     out = tmp_path / "out"
-    report = run_segment([ct], out, recist_csv=csv_path, predictor=predictor)
+    report = run_segment([ct], out, recist_csv=csv_path, predictor=tiny)
     assert report.exit_code == 0, report.failures
     mask_img = nib.load(str(out / "ct.nii.gz"))
     mask = np.asarray(mask_img.dataobj).transpose(2, 1, 0)

@@ -9,68 +9,33 @@ image with its mask.
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from napari_recist_seg.cli import main as cli_main
 from napari_recist_seg.data import read_mask
-from napari_recist_seg.model import ModelConfig, build_model, save_checkpoint
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-ISIC = SHARED_DATA / "isic2017_train256"
 STEMS = ["ISIC_0000000", "ISIC_0000001", "ISIC_0000002", "ISIC_0000003", "ISIC_0000004"]
 BROKEN = "ISIC_0000006"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    """An untrained tiny A1 model: the widget's plumbing does not need a good one."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(mode="a1", input_size=32, decoder_channels=16)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", build_model(cfg), cfg)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
-def dataset(tmp_path) -> Path:
+def dataset(tmp_path, make_isic_dataset) -> Path:
     """5 real ISIC images + masks (RECIST derived from them) and one truncated JPEG."""
-    if not (ISIC / "images").is_dir():
-        pytest.skip(f"real data not found at {ISIC}")
-    root = tmp_path / "isic"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for stem in STEMS + [BROKEN]:
-        shutil.copy(ISIC / "masks" / f"{stem}_segmentation.png", root / "masks")
-        shutil.copy(ISIC / "images" / f"{stem}.jpg", root / "images")
-    data = (root / "images" / f"{BROKEN}.jpg").read_bytes()
-    (root / "images" / f"{BROKEN}.jpg").write_bytes(data[: len(data) // 3])
-    return root
+    return make_isic_dataset(tmp_path / "isic", STEMS, broken=BROKEN, keep=3)
 
 
 @pytest.fixture()
-def widget(make_napari_viewer, qtbot, ckpt):
+def widget(open_dock, tiny_a1_ckpt):
     from napari_recist_seg._widgets.bulk import BulkSegmentWidget
 
-    viewer = make_napari_viewer()
-    w = BulkSegmentWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Bulk segment")
-    w.model.set_choice("checkpoint", ckpt)
-    w.device.setCurrentText("cpu")
-    yield w
-    if w.jobs.busy:
-        w.jobs.cancel()
-        qtbot.waitUntil(lambda: not w.jobs.busy, timeout=30000)
+    w = open_dock(BulkSegmentWidget, "Bulk segment", cancel_timeout_ms=30000)
+    w.model.set_choice("checkpoint", tiny_a1_ckpt)
+    return w
 
 
 def _run(w, qtbot):
@@ -81,7 +46,8 @@ def _run(w, qtbot):
     return w.jobs.last_outcome
 
 
-def test_bulk_run_reports_truncated_file_and_matches_cli(widget, qtbot, dataset, ckpt, tmp_path):
+def test_bulk_run_reports_truncated_file_and_matches_cli(widget, qtbot, dataset, tiny_a1_ckpt,
+                                                          tmp_path):
     out = tmp_path / "out_widget"
     widget.input.set_path(dataset)
     widget.output.set_path(out)
@@ -100,7 +66,7 @@ def test_bulk_run_reports_truncated_file_and_matches_cli(widget, qtbot, dataset,
 
     # Same files as the command line on the same folder.
     cli_out = tmp_path / "out_cli"
-    code = cli_main(["segment", str(dataset), "--model", str(ckpt), "--out", str(cli_out),
+    code = cli_main(["segment", str(dataset), "--model", str(tiny_a1_ckpt), "--out", str(cli_out),
                      "--device", "cpu", "-q"])
     assert code == 3  # some files failed
     for stem in STEMS:

@@ -11,19 +11,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from qtpy.QtCore import Qt
 
 from napari_recist_seg._widgets.evaluate import COLUMNS
 from napari_recist_seg.cli import main as cli_main
 from napari_recist_seg.curation import CURATED_KEY
 from napari_recist_seg.data import read_image, read_mask
-from napari_recist_seg.model import ModelConfig, build_model, save_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 ISIC = SHARED_DATA / "isic2017_train256"
@@ -31,63 +28,32 @@ STEMS = ["ISIC_0000000", "ISIC_0000001", "ISIC_0000002", "ISIC_0000003", "ISIC_0
 # Metrics shared with the CLI table, and how the dock prints them.
 SHARED = {"dice": ".4f", "iou": ".4f", "hd": ".2f", "hd95": ".2f", "avd": ".3f"}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _tiny(path: Path, seed: int) -> Path:
-    """An untrained tiny model whose masks depend on the image and on the seed.
-
-    A freshly initialised network outputs about 0.5 everywhere (whole-box masks, the
-    same for every seed); a steeper segmentation head makes its masks follow the
-    features, so two seeds give two different models to compare.
-    """
-    torch.manual_seed(seed)
-    cfg = ModelConfig(mode="a1", input_size=32, decoder_channels=16)
-    net = build_model(cfg)
-    with torch.no_grad():
-        head = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
-        head.weight.mul_(30.0)
-        head.bias.zero_()
-    return save_checkpoint(path, net, cfg)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> tuple[Path, Path]:
+def models(tmp_path_factory, make_tiny_checkpoint) -> tuple[Path, Path]:
+    """Two untrained tiny A1 models (seeds 0 and 1) whose masks depend on the image
+    and on the seed: a steeper segmentation head (``head_gain``) makes their masks
+    follow the features, so the two seeds give two different models to compare."""
     root = tmp_path_factory.mktemp("models")
-    return _tiny(root / "a1_seed0", 0), _tiny(root / "a1_seed1", 1)
+    return tuple(
+        make_tiny_checkpoint(root / f"a1_seed{seed}", mode="a1", seed=seed, input_size=32,
+                             decoder_channels=16, head_gain=30.0)
+        for seed in (0, 1)
+    )
 
 
 @pytest.fixture()
-def dataset(tmp_path) -> Path:
-    if not (ISIC / "images").is_dir():
-        pytest.skip(f"real data not found at {ISIC}")
-    root = tmp_path / "val"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for stem in STEMS:
-        shutil.copy(ISIC / "images" / f"{stem}.jpg", root / "images")
-        shutil.copy(ISIC / "masks" / f"{stem}_segmentation.png", root / "masks")
-    return root
+def dataset(tmp_path, make_isic_dataset) -> Path:
+    return make_isic_dataset(tmp_path / "val", STEMS)
 
 
 @pytest.fixture()
-def widget(make_napari_viewer, qtbot):
+def widget(open_dock):
     from napari_recist_seg._widgets.evaluate import EvaluateWidget
 
-    viewer = make_napari_viewer()
-    w = EvaluateWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Evaluate")
-    w.device.setCurrentText("cpu")
-    yield w
-    if w.jobs.busy:
-        w.jobs.cancel()
-        qtbot.waitUntil(lambda: not w.jobs.busy, timeout=60000)
+    return open_dock(EvaluateWidget, "Evaluate")
 
 
 def _run(w, qtbot):

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from qtpy.QtCore import QTimer
 
 from napari_recist_seg._reader import recist_shapes_layer
 from napari_recist_seg.curation import CURATED_KEY, FineTuneResult
 from napari_recist_seg.data import read_image, read_mask
-from napari_recist_seg.model import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from napari_recist_seg.model import load_checkpoint
 from napari_recist_seg.recist import recist_from_mask
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -29,20 +28,7 @@ ISIC = SHARED_DATA / "isic2017_train256"
 STEMS = ["ISIC_0000000", "ISIC_0000001", "ISIC_0000002", "ISIC_0000003",
          "ISIC_0000004", "ISIC_0000006", "ISIC_0000007", "ISIC_0000008"]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = ModelConfig(mode="a1", input_size=32, decoder_channels=16)
-    return save_checkpoint(tmp_path_factory.mktemp("init") / "tiny", build_model(cfg), cfg)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _add_case(viewer, stem: str, *, lesions: bool = False) -> None:
@@ -59,25 +45,19 @@ def _add_case(viewer, stem: str, *, lesions: bool = False) -> None:
 
 
 @pytest.fixture()
-def widget(make_napari_viewer, qtbot, tmp_path):
+def widget(open_dock, tmp_path):
     if not (ISIC / "images").is_dir():
         pytest.skip(f"real data not found at {ISIC}")
     from napari_recist_seg._widgets.train import TrainWidget
 
-    viewer = make_napari_viewer()
-    w = TrainWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Train / fine-tune")
+    w = open_dock(TrainWidget, "Train / fine-tune")
     w.from_layers.setChecked(True)
     w.input_size.setValue(32)
     w.batch_size.setValue(4)
     w.encoder.setCurrentText("resnet18")
     w.val_fraction.setValue(0.25)
-    w.device.setCurrentText("cpu")
     w.output.set_path(tmp_path / "model")
-    yield w
-    if w.jobs.busy:
-        w.jobs.cancel()
-        qtbot.waitUntil(lambda: not w.jobs.busy, timeout=60000)
+    return w
 
 
 class StallMeter:
@@ -183,16 +163,9 @@ def test_training_shows_epochs_keeps_viewer_responsive_and_feeds_the_annotator(w
     assert widget.active_model() == ckpt
 
 
-def test_cancel_keeps_the_last_good_checkpoint(widget, qtbot, tmp_path):
+def test_cancel_keeps_the_last_good_checkpoint(widget, qtbot, tmp_path, make_isic_dataset):
     """Training from a dataset folder (RECIST derived from its masks), cancelled."""
-    import shutil
-
-    root = tmp_path / "isic"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for stem in STEMS[:6]:
-        shutil.copy(ISIC / "images" / f"{stem}.jpg", root / "images")
-        shutil.copy(ISIC / "masks" / f"{stem}_segmentation.png", root / "masks")
+    root = make_isic_dataset(tmp_path / "isic", STEMS[:6])
     widget.from_folder.setChecked(True)
     widget.folder.set_path(root)
     widget.mode.setCurrentIndex(widget.mode.findData("a1"))
@@ -222,7 +195,7 @@ def test_cancel_keeps_the_last_good_checkpoint(widget, qtbot, tmp_path):
     assert widget.use_button.isEnabled()
 
 
-def test_fine_tune_on_two_curated_images(widget, qtbot, tiny_ckpt, tmp_path, monkeypatch):
+def test_fine_tune_on_two_curated_images(widget, qtbot, tiny_a1_ckpt, tmp_path, monkeypatch):
     viewer = widget.viewer
     curated = STEMS[:2]
     for stem in STEMS[:6]:
@@ -235,7 +208,7 @@ def test_fine_tune_on_two_curated_images(widget, qtbot, tiny_ckpt, tmp_path, mon
     for stem in curated:
         assert viewer.layers[f"{stem} lesions"].metadata[CURATED_KEY] is True
 
-    widget.init_model.set_choice("checkpoint", tiny_ckpt)
+    widget.init_model.set_choice("checkpoint", tiny_a1_ckpt)
     widget.mode.setCurrentIndex(widget.mode.findData("a1"))
     widget.epochs.setValue(2)
     assert widget.start_fine_tune() is not None, widget.jobs.error.text()
@@ -255,7 +228,7 @@ def test_fine_tune_on_two_curated_images(widget, qtbot, tiny_ckpt, tmp_path, mon
     assert widget.plot.epochs == [1, 2]
     log = json.loads((Path(result.checkpoint) / "train_log.json").read_text())
     assert log["n_curated"] == 1  # the non-held-out curated image, full supervision
-    assert log["init_checkpoint"] == str(tiny_ckpt)
+    assert log["init_checkpoint"] == str(tiny_a1_ckpt)
 
     # The curated masks were saved (as a dataset folder) and equal the layers.
     folder = tmp_path / "model" / "curated"
