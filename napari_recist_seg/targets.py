@@ -48,6 +48,8 @@ EllipseMode = Literal["quadrant", "centred"]
 # Semi-axes shorter than this (px) are raised to it: a crossing at an axis' very end
 # would otherwise give a quadrant of zero size and a division by zero.
 _MIN_REACH = 0.5
+# The seed of GrabCut's k-means initialisation (deterministic targets).
+GRABCUT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -497,6 +499,9 @@ def grabcut_mask(
     bgd = np.zeros((1, 65), np.float64)
     fgd = np.zeros((1, 65), np.float64)
     try:
+        # GrabCut seeds its colour models with k-means on OpenCV's (per-thread) random
+        # generator: reseed it so that a lesion's target never depends on what ran before.
+        cv2.setRNGSeed(GRABCUT_SEED)
         cv2.grabCut(img, seeds, None, bgd, fgd, int(iterations), cv2.GC_INIT_WITH_MASK)
     except cv2.error as exc:  # e.g. a flat image: the colour models cannot be fitted
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
