@@ -96,7 +96,8 @@ class TrainConfig:
     aux_weight : float
         lambda, the weight of the cluster cross-entropy (A1+L only).
     n_clusters : int, optional
-        K; ``None`` picks it by silhouette (2..8).
+        K; ``None`` picks it by silhouette (2..8). A1 fits them too (stored in the
+        checkpoint for display; no cluster head, no cluster loss).
     target : {"ellipse", "grabcut"}
         The weak target built from each RECIST.
     val_fraction : float
@@ -251,7 +252,7 @@ class TrainResult:
     history: list[EpochLog] = field(default_factory=list)
     n_train: int = 0
     n_val: int = 0
-    n_clusters: int = 0
+    n_clusters: int = 0  # RECIST shape clusters (A1 keeps them too, without a head)
     failures: list[tuple[str, str]] = field(default_factory=list)
 
 

@@ -117,11 +117,15 @@ def test_a1_runs_and_ground_truth_never_changes_training(tmp_path):
     cfg = _cfg(mode="a1", epochs=1, n_clusters=None)
     r1 = train(cfg, _samples(with_gt=True), tmp_path / "gt")
     r2 = train(cfg, _samples(with_gt=False), tmp_path / "nogt")
-    assert r1.n_clusters == 0 and r1.history[0].train_aux_loss is None
+    # A1 has no cluster head and no cluster loss, but keeps the RECIST shape clusters
+    # of its training set so that inference can name a lesion's cluster.
+    assert r1.history[0].train_aux_loss is None
     assert r1.history[0].val_gt_dice is not None and r2.history[0].val_gt_dice is None
     m1, c1, k1 = load_checkpoint(tmp_path / "gt")
     m2, _, _ = load_checkpoint(tmp_path / "nogt")
-    assert c1.mode == "a1" and k1 is None
+    assert c1.mode == "a1" and not c1.has_aux and c1.n_clusters == 0
+    assert k1 is not None and k1.k == r1.n_clusters >= 2
+    assert m1(torch.zeros(1, c1.preprocess.in_channels, 32, 32))[1] is None
     # Same seed, same weak targets: identical weights whether or not gt masks exist.
     for (n, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
