@@ -31,8 +31,12 @@ def open_viewer(
         viewer.open(str(path))
     for name in widgets:
         viewer.window.add_plugin_dock_widget(PLUGIN, name)
-    # Docking shrinks the canvas: fit the data to what is left of it.
+    # Docking shrinks the canvas: fit the data to what is left of it, now and again once
+    # Qt has laid the window out (the canvas only gets its final size then).
     viewer.reset_view()
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, viewer.reset_view)
     if run:
         napari.run()
     return viewer
