@@ -1,0 +1,29 @@
+"""The examples in the core modules' docstrings run and give what they show."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+CORE_MODULES = [
+    "napari_recist_seg.recist",
+    "napari_recist_seg.targets",
+    "napari_recist_seg.metrics",
+    "napari_recist_seg.clusters",
+    "napari_recist_seg.preprocess",
+    "napari_recist_seg.model",
+    "napari_recist_seg.predict",
+    "napari_recist_seg.runtime",
+    "napari_recist_seg.annotation",
+    "napari_recist_seg.training",
+    "napari_recist_seg.curation",
+]
+
+
+@pytest.mark.parametrize("name", CORE_MODULES)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"
