@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
@@ -804,6 +804,29 @@ class AnnotatorWidget(QWidget):
         self._say(f"the image had no file: saved it as {path.name} next to the CSV")
         return path
 
+    def _export(
+        self, path: str | Path, if_exists: str, write: Callable[[Any, Path, str], tuple[Path, str]]
+    ) -> Path | None:
+        """The steps every export shares: a current image, the overwrite rule (never
+        silently), the write, and one message for success or failure.
+
+        ``write(binding, path, mode)`` returns the file written and the success message.
+        """
+        b = self._need_binding()
+        if b is None:
+            return None
+        path = Path(path)
+        mode = self._resolve_if_exists(path, if_exists)
+        if mode is None:
+            return None
+        try:
+            out, message = write(b, path, mode)
+        except (OSError, ValueError) as exc:
+            self._say(f"export failed: {exc}", warn=True)
+            return None
+        self._say(message)
+        return out
+
     def export_recist_csv(
         self, path: str | Path, *, if_exists: str = "ask", all_images: bool = True
     ) -> Path | None:
@@ -813,60 +836,37 @@ class AnnotatorWidget(QWidget):
         them apart), else only the current one. Images that exist only in memory are
         saved next to the CSV.
         """
-        b = self._need_binding()
-        if b is None:
-            return None
-        path = Path(path)
-        mode = self._resolve_if_exists(path, if_exists)
-        if mode is None:
-            return None
-        bindings = [x for x in self.bindings.values() if x.alive()] if all_images else [b]
-        bindings = [x for x in bindings if x.session.recists()] or [b]
-        try:
+
+        def write(b: Any, path: Path, mode: str) -> tuple[Path, str]:
+            bindings = [x for x in self.bindings.values() if x.alive()] if all_images else [b]
+            bindings = [x for x in bindings if x.session.recists()] or [b]
             items = [(x.session, self._image_file_for_export(x, path.parent)) for x in bindings]
             out = ann.export_recist_csv_many(path, items, if_exists=mode)
-        except (OSError, ValueError) as exc:
-            self._say(f"export failed: {exc}", warn=True)
-            return None
-        n = sum(len(x.session.recists()) for x in bindings)
-        self._say(f"saved {n} lesions of {len(bindings)} image(s) to {out}")
-        return out
+            n = sum(len(x.session.recists()) for x in bindings)
+            return out, f"saved {n} lesions of {len(bindings)} image(s) to {out}"
+
+        return self._export(path, if_exists, write)
 
     def export_masks(self, path: str | Path, *, if_exists: str = "ask") -> Path | None:
         """Write the lesion label image (png/tif for 2D, nii.gz for volumes, with spacing)."""
-        b = self._need_binding()
-        if b is None:
-            return None
-        path = Path(path)
-        mode = self._resolve_if_exists(path, if_exists)
-        if mode is None:
-            return None
-        spacing = tuple(float(s) for s in b.labels.scale) if b.session.spacing is not None else None
-        try:
+
+        def write(b: Any, path: Path, mode: str) -> tuple[Path, str]:
+            spacing = tuple(float(s) for s in b.labels.scale) if b.session.spacing is not None else None
             out = ann.export_masks(path, np.asarray(b.labels.data), spacing, if_exists=mode)
-        except (OSError, ValueError) as exc:
-            self._say(f"export failed: {exc}", warn=True)
-            return None
-        self._say(f"saved the masks to {out}")
-        return out
+            return out, f"saved the masks to {out}"
+
+        return self._export(path, if_exists, write)
 
     def export_measurements(self, path: str | Path, *, if_exists: str = "ask") -> Path | None:
-        b = self._need_binding()
-        if b is None:
-            return None
-        path = Path(path)
-        mode = self._resolve_if_exists(path, if_exists)
-        if mode is None:
-            return None
-        src = image_source_path(b.image)
-        rows = b.session.measurement_rows(src.name if src is not None else b.name)
-        try:
+        """Write the per-lesion measurements CSV of the current image."""
+
+        def write(b: Any, path: Path, mode: str) -> tuple[Path, str]:
+            src = image_source_path(b.image)
+            rows = b.session.measurement_rows(src.name if src is not None else b.name)
             out = ann.export_measurements(path, rows, if_exists=mode)
-        except (OSError, ValueError) as exc:
-            self._say(f"export failed: {exc}", warn=True)
-            return None
-        self._say(f"saved {len(rows)} measurements to {out}")
-        return out
+            return out, f"saved {len(rows)} measurements to {out}"
+
+        return self._export(path, if_exists, write)
 
     def import_recist_csv(self, path: str | Path) -> int:
         """Add the lesions a RECIST CSV holds for the current image; returns how many."""
