@@ -50,7 +50,7 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from napari_recist_seg.jobs.segment import MEASUREMENT_COLUMNS
+from napari_recist_seg.jobs.segment import MEASUREMENT_COLUMNS, measurement_row
 from napari_recist_seg.predict import LesionResult, measure_mask
 from napari_recist_seg.recist import (
     MIN_AXIS_LENGTH_PX,
@@ -1220,30 +1220,11 @@ class AnnotationSession:
         for les_id, r in self.recists():
             les = self.lesions[les_id]
             m = les.measured.with_spacing(self.spacing) if les.measured is not None else None
-            area_mm2 = None
-            if les.area_px is not None and self.spacing is not None:
-                area_mm2 = les.area_px * self.spacing[0] * self.spacing[1]
-            rows.append(
-                {
-                    "image": image,
-                    "lesion": les_id,
-                    "slice": "" if r.slice_index is None else r.slice_index,
-                    "cluster": les.cluster,
-                    "confidence": les.confidence,
-                    "area_px": les.area_px,
-                    "area_mm2": area_mm2,
-                    "long_px": r.long_length,
-                    "short_px": r.short_length,
-                    "long_mm": r.long_length_mm,
-                    "short_mm": r.short_length_mm,
-                    "measured_long_px": m.long_length if m is not None else None,
-                    "measured_short_px": m.short_length if m is not None else None,
-                    "measured_long_mm": m.long_length_mm if m is not None else None,
-                    "measured_short_mm": m.short_length_mm if m is not None else None,
-                    "status": les.status,
-                    "committed": les.committed,
-                }
+            row = measurement_row(
+                image, les_id, r, m, cluster=les.cluster, confidence=les.confidence,
+                area_px=les.area_px, spacing=self.spacing,
             )
+            rows.append({**row, "status": les.status, "committed": les.committed})
         return rows
 
 

@@ -321,29 +321,48 @@ def _image_label(image_path: Path, out: Path) -> str:
     return rel.replace(os.sep, "/")
 
 
-def _measurement_row(
-    image: str, lesion: int, res: "LesionResult", spacing: tuple[float, float] | None
+def measurement_row(
+    image: str,
+    lesion: int,
+    recist: Recist,
+    measured: Recist | None,
+    *,
+    cluster: int | None,
+    confidence: float | None,
+    area_px: int | None,
+    spacing: tuple[float, float] | None,
 ) -> dict[str, object]:
-    r = res.recist
-    m = res.measured
-    area_mm2 = res.area_px * spacing[0] * spacing[1] if spacing is not None else None
+    """One ``measurements.csv`` row (``MEASUREMENT_COLUMNS``): the drawn RECIST, the one
+    measured on the mask, the area and the cluster; mm columns when the spacing is known.
+    The annotator's measurement export uses it too, so both files agree."""
+    m = measured
+    area_mm2 = area_px * spacing[0] * spacing[1] if spacing is not None and area_px is not None else None
     return {
         "image": image,
         "lesion": lesion,
-        "slice": "" if r.slice_index is None else r.slice_index,
-        "cluster": res.cluster,
-        "confidence": res.confidence,
-        "area_px": res.area_px,
+        "slice": "" if recist.slice_index is None else recist.slice_index,
+        "cluster": cluster,
+        "confidence": confidence,
+        "area_px": area_px,
         "area_mm2": area_mm2,
-        "long_px": r.long_length,
-        "short_px": r.short_length,
-        "long_mm": r.long_length_mm,
-        "short_mm": r.short_length_mm,
+        "long_px": recist.long_length,
+        "short_px": recist.short_length,
+        "long_mm": recist.long_length_mm,
+        "short_mm": recist.short_length_mm,
         "measured_long_px": m.long_length if m is not None else None,
         "measured_short_px": m.short_length if m is not None else None,
         "measured_long_mm": m.long_length_mm if m is not None else None,
         "measured_short_mm": m.short_length_mm if m is not None else None,
     }
+
+
+def _measurement_row(
+    image: str, lesion: int, res: "LesionResult", spacing: tuple[float, float] | None
+) -> dict[str, object]:
+    return measurement_row(
+        image, lesion, res.recist, res.measured, cluster=res.cluster,
+        confidence=res.confidence, area_px=res.area_px, spacing=spacing,
+    )
 
 
 # -- the job ---------------------------------------------------------------------------
