@@ -113,7 +113,6 @@ KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
 KNOWN_UPWARD_IMPORTS: frozenset[str] = frozenset({
     "annotation -> jobs.segment",
     "curation -> jobs.common",
-    "data.dataset -> jobs.common",
     "training -> jobs.common",
 })
 KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
@@ -162,10 +161,6 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "curation -> predict",
     "curation -> recist",
     "curation -> training",
-    "data.dataset -> data.deeplesion",
-    "data.dataset -> jobs.common",
-    "data.dataset -> recist",
-    "data.recist_csv -> data.deeplesion",
     "jobs.segment -> data.dataset",
     "jobs.segment -> data.images",
     "jobs.segment -> data.masks",
@@ -187,9 +182,7 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "training -> data.masks",
     "training -> targets",
 })
-KNOWN_CYCLES: frozenset[str] = frozenset({
-    "data.deeplesion <-> data.recist_csv",
-})
+KNOWN_CYCLES: frozenset[str] = frozenset()
 
 
 # --------------------------------------------------------------------------- parsing

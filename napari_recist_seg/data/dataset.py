@@ -36,10 +36,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_recist_seg.data.deeplesion import read_deeplesion_csv
 from napari_recist_seg.data.images import (
     IMAGE_SUFFIXES,
     ImageReadError,
@@ -50,9 +50,8 @@ from napari_recist_seg.data.images import (
 )
 from napari_recist_seg.data.masks import MASK_SUFFIXES, MaskReadError, mask_suffix, read_mask
 from napari_recist_seg.data.recist_csv import RecistCsvError, RecistRecord, read_recist_csv
-
-if TYPE_CHECKING:  # jobs.common imports data.atomic: import it lazily at run time
-    from napari_recist_seg.jobs.common import CancelToken, ProgressCallback
+from napari_recist_seg.progress import CancelToken, InputError, ProgressCallback, ProgressTracker
+from napari_recist_seg.recist import RecistError, recist_from_mask
 
 __all__ = [
     "DL_INFO_NAME",
@@ -77,12 +76,6 @@ _MASK_PATTERNS: tuple[str, ...] = tuple(
 # Volume formats whose headers carry spacing worth reading for RECIST in mm.
 _SPACING_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".tif", ".tiff")
 _VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm")
-
-
-def _input_error(message: str) -> Exception:
-    from napari_recist_seg.jobs.common import InputError
-
-    return InputError(message)
 
 
 def image_stem(path: str | os.PathLike[str]) -> str:
@@ -225,9 +218,9 @@ def scan_dataset(folder: str | os.PathLike[str]) -> Dataset:
     """
     root = Path(os.path.normpath(Path(folder).expanduser().absolute()))
     if not root.exists():
-        raise _input_error(f"dataset folder not found: {root}")
+        raise InputError(f"dataset folder not found: {root}")
     if not root.is_dir():
-        raise _input_error(f"{root} is not a folder (a dataset is a folder with images/)")
+        raise InputError(f"{root} is not a folder (a dataset is a folder with images/)")
     images_dir = root / "images"
     masks_dir: Path | None = root / "masks"
     if not masks_dir.is_dir():
@@ -250,14 +243,14 @@ def scan_dataset(folder: str | os.PathLike[str]) -> Dataset:
     if not found:
         kinds = ", ".join(IMAGE_SUFFIXES)
         where = images_dir if not flat else root
-        raise _input_error(
+        raise InputError(
             f"no images found in {where} (expected {kinds} files or DICOM series folders"
             f"{'' if not flat else ', or an images/ subfolder'})"
         )
     seen: dict[str, Path] = {}
     for stem, path in found:
         if stem in seen:
-            raise _input_error(
+            raise InputError(
                 f"two images share the name {stem!r}: {seen[stem]} and {path}; "
                 "rename one so masks and RECIST can be matched"
             )
@@ -317,13 +310,11 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 def _from_csv(dataset: Dataset, csv_path: Path, deeplesion: bool) -> RecistsByStem:
     try:
         if deeplesion:
-            from napari_recist_seg.data.deeplesion import read_deeplesion_csv
-
             records = read_deeplesion_csv(csv_path, dataset.images_dir)
         else:
             records = read_recist_csv(csv_path)
     except RecistCsvError as exc:
-        raise _input_error(str(exc)) from exc
+        raise InputError(str(exc)) from exc
     by_path = {_norm(item.image_path): item for item in dataset.items}
     by_stem = dataset.by_stem()
     out = RecistsByStem()
@@ -358,8 +349,6 @@ def _from_csv(dataset: Dataset, csv_path: Path, deeplesion: bool) -> RecistsBySt
 
 def _from_mask(item: DatasetItem, per_component: bool) -> list[RecistRecord]:
     """RECIST derived from one item's mask; raises with a readable reason."""
-    from napari_recist_seg.recist import RecistError, recist_from_mask
-
     assert item.mask_path is not None
     img_shape = image_shape(item.image_path)  # headers only
     mask = read_mask(item.mask_path)
@@ -395,8 +384,8 @@ def dataset_recists(
     dataset: Dataset,
     *,
     per_component: bool = False,
-    progress: "ProgressCallback | None" = None,
-    cancel: "CancelToken | None" = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
 ) -> RecistsByStem:
     """RECIST per image stem: from ``recist.csv`` when present, else from the masks.
 
@@ -409,7 +398,7 @@ def dataset_recists(
         the largest component only. 3D masks always give one RECIST per component on
         each axial slice it crosses (``slice_index`` set).
     progress, cancel : optional
-        A progress callback and cancel token (:mod:`napari_recist_seg.jobs.common`),
+        A progress callback and cancel token (:mod:`napari_recist_seg.progress`),
         for the mask-derivation pass (one step per mask).
 
     Returns
@@ -430,9 +419,6 @@ def dataset_recists(
         return _from_csv(dataset, dataset.recist_csv, deeplesion=False)
     if dataset.dl_info is not None and not dataset.has_masks:
         return _from_csv(dataset, dataset.dl_info, deeplesion=True)
-
-    from napari_recist_seg.jobs.common import ProgressTracker
-    from napari_recist_seg.recist import RecistError
 
     out = RecistsByStem()
     tracker = ProgressTracker(len(dataset.items), progress)

@@ -49,7 +49,6 @@ __all__ = [
     "RecistCsvError",
     "RecistRecord",
     "format_number",
-    "read_deeplesion_csv",
     "read_recist_csv",
     "write_recist_csv",
 ]
@@ -299,17 +298,3 @@ def write_recist_csv(path: str | os.PathLike[str], records: Iterable[RecistRecor
             + [sx, sy]
         )
     atomic_write_text(p, buf.getvalue())
-
-
-def read_deeplesion_csv(
-    dl_info: str | os.PathLike[str],
-    image_root: str | os.PathLike[str] | None = None,
-    *,
-    split: int | None = None,
-) -> list[RecistRecord]:
-    """DeepLesion's ``DL_info.csv`` as records; see
-    :func:`napari_recist_seg.data.deeplesion.read_deeplesion_csv` (re-exported here as
-    ARCHITECTURE.md lists it with the RECIST CSV)."""
-    from napari_recist_seg.data.deeplesion import read_deeplesion_csv as _read
-
-    return _read(dl_info, image_root, split=split)

@@ -9,86 +9,35 @@ from __future__ import annotations
 
 import csv
 import io
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from napari_recist_seg.data.atomic import atomic_write_text
 
+# The progress / cancel primitives live at the bottom of the package (``data`` and the
+# core use them too); re-exported here, where the jobs and the docks import them.
+from napari_recist_seg.progress import (
+    CancelToken,
+    Cancelled,
+    InputError,
+    ProgressCallback,
+    ProgressEvent,
+    ProgressTracker,
+)
+
+__all__ = [
+    "FAILURES_CSV",
+    "CancelToken",
+    "Cancelled",
+    "InputError",
+    "JobReport",
+    "ProgressCallback",
+    "ProgressEvent",
+    "ProgressTracker",
+    "describe_error",
+]
+
 FAILURES_CSV = "failures.csv"
-
-
-class Cancelled(Exception):
-    """Raised inside a job when the user cancelled it; work done so far is kept."""
-
-
-class InputError(ValueError):
-    """A user input that cannot be processed; the message is shown as is (no traceback)."""
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """How far a job is: ``done`` of ``total`` units, with an ETA in seconds."""
-
-    done: int
-    total: int
-    message: str = ""
-    elapsed: float = 0.0
-    eta: float | None = None
-
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 1.0
-
-    def format(self) -> str:
-        eta = f", ETA {self.eta:.0f}s" if self.eta is not None else ""
-        msg = f" {self.message}" if self.message else ""
-        return f"[{self.done}/{self.total}] {self.elapsed:.1f}s{eta}{msg}"
-
-
-ProgressCallback = Callable[[ProgressEvent], None]
-
-
-class CancelToken:
-    """Thread-safe cancel flag passed from a GUI (or signal handler) into a job."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
-            raise Cancelled("cancelled by the user")
-
-
-class ProgressTracker:
-    """Counts units of work and reports events with elapsed time and ETA."""
-
-    def __init__(self, total: int, callback: ProgressCallback | None = None) -> None:
-        self.total = int(total)
-        self.done = 0
-        self.callback = callback
-        self.start = time.perf_counter()
-
-    def event(self, message: str = "") -> ProgressEvent:
-        elapsed = time.perf_counter() - self.start
-        eta = None
-        if 0 < self.done < self.total:
-            eta = elapsed / self.done * (self.total - self.done)
-        return ProgressEvent(self.done, self.total, message, elapsed, eta)
-
-    def step(self, message: str = "", n: int = 1) -> None:
-        self.done += n
-        if self.callback is not None:
-            self.callback(self.event(message))
 
 
 @dataclass

@@ -43,6 +43,7 @@ from napari_recist_seg.jobs.common import (
     describe_error,
 )
 from napari_recist_seg.data.atomic import atomic_write_text
+from napari_recist_seg.data.deeplesion import read_deeplesion_csv
 from napari_recist_seg.recist import Recist, RecistError, snap
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,7 +108,7 @@ def _read_records(recist_csv: Path) -> tuple[list, bool]:
     if not recist_csv.is_file():
         raise InputError(f"RECIST CSV not found: {recist_csv}")
     if _is_deeplesion_csv(recist_csv):
-        return list(rcsv.read_deeplesion_csv(recist_csv, recist_csv.parent)), True
+        return list(read_deeplesion_csv(recist_csv, recist_csv.parent)), True
     return list(rcsv.read_recist_csv(recist_csv)), False
 
 

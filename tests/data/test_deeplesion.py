@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from napari_recist_seg.data import read_deeplesion_csv as read_via_package
 from napari_recist_seg.data.deeplesion import (
     DL_INFO_COLUMNS,
     deeplesion_image_path,
@@ -16,7 +17,6 @@ from napari_recist_seg.data.deeplesion import (
 )
 from napari_recist_seg.data.images import read_image
 from napari_recist_seg.data.recist_csv import RecistCsvError
-from napari_recist_seg.data.recist_csv import read_deeplesion_csv as read_via_recist_csv
 
 HEADER = (
     "File_name,Patient_index,Study_index,Series_ID,Key_slice_index,"
@@ -101,7 +101,7 @@ def test_image_root_variants(deeplesion_dir: Path) -> None:
         deeplesion_dir / "DL_info.csv", deeplesion_dir / "Images_png"
     )
     assert by_images_png[0].image == deeplesion_dir / "Images_png" / "000001_01_01" / "109.png"
-    assert read_via_recist_csv(deeplesion_dir / "DL_info.csv")[0].image == by_images_png[0].image
+    assert read_via_package(deeplesion_dir / "DL_info.csv")[0].image == by_images_png[0].image
     assert deeplesion_image_path("004408_01_02_088.png", "/x/Images_png").as_posix() == (
         "/x/Images_png/004408_01_02/088.png"
     )
