@@ -7,8 +7,11 @@ Exit status: 0 success, 2 bad input (one-line reason on stderr), 3 some files fa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -165,11 +168,36 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
     return report.exit_code
 
 
+@contextlib.contextmanager
+def _cancel_on_sigint(cancel: CancelToken):
+    """While a job runs, the first Ctrl-C sets ``cancel`` so the job stops cleanly
+    after its current file (finished outputs and failures.csv written); the handler
+    then steps aside, so a second Ctrl-C interrupts at once (``KeyboardInterrupt``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def on_sigint(signum: int, frame: object) -> None:
+        cancel.cancel()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nrecist-seg: cancelling after the current item (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cancel = CancelToken()
+    # ``view`` runs napari's event loop, which handles Ctrl-C itself.
+    guard = _cancel_on_sigint(cancel) if args.command != "view" else contextlib.nullcontext()
     try:
-        return _run(args, cancel)
+        with guard:
+            return _run(args, cancel)
     except KeyboardInterrupt:
         cancel.cancel()
         print("recist-seg: cancelled; finished outputs are kept", file=sys.stderr)
