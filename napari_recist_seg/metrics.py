@@ -107,16 +107,8 @@ __all__ = [
 
 #: The keys :func:`evaluate_case` always returns, in display order.
 METRIC_KEYS: tuple[str, ...] = (
-    "dice",
-    "iou",
-    "vs",
-    "hd",
-    "hd95",
-    "avd",
-    "centre_error",
-    "perimeter_error",
-    "perimeter_pred",
-    "perimeter_gt",
+    "dice", "iou", "vs", "hd", "hd95", "avd",
+    "centre_error", "perimeter_error", "perimeter_pred", "perimeter_gt",
 )
 
 Spacing = Sequence[float] | None

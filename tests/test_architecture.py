@@ -90,7 +90,6 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
     "curation",
     "data.images",
     "jobs.segment",
-    "metrics",
     "model",
     "predict",
     "recist",
