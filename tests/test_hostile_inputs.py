@@ -195,3 +195,79 @@ def test_napari_recist_csv_reader_skips_a_bomb(tmp_path):
     bomb_only = _recist_csv(tmp_path / "only.csv", [tmp_path / "bomb.nii"])
     with pytest.raises(ValueError, match="bomb.nii.*over the 2.0 GiB limit"):
         read_recist_layers(str(bomb_only))
+
+
+# -- odd arrays through the Python API (item 13) -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from napari_recist_seg.predict import Predictor
+
+    return Predictor.load(REPO / "napari_recist_seg" / "models" / "default", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def isic_case():
+    if not ISIC.is_dir():
+        pytest.skip("real data missing")
+    from PIL import Image
+
+    from napari_recist_seg.recist import recist_from_mask
+
+    image = np.asarray(Image.open(ISIC / "images" / "ISIC_0000001.jpg"))
+    gt = np.asarray(Image.open(ISIC / "masks" / "ISIC_0000001_segmentation.png")) > 0
+    return image, recist_from_mask(gt)
+
+
+@pytest.mark.parametrize("convert", [
+    lambda a: a.astype(np.int64), lambda a: a.astype(np.int32), lambda a: a.astype(np.int16),
+    lambda a: a.astype(np.uint16), lambda a: a.tolist(),
+], ids=["int64", "int32", "int16", "uint16", "list"])
+def test_integer_rgb_in_0_255_gives_the_uint8_result(convert, shipped, isic_case):
+    image, r = isic_case
+    ref = shipped.segment(image, [r])[0].full_mask(image.shape[:2])
+    assert ref.sum() > 1000  # a real lesion, so a clipped input would differ
+    got = shipped.segment(convert(image), [r])[0].full_mask(image.shape[:2])
+    np.testing.assert_array_equal(got, ref)
+    many = shipped.segment_many([(convert(image), [r]), (image, [r])])
+    np.testing.assert_array_equal(many[0][0].full_mask(image.shape[:2]), ref)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_an_image_without_finite_pixels_is_refused(value, shipped, isic_case):
+    image, r = isic_case
+    with pytest.raises(ValueError, match=r"no finite pixel values \(all NaN or infinite\)"):
+        shipped.segment(np.full(image.shape, value, np.float32), [r])
+
+
+def test_infinite_pixels_are_refused_and_nan_pixels_are_the_lowest_value(shipped, isic_case):
+    image, r = isic_case
+    x = image.astype(np.float32)
+    x[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="holds 1 infinite pixel values"):
+        shipped.segment(x, [r])
+    # NaN among finite pixels: the documented rule (NaN = 0, the lowest intensity).
+    y = image.astype(np.float32)
+    y[:5, :5] = np.nan
+    z = image.astype(np.float32)
+    z[:5, :5] = 0.0
+    np.testing.assert_array_equal(shipped.segment(y, [r])[0].mask, shipped.segment(z, [r])[0].mask)
+
+
+def test_a_volume_slice_of_nan_is_refused_only_where_a_recist_lies(tiny):
+    from napari_recist_seg.recist import Recist
+
+    vol = np.random.default_rng(0).normal(40, 30, (4, 64, 64)).astype(np.float32)
+    vol[2] = np.nan
+    ok = Recist([[20, 20], [20, 44]], [[10, 32], [30, 32]], slice_index=1)
+    bad = Recist([[20, 20], [20, 44]], [[10, 32], [30, 32]], slice_index=2)
+    assert len(tiny.segment(vol, [ok])) == 1
+    with pytest.raises(ValueError, match="no finite pixel values"):
+        tiny.segment(vol, [bad])
+
+
+def test_complex_images_are_refused(shipped, isic_case):
+    image, r = isic_case
+    with pytest.raises(ValueError, match="the image must be real; got dtype complex128"):
+        shipped.segment(image.astype(complex), [r])
