@@ -135,6 +135,10 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
 
         if args.spacing is not None and len(args.spacing) not in (2, 3):
             raise InputError("--spacing takes 2 values (row, col) or 3 (z, row, col) in mm")
+        if args.spacing is not None and not all(0 < s < float("inf") for s in args.spacing):
+            raise InputError(
+                "--spacing values must be positive finite mm, got " + " ".join(map(str, args.spacing))
+            )
         result = evaluate_folders(
             args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None,
             progress=progress,

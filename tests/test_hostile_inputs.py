@@ -271,3 +271,37 @@ def test_complex_images_are_refused(shipped, isic_case):
     image, r = isic_case
     with pytest.raises(ValueError, match="the image must be real; got dtype complex128"):
         shipped.segment(image.astype(complex), [r])
+
+
+# -- messages (item 15) ------------------------------------------------------------------
+
+
+def test_huge_coordinates_get_a_clear_message_not_nan_percent():
+    from napari_recist_seg.recist import Recist, RecistError, snap
+
+    r = Recist([[0, 0], [0, 1e308]], [[-1e308, 5], [1e308, 5]])
+    for check in (r.validate, lambda: snap(r), lambda: r.validate((256, 256))):
+        with pytest.raises(RecistError, match=r"a coordinate is out of range \(1e\+308 px; at most 1e\+09\)"):
+            check()
+    # an ordinary measurement is untouched
+    Recist([[10, 10], [10, 50]], [[0, 30], [20, 30]]).validate((64, 64))
+
+
+@pytest.mark.parametrize("spacing", [["-1", "0.5"], ["0", "1"], ["nan", "1"], ["1", "inf", "1"]])
+def test_evaluate_refuses_a_bad_spacing_with_one_line(spacing, tmp_path, capsys):
+    from PIL import Image
+
+    from napari_recist_seg.cli import main
+
+    for sub in ("pred", "gt"):
+        (tmp_path / sub).mkdir()
+        m = np.zeros((8, 8), np.uint8)
+        m[2:5, 2:5] = 255
+        Image.fromarray(m).save(tmp_path / sub / "a.png")
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"),
+                 "--spacing", *spacing, "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.strip().splitlines() == [
+        "recist-seg: error: --spacing values must be positive finite mm, got "
+        + " ".join(str(float(v)) for v in spacing)]
