@@ -169,9 +169,22 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
     return report.exit_code
 
 
+def _sigterm_as_interrupt() -> object:
+    """SIGTERM (``kill``, a scheduler stopping the job) cancels like Ctrl-C: the job
+    stops, finished outputs are kept and ``train_log.json`` says "cancelled". Returns
+    the previous handler (``None`` off the main thread, where signals cannot be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cancel = CancelToken()
+    previous = _sigterm_as_interrupt()
     try:
         return _run(args, cancel)
     except KeyboardInterrupt:
@@ -185,6 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Input problems get one line, never a traceback.
         print(f"recist-seg: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -305,3 +305,73 @@ def test_evaluate_refuses_a_bad_spacing_with_one_line(spacing, tmp_path, capsys)
     assert captured.err.strip().splitlines() == [
         "recist-seg: error: --spacing values must be positive finite mm, got "
         + " ".join(str(float(v)) for v in spacing)]
+
+
+# -- training: killed saves and cancels (item 14) ------------------------------------------
+
+TRAIN_STEMS = sorted(p.stem for p in (ISIC / "images").glob("ISIC_00000[01]*.jpg"))[:10]
+
+
+def test_a_temp_file_left_by_a_killed_save_is_removed_by_the_next_save(tmp_path, make_isic_dataset):
+    from napari_recist_seg.jobs.train import run_train
+
+    ds = make_isic_dataset(tmp_path / "ds", TRAIN_STEMS)
+    out = tmp_path / "model"
+    out.mkdir()
+    # What `kill -9` during save_checkpoint / atomic_write_text leaves behind.
+    leftovers = [out / ".weights.k1ll3d_x.safetensors", out / ".train_log.abc123.json",
+                 out / ".config.zz9.json"]
+    for f in leftovers:
+        f.write_bytes(b"\0" * 4096)
+    mine = out / "notes.json"
+    mine.write_text("{}")
+    report = run_train(ds, out, mode="a1", epochs=1, input_size=32, batch_size=4,
+                       target="ellipse", device="cpu", clusters="auto")
+    assert report.exit_code == 0
+    assert (out / "config.json").is_file()
+    assert not [f for f in leftovers if f.exists()]
+    assert mine.read_text() == "{}"  # only the writers' own temp names are touched
+    assert not list(out.glob(".*"))
+
+
+def _wait_for(path: Path, text: str, proc, timeout: float = 240.0) -> None:
+    import time
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.communicate()}")
+        try:
+            if text in path.read_text():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{path} never said {text}")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_cancelled_training_logs_cancelled(sig, tmp_path, make_isic_dataset):
+    import json
+    import signal
+
+    ds = make_isic_dataset(tmp_path / "ds", TRAIN_STEMS)
+    out = tmp_path / "model"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_recist_seg", "train", str(ds), "--out", str(out), "--mode", "a1",
+         "--epochs", "500", "--input-size", "32", "--batch-size", "4", "--target", "ellipse",
+         "--device", "cpu", "--quiet"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(out / "train_log.json", '"epoch": 1,', proc)  # one epoch logged: mid-training
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "cancelled" in err
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["status"] == "cancelled"
+    assert log["epochs"] and (out / "config.json").is_file()  # the best checkpoint so far stays
