@@ -170,3 +170,12 @@ def test_train_refuses_bad_settings_with_one_line(option, value, expected, tmp_p
     assert code == 2 and len(err.splitlines()) == 1, err
     assert expected in err, err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("module", ["napari_recist_seg.checkpoint_checks", "napari_recist_seg.data.limits"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0

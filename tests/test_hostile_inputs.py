@@ -312,10 +312,12 @@ def test_evaluate_refuses_a_bad_spacing_with_one_line(spacing, tmp_path, capsys)
 TRAIN_STEMS = sorted(p.stem for p in (ISIC / "images").glob("ISIC_00000[01]*.jpg"))[:10]
 
 
-def test_a_temp_file_left_by_a_killed_save_is_removed_by_the_next_save(tmp_path, make_isic_dataset):
+def test_training_skips_a_bomb_and_removes_temp_files_a_killed_save_left(tmp_path, make_isic_dataset):
     from napari_recist_seg.jobs.train import run_train
 
     ds = make_isic_dataset(tmp_path / "ds", TRAIN_STEMS)
+    bomb = nifti_bomb(ds / "images" / "bomb.nii")
+    _recist_csv(ds / "recist.csv", sorted((ds / "images").glob("*.jpg")) + [bomb])
     out = tmp_path / "model"
     out.mkdir()
     # What `kill -9` during save_checkpoint / atomic_write_text leaves behind.
@@ -327,11 +329,14 @@ def test_a_temp_file_left_by_a_killed_save_is_removed_by_the_next_save(tmp_path,
     mine.write_text("{}")
     report = run_train(ds, out, mode="a1", epochs=1, input_size=32, batch_size=4,
                        target="ellipse", device="cpu", clusters="auto")
-    assert report.exit_code == 0
+    assert report.exit_code == 3  # the bomb is one failure; the run went on
+    assert [(Path(f).name, "over the 2.0 GiB limit" in r) for f, r in report.failures] == [("bomb#1", True)]
     assert (out / "config.json").is_file()
     assert not [f for f in leftovers if f.exists()]
     assert mine.read_text() == "{}"  # only the writers' own temp names are touched
     assert not list(out.glob(".*"))
+    with open(out / "failures.csv", newline="", encoding="utf-8") as fh:
+        assert [r["file"] for r in csv.DictReader(fh)] == ["bomb#1"]
 
 
 def _wait_for(path: Path, text: str, proc, timeout: float = 240.0) -> None:
