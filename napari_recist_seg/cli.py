@@ -138,6 +138,10 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
 
         if args.spacing is not None and len(args.spacing) not in (2, 3):
             raise InputError("--spacing takes 2 values (row, col) or 3 (z, row, col) in mm")
+        if args.spacing is not None and not all(0 < s < float("inf") for s in args.spacing):
+            raise InputError(
+                "--spacing values must be positive finite mm, got " + " ".join(map(str, args.spacing))
+            )
         result = evaluate_folders(
             args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None,
             progress=progress,
@@ -190,11 +194,21 @@ def _cancel_on_sigint(cancel: CancelToken):
         signal.signal(signal.SIGINT, previous)
 
 
+def _sigterm_as_interrupt() -> object:
+    """SIGTERM (``kill``, a scheduler stopping the job) cancels like Ctrl-C: the job
+    stops, finished outputs are kept and ``train_log.json`` says "cancelled". Returns
+    the previous handler (``None`` off the main thread, where signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cancel = CancelToken()
     # ``view`` runs napari's event loop, which handles Ctrl-C itself.
     guard = _cancel_on_sigint(cancel) if args.command != "view" else contextlib.nullcontext()
+    previous = _sigterm_as_interrupt()
     try:
         with guard:
             return _run(args, cancel)
@@ -209,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Input problems get one line, never a traceback.
         print(f"recist-seg: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,6 +44,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from napari_recist_seg import checkpoint_checks
+# CheckpointError lives with the checks (a lower module) so they can raise it.
+from napari_recist_seg.checkpoint_checks import CheckpointError
 from napari_recist_seg.clusters import ClusterModel
 from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.preprocess import (
@@ -72,10 +75,6 @@ CONFIG_FILE = "config.json"
 DEFAULT_WEIGHTS_FILE = "weights.safetensors"
 # How long to wait when probing whether pretrained weights can be downloaded.
 NETWORK_PROBE_TIMEOUT_S = 2.0
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded: corrupt, mismatched, unsafe or too new."""
 
 
 @dataclass(frozen=True)
@@ -451,17 +450,12 @@ def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise CheckpointError(f"{p}: no {CONFIG_FILE} (not a napari-recist-seg checkpoint)")
     try:
-        doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+        doc = checkpoint_checks.parse_config(cfg_path.read_text(encoding="utf-8"), cfg_path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{cfg_path}: unreadable config ({exc})") from exc
     if not isinstance(doc, dict) or "model" not in doc:
         raise CheckpointError(f"{cfg_path}: not a napari-recist-seg checkpoint config")
-    version = doc.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{cfg_path}: checkpoint format version {version} is newer than this version "
-            f"of napari-recist-seg supports ({FORMAT_VERSION}); upgrade the package"
-        )
+    checkpoint_checks.check_format_version(doc.get("format_version", FORMAT_VERSION), FORMAT_VERSION, cfg_path)
     return doc
 
 
@@ -547,9 +541,7 @@ def load_checkpoint(
     doc: dict[str, Any]
     if p.is_dir():
         doc = read_checkpoint_config(p)
-        weights = p / str(doc.get("weights") or DEFAULT_WEIGHTS_FILE)
-        if weights.name != Path(str(doc.get("weights") or DEFAULT_WEIGHTS_FILE)).name:
-            raise CheckpointError(f"{p}: invalid weights file name in {CONFIG_FILE}")
+        weights = checkpoint_checks.weights_path(p, doc.get("weights"), DEFAULT_WEIGHTS_FILE)
     else:
         weights = p
         doc = {}
@@ -583,6 +575,7 @@ def load_checkpoint(
             f"{weights}: unknown checkpoint type {suffix or '(no suffix)'}; expected a "
             "checkpoint folder, .safetensors or .pt/.pth"
         )
+    checkpoint_checks.check_checkpoint(doc, state, FORMAT_VERSION, p)  # types, ranges, finite weights
     version = doc.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(

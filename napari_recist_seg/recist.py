@@ -38,9 +38,21 @@ __all__ = [
 MIN_AXIS_LENGTH_PX = 1.0
 # Axes closer than this to parallel (degrees) cannot define a crossing.
 MIN_CROSSING_ANGLE_DEG = 10.0
+# No image is this large (px); bigger coordinates are typos or hostile (1e308 overflows).
+MAX_COORDINATE_PX = 1e9
 # Slack (fraction of each axis) allowed when deciding whether two axes cross: hand-drawn
 # lines end a little short of each other.
 CROSSING_TOLERANCE = 0.05
+
+
+def _check_range(recist: "Recist") -> None:
+    """Refuse coordinates beyond any image: lengths and the crossing would overflow to
+    inf / NaN and the message would read "crossing at nan%"."""
+    largest = float(np.abs(recist.endpoints).max())
+    if largest > MAX_COORDINATE_PX:
+        raise RecistError(
+            f"a coordinate is out of range ({largest:.3g} px; at most {MAX_COORDINATE_PX:.0e})"
+        )
 
 
 class RecistError(ValueError):
@@ -207,6 +219,7 @@ class Recist:
         """
         if not (np.all(np.isfinite(self.long_axis)) and np.all(np.isfinite(self.short_axis))):
             raise RecistError("coordinates contain NaN or infinity")
+        _check_range(self)
         if self.long_length < MIN_AXIS_LENGTH_PX:
             raise RecistError(
                 f"long axis has (near) zero length ({self.long_length:.2f} px)"
@@ -370,6 +383,7 @@ def snap(recist: Recist, *, tolerance: float = CROSSING_TOLERANCE) -> Recist:
     """
     if not (np.all(np.isfinite(recist.long_axis)) and np.all(np.isfinite(recist.short_axis))):
         raise RecistError("coordinates contain NaN or infinity")
+    _check_range(recist)
     if recist.long_length < MIN_AXIS_LENGTH_PX or recist.short_length < MIN_AXIS_LENGTH_PX:
         raise RecistError("an axis has (near) zero length")
     t, u = recist.crossing_parameters()

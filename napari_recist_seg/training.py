@@ -24,6 +24,7 @@ reporting only) and writes the best checkpoint and ``train_log.json`` to ``out_d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -553,6 +554,33 @@ def _write_log(out_dir: Path, doc: dict[str, Any]) -> None:
     atomic_write_text(out_dir / TRAIN_LOG, json.dumps(doc, indent=2, allow_nan=False, default=_json_default))
 
 
+def _mark_cancelled(out_dir: Path, wall_s: float) -> None:
+    """An interrupted run's log says ``"cancelled"``, not ``"running"`` for ever."""
+    try:
+        doc = json.loads((out_dir / TRAIN_LOG).read_text(encoding="utf-8"))
+        if isinstance(doc, dict) and doc.get("status") == "running":
+            doc["status"] = "cancelled"
+            doc["wall_time_s"] = wall_s
+            _write_log(out_dir, doc)
+    except (OSError, ValueError):
+        pass  # no log yet (interrupted while preparing) or unreadable: nothing to fix
+
+
+# Temporary files of the checkpoint and log writers (model.save_checkpoint, atomic_path).
+_TEMP_PATTERNS = (".weights.*.safetensors", ".config.*.json", ".train_log.*.json")
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Remove temp files a killed save left behind (a 46 MB ``.weights.*`` each).
+
+    Saves run one at a time in this process, so any such file present before a save is
+    a leftover; two runs training into one folder at once are not supported anyway."""
+    for pattern in _TEMP_PATTERNS:
+        for stale in out_dir.glob(pattern):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, (np.integer,)):
         return int(o)
@@ -623,6 +651,10 @@ def train(
     try:
         return _train(config, list(samples), out, device, dist_info, t_start,
                       init_checkpoint, progress, cancel, on_epoch, extra or {})
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the CLI
+        if dist_info.main:
+            _mark_cancelled(out, time.perf_counter() - t_start)
+        raise
     finally:
         if dist_info.owns_group:
             import torch.distributed as dist
@@ -867,6 +899,7 @@ def _train(
                     "init_checkpoint": log_doc["init_checkpoint"],
                     **({"extra": extra} if extra else {}),
                 }
+                _remove_stale_temps(out)
                 checkpoint = save_checkpoint(out, model, mcfg, clusters, summary, half=cfg.half_weights)
             log_doc["epochs"].append(asdict(entry))
             log_doc["best_epoch"] = best[1] if best else None

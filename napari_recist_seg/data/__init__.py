@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "IMAGE_SUFFIXES": "images",
     "ImageData": "images",
     "ImageReadError": "images",
+    "ImageTooLargeError": "images",
     "image_plane": "images",
     "image_shape": "images",
     "image_spacing": "images",

@@ -51,10 +51,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from napari_recist_seg.data.limits import size_problem
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageData",
     "ImageReadError",
+    "ImageTooLargeError",
     "image_plane",
     "image_shape",
     "image_spacing",
@@ -84,6 +87,21 @@ _CT_MIN_HU = -200.0
 
 class ImageReadError(ValueError):
     """An image that cannot be read; the message names the file and the reason."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image whose header declares more pixels than the size limit allows.
+
+    Raised before any pixel is allocated; see :mod:`napari_recist_seg.data.limits`
+    (``RECIST_SEG_MAX_IMAGE_BYTES``).
+    """
+
+
+def _check_size(path: Path, shape: Sequence[int], bytes_per_pixel: int) -> None:
+    """Refuse a declared size over the limit before decoding (no MemoryError later)."""
+    problem = size_problem(shape, bytes_per_pixel)
+    if problem is not None:
+        raise ImageTooLargeError(f"{path}: {problem}")
 
 
 @dataclass(eq=False)
@@ -250,12 +268,31 @@ def _png_16bit_colour(path: Path) -> bool:
     return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
 
 
+# Bytes per pixel of the array _read_pil returns for each PIL mode (others become RGB).
+_PIL_BYTES = {"1": 1, "L": 1, "LA": 1, "La": 1, "RGB": 3, "I": 4, "F": 4,
+              "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def _open_pil(path: Path) -> Any:
+    """``Image.open`` (lazy: header only), with PIL's own bomb guard as our error."""
+    from PIL import Image
+
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{path}: {exc}") from exc
+
+
 def _read_pil(path: Path) -> ImageData:
-    from PIL import Image, ImageFile
+    from PIL import ImageFile
 
     # A truncated file must fail, never come back half grey.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with Image.open(path) as im:
+    with _open_pil(path) as im:
+        w, h = im.size
+        # A 16-bit colour PNG is re-read by OpenCV as (H, W, 4) uint16: 8 bytes a pixel.
+        bpp = 8 if _png_16bit_colour(path) else _PIL_BYTES.get(im.mode, 3)
+        _check_size(path, (h, w), bpp)
         im.load()
         mode = im.mode
         if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -312,6 +349,7 @@ def _read_tiff(path: Path) -> ImageData:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes = series.axes
+        _check_size(path, series.shape, np.dtype(series.dtype).itemsize)
         arr = np.asarray(series.asarray())
         spacing = _tiff_spacing(tif)
     is_rgb = axes.endswith("S") and arr.shape[-1] in (3, 4)
@@ -336,10 +374,20 @@ def _read_tiff(path: Path) -> ImageData:
 # -- NIfTI -------------------------------------------------------------------------------
 
 
+def _nifti_bytes(img: Any) -> int:
+    """Bytes per voxel of ``np.asanyarray(img.dataobj)``: float64 once scaling is set."""
+    itemsize = np.dtype(img.get_data_dtype()).itemsize
+    proxy = img.dataobj
+    slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
+    scaled = (slope is not None and slope != 1.0) or (inter is not None and inter != 0.0)
+    return max(itemsize, 8) if scaled else itemsize
+
+
 def _read_nifti(path: Path) -> ImageData:
     import nibabel as nib
 
     img = nib.load(str(path))
+    _check_size(path, img.shape, _nifti_bytes(img))
     # dataobj applies scl_slope / scl_inter only when set (else keeps int16 etc.).
     data = np.asanyarray(img.dataobj)
     while data.ndim > 3 and data.shape[-1] == 1:
@@ -369,7 +417,18 @@ def _read_nifti(path: Path) -> ImageData:
 # -- DICOM -------------------------------------------------------------------------------
 
 
+def _dicom_bytes(ds: Any) -> int:
+    """Bytes per pixel we end up holding: the stored size, float32 once rescaled."""
+    stored = max(1, int(ds.get("BitsAllocated", 16) or 16) // 8)
+    rescaled = ds.get("RescaleSlope", None) is not None or ds.get("RescaleIntercept", None) is not None
+    return max(stored, 4) if rescaled else stored
+
+
 def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    _check_size(path, (frames, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), samples),
+                _dicom_bytes(ds))
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -542,6 +601,7 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> ImageData:
     if len(headers) == 1:
         return _read_dicom_file(headers[0][0])
     first = headers[0][1]
+    _check_size(root, (len(headers), int(first.Rows), int(first.Columns)), 4)
     vol = np.empty((len(headers), int(first.Rows), int(first.Columns)), dtype=np.float32)
     rescaled_any = False
     for z, (f, _) in enumerate(headers):
@@ -694,9 +754,7 @@ def image_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
         if p.is_dir():
             return _series_shape_spacing(p)[0]
         if suffix in _PIL_SUFFIXES:
-            from PIL import Image
-
-            with Image.open(p) as im:
+            with _open_pil(p) as im:
                 w, h = im.size
             return (h, w)
         if suffix in _TIFF_SUFFIXES:

@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from napari_recist_seg.data.atomic import atomic_path
+from napari_recist_seg.data.limits import size_problem
 
 __all__ = [
     "MASK_SUFFIXES",
@@ -83,13 +84,27 @@ def _check_file(path: Path) -> None:
         raise MaskReadError(f"{path}: empty file (0 bytes)")
 
 
+def _check_size(path: Path, shape: Sequence[int], bytes_per_pixel: int) -> None:
+    """Refuse a header that declares more than the size limit before allocating."""
+    problem = size_problem(shape, bytes_per_pixel)
+    if problem is not None:
+        raise MaskReadError(f"{path}: {problem}")
+
+
 def _read_pil(path: Path) -> tuple[np.ndarray, str]:
     """Pixel array and PIL mode; raises on truncated files (never pads them)."""
     from PIL import Image, ImageFile
 
     # Truncated files must fail, not come back half black.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with Image.open(path) as im:
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise MaskReadError(f"{path}: {exc}") from exc
+    with im:
+        w, h = im.size
+        # At most 4 bytes a band (I, F; most masks are 1): an upper bound of the array.
+        _check_size(path, (h, w), 4 * len(im.getbands()))
         im.load()
         mode = im.mode
         if mode == "P":
@@ -110,6 +125,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes = series.axes
+        _check_size(path, series.shape, np.dtype(series.dtype).itemsize)
         arr = series.asarray()
     return np.asarray(arr), axes.endswith("S")
 
@@ -130,6 +146,9 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     import nibabel as nib
 
     img = nib.load(str(path))
+    scaled = img.dataobj.slope != 1.0 or img.dataobj.inter != 0.0
+    itemsize = np.dtype(img.get_data_dtype()).itemsize
+    _check_size(path, img.shape, max(itemsize, 8) if scaled else itemsize)
     data = np.asanyarray(img.dataobj)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     out = _nifti_to_zrc(np.asarray(data))

@@ -115,9 +115,28 @@ def train_config_from_args(args: argparse.Namespace | dict[str, Any]) -> Any:
         except ValueError as exc:
             raise InputError(f"--clusters must be an integer or 'auto', got {clusters!r}") from exc
     try:
-        return TrainConfig(**kw)
+        cfg = TrainConfig(**kw)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
+    _check_train_config(cfg)
+    return cfg
+
+
+def _check_train_config(cfg: Any) -> None:
+    """Refuse what would only fail later: NaN / inf options (a JSON error at the first
+    save), and a model no checkpoint check would load (e.g. ``--input-size 100000``)."""
+    import math
+    from dataclasses import asdict
+
+    from napari_recist_seg.checkpoint_checks import model_config_problem
+
+    for key, value in asdict(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            name = "--lambda" if key == "aux_weight" else "--" + key.replace("_", "-")
+            raise InputError(f"{name} must be a finite number, got {value}")
+    problem = model_config_problem(cfg.model_config(max(2, cfg.n_clusters or 2)).to_dict())
+    if problem is not None:
+        raise InputError(f"invalid model settings: {problem}")
 
 
 def train_from_dataset(
