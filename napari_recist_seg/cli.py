@@ -143,7 +143,10 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
         if args.json is not None:
             from napari_recist_seg.data.atomic import atomic_write_text
 
-            atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
+            try:
+                atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
+            except OSError as exc:
+                raise InputError(f"cannot write --json {args.json}: {exc.strerror or exc}") from None
         return 3 if result.failures else 0
     elif args.command == "view":
         from napari_recist_seg._launch import open_viewer
@@ -165,9 +168,25 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
     return report.exit_code
 
 
+def _sigterm_as_interrupt() -> object:
+    """SIGTERM (a scheduler's or ``kill``'s stop) ends a run like Ctrl-C: committed
+    outputs are kept and the tables rebuilt. Returns the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cancel = CancelToken()
+    previous_term = _sigterm_as_interrupt()
     try:
         return _run(args, cancel)
     except KeyboardInterrupt:
@@ -181,6 +200,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Input problems get one line, never a traceback.
         print(f"recist-seg: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # Folders that are read-only, full or not folders: one line too.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"recist-seg: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    finally:
+        if previous_term is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous_term)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":  # pragma: no cover
