@@ -60,8 +60,8 @@ def state_dir(out: Path) -> Path:
     return out / STATE_DIR
 
 
-def prepare_out(out: Path) -> None:
-    """Create ``out`` and its state folder, with one-line errors for what cannot be.
+def prepare_out(out: Path, *, state: bool = True) -> None:
+    """Create ``out`` (and its state folder), with one-line errors for what cannot be.
 
     Raises
     ------
@@ -73,7 +73,8 @@ def prepare_out(out: Path) -> None:
         raise InputError(f"--out {out} is a file, not a folder; choose a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (state_dir(out) / _RECORDS).mkdir(parents=True, exist_ok=True)
+        if state:
+            (state_dir(out) / _RECORDS).mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise InputError(f"cannot create output folder {out}: a file is in the way") from None
     except OSError as exc:
