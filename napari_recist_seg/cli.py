@@ -150,7 +150,10 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
         if args.json is not None:
             from napari_recist_seg.data.atomic import atomic_write_text
 
-            atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
+            try:
+                atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
+            except OSError as exc:
+                raise InputError(f"cannot write --json {args.json}: {exc.strerror or exc}") from None
         return 3 if result.failures else 0
     elif args.command == "view":
         from napari_recist_seg._launch import open_viewer
@@ -222,6 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
         # Input problems get one line, never a traceback.
         print(f"recist-seg: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # Folders that are read-only, full or not folders: one line too.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"recist-seg: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     finally:
         if previous is not None:

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+# Temporary files are named ``.<base>.~part-XXXXXXXX<suffixes>``: hidden (readers skip
+# them) and recognisable, so a run that holds its output folder's lock can remove the
+# leftovers of a run that was killed mid-write (see :func:`remove_stale_temps`).
+TEMP_MARK = ".~part-"
+_TEMP_RE = re.compile(r"^\..*" + re.escape(TEMP_MARK) + r"[A-Za-z0-9_]{8}")
 
 
 def _umask() -> int:
@@ -43,7 +50,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes) or ".tmp"
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name.split('.')[0]}.", suffix=suffix, dir=target.parent
+        prefix=f".{target.name.split('.')[0]}{TEMP_MARK}", suffix=suffix, dir=target.parent
     )
     os.close(fd)
     tmp = Path(tmp_name)
@@ -67,3 +74,32 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the name of a temporary file made by :func:`atomic_path`.
+
+    >>> is_temp_name(".case1.~part-ab12cd34.png"), is_temp_name(".hidden.png")
+    (True, False)
+    """
+    return bool(_TEMP_RE.match(name))
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
+    """Remove the temporary files :func:`atomic_path` left in ``folder`` (not below).
+
+    Only safe while no other writer uses ``folder`` (the bulk jobs hold its lock):
+    a kill -9 or power cut mid-write leaves such files behind. Returns how many were
+    removed.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for entry in entries:
+        if is_temp_name(entry.name) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed

@@ -150,17 +150,34 @@ def _is_image_file(f: Path) -> bool:
     return suffix == "" and _is_dicom_file(f)
 
 
+def _real(d: Path) -> str:
+    return os.path.normcase(os.path.realpath(d))
+
+
+def _first_visit(d: Path, seen: set[str]) -> bool:
+    """Whether folder ``d`` (by its real path) is walked for the first time: a
+    symlink loop (``images/loop -> .``) is scanned once, not until the path is too long."""
+    real = _real(d)
+    if real in seen:
+        return False
+    seen.add(real)
+    return True
+
+
 def _collect_images(
     folder: Path, *, recurse: bool, skip: set[Path]
 ) -> list[tuple[str, Path]]:
     """``(stem, path)`` for every image under ``folder``."""
     out: list[tuple[str, Path]] = []
+    seen = {_real(folder)}
 
     def walk(d: Path, prefix: str) -> None:
         for entry in sorted(d.iterdir()):
             if _is_hidden(entry) or entry in skip:
                 continue
             if entry.is_dir():
+                if not _first_visit(entry, seen):
+                    continue  # a symlink loop or a second link to a walked folder
                 if _is_dicom_dir(entry):
                     out.append((prefix + entry.name, entry))
                 elif recurse:
@@ -183,13 +200,15 @@ def _find_mask(stem: str, names: dict[str, Path]) -> Path | None:
 def _mask_index(masks_dir: Path) -> dict[str, Path]:
     """File name -> path for the masks folder (subfolders flattened like images)."""
     names: dict[str, Path] = {}
+    seen = {_real(masks_dir)}
 
     def walk(d: Path, prefix: str) -> None:
         for entry in sorted(d.iterdir()):
             if _is_hidden(entry):
                 continue
             if entry.is_dir():
-                walk(entry, prefix + entry.name + "_")
+                if _first_visit(entry, seen):
+                    walk(entry, prefix + entry.name + "_")
             elif entry.is_file() and mask_suffix(entry) in MASK_SUFFIXES:
                 names.setdefault(prefix + entry.name, entry)
 

@@ -16,12 +16,21 @@ Outputs, all written atomically into ``OUT``:
   the image path relative to ``OUT`` (the RECIST CSV convention);
 - ``failures.csv`` when some files or RECIST could not be processed.
 
-An image whose mask already exists in ``OUT`` is skipped (resume) unless
-``overwrite``; its rows in an existing ``measurements.csv`` are kept.
+Each image is committed on its own (:mod:`napari_recist_seg.jobs.outdir`): its masks
+are written atomically, then a record of its files and measurement rows
+(``OUT/.recist-seg/records/<stem>.json``); ``measurements.csv`` is rebuilt from all
+records, during and at the end of every run. So a crash, ``kill -9`` or full disk at
+any moment leaves a state from which a re-run gives exactly the outputs of a clean
+run. An image whose record and masks exist is skipped (resume) unless ``overwrite``.
+One run at a time writes into an ``OUT`` (a lock; a second run refuses). Before
+writing anything the run checks its plan: two inputs that would write the same output
+name, an ``OUT`` inside an input folder, or files in ``OUT`` that the tool did not
+write and would overwrite (without ``overwrite``) are refused with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -35,6 +44,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from napari_recist_seg.jobs.common import (
+    FAILURES_CSV,
     CancelToken,
     InputError,
     JobReport,
@@ -44,6 +54,8 @@ from napari_recist_seg.jobs.common import (
 )
 from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.data.deeplesion import read_deeplesion_csv
+from napari_recist_seg.jobs import outdir
+from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
 from napari_recist_seg.recist import Recist, RecistError, snap
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -69,8 +81,8 @@ MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "measured_long_mm",
     "measured_short_mm",
 )
-# measurements.csv is rewritten (atomically) at most this often during a run, and
-# always at the end, so a crash loses at most this many seconds of rows.
+# measurements.csv is rebuilt from the records (atomically) at most this often during a
+# run, and always at the end; a re-run after a crash rebuilds it from all records.
 _CSV_FLUSH_SECONDS = 2.0
 # Images read ahead and segmented together: at most this many, and no more once
 # their pixels take this many bytes (a chunk of large photographs stays small).
@@ -177,6 +189,16 @@ def plan_segment(
     *,
     recist_csv: str | os.PathLike[str] | None = None,
 ) -> tuple[list[SegmentItem], list[tuple[str, str]], list[Path]]:
+    """Resolve inputs to images with their RECIST (see :func:`_plan`)."""
+    items, failures, protect, _ = _plan(inputs, recist_csv=recist_csv)
+    return items, failures, protect
+
+
+def _plan(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    recist_csv: str | os.PathLike[str] | None = None,
+) -> tuple[list[SegmentItem], list[tuple[str, str]], list[Path], list[Path]]:
     """Resolve inputs to images with their RECIST.
 
     Returns
@@ -186,6 +208,9 @@ def plan_segment(
         Images without any RECIST.
     protect : list of Path
         Input folders that must not receive outputs (a dataset's images and masks).
+    nested : list of Path
+        Input folders scanned recursively: no output folder may lie inside them (the
+        next run would take the outputs for inputs).
 
     Raises
     ------
@@ -205,6 +230,8 @@ def plan_segment(
 
         dataset = scan_dataset(inputs_list[0])
         protect = [d for d in (dataset.images_dir, dataset.masks_dir) if d is not None]
+        # A flat dataset (images in the root) is not walked into subfolders.
+        nested = [d for d in protect if d != dataset.root]
         deeplesion = False
         if recist_csv is not None:
             records, deeplesion = _read_records(Path(recist_csv))
@@ -232,7 +259,7 @@ def plan_segment(
                 continue
             lesions = sorted(lesions, key=lambda t: t[0])
             items.append(SegmentItem(item.image_path, item.stem, lesions, deeplesion))
-        return items, failures, protect
+        return items, failures, protect, nested
 
     for p in inputs_list:
         if p.is_dir():
@@ -254,11 +281,37 @@ def plan_segment(
             failures.append((str(path), f"no RECIST for this image in {recist_csv}"))
             continue
         items.append(SegmentItem(path, stem, sorted(lesions, key=lambda t: t[0]), deeplesion))
-    return items, failures, []
+    return items, failures, [], []
 
 
-def _check_out(out: Path, protect: Sequence[Path], items: Sequence[SegmentItem]) -> None:
-    """Refuse an output folder that holds inputs: an input mask is never overwritten."""
+def _check_collisions(items: Sequence[SegmentItem], out: Path) -> None:
+    """Refuse two images that would write the same output name (``x.jpg`` and ``x.png``
+    both write ``x.png``; ``a`` with several lesions writes ``a_labels``, as does an
+    image ``a_labels``). Compared case-blind, as on macOS and Windows disks."""
+    owner: dict[str, SegmentItem] = {}
+    for item in items:
+        names = [item.stem] + ([f"{item.stem}_labels"] if len(item.lesions) > 1 else [])
+        for name in names:
+            other = owner.setdefault(name.casefold(), item)
+            if other is not item:
+                raise InputError(
+                    f"{other.image_path} and {item.image_path} would both be written as "
+                    f"{name}.* in {out}; rename one, or segment them into different --out folders"
+                )
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_out(
+    out: Path,
+    protect: Sequence[Path],
+    items: Sequence[SegmentItem],
+    nested: Sequence[Path] = (),
+) -> None:
+    """Refuse an output folder that holds inputs: an input mask is never overwritten,
+    and outputs are never written where a later scan would take them for inputs."""
     out_key = _key(out)
     forbidden: set[str] = {_key(d) for d in protect}
     for item in items:
@@ -276,22 +329,16 @@ def _check_out(out: Path, protect: Sequence[Path], items: Sequence[SegmentItem])
         raise InputError(
             f"refusing to write into {out}: it holds input images or masks; choose another --out"
         )
+    for d in nested:
+        for folder in {_key(d), _key(d.resolve())}:
+            if _inside(out_key, folder) or _inside(out_real, folder):
+                raise InputError(
+                    f"refusing to write into {out}: it is inside the input folder {d}, whose "
+                    "next scan would take the outputs for inputs; choose another --out"
+                )
 
 
 # -- measurements.csv ------------------------------------------------------------------
-
-
-def _read_measurements(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None or "image" not in reader.fieldnames:
-                raise InputError(f"{path} is not a measurements table (no 'image' column)")
-            return [dict(row) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"cannot read existing {path}: {exc}") from exc
 
 
 def _write_measurements(path: Path, rows: Sequence[dict[str, object]]) -> None:
@@ -452,43 +499,77 @@ def _segment_chunk(
     return out
 
 
-def _write(loaded: _Loaded, results: Sequence["LesionResult"], out: Path, report: JobReport) -> list[dict[str, object]]:
-    """Write one image's mask (and labels) atomically; returns its measurement rows."""
-    from napari_recist_seg.data.masks import write_labels, write_mask
-
-    item, data, valid, volume = loaded.item, loaded.data, loaded.lesions, loaded.volume
-    array = data.array  # type: ignore[attr-defined]
+def _masks(loaded: _Loaded, results: Sequence["LesionResult"]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The union mask (uint8 0/255) and, with several lesions, the label image."""
+    valid, volume = loaded.lesions, loaded.volume
+    array = loaded.data.array  # type: ignore[attr-defined]
     shape = array.shape if volume else array.shape[:2]
     union = np.zeros(shape, dtype=np.uint8)
     labels = None
     ids = [lesion for lesion, _ in valid]
+    values = ids
     if len(valid) > 1:
-        # Label value = lesion id; ids below 1 (0-based CSVs) would vanish into the
-        # background, so then the lesions are numbered 1.. in id order instead.
-        values = ids if min(ids) >= 1 else list(range(1, len(ids) + 1))
-        labels = np.zeros(shape, dtype=np.uint8 if max(values) < 256 else np.uint16)
-    else:
-        values = ids
+        # Label value = lesion id. Ids below 1 (0-based CSVs) would vanish into the
+        # background, and a PNG holds at most 65535: then the lesions are numbered
+        # 1.. in id order instead (the rows of measurements.csv give the ids).
+        if min(ids) < 1 or (not volume and max(ids) > 65535):
+            values = list(range(1, len(ids) + 1))
+        top = max(values)
+        dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
+        labels = np.zeros(shape, dtype=dtype)
     for value, res in zip(values, results):
         _paste(res, union, 255, volume)
         if labels is not None:
             _paste(res, labels, value, volume)
+    return union, labels
+
+
+def _commit(
+    loaded: _Loaded,
+    results: Sequence["LesionResult"],
+    out: Path,
+    report: JobReport,
+    ours: set[str],
+) -> dict:
+    """Commit one image: its masks (atomically), then its record (files + rows).
+
+    Until the record exists the image counts as not done, so a crash in between
+    only means the image is redone. ``ours`` are the names the tool claimed in
+    ``out`` (a labels file is removed only if it is one of them).
+
+    Raises
+    ------
+    OutputWriteError
+        ``out`` cannot be written (full disk, read-only...): the run must stop.
+    """
+    from napari_recist_seg.data.masks import write_labels, write_mask
+
+    item, data, volume = loaded.item, loaded.data, loaded.volume
+    union, labels = _masks(loaded, results)
     mask_path, labels_path = _outputs(out, item.stem, volume)
     out_spacing = data.spacing  # type: ignore[attr-defined]
-    # Labels first, mask last: the mask's existence marks the image as done (resume).
-    if labels is not None:
-        write_labels(labels_path, labels, spacing=out_spacing)
-        report.outputs.append(labels_path)
-    elif labels_path.exists():
-        labels_path.unlink()  # from an earlier run with more lesions (overwrite)
-    write_mask(mask_path, union > 0, spacing=out_spacing)
-    report.outputs.append(mask_path)
-
     image_label = _image_label(item.image_path, out)
-    return [
-        _measurement_row(image_label, lesion, res, res.recist.spacing)
-        for (lesion, _), res in zip(valid, results)
+    rows = [
+        {k: _fmt(v) for k, v in _measurement_row(image_label, lesion, res, res.recist.spacing).items()}
+        for (lesion, _), res in zip(loaded.lesions, results)
     ]
+    outputs = [mask_path.name] + ([labels_path.name] if labels is not None else [])
+    try:
+        # An old record must not vouch for the new masks while they are half done.
+        outdir.remove_record(out, item.stem)
+        if labels is not None:
+            write_labels(labels_path, labels, spacing=out_spacing)
+        elif labels_path.name in ours and labels_path.exists():
+            labels_path.unlink()  # from an earlier run with more lesions (overwrite)
+        write_mask(mask_path, union > 0, spacing=out_spacing)
+        outdir.write_record(out, item.stem, outputs, rows)
+    except OSError as exc:
+        raise OutputWriteError(
+            f"cannot write into {out}: {describe_os_error(exc)}; {report.processed} image(s) "
+            "finished and kept, run again (with space / write access) to resume"
+        ) from None
+    report.outputs.extend(out / n for n in outputs)
+    return {"outputs": outputs, "rows": rows}
 
 
 def _paste(res: "LesionResult", target: np.ndarray, value: int, volume: bool) -> None:
@@ -551,101 +632,153 @@ def run_segment(
         folder.
     """
     out = Path(out)
-    items, plan_failures, protect = plan_segment(inputs, recist_csv=recist_csv)
-    _check_out(out, protect, items)
+    items, plan_failures, protect, nested = _plan(inputs, recist_csv=recist_csv)
+    _check_out(out, protect, items, nested)
+    _check_collisions(items, out)
     report = JobReport()
     for file, reason in plan_failures:
         report.fail(file, reason)
-    out.mkdir(parents=True, exist_ok=True)
+    outdir.prepare_out(out)
+    with outdir.OutputLock(out):
+        outdir.clean_temps(out)
+        records = outdir.read_records(out)
+        todo: list[SegmentItem] = []
+        for item in items:
+            if not overwrite and outdir.committed(out, records.get(item.stem)):
+                report.skipped += 1
+            else:
+                todo.append(item)
+        ours = _claim_outputs(out, todo, overwrite)
+        if todo and predictor is None:
+            from napari_recist_seg.predict import Predictor
 
+            predictor = Predictor.load(model, device=device)
+        try:
+            _segment_all(todo, out, predictor, batch_size, report, records, ours,
+                         ProgressTracker(len(todo), progress), cancel)
+        except BaseException:
+            # Whatever stopped the run, the tables follow the committed records; on a
+            # full disk this may fail too (a re-run rebuilds them).
+            with contextlib.suppress(OSError):
+                _finish(out, records, report)
+            raise
+        try:
+            _finish(out, records, report)
+        except OSError as exc:
+            raise OutputWriteError(
+                f"cannot write into {out}: {describe_os_error(exc)}; the masks are kept, run "
+                "again (with space / write access) to write the tables"
+            ) from None
+    return report
+
+
+def _candidate_names(item: SegmentItem) -> list[str]:
+    """Output names ``item`` may write (2D or volume: known only once it is read)."""
+    stems = [item.stem] + ([f"{item.stem}_labels"] if len(item.lesions) > 1 else [])
+    return [f"{s}{ext}" for s in stems for ext in (".png", ".nii.gz")]
+
+
+def _claim_outputs(out: Path, todo: Sequence[SegmentItem], overwrite: bool) -> set[str]:
+    """Refuse files in ``out`` the tool did not write and would replace (unless
+    ``overwrite``); then record every name this run may write in the manifest."""
+    ours = outdir.load_manifest(out)
+    names = [MEASUREMENTS_CSV, FAILURES_CSV] + [n for it in todo for n in _candidate_names(it)]
+    foreign = [n for n in names if n not in ours and os.path.lexists(out / n)]
+    if foreign and not overwrite:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise InputError(
+            f"{out} already holds {foreign[0]}{more}, which recist-seg did not write; move "
+            "it away, choose another --out, or pass --overwrite to replace it"
+        )
+    return outdir.claim(out, ours, names)
+
+
+def _finish(out: Path, records: dict[str, dict], report: JobReport) -> None:
+    """Rebuild measurements.csv from the committed records; write failures.csv."""
+    _write_tables(out, records)
+    report.write_failures(out)
+
+
+def _write_tables(out: Path, records: dict[str, dict]) -> None:
     csv_path = out / MEASUREMENTS_CSV
-    previous = _read_measurements(csv_path)
-    rows_by_image: dict[str, list[dict[str, object]]] = defaultdict(list)
-    for row in previous:
-        rows_by_image[row["image"]].append(row)
+    rows = [row for rec in records.values() if outdir.committed(out, rec) for row in rec["rows"]]
+    if rows or csv_path.exists():
+        rows.sort(key=lambda r: (str(r.get("image")), _as_int(r.get("lesion"))))
+        _write_measurements(csv_path, rows)
 
-    todo: list[SegmentItem] = []
-    for item in items:
-        if not overwrite and _existing_output(out, item) is not None:
-            report.skipped += 1
-        else:
-            todo.append(item)
 
-    if todo and predictor is None:
-        from napari_recist_seg.predict import Predictor
-
-        predictor = Predictor.load(model, device=device)
-
-    tracker = ProgressTracker(len(todo), progress)
+def _segment_all(
+    todo: Sequence[SegmentItem],
+    out: Path,
+    predictor: "Predictor",
+    batch_size: int,
+    report: JobReport,
+    records: dict[str, dict],
+    ours: set[str],
+    tracker: ProgressTracker,
+    cancel: CancelToken | None,
+) -> None:
+    """Read, segment and commit ``todo`` a chunk at a time (updates ``records``)."""
     last_flush = time.perf_counter()
-    dirty = False
     pending = list(reversed(todo))
 
     def failed(item: SegmentItem, exc: BaseException) -> None:
         report.fail(item.image_path, _reason(exc, item.image_path))
         tracker.step(f"failed {item.image_path.name}")
 
-    try:
-        while pending and not report.cancelled:
-            # Read a few images (each once), then segment all their lesions together:
-            # batching crops of several images halves the CPU cost per lesion.
-            chunk: list[_Loaded] = []
-            n_lesions = n_bytes = 0
-            while pending:
-                if cancel is not None and cancel.cancelled:
-                    report.cancelled = True
-                    break
-                nxt = pending[-1]
-                if chunk and (
-                    n_lesions + len(nxt.lesions) > batch_size
-                    or n_bytes >= _CHUNK_BYTES
-                    or len(chunk) >= _CHUNK_IMAGES
-                ):
-                    break
-                pending.pop()
-                try:
-                    loaded = _load(nxt, report)
-                except (MemoryError, KeyboardInterrupt):
-                    raise
-                except Exception as exc:  # one bad file never stops the run
-                    failed(nxt, exc)
-                    continue
-                chunk.append(loaded)
-                n_lesions += len(loaded.lesions)
-                n_bytes += int(loaded.data.array.nbytes)  # type: ignore[attr-defined]
-            if not chunk:
+    while pending and not report.cancelled:
+        # Read a few images (each once), then segment all their lesions together:
+        # batching crops of several images halves the CPU cost per lesion.
+        chunk: list[_Loaded] = []
+        n_lesions = n_bytes = 0
+        while pending:
+            if cancel is not None and cancel.cancelled:
+                report.cancelled = True
+                break
+            nxt = pending[-1]
+            if chunk and (
+                n_lesions + len(nxt.lesions) > batch_size
+                or n_bytes >= _CHUNK_BYTES
+                or len(chunk) >= _CHUNK_IMAGES
+            ):
+                break
+            pending.pop()
+            try:
+                loaded = _load(nxt, report)
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # one bad file never stops the run
+                failed(nxt, exc)
                 continue
-            for loaded, results in zip(chunk, _segment_chunk(chunk, predictor, batch_size)):  # type: ignore[arg-type]
-                # Cancel takes effect between images, also inside a chunk: the rest of
-                # the chunk is left unwritten and a later run resumes from there.
-                if cancel is not None and cancel.cancelled:
-                    report.cancelled = True
-                    break
-                item = loaded.item
-                if isinstance(results, BaseException):
-                    failed(item, results)
-                    continue
-                try:
-                    rows = _write(loaded, results, out, report)
-                except (MemoryError, KeyboardInterrupt):
-                    raise
-                except Exception as exc:
-                    failed(item, exc)
-                    continue
-                rows_by_image[_image_label(item.image_path, out)] = rows
-                dirty = True
-                report.processed += 1
-                tracker.step(item.image_path.name)
-            del chunk
-            if dirty and time.perf_counter() - last_flush > _CSV_FLUSH_SECONDS:
-                _write_measurements(csv_path, _ordered_rows(rows_by_image))
-                last_flush = time.perf_counter()
-                dirty = False
-    finally:
-        if dirty or (rows_by_image and not csv_path.exists()):
-            _write_measurements(csv_path, _ordered_rows(rows_by_image))
-        report.write_failures(out)
-    return report
+            chunk.append(loaded)
+            n_lesions += len(loaded.lesions)
+            n_bytes += int(loaded.data.array.nbytes)  # type: ignore[attr-defined]
+        if not chunk:
+            continue
+        for loaded, results in zip(chunk, _segment_chunk(chunk, predictor, batch_size)):
+            # Cancel takes effect between images, also inside a chunk: the rest of
+            # the chunk is left unwritten and a later run resumes from there.
+            if cancel is not None and cancel.cancelled:
+                report.cancelled = True
+                break
+            item = loaded.item
+            if isinstance(results, BaseException):
+                failed(item, results)
+                continue
+            try:
+                records[item.stem] = _commit(loaded, results, out, report, ours)
+            except (MemoryError, KeyboardInterrupt, OutputWriteError):
+                raise
+            except Exception as exc:
+                failed(item, exc)
+                continue
+            report.processed += 1
+            tracker.step(item.image_path.name)
+        del chunk
+        if time.perf_counter() - last_flush > _CSV_FLUSH_SECONDS:
+            # A table to watch during long runs; the records are what counts.
+            _write_tables(out, records)
+            last_flush = time.perf_counter()
 
 
 def _reason(exc: BaseException, path: Path) -> str:
@@ -656,13 +789,6 @@ def _reason(exc: BaseException, path: Path) -> str:
             if text.startswith(prefix):
                 text = text[len(prefix):]
     return text
-
-
-def _ordered_rows(rows_by_image: dict[str, list[dict[str, object]]]) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
-    for image in sorted(rows_by_image):
-        rows.extend(sorted(rows_by_image[image], key=lambda r: _as_int(r.get("lesion"))))
-    return rows
 
 
 def _as_int(value: object) -> int:

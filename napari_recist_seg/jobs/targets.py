@@ -23,6 +23,7 @@ reported and the run goes on. Cancelling stops between images; finished targets 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import numpy as np
 from napari_recist_seg.jobs.common import (
     Cancelled,
     CancelToken,
+    InputError,
     JobReport,
     ProgressCallback,
     ProgressEvent,
@@ -80,6 +82,44 @@ def _reason(exc: BaseException, file: Path) -> str:
         if text.startswith(prefix) and len(text) > len(prefix):
             return text[len(prefix):]
     return text
+
+
+def _check_out(out: Path, ds) -> None:
+    """Refuse an ``out`` that would rewrite the dataset: its own ``recist.csv`` (rows
+    would be dropped), or its images / masks folders (the next scan would take the
+    targets for inputs)."""
+    def key(p: Path) -> str:
+        return os.path.normcase(os.path.realpath(p))
+
+    out_key = key(out)
+    dirs = [ds.root] + [d for d in (ds.images_dir, ds.masks_dir) if d is not None and d != ds.root]
+    for d in dirs:
+        k = key(d)
+        inside = out_key == k or (d != ds.root and out_key.startswith(k.rstrip(os.sep) + os.sep))
+        if inside:
+            raise InputError(
+                f"refusing to write into {out}: it is the dataset's own folder {d} "
+                f"(its {RECIST_CSV}, images and masks are never rewritten); choose another --out"
+            )
+    own = out / RECIST_CSV
+    if ds.recist_csv is not None and own.exists():
+        try:
+            same = os.path.samefile(own, ds.recist_csv)
+        except OSError:
+            same = False
+        if same:
+            raise InputError(
+                f"refusing to write {own}: it is the dataset's own {RECIST_CSV}; choose another --out"
+            )
+
+
+def _output_error(out: Path, exc: OSError, done: int) -> InputError:
+    from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
+
+    return OutputWriteError(
+        f"cannot write into {out}: {describe_os_error(exc)}; {done} image(s) finished and "
+        "kept, run again (with space / write access) to resume"
+    )
 
 
 def _make_targets(image, records, *, grabcut: bool):
@@ -168,9 +208,12 @@ def run_targets(
     from napari_recist_seg.data.masks import write_mask
     from napari_recist_seg.data.recist_csv import write_recist_csv
 
+    from napari_recist_seg.jobs.outdir import OutputWriteError, prepare_out
+
     out = Path(out)
     report = JobReport()
     ds = scan_dataset(dataset)
+    _check_out(out, ds)
     kinds = TARGET_KINDS if grabcut else TARGET_KINDS[:1]
 
     def derive_progress(event: ProgressEvent) -> None:
@@ -196,7 +239,7 @@ def run_targets(
     items = [item for item in ds.items if item.stem in recists]
     done_records = []
     fallbacks = 0
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out, state=False)
     tracker = ProgressTracker(len(items), progress)
     try:
         for i, item in enumerate(items):
@@ -222,11 +265,16 @@ def run_targets(
                 paths = target_paths(out, item.stem, volume=image.is_volume)
                 spacing = image.spacing if image.is_volume else None
                 # An image counts as done once all its targets exist (see _done).
-                if cut is not None:
-                    write_mask(paths["grabcut"], cut, spacing=spacing)
-                    report.outputs.append(paths["grabcut"])
-                write_mask(paths["ellipse"], ellipse, spacing=spacing)
-                report.outputs.append(paths["ellipse"])
+                try:
+                    if cut is not None:
+                        write_mask(paths["grabcut"], cut, spacing=spacing)
+                        report.outputs.append(paths["grabcut"])
+                    write_mask(paths["ellipse"], ellipse, spacing=spacing)
+                    report.outputs.append(paths["ellipse"])
+                except OSError as exc:  # the output folder, not the image: stop
+                    raise _output_error(out, exc, report.processed) from None
+            except OutputWriteError:
+                raise
             except Exception as exc:  # one bad file must not stop the run
                 if str(item.image_path) not in failed_files:
                     report.fail(item.image_path, _reason(exc, item.image_path))
@@ -236,12 +284,23 @@ def run_targets(
             report.processed += 1
             done_records.extend(records)
             tracker.step(item.stem)
-    finally:
-        # Whatever happened, the RECIST of the finished images and the failures are kept.
-        if done_records:
-            write_recist_csv(out / RECIST_CSV, done_records)
-            report.outputs.append(out / RECIST_CSV)
-        report.write_failures(out)
+    except BaseException:
+        # Whatever stopped the run, the RECIST of the finished images and the failures
+        # are kept where the disk allows (a re-run rewrites them).
+        with contextlib.suppress(OSError):
+            _write_tables(out, done_records, report, write_recist_csv)
+        raise
+    try:
+        _write_tables(out, done_records, report, write_recist_csv)
+    except OSError as exc:
+        raise _output_error(out, exc, report.processed) from None
     if progress is not None and grabcut and report.processed:
         progress(tracker.event(f"done; GrabCut fell back to the ellipse for {fallbacks} lesion(s)"))
     return report
+
+
+def _write_tables(out: Path, done_records: list, report: JobReport, write_recist_csv) -> None:
+    if done_records:
+        write_recist_csv(out / RECIST_CSV, done_records)
+        report.outputs.append(out / RECIST_CSV)
+    report.write_failures(out)

@@ -86,7 +86,9 @@ def test_cli_on_a_dataset_with_derived_recist_and_a_truncated_image(dataset, tin
             assert float(row["measured_long_px"]) == pytest.approx(m.long_length, abs=1e-3)
         assert not (out / f"{stem}_labels.png").exists()  # one lesion: no labels file
     assert not (out / "broken.png").exists()
-    assert not list(out.glob(".*"))  # no temporary files left behind
+    # no temporary files left behind (.recist-seg holds the run's records)
+    assert [p.name for p in out.glob(".*")] == [".recist-seg"]
+    assert not [p for p in (out / ".recist-seg").rglob(".*")]
 
 
 def test_resume_skips_done_images_and_overwrite_redoes_them(dataset, tiny_ckpt, tiny, tmp_path):
