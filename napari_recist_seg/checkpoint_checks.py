@@ -252,6 +252,18 @@ def check_checkpoint(
     CheckpointError
         The first problem found, naming the checkpoint and the setting or weight.
     """
+    check_config(doc, supported, where)
+    check_weights(state, where)
+
+
+def check_config(doc: Mapping[str, Any], supported: int, where: str | os.PathLike[str]) -> None:
+    """The checks of a loaded ``config.json`` alone (also for a stored ONNX graph).
+
+    Raises
+    ------
+    CheckpointError
+        The first problem found, naming the checkpoint and the setting.
+    """
     if json_depth(doc) > MAX_JSON_DEPTH:
         raise CheckpointError(f"{where}: the config is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     check_format_version(doc.get("format_version", supported), supported, where)
@@ -261,4 +273,3 @@ def check_checkpoint(
     problem = model_config_problem(model)
     if problem is not None:
         raise CheckpointError(f"{where}: invalid model config: {problem}")
-    check_weights(state, where)

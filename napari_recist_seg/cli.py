@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -46,6 +47,27 @@ class _StderrProgress:
             print(event.format(), file=sys.stderr, flush=True)
 
 
+EXIT_CODES = """exit status:
+  0    success
+  2    bad input (one-line reason on stderr)
+  3    some files failed (listed in OUT/failures.csv; the others are done)
+  130  cancelled (Ctrl-C; finished outputs are kept)
+
+'recist-seg COMMAND --help' shows a command's options."""
+
+
+def _version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("napari-recist-seg")
+    except PackageNotFoundError:
+        from napari_recist_seg import __version__
+
+        return __version__
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
 
@@ -54,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recist-seg",
         description="RECIST measurements to lesion masks; weakly supervised A1 / A1+L training.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("targets", help="derive RECIST and write ellipse / GrabCut weak masks")
@@ -65,25 +90,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("train", help="train A1 or A1+L from RECIST only")
-    p.add_argument("dataset", type=Path)
-    p.add_argument("--mode", choices=["a1", "a1l"], default="a1l")
+    p.add_argument("dataset", type=Path,
+                   help="dataset folder (images/, optional masks/ and recist.csv)")
+    p.add_argument("--mode", choices=["a1", "a1l"], default="a1l",
+                   help="a1 = segmentation only, a1l = plus the RECIST-cluster task (default a1l)")
     p.add_argument("--out", type=Path, required=True, help="model folder to write")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--encoder", default="resnet18")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    p.add_argument("--encoder", default="resnet18",
+                   help="segmentation-models-pytorch encoder name (default resnet18)")
     p.add_argument("--encoder-weights", default=None,
                    help="e.g. imagenet (needs the weights cached or a network; falls back to random init)")
     p.add_argument("--clusters", default="auto", help="K, or 'auto' (silhouette)")
     p.add_argument("--lambda", dest="aux_weight", type=float, default=None,
                    help="weight of the cluster loss (A1+L)")
-    p.add_argument("--target", choices=["ellipse", "grabcut"], default=None)
-    p.add_argument("--input-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--val-fraction", type=float, default=None)
+    p.add_argument("--target", choices=["ellipse", "grabcut"], default=None,
+                   help="weak training target made from each RECIST (default ellipse)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="network input side in px (default 128)")
+    p.add_argument("--batch-size", type=int, default=None, help="crops per step (default 16)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of images held out for model selection (default 0.1)")
     p.add_argument("--init", type=Path, default=None, help="fine-tune from this checkpoint")
     p.add_argument("--curated", type=Path, default=None,
                    help="folder of curated full masks to fine-tune on (with --init)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps")
+    p.add_argument("--seed", type=int, default=0, help="random seed (split, init, augmentation)")
     _add_common(p)
 
     p = sub.add_parser("segment", help="segment lesions from RECIST with a model")
@@ -91,14 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recist", type=Path, default=None,
                    help="RECIST CSV or DeepLesion DL_info.csv (default: the dataset's recist.csv)")
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: shipped model)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (masks, measurements.csv, failures.csv)")
+    p.add_argument("--device", default="auto",
+                   help="auto (CPU unless a GPU is present), cpu, cuda or mps")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo images whose outputs exist (default: skip them, resume)")
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="compare predicted masks with ground truth")
-    p.add_argument("--pred", type=Path, required=True)
-    p.add_argument("--gt", type=Path, required=True)
+    p.add_argument("--pred", type=Path, required=True, help="folder of predicted masks")
+    p.add_argument("--gt", type=Path, required=True,
+                   help="folder of ground-truth masks (matched to --pred by file stem)")
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
                    help="pixel size ROW_MM COL_MM (or Z_MM ROW_MM COL_MM for volumes), "
@@ -112,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--widget", action="append", default=None,
                    choices=["RECIST annotator", "Bulk segment", "Train / fine-tune", "Evaluate"],
                    help="dock widget(s) to open (default: RECIST annotator)")
+    for command in sub.choices.values():  # every command's --help lists the exit codes
+        command.epilog = EXIT_CODES.split("\n\n")[0]
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -167,6 +206,8 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
         report = run_train(args, progress=progress, cancel=cancel)
     else:  # pragma: no cover - argparse refuses unknown commands
         raise InputError(f"unknown command {args.command}")
+    if os.environ.get("RANK", "0") != "0":
+        return report.exit_code  # under torchrun only rank 0 reports
     print(report.summary(), file=sys.stderr)
     for file, reason in report.failures[:20]:
         print(f"  failed: {file}: {reason}", file=sys.stderr)

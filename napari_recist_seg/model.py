@@ -30,8 +30,10 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import socket
@@ -42,7 +44,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 
 from napari_recist_seg import checkpoint_checks
 # CheckpointError lives with the checks (a lower module) so they can raise it.
@@ -66,8 +67,12 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint_config",
     "save_checkpoint",
+    "load_checkpoint_graph",
+    "add_graph",
     "resolve_device",
 ]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "napari-recist-seg"
 FORMAT_VERSION = 1
@@ -189,6 +194,8 @@ def resolve_device(device: str = "auto") -> str:
     ValueError
         If the requested device is not available on this machine.
     """
+    import torch
+
     dev = (device or "auto").lower()
     if dev == "auto":
         if torch.cuda.is_available():
@@ -209,23 +216,39 @@ def resolve_device(device: str = "auto") -> str:
 
 
 # -- network ----------------------------------------------------------------------
-class RecistSegNet(torch.nn.Module):
-    """DeepLabV3+ whose ``forward`` returns ``(seg_logits, cluster_logits | None)``.
+# torch is imported only when a network is built, trained or loaded with PyTorch:
+# reading a checkpoint's config and running its stored ONNX graph need no torch.
+@functools.cache
+def _net_class() -> type:
+    import torch
 
-    ``seg_logits`` is ``(B, 1, S, S)``; ``cluster_logits`` is ``(B, K)`` for A1+L and
-    ``None`` for A1.
-    """
+    class RecistSegNet(torch.nn.Module):
+        """DeepLabV3+ whose ``forward`` returns ``(seg_logits, cluster_logits | None)``.
 
-    def __init__(self, config: ModelConfig, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.config = config
-        self.net = net
+        ``seg_logits`` is ``(B, 1, S, S)``; ``cluster_logits`` is ``(B, K)`` for A1+L and
+        ``None`` for A1.
+        """
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self.net(x)
-        if isinstance(out, (tuple, list)):
-            return out[0], out[1]
-        return out, None
+        def __init__(self, config: ModelConfig, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.config = config
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            out = self.net(x)
+            if isinstance(out, (tuple, list)):
+                return out[0], out[1]
+            return out, None
+
+    RecistSegNet.__qualname__ = "RecistSegNet"
+    return RecistSegNet
+
+
+def __getattr__(name: str) -> Any:
+    # ``RecistSegNet`` (a torch.nn.Module subclass) is created on first use.
+    if name == "RecistSegNet":
+        return _net_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _network_reachable(host: str = "huggingface.co", port: int = 443) -> bool:
@@ -319,7 +342,7 @@ def build_model(config: ModelConfig, *, pretrained: bool = True) -> RecistSegNet
             loaded = True
     if config.in_channels != 3:
         net.encoder.set_in_channels(config.in_channels, pretrained=loaded)
-    return RecistSegNet(config, net)
+    return _net_class()(config, net)
 
 
 # -- checkpoint -----------------------------------------------------------------
@@ -367,6 +390,7 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
     *,
     half: bool = False,
+    graph: bool = True,
 ) -> Path:
     """Write a checkpoint directory atomically (the previous one stays loadable).
 
@@ -384,6 +408,13 @@ def save_checkpoint(
     half : bool
         Store floating-point weights as float16 (halves the size; loading converts
         back to float32).
+    graph : bool
+        Also store the network's ONNX graph (``graph-<sha>.onnx``, named with its
+        sha256 in ``config.json``), exported from the weights as stored and checked
+        against PyTorch now, so that :class:`~napari_recist_seg.predict.Predictor`
+        runs it with ONNX Runtime alone (no torch import, no export at load). If the
+        export or the check fails, a warning is logged and the checkpoint is saved
+        without it (loading then exports, as for old checkpoints).
 
     Returns
     -------
@@ -432,6 +463,9 @@ def save_checkpoint(
         "weights_dtype": "float16" if half else "float32",
         "training": _jsonable(dict(extra or {})),
     }
+    graph_name = _store_graph(out, state, config, digest, half) if graph else None
+    if graph_name:
+        doc.update(graph_name)
     atomic_write_text(out / CONFIG_FILE, json.dumps(doc, indent=2, allow_nan=False))
     with contextlib.suppress(OSError):
         os.chmod(out / CONFIG_FILE, _file_mode())
@@ -440,7 +474,34 @@ def save_checkpoint(
         if old.name != weights_name:
             with contextlib.suppress(OSError):
                 old.unlink()
+    for old in out.glob("graph-*.onnx"):
+        if old.name != doc.get("graph"):
+            with contextlib.suppress(OSError):
+                old.unlink()
     return out
+
+
+def _store_graph(
+    out: Path, state: Mapping[str, Any], config: ModelConfig, weights_sha: str, half: bool
+) -> dict[str, str] | None:
+    """Export, check and write the ONNX graph of the weights as stored; config keys.
+
+    The network is rebuilt from ``state`` (the saved tensors, float16 if ``half``) as
+    :func:`load_checkpoint` would, so the graph computes what loading computes.
+    """
+    from napari_recist_seg.graph import GraphError, build_graph, write_graph
+
+    pre = config.preprocess
+    try:
+        net = build_model(config, pretrained=False)
+        _check_state(state, net, config, str(out))
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        data = build_graph(net.eval(), (pre.in_channels, pre.input_size, pre.input_size), half=half)
+    except (GraphError, CheckpointError, ValueError, RuntimeError, ImportError) as exc:
+        logger.warning("%s: saved without an ONNX graph (%s); loading will export it", out, exc)
+        return None
+    name, sha = write_graph(out, data)
+    return {"graph": name, "graph_sha256": sha, "graph_weights_sha256": weights_sha}
 
 
 def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -462,6 +523,8 @@ def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _load_torch_file(path: Path) -> dict[str, Any]:
     import pickle
 
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -477,6 +540,8 @@ def _load_torch_file(path: Path) -> dict[str, Any]:
 
 
 def _check_state(state: Mapping[str, Any], module: Any, config: ModelConfig, where: str) -> None:
+    import torch
+
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -532,6 +597,7 @@ def load_checkpoint(
         Missing / corrupt / unsafe file, future format version, or weights that do not
         match the config (encoder, mode, K, shapes).
     """
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -575,7 +641,21 @@ def load_checkpoint(
             f"{weights}: unknown checkpoint type {suffix or '(no suffix)'}; expected a "
             "checkpoint folder, .safetensors or .pt/.pth"
         )
-    checkpoint_checks.check_checkpoint(doc, state, FORMAT_VERSION, p)  # types, ranges, finite weights
+    checkpoint_checks.check_weights(state, p)  # finite float weights
+    config, clusters = _config_and_clusters(doc, p)
+    try:
+        model = build_model(config, pretrained=False)
+    except ValueError as exc:
+        raise CheckpointError(f"{p}: {exc}") from exc
+    _check_state(state, model, config, str(p))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.eval()
+    return model.to(resolve_device(device)), config, clusters
+
+
+def _config_and_clusters(doc: Mapping[str, Any], p: Path) -> tuple[ModelConfig, ClusterModel | None]:
+    """The model config and cluster model of a parsed config, checked together."""
+    checkpoint_checks.check_config(doc, FORMAT_VERSION, p)  # types, ranges, nesting
     version = doc.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
@@ -596,11 +676,74 @@ def load_checkpoint(
                 f"{p}: cluster model has K={clusters.k} but the model has "
                 f"{config.n_clusters} cluster outputs"
             )
-    try:
-        model = build_model(config, pretrained=False)
-    except ValueError as exc:
-        raise CheckpointError(f"{p}: {exc}") from exc
-    _check_state(state, model, config, str(p))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    model.eval()
-    return model.to(resolve_device(device)), config, clusters
+    return config, clusters
+
+
+def load_checkpoint_graph(
+    path: str | os.PathLike[str],
+) -> tuple[bytes, ModelConfig, ClusterModel | None] | None:
+    """A checkpoint folder's stored ONNX graph with its config, without torch.
+
+    Returns
+    -------
+    (graph, config, clusters) or None
+        ``None`` when ``path`` is not a folder with a usable stored graph (a file, an
+        old checkpoint, or a graph that fails its checksum: see
+        :func:`~napari_recist_seg.graph.read_graph`); then use :func:`load_checkpoint`.
+
+    Raises
+    ------
+    CheckpointError
+        Missing or invalid config, as :func:`load_checkpoint`.
+    """
+    from napari_recist_seg.graph import read_graph
+
+    p = Path(path)
+    if not p.is_dir():
+        if not p.exists():
+            raise CheckpointError(f"{p}: no such checkpoint")
+        return None
+    doc = read_checkpoint_config(p)
+    data = read_graph(p, doc)
+    if data is None:
+        return None
+    config, clusters = _config_and_clusters(doc, p)
+    return data, config, clusters
+
+
+def add_graph(path: str | os.PathLike[str]) -> str:
+    """Store the ONNX graph in an existing checkpoint folder (weights unchanged).
+
+    For checkpoints saved before graphs were stored: afterwards
+    :class:`~napari_recist_seg.predict.Predictor` loads them without torch.
+    ``config.json`` gains ``graph``, ``graph_sha256`` and ``graph_weights_sha256``
+    (replaced atomically); every other entry is kept as it was.
+
+    Returns
+    -------
+    str
+        The graph's file name.
+
+    Raises
+    ------
+    CheckpointError
+        Not a checkpoint folder, or its graph cannot be exported / does not match.
+    """
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    doc = read_checkpoint_config(p)
+    load_checkpoint(p)  # every check of a normal load (checksum, shapes, clusters)
+    weights = p / Path(str(doc.get("weights") or DEFAULT_WEIGHTS_FILE)).name
+    config, _ = _config_and_clusters(doc, p)
+    half = doc.get("weights_dtype") == "float16"
+    keys = _store_graph(p, load_file(str(weights), device="cpu"), config, str(doc.get("weights_sha256")), half)
+    if keys is None:
+        raise CheckpointError(f"{p}: the ONNX graph could not be exported or checked")
+    doc.update(keys)
+    atomic_write_text(p / CONFIG_FILE, json.dumps(doc, indent=2, allow_nan=False))
+    for old in p.glob("graph-*.onnx"):
+        if old.name != keys["graph"]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+    return keys["graph"]

@@ -36,8 +36,10 @@ napari_recist_seg.recist.RecistError: long axis has (near) zero length (0.00 px)
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,7 +47,6 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask, shape_features, snap
 from napari_recist_seg.runtime import make_runner
@@ -57,6 +58,28 @@ __all__ = [
     "click_scales",
     "postprocess_mask",
 ]
+
+logger = logging.getLogger(__name__)
+
+
+def _lazy_module(name: str) -> Any:
+    """``name`` imported on first attribute access (importlib's LazyLoader recipe)."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    loader = importlib.util.LazyLoader(spec.loader)  # type: ignore[arg-type]
+    spec.loader = loader  # type: ignore[union-attr]
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
+
+
+# scipy.ndimage takes about 0.8 s to import on the 2-core CPU, a third of a cold
+# `recist-seg segment`, and only post-processing (off by default) needs it.
+ndimage = _lazy_module("scipy.ndimage")
 
 #: Where the default model ships inside the package.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
@@ -345,6 +368,57 @@ def _plane(image: np.ndarray, recist: Recist) -> np.ndarray:
     return image
 
 
+def _nvidia_driver_present() -> bool:
+    """An NVIDIA driver is loaded (Linux), so ``auto`` may mean CUDA; checked without torch."""
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
+def _graph_device(device: str) -> str | None:
+    """The device a stored ONNX graph runs on for ``device``; ``None``: use PyTorch.
+
+    ``auto`` is CPU unless torch would pick a GPU: an NVIDIA driver (CUDA, via ONNX
+    Runtime's CUDA provider when present) or macOS (MPS), both decided by PyTorch.
+    """
+    import importlib.util
+
+    dev = (device or "auto").lower()
+    if dev == "auto":
+        if sys.platform == "darwin" or _nvidia_driver_present():
+            dev = "cuda" if _nvidia_driver_present() else "mps"
+        else:
+            return "cpu"
+    if dev.startswith("cuda"):
+        if importlib.util.find_spec("onnxruntime") is None:
+            return None
+        import onnxruntime as ort
+
+        return dev if "CUDAExecutionProvider" in ort.get_available_providers() else None
+    return "cpu" if dev == "cpu" else None
+
+
+def _graph_predictor(cls: type, path: Path, device: str, kwargs: dict) -> Any:
+    """A Predictor running the checkpoint's stored ONNX graph (no torch), or None."""
+    from napari_recist_seg.model import load_checkpoint_graph
+    from napari_recist_seg.runtime import runner_from_graph
+
+    if kwargs.get("optimize") is False or kwargs.get("backend") not in (None, "auto", "onnxruntime"):
+        return None
+    dev = _graph_device(device)
+    if dev is None:
+        return None
+    stored = load_checkpoint_graph(path)
+    if stored is None:
+        return None
+    graph, config, clusters = stored
+    rest = {k: v for k, v in kwargs.items() if k not in ("optimize", "backend")}
+    try:
+        runner = runner_from_graph(graph, dev)
+    except Exception as exc:  # noqa: BLE001 - e.g. an ONNX Runtime too old for the graph
+        logger.warning("%s: cannot run the stored graph (%s); using PyTorch", path, exc)
+        return None
+    return cls(None, config, clusters, dev, path=path, runner=runner, **rest)
+
+
 class Predictor:
     """A loaded model, ready to segment lesions from RECIST prompts.
 
@@ -352,8 +426,10 @@ class Predictor:
 
     Parameters
     ----------
-    model : torch.nn.Module
-        A :class:`~napari_recist_seg.model.RecistSegNet` (returns ``(seg, aux)``).
+    model : torch.nn.Module or None
+        A :class:`~napari_recist_seg.model.RecistSegNet` (returns ``(seg, aux)``);
+        ``None`` with ``runner`` (a stored ONNX graph: no torch), in which case
+        :attr:`model` loads the PyTorch network from ``path`` on first access.
     config : ModelConfig
         Its configuration (crop rule, threshold, mode).
     clusters : ClusterModel, optional
@@ -378,6 +454,9 @@ class Predictor:
         Force one backend (``"onnxruntime"``, ``"torchscript"``, ``"eager"``).
     path : Path, optional
         Where the checkpoint came from (for display).
+    runner : NetworkRunner, optional
+        A ready network (e.g. :func:`~napari_recist_seg.runtime.runner_from_graph`);
+        ``optimize`` and ``backend`` are then ignored.
     """
 
     def __init__(
@@ -392,8 +471,9 @@ class Predictor:
         optimize: bool | None = None,
         backend: str | None = None,
         path: Path | None = None,
+        runner: Any = None,
     ) -> None:
-        self.model = model.eval()
+        self._model = None if model is None else model.eval()
         self.config = config
         self.clusters = clusters
         self.device = str(device)
@@ -402,6 +482,11 @@ class Predictor:
         self.path = path
         self.preprocess = config.preprocess
         self.threshold = float(getattr(config, "threshold", 0.5))
+        if runner is not None:
+            self._runner = runner
+            return
+        if model is None:
+            raise ValueError("Predictor needs a model or a runner")
         if optimize is None:
             optimize = self.device == "cpu"
         if backend is None:
@@ -411,6 +496,18 @@ class Predictor:
             self.model, self.device, backend=backend,  # type: ignore[arg-type]
             input_shape=(int(pre.in_channels), int(pre.input_size), int(pre.input_size)),
         )
+
+    @property
+    def model(self) -> Any:
+        """The PyTorch network (loaded, with torch, on first access when the
+        predictor runs a stored ONNX graph)."""
+        if self._model is None:
+            from napari_recist_seg.model import load_checkpoint
+
+            if self.path is None:
+                raise AttributeError("this predictor has no PyTorch model and no checkpoint path")
+            self._model = load_checkpoint(self.path, device="cpu")[0].eval()
+        return self._model
 
     @property
     def backend(self) -> str:
@@ -439,7 +536,15 @@ class Predictor:
         device : str
             ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
         **kwargs
-            ``postprocess``, ``tta``: see :class:`Predictor`.
+            ``postprocess``, ``tta``, ``optimize``, ``backend``: see :class:`Predictor`.
+
+        Notes
+        -----
+        A checkpoint folder with a stored ONNX graph (every checkpoint saved by this
+        version) runs with ONNX Runtime alone on CPU: torch is not imported. PyTorch is
+        used for checkpoints without a graph (exported at load, as before), for
+        ``optimize=False`` or ``backend="torchscript"/"eager"``, and for GPUs unless
+        ONNX Runtime has the CUDA provider.
 
         Raises
         ------
@@ -458,6 +563,9 @@ class Predictor:
                     "with `recist-seg train`"
                 )
             path = DEFAULT_MODEL_DIR
+        fast = _graph_predictor(cls, Path(path), device, kwargs)
+        if fast is not None:
+            return fast
         dev = resolve_device(device)
         model, config, clusters = load_checkpoint(path, device=dev)
         return cls(model, config, clusters, dev, path=Path(path), **kwargs)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-__all__ = ["BACKENDS", "NetworkRunner", "make_runner"]
+__all__ = ["BACKENDS", "NetworkRunner", "export_onnx", "make_runner", "runner_from_graph"]
 
 Backend = Literal["onnxruntime", "torchscript", "eager"]
 #: Tried in this order on CPU by ``backend="auto"``.
@@ -124,10 +125,11 @@ def _torchscript(model: Any, example: np.ndarray, has_aux: bool) -> Callable[[np
     return run
 
 
-def _onnxruntime(
-    model: Any, example: np.ndarray, has_aux: bool, threads: int
-) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
-    import onnxruntime as ort
+def export_onnx(model: Any, example: np.ndarray, has_aux: bool) -> bytes:
+    """The network as an ONNX graph (opset 17, dynamic batch axis), in memory.
+
+    Inputs ``x``; outputs ``seg`` and, with a cluster head, ``aux``.
+    """
     import torch
 
     net = _traceable(model, has_aux)
@@ -135,27 +137,71 @@ def _onnxruntime(
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated
-        # Exported in memory at load time (~0.4 s): nothing is cached on disk, so a
-        # changed checkpoint can never meet a stale graph.
         torch.onnx.export(
             net, (torch.from_numpy(example[:1]),), buf, dynamo=False,
             input_names=["x"], output_names=names, opset_version=17,
             dynamic_axes={n: {0: "batch"} for n in ["x", *names]},
         )
+    return buf.getvalue()
+
+
+def default_threads() -> int:
+    """Intra-op threads for ONNX Runtime: ``OMP_NUM_THREADS``, else torch's setting
+    when torch is already imported (never imported for this), else the usable cores."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        return max(1, int(torch.get_num_threads()))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def onnx_session_runner(
+    graph: bytes, threads: int | None = None, device: str = "cpu"
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    """Run an ONNX graph with ONNX Runtime alone (no torch).
+
+    ``device="cuda"`` uses the CUDA execution provider, which must be available
+    (``onnxruntime-gpu``); ``ValueError`` otherwise.
+    """
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, int(threads))
+    opts.intra_op_num_threads = max(1, int(threads or default_threads()))
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # errors only; no warnings on the user's console
     # No busy-waiting between calls: in the viewer the GUI thread needs that core (about
     # 2 ms per call slower alone on 2 cores; no difference measured in the annotator).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    providers = ["CPUExecutionProvider"]
+    if str(device).startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ValueError("ONNX Runtime has no CUDA provider (install onnxruntime-gpu)")
+        providers = ["CUDAExecutionProvider", *providers]
+    session = ort.InferenceSession(graph, opts, providers=providers)
 
     def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         outs = session.run(None, {"x": x})
         return outs[0][:, 0], (outs[1] if len(outs) > 1 else None)
 
     return run
+
+
+def runner_from_graph(graph: bytes, device: str = "cpu", threads: int | None = None) -> NetworkRunner:
+    """A :class:`NetworkRunner` for a stored (already verified) ONNX graph; no torch."""
+    return NetworkRunner("onnxruntime", str(device), onnx_session_runner(graph, threads, device))
+
+
+def _onnxruntime(
+    model: Any, example: np.ndarray, has_aux: bool, threads: int
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    # Exported in memory at load time (checkpoints without a stored graph): nothing is
+    # cached on disk, so a changed checkpoint can never meet a stale graph.
+    return onnx_session_runner(export_onnx(model, example, has_aux), threads)
 
 
 def _agrees(run: Callable, ref: tuple[np.ndarray, np.ndarray | None], x: np.ndarray) -> bool:

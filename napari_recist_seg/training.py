@@ -533,6 +533,19 @@ def _all_any(flag: bool, d: _Dist, device: str) -> bool:
     return bool(t.item() > 0)
 
 
+def _all_sum(sums: dict[str, float], d: _Dist, device: str) -> None:
+    """Sum the epoch's loss sums over all ranks, in place (a no-op without DDP)."""
+    if d.world <= 1:
+        return
+    import torch.distributed as dist
+
+    keys = sorted(sums)
+    t = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    for k, v in zip(keys, t.tolist()):
+        sums[k] = v
+
+
 # -- the loop -------------------------------------------------------------------------
 def _resolve_clusters(
     cfg: TrainConfig, train_recists: list[Recist], init: ClusterModel | None
@@ -855,6 +868,7 @@ def _train(
             tracker.step(f"epoch {epoch}/{cfg.epochs} loss {float(loss.detach()):.3f}")
         if cancelled:
             break
+        _all_sum(sums, d, device)  # the logged train losses cover every rank's shard
         # -- validation (rank 0), then everyone learns the decision
         val_loss = val_dice = val_gt = None
         if d.main and val_items:

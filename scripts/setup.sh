@@ -22,6 +22,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PYTHON=${PYTHON:-python3}
-# torch comes from the registry (a CUDA build that also runs on CPU); pip resolves the
-# matching torchvision for timm / segmentation-models-pytorch.
+# torch comes from the registry (a CUDA build that also runs on CPU; see the README for
+# the CPU-only wheel); the test extra brings napari and PyQt6 (PyQt5: the [pyqt5] extra).
 "$PYTHON" -m pip install -q --disable-pip-version-check -e ".[test]"
