@@ -556,7 +556,7 @@ class Predictor:
                 raise TypeError(f"{where}recists[{i}] is a {type(r).__name__}, not a Recist")
             try:
                 r.validate(arr.shape)
-                prompts.append(snap(r))
+                prompts.append(snap(r, image_shape=arr.shape))
             except RecistError as exc:
                 if len(recists) == 1 and not where:
                     raise
