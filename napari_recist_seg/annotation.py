@@ -708,7 +708,7 @@ class AnnotationSession:
                     f"{what} is on slice {s2}, the first on slice {s1}; draw both axes on one slice"
                 )
             drawn = self._make_recist(first, second, s1)
-            snapped = snap(drawn) if snap_second else drawn.validate()
+            snapped = snap(drawn, image_shape=self.plane_shape) if snap_second else drawn.validate()
             if snapped.short_length > snapped.long_length:
                 snapped = replace(snapped, long_axis=snapped.short_axis, short_axis=snapped.long_axis)
             self._check_inside(snapped)

@@ -90,6 +90,9 @@ _CLICK_BORDER_LIMIT = 0.05
 MEASURE_MAX_PIXELS = 1 << 20
 
 _STRUCT8 = np.ones((3, 3), bool)
+#: Refinement a Predictor applies by default (see napari_recist_seg.refine; chosen on
+#: the validation ids of the default model's split with benchmarks/proxy_shift.py).
+DEFAULT_REFINE = "none"
 
 
 @dataclass
@@ -482,6 +485,8 @@ class Predictor:
         self.path = path
         self.preprocess = config.preprocess
         self.threshold = float(getattr(config, "threshold", 0.5))
+        # Post-processing of the probability (napari_recist_seg.refine.METHODS).
+        self.refine = DEFAULT_REFINE
         if runner is not None:
             self._runner = runner
             return
@@ -642,10 +647,9 @@ class Predictor:
             results = []
             for r in recists:
                 plane_shape = _plane(image, r).shape[:2]
-                results.append(
-                    self._finish(r, boxes[k], seg[k], None if aux is None else aux[k],
-                                 plane_shape, postprocess)
-                )
+                res = self._finish(r, boxes[k], seg[k], None if aux is None else aux[k],
+                                   plane_shape, postprocess)
+                results.append(self._refined(res, _plane(image, r), postprocess))
                 k += 1
             out.append(results)
         t3 = time.perf_counter()
@@ -682,6 +686,20 @@ class Predictor:
         offset = (int(offset[0]), int(offset[1]))
         return LesionResult(r, offset, mask, prob, cluster, confidence, measure_mask(mask, offset, r))
 
+    def _refined(self, res: LesionResult, plane: np.ndarray, postprocess: bool) -> LesionResult:
+        """Apply ``self.refine`` (a :mod:`~napari_recist_seg.refine` method) to a result."""
+        if self.refine == "none" or not res.mask.any():
+            return res
+        from napari_recist_seg.refine import refine_mask
+
+        (r0, c0), (h, w) = res.offset, res.mask.shape
+        local = res.recist.transformed(res.offset, 1.0)
+        crop = plane[r0 : r0 + h, c0 : c0 + w]
+        mask = refine_mask(self.refine, res.probability, local, crop, threshold=self.threshold)
+        if postprocess and mask.any():
+            mask = postprocess_mask(mask, local)
+        return replace(res, mask=mask, measured=measure_mask(mask, res.offset, res.recist))
+
     def _prompts(self, arr: np.ndarray, recists: Sequence[Recist], where: str = "") -> list[Recist]:
         """Validate and snap the RECIST of one image; RecistError names which one."""
         if isinstance(recists, Recist):
@@ -693,7 +711,7 @@ class Predictor:
             try:
                 r.validate(arr.shape)
                 _check_plane_values(_plane(arr, r), where)
-                prompts.append(snap(r))
+                prompts.append(snap(r, image_shape=arr.shape))
             except RecistError as exc:
                 if len(recists) == 1 and not where:
                     raise

@@ -29,6 +29,7 @@ __all__ = [
     "FEATURE_NAMES",
     "Recist",
     "RecistError",
+    "plane_shape",
     "recist_from_mask",
     "shape_features",
     "snap",
@@ -356,12 +357,60 @@ class Recist:
         )
 
 
-def snap(recist: Recist, *, tolerance: float = CROSSING_TOLERANCE) -> Recist:
+def plane_shape(image_shape: Sequence[int]) -> tuple[int, int]:
+    """``(rows, cols)`` of the plane a RECIST lies in (volume ``(Z, H, W)`` or image).
+
+    Examples
+    --------
+    >>> plane_shape((40, 512, 512)), plane_shape((576, 768, 3)), plane_shape((5, 6))
+    ((512, 512), (576, 768), (5, 6))
+    """
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) >= 3 and shape[-1] not in (3, 4):
+        return shape[1], shape[2]
+    return shape[0], shape[1]
+
+
+def _keep_inside(
+    centre: np.ndarray, reach: np.ndarray, normal: np.ndarray, shape: tuple[int, int]
+) -> np.ndarray:
+    """Shorten each side of the rotated short axis so its endpoint stays in the image.
+
+    Rotating a short axis drawn at the border about the crossing can swing an endpoint
+    out of the image; the point is pulled back along the perpendicular (towards the
+    crossing, which lies on the long axis and so inside), never refused.
+    """
+    eps = 1e-6  # a hair inside, so that rounding never puts the end back outside
+    lo = np.array([-0.5 + eps, -0.5 + eps])
+    hi = np.array([shape[0] - 0.5 - eps, shape[1] - 0.5 - eps])
+    out = reach.astype(float).copy()
+    for i, s in enumerate(out):
+        step = s * normal
+        scale = 1.0
+        for k in range(2):
+            end = centre[k] + step[k]
+            if end < lo[k] and step[k] < 0:
+                scale = min(scale, max(0.0, (lo[k] - centre[k]) / step[k]))
+            elif end > hi[k] and step[k] > 0:
+                scale = min(scale, max(0.0, (hi[k] - centre[k]) / step[k]))
+        out[i] = s * scale
+    return out
+
+
+def snap(
+    recist: Recist,
+    *,
+    tolerance: float = CROSSING_TOLERANCE,
+    image_shape: Sequence[int] | None = None,
+) -> Recist:
     """Apply the Bidirectional-tool rules to a drawn pair.
 
     The short axis is rotated to be perpendicular to the long axis, through the point
     where the two lines cross, keeping how far each short endpoint reaches on its side;
-    if the short axis is then the longer one, the two swap.
+    if the short axis is then the longer one, the two swap. With ``image_shape``, a
+    rotated short endpoint that would leave the image is pulled back inside along the
+    perpendicular (its side of the short axis is shortened), so a RECIST drawn inside
+    the image stays inside.
 
     Parameters
     ----------
@@ -369,6 +418,9 @@ def snap(recist: Recist, *, tolerance: float = CROSSING_TOLERANCE) -> Recist:
         The drawn measurement (first axis treated as the long one).
     tolerance : float
         Fraction of each axis by which the crossing may fall outside it.
+    image_shape : sequence of int, optional
+        Image (or volume) shape, as for :meth:`Recist.validate`; keeps the snapped
+        endpoints inside it.
 
     Raises
     ------
@@ -396,6 +448,8 @@ def snap(recist: Recist, *, tolerance: float = CROSSING_TOLERANCE) -> Recist:
     normal = np.array([-d[1], d[0]])
     centre = p + float(np.clip(t, 0.0, 1.0)) * (q - p)
     reach = (recist.short_axis - centre) @ normal
+    if image_shape is not None:
+        reach = _keep_inside(centre, reach, normal, plane_shape(image_shape))
     short = centre + np.outer(reach, normal)
     out = replace(recist, short_axis=short)
     if out.short_length > out.long_length:

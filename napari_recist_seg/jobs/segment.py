@@ -466,7 +466,7 @@ def _load(item: SegmentItem, report: JobReport) -> _Loaded:
             if volume and r.slice_index is None:
                 raise RecistError("no slice index for a RECIST on a volume")
             r.validate(array.shape)
-            valid.append((lesion, snap(r)))
+            valid.append((lesion, snap(r, image_shape=array.shape)))
         except RecistError as exc:
             report.fail(item.image_path, f"lesion {lesion}: {exc}")
     if not valid:

@@ -1,0 +1,179 @@
+"""Inference-side refinement of the model's lesion probability (no retraining).
+
+The network sees a 128 x 128 crop; its probability is resized back to the image. On
+full-resolution images from another camera the thresholded mask tends to be too
+large (issue 10: median area 1.09x the expert's), and the drawn RECIST says how large
+the lesion is. The refinements here use the probability, the image and the RECIST:
+
+- ``"none"``: ``probability > threshold`` (the network as is);
+- ``"recist"``: RECIST-consistent threshold per lesion: of the thresholds in
+  :data:`THRESHOLDS`, the one whose mask's measured long and short axes best match the
+  drawn ones (relative error), ties towards the fixed threshold;
+- ``"fused"``: OpenCV GrabCut seeded by the probability (definite foreground where
+  p > 0.9, probable foreground where p > threshold, probable background down to
+  p > 0.05, definite background beyond), then the mean of its signed distance and the
+  probability mask's (the image's edges, bounded by what the model believes);
+- ``"recist_fused"``: ``"fused"`` then the RECIST-consistent choice between it
+  and the thresholds.
+
+Pure numpy / OpenCV; :class:`~napari_recist_seg.predict.Predictor` applies the one
+named by its ``refine`` attribute.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
+
+__all__ = ["METHODS", "THRESHOLDS", "recist_error", "refine_mask"]
+
+METHODS = ("none", "recist", "fused", "recist_fused")
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+# GrabCut runs on the crop shrunk to this side (speed; the boundary is then smoothed).
+_GRABCUT_SIDE = 160
+
+
+def _keep_at(mask: np.ndarray, recist_local: Recist) -> np.ndarray:
+    """The component of ``mask`` at the RECIST crossing (else the largest), holes filled."""
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return mask
+    keep = 0
+    try:
+        r, c = (int(round(v)) for v in recist_local.crossing)
+    except RecistError:
+        r, c = (int(round(v)) for v in recist_local.centre)
+    if 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]:
+        keep = int(labels[r, c])
+    if keep == 0:
+        keep = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    return ndimage.binary_fill_holes(labels == keep)
+
+
+def recist_error(mask: np.ndarray, recist_local: Recist) -> float:
+    """Relative mismatch of the mask's measured axes and the drawn ones.
+
+    ``|L_m - L| / L + |W_m - W| / W``; ``inf`` for an empty or degenerate mask.
+
+    Examples
+    --------
+    >>> m = np.zeros((40, 40), bool); m[10:30, 5:35] = True
+    >>> r = Recist([[20, 5], [20, 34]], [[10, 20], [29, 20]])
+    >>> round(recist_error(m, r), 3) < 0.1
+    True
+    """
+    if not mask.any():
+        return float("inf")
+    try:
+        m = recist_from_mask(mask)
+    except RecistError:
+        return float("inf")
+    return abs(m.long_length - recist_local.long_length) / recist_local.long_length + abs(
+        m.short_length - recist_local.short_length
+    ) / recist_local.short_length
+
+
+def _signed(mask: np.ndarray) -> np.ndarray:
+    m = mask.astype(np.uint8)
+    inside = cv2.distanceTransform(m, cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 3)
+    return inside - outside
+
+
+def _grabcut(image: np.ndarray, prob: np.ndarray, threshold: float) -> np.ndarray | None:
+    """GrabCut seeded by the probability, on the crop (``None`` when it degenerates)."""
+    h, w = prob.shape
+    img = image
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = np.ascontiguousarray(img[..., :3])
+    if img.dtype != np.uint8:
+        lo, hi = np.percentile(img, (1, 99))
+        img = np.clip((img - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    scale = min(1.0, _GRABCUT_SIDE / max(h, w))
+    if scale < 1.0:
+        size = (max(8, int(round(w * scale))), max(8, int(round(h * scale))))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        p = cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
+    else:
+        p = prob
+    seeds = np.full(p.shape, cv2.GC_BGD, np.uint8)
+    seeds[p > 0.05] = cv2.GC_PR_BGD
+    seeds[p > threshold] = cv2.GC_PR_FGD
+    seeds[p > 0.9] = cv2.GC_FGD
+    if not (seeds == cv2.GC_BGD).any() and not (seeds == cv2.GC_PR_BGD).any():
+        return None
+    if not ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).any():
+        return None
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(img, seeds, None, bgd, fgd, 4, cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        return None
+    cut = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.float32)
+    if scale < 1.0:
+        cut = cv2.resize(cut, (w, h), interpolation=cv2.INTER_LINEAR)
+    return cut > 0.5
+
+
+def refine_mask(
+    method: str,
+    prob: np.ndarray,
+    recist_local: Recist,
+    image_crop: np.ndarray | None = None,
+    *,
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """The lesion mask of one crop under a refinement ``method`` (see module notes).
+
+    Parameters
+    ----------
+    method : str
+        One of :data:`METHODS`.
+    prob : np.ndarray
+        float32 probability of the crop box (image resolution).
+    recist_local : Recist
+        The prompt in the crop's pixel coordinates.
+    image_crop : np.ndarray, optional
+        The image under ``prob`` (same rows / cols); needed by the GrabCut methods
+        (without it they fall back to the thresholds).
+    threshold : float
+        The model's fixed threshold.
+
+    Returns
+    -------
+    np.ndarray
+        bool mask, same shape as ``prob``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown refinement {method!r}; choose one of {', '.join(METHODS)}")
+    base = prob > threshold
+    if method == "none" or not base.any():
+        return base
+    candidates: list[np.ndarray] = []
+    if method in ("fused", "recist_fused") and image_crop is not None:
+        cut = _grabcut(image_crop, prob, threshold)
+        if cut is not None and cut.any():
+            fused = (_signed(cut) + _signed(base)) / 2 > 0
+            fused = _keep_at(fused, recist_local)
+            if method == "fused":
+                return fused
+            candidates.append(fused)
+        elif method == "fused":
+            return base
+    if method == "fused":
+        return base
+    base_err = recist_error(_keep_at(base, recist_local), recist_local)
+    best, best_err = base, base_err
+    for t in THRESHOLDS:
+        candidates.append(prob > t)
+    for cand in candidates:
+        if not cand.any():
+            continue
+        err = recist_error(_keep_at(cand, recist_local), recist_local)
+        if err < best_err - 1e-9:
+            best, best_err = cand, err
+    return best
