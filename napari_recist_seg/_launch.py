@@ -28,7 +28,7 @@ def open_viewer(
     if sample:
         viewer.open_sample(PLUGIN, sample)
     for path in paths:
-        viewer.open(str(path))
+        _open_path(viewer, Path(path))
     for name in widgets:
         viewer.window.add_plugin_dock_widget(PLUGIN, name)
     # Docking shrinks the canvas: fit the data to what is left of it, now and again once
@@ -40,3 +40,16 @@ def open_viewer(
     if run:
         napari.run()
     return viewer
+
+
+def _open_path(viewer, path: Path) -> None:
+    """CT / MR images through this plugin's reader (napari's own reader would also
+    claim ``.nii.gz`` / ``.dcm`` and lose the voxel spacing); anything else as napari
+    opens it."""
+    from napari_recist_seg._image_reader import image_layer_data, is_readable
+
+    if is_readable(path):
+        data, kwargs, _ = image_layer_data(path)
+        viewer.add_image(data, **kwargs)
+    else:
+        viewer.open(str(path))

@@ -64,6 +64,7 @@ __all__ = [
     "image_suffix",
     "is_deeplesion_png",
     "read_deeplesion_png",
+    "dicom_affine",
     "read_dicom_series",
     "read_image",
 ]
@@ -81,8 +82,6 @@ _DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 DEEPLESION_OFFSET = 32768
 # DeepLesion series folders are named <patient>_<study>_<series>, e.g. 000001_01_01.
 _DEEPLESION_DIR = re.compile(r"^\d{6}_\d{2}_\d{2}$")
-# Below this minimum a volume holds air in Hounsfield units (-1000): it is CT.
-_CT_MIN_HU = -200.0
 
 
 class ImageReadError(ValueError):
@@ -405,13 +404,19 @@ def _read_nifti(path: Path) -> ImageData:
         arr = np.ascontiguousarray(data.transpose(2, 1, 0))
         spacing = (zooms[2], zooms[1], zooms[0])
         is_volume = True
-    modality = "grey"
-    if arr.size and (np.issubdtype(arr.dtype, np.signedinteger) or np.issubdtype(arr.dtype, np.floating)):
-        lo = np.nanmin(arr) if np.issubdtype(arr.dtype, np.floating) else arr.min()
-        if np.isfinite(lo) and lo <= _CT_MIN_HU:
-            modality = "ct"
-    return _finish(arr, path=path, spacing=spacing, is_volume=is_volume, modality=modality,
-                   metadata={"affine": np.asarray(img.affine)})
+    from napari_recist_seg.intensity import detect_modality
+
+    # NIfTI does not name the modality: Hounsfield units are recognised by their air
+    # (see napari_recist_seg.intensity), not by a negative minimum (MR artefacts).
+    modality = detect_modality(arr)
+    hdr = img.header
+    # pixdim 1 with neither qform nor sform: the writer did not know the voxel size.
+    known = not (int(hdr["qform_code"]) == 0 and int(hdr["sform_code"]) == 0
+                 and all(abs(z - 1.0) < 1e-6 for z in zooms))
+    return _finish(arr, path=path, spacing=spacing if known else None, is_volume=is_volume,
+                   modality=modality,
+                   metadata={"affine": np.asarray(img.affine), "spacing_known": known,
+                             "header": hdr.copy()})
 
 
 # -- DICOM -------------------------------------------------------------------------------
@@ -498,8 +503,10 @@ def _read_dicom_file(path: Path) -> ImageData:
     if is_volume and plane is not None:
         dz = ds.get("SpacingBetweenSlices", None) or ds.get("SliceThickness", None) or 1.0
         spacing = (float(dz),) + plane
+    affine = dicom_affine(ds, ds, 1) if not is_volume else None
     return _finish(arr, path=path, spacing=spacing, is_volume=is_volume,
-                   modality=_dicom_modality(ds, rescaled))
+                   modality=_dicom_modality(ds, rescaled),
+                   metadata={} if affine is None else {"affine": affine})
 
 
 def _slice_normal(ds: Any) -> np.ndarray | None:
@@ -558,6 +565,9 @@ def _scan_series(root: Path) -> tuple[list[tuple[Path, Any]], float]:
         if np.any(np.abs(steps) < 1e-6):
             raise _fail(root, "two slices share one position (duplicate files?)")
         dz = float(np.median(steps))
+        if np.max(np.abs(steps - dz)) > max(0.01 * dz, 0.05):
+            raise _fail(root, f"uneven slice spacing ({steps.min():.3g} to {steps.max():.3g} mm): "
+                        "slices are missing or the folder mixes acquisitions")
     else:
         inst = [int(ds.get("InstanceNumber", 0) or 0) for _, ds in headers]
         order = np.argsort(np.asarray(inst), kind="stable")
@@ -617,9 +627,39 @@ def read_dicom_series(folder: str | os.PathLike[str]) -> ImageData:
         vol[z] = px
     plane = _dicom_plane_spacing(first)
     spacing = (dz,) + plane if plane is not None else None
+    meta: dict[str, Any] = {"files": [f for f, _ in headers]}
+    affine = dicom_affine(first, headers[-1][1], len(headers))
+    if affine is not None:
+        meta["affine"] = affine
     return _finish(vol, path=root, spacing=spacing, is_volume=True,
-                   modality=_dicom_modality(first, rescaled_any),
-                   metadata={"files": [f for f, _ in headers]})
+                   modality=_dicom_modality(first, rescaled_any), metadata=meta)
+
+
+def dicom_affine(first: Any, last: Any, n_slices: int) -> np.ndarray | None:
+    """The NIfTI (RAS) affine of a DICOM series, for our ``d[col, row, z]`` NIfTI order.
+
+    Column ``i`` runs along the first ``ImageOrientationPatient`` vector (spaced by
+    ``PixelSpacing[1]``), row ``j`` along the second (``PixelSpacing[0]``), slice ``k``
+    from the first slice's ``ImagePositionPatient`` to the last one's. DICOM patient
+    coordinates are LPS; NIfTI's are RAS (x and y negated). ``None`` without the
+    orientation, position or spacing tags.
+    """
+    iop, ipp = first.get("ImageOrientationPatient", None), first.get("ImagePositionPatient", None)
+    plane = _dicom_plane_spacing(first)
+    if iop is None or len(iop) != 6 or ipp is None or len(ipp) != 3 or plane is None:
+        return None
+    r = np.asarray([float(v) for v in iop[:3]])
+    c = np.asarray([float(v) for v in iop[3:]])
+    p0 = np.asarray([float(v) for v in ipp])
+    last_ipp = last.get("ImagePositionPatient", None)
+    if n_slices > 1 and last_ipp is not None and len(last_ipp) == 3:
+        step = (np.asarray([float(v) for v in last_ipp]) - p0) / (n_slices - 1)
+    else:
+        thick = first.get("SpacingBetweenSlices", None) or first.get("SliceThickness", None) or 1.0
+        step = np.cross(r, c) * float(thick)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = r * plane[1], c * plane[0], step, p0
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
 # -- DeepLesion --------------------------------------------------------------------------
