@@ -51,6 +51,7 @@ from typing import Any, Iterator, Protocol, Sequence
 import numpy as np
 
 from napari_recist_seg.jobs.segment import MEASUREMENT_COLUMNS, measurement_row
+from napari_recist_seg.pairing import clip_segment, pair_problem
 from napari_recist_seg.predict import LesionResult, measure_mask
 from napari_recist_seg.recist import (
     MIN_AXIS_LENGTH_PX,
@@ -490,6 +491,9 @@ class Lesion:
     measured: Recist | None = None
     area_px: int | None = None
     box: Box | None = None
+    #: The mask was painted / erased / filled by hand (or imported): it is the truth
+    #: and is never replaced by a segmentation without the user asking.
+    edited: bool = False
 
     @property
     def line_ids(self) -> list[int]:
@@ -535,6 +539,7 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "confidence",
     "committed",
     "unit",
+    "edited",
 )
 
 
@@ -581,6 +586,9 @@ class AnnotationSession:
         self._next_line = 1
         self._next_lesion = 1
         self._undo: list[dict[str, Any]] = []
+        #: New lines shorter than this (data px) are stray clicks and dropped; the
+        #: widget sets it from the canvas zoom (:func:`pairing.stray_length`).
+        self.min_line_length = MIN_AXIS_LENGTH_PX
 
     # -- helpers ---------------------------------------------------------------------
     @property
@@ -671,6 +679,10 @@ class AnnotationSession:
         les.status = INVALID
         les.message = message
         les.recist = None
+        if les.edited:
+            # A hand-corrected mask is never thrown away by a line edit.
+            out.messages.append(f"lesion {les.id}: {message} (its hand-edited mask is kept)")
+            return
         les.cluster = les.confidence = les.measured = les.area_px = None
         out.clear.append((les.id, les.box))
         les.box = None
@@ -798,13 +810,13 @@ class AnnotationSession:
                     out.rewrite = True
                     seen[lid] = self.lines[lid]
                 else:
-                    seen[lid] = coords
+                    seen[lid] = self._clipped(coords)
                 seen_order.append(lid)
             else:
                 if obs.shape_type != "line" or coords.shape != (2, self.ndim):
                     bad_new += 1
                     continue
-                new.append(replace(obs, coords=coords))
+                new.append(replace(obs, coords=self._clipped(coords)))
         if bad_new:
             out.messages.append(
                 f"removed {bad_new} shape(s) that are not lines: the RECIST layer holds "
@@ -877,12 +889,18 @@ class AnnotationSession:
             les = self.lesions[les_id]
             if les.short_id is None:
                 les.slice_index = self._slice_of(self.lines[les.long_id])
+                # A lone line moved across another lone line: the two are one lesion.
+                partner = self._valid_partner(les.long_id, les.slice_index, out, exclude=les.id)
+                if partner is not None:
+                    del self.lesions[les.id]
+                    self._apply_pair(partner, partner.long_id, les.long_id, out)
                 continue
             if lids == {les.long_id} and les.recist is not None:
                 # Long axis edited alone: the short axis follows it (Bidirectional tool).
                 sl = self._slice_of(self.lines[les.long_id])
                 self.lines[les.short_id] = self._full_coords(self._carry_short(les, self.lines[les.long_id]), sl)
             self._apply_pair(les, les.long_id, les.short_id, out, what="the edited short axis")
+            self._keep_edit(les, out)
 
         # New lines, in layer order.
         hinted: dict[int, list[LineObs]] = {}
@@ -893,7 +911,9 @@ class AnnotationSession:
         zero = 0
         for obs in new:
             plane = self._plane_coords(obs.coords)
-            if float(np.linalg.norm(plane[1] - plane[0])) < MIN_AXIS_LENGTH_PX:
+            hinted_line = obs.lesion_hint is not None and obs.lesion_hint >= 0
+            shortest = MIN_AXIS_LENGTH_PX if hinted_line else max(MIN_AXIS_LENGTH_PX, self.min_line_length)
+            if float(np.linalg.norm(plane[1] - plane[0])) < shortest:
                 zero += 1
                 continue
             lid = self._new_line_id()
@@ -902,7 +922,10 @@ class AnnotationSession:
             new_order.append(lid)
             pending_ids[id(obs)] = lid
         if zero:
-            out.messages.append(f"ignored {zero} zero-length line(s) (a click, not an axis)")
+            out.messages.append(
+                f"ignored {zero} stray line(s), zero-length or a few screen pixels long "
+                "(a click, not an axis)"
+            )
             out.rewrite = True
         done_obs: set[int] = set()
         for hint, group in hinted.items():
@@ -924,7 +947,7 @@ class AnnotationSession:
                 continue
             lid = pending_ids[id(obs)]
             sl = self._slice_of(self.lines[lid])
-            partner = self._open_lesion(sl)
+            partner = self._valid_partner(lid, sl, out)
             if partner is not None:
                 self._apply_pair(partner, partner.long_id, lid, out)
             elif self.quick:
@@ -948,11 +971,82 @@ class AnnotationSession:
         self._push_undo(before)
         return out
 
-    def _open_lesion(self, slice_index: int | None) -> Lesion | None:
-        """The most recent lesion with one line on this slice (not committed)."""
+    def _keep_edit(self, les: Lesion, out: SyncResult) -> None:
+        """A hand-edited lesion whose lines moved keeps its mask (no new request)."""
+        if not les.edited or les.recist is None:
+            return
+        before = len(out.segment)
+        out.segment = [r for r in out.segment if r.lesion_id != les.id]
+        if len(out.segment) != before:
+            les.status = DONE
+            out.messages.append(
+                f"lesion {les.id}: its mask was edited by hand, so it was kept (not "
+                "re-segmented); select it and press Re-segment to replace it"
+            )
+
+    def record_edit(
+        self, lesion_id: int, area_px: int, measured: Recist | None, box: Box | None
+    ) -> bool:
+        """Store a lesion's mask as painted by hand; ``False`` if there is no such lesion.
+
+        The lesion is marked edited; its area and mask-measured L / W are those of the
+        painted mask. An edit that empties the mask leaves the lesion (lines kept) with
+        no area.
+        """
+        les = self.lesions.get(int(lesion_id))
+        if les is None:
+            return False
+        les.edited = True
+        les.area_px = int(area_px)
+        les.measured = measured
+        les.box = box
+        if les.status == PENDING:
+            # A result still in flight would overwrite the painting: discard it.
+            les.generation += 1
+            les.status = DONE if les.recist is not None else les.status
+        return True
+
+    def _clipped(self, coords: np.ndarray) -> np.ndarray:
+        """Endpoints a little past the border pulled back onto it (along the line)."""
+        if coords.shape != (2, self.ndim):
+            return coords
+        out = coords.copy()
+        out[:, -2:] = clip_segment(coords[:, -2:], self.plane_shape)
+        return out
+
+    def _valid_partner(
+        self, line_id: int, slice_index: int | None, out: SyncResult, *, exclude: int | None = None
+    ) -> Lesion | None:
+        """The most recent open lesion this new line forms a valid pair with.
+
+        Open lesions it does not pair with are flagged (drawn red, with the reason) and
+        the new line starts the next lesion: a leftover or wrong line never captures
+        the user's next axis.
+        """
+        plane = self._plane_coords(self.lines[line_id])
+        tried: list[tuple[Lesion, str]] = []
         for les in sorted(self.lesions.values(), key=lambda l: -l.id):
-            if les.short_id is None and not les.committed and les.slice_index == slice_index:
+            if les.short_id is not None or les.committed or les.slice_index != slice_index:
+                continue
+            if les.id == exclude:
+                continue
+            problem = pair_problem(
+                self._plane_coords(self.lines[les.long_id]), plane, self.plane_shape
+            )
+            if problem is None:
                 return les
+            tried.append((les, problem))
+        if exclude is not None:
+            return None  # an edited lone line: nothing new to flag
+        for les, problem in tried:
+            if "do not cross" in problem:
+                problem = "the next line does not cross it"
+            les.status = INVALID
+            les.message = (
+                f"no partner ({problem}), so that line starts a new lesion; draw this "
+                "lesion's other axis across it, or delete it"
+            )
+            out.messages.append(f"lesion {les.id}: {les.message}")
         return None
 
     def _lesion_label(self, les: Lesion) -> str:
@@ -1096,13 +1190,34 @@ class AnnotationSession:
         out.rewrite = out.changed = True
         return out
 
-    def resegment(self, *, include_committed: bool = False) -> SyncResult:
-        """Request a new mask for every valid lesion (e.g. after switching the model)."""
+    def resegment(
+        self,
+        *,
+        include_committed: bool = False,
+        lesion_ids: Sequence[int] | None = None,
+    ) -> SyncResult:
+        """Request a new mask for every valid lesion (e.g. after switching the model).
+
+        Hand-edited lesions are re-segmented only when named in ``lesion_ids`` (the user
+        asked for them); their edited mark is then cleared.
+        """
         out = SyncResult()
+        kept = []
         for les in self.lesions.values():
             if les.recist is None or (les.committed and not include_committed):
                 continue
+            if lesion_ids is not None and les.id not in lesion_ids:
+                continue
+            if les.edited and lesion_ids is None:
+                kept.append(les.id)
+                continue
+            les.edited = False
             out.segment.append(self._request(les))
+        if kept:
+            out.messages.append(
+                f"lesion(s) {', '.join(map(str, kept))} were edited by hand: kept (select them "
+                "and re-segment to replace their masks)"
+            )
         return out
 
     def undo(self) -> SyncResult:
@@ -1127,6 +1242,14 @@ class AnnotationSession:
                 and _same(cur.recist.short_axis, old.recist.short_axis)
                 and cur.slice_index == old.slice_index
             )
+            if cur is not None and cur.edited and not same_geometry:
+                # Undoing a line move never throws the hand-edited mask away.
+                old.generation = max(old.generation, cur.generation) + 1
+                old.edited, old.status, old.message = True, cur.status, cur.message
+                old.measured, old.area_px, old.box = cur.measured, cur.area_px, cur.box
+                if old.recist is None:
+                    old.status = OPEN if old.short_id is None else INVALID
+                continue
             if same_geometry:
                 # The mask on screen (or the request in flight) is right: keep it.
                 assert cur is not None
@@ -1195,6 +1318,7 @@ class AnnotationSession:
                     "confidence": les.confidence,
                     "committed": les.committed,
                     "unit": self.unit,
+                    "edited": les.edited,
                 }
             )
         return rows
@@ -1224,7 +1348,9 @@ class AnnotationSession:
                 image, les_id, r, m, cluster=les.cluster, confidence=les.confidence,
                 area_px=les.area_px, spacing=self.spacing,
             )
-            rows.append({**row, "status": les.status, "committed": les.committed})
+            rows.append(
+                {**row, "status": les.status, "committed": les.committed, "edited": les.edited}
+            )
         return rows
 
 
@@ -1404,7 +1530,7 @@ def export_masks(
 
 # The bulk job's measurements.csv columns, plus the annotator's per-lesion state, so a
 # table exported from the viewer reads like one written by `recist-seg segment`.
-MEASUREMENT_FIELDS: tuple[str, ...] = MEASUREMENT_COLUMNS + ("status", "committed")
+MEASUREMENT_FIELDS: tuple[str, ...] = MEASUREMENT_COLUMNS + ("status", "committed", "edited")
 
 
 def export_measurements(

@@ -84,7 +84,9 @@ def test_non_crossing_second_line_is_reported_not_guessed():
     first, second = line([20, 20], [20, 60]), line([40, 80], [60, 80])
     out = add_pair(s, first, second)
     les = s.lesions[1]
-    assert les.status == "invalid" and les.recist is None
+    # The first line is flagged; the second starts the next lesion (pairing.py rules).
+    assert les.status == "invalid" and les.recist is None and les.short_id is None
+    assert s.lesions[2].short_id is None
     assert not out.segment
     assert any("does not cross" in m for m in out.messages)
     # Nothing the user drew moved or vanished.
@@ -92,8 +94,8 @@ def test_non_crossing_second_line_is_reported_not_guessed():
     np.testing.assert_allclose(coords[0], first)
     np.testing.assert_allclose(coords[1], second)
     # Moving it across the first line makes the pair valid.
-    out = s.sync(observe(s, edit={les.short_id: line([10, 40], [30, 40])}))
-    assert s.lesions[1].status == "pending" and len(out.segment) == 1
+    out = s.sync(observe(s, edit={s.lesions[2].long_id: line([10, 40], [30, 40])}))
+    assert s.lesions[1].status == "pending" and len(out.segment) == 1 and 2 not in s.lesions
 
 
 def test_pairs_on_different_slices_are_invalid_and_slices_are_kept():
@@ -164,8 +166,14 @@ def test_bad_shapes_are_dropped_with_a_message():
 
 def test_a_pair_outside_the_image_is_invalid():
     s = AnnotationSession((50, 50))
+    # Endpoints past the border are clipped onto it (along the line), not refused.
     out = add_pair(s, line([10, 10], [10, 70]), line([0, 40], [20, 40]))
-    assert s.lesions[1].status == "invalid"
+    assert s.lesions[1].status == "pending"
+    assert s.lines[s.lesions[1].long_id][:, 1].max() == pytest.approx(49.5)
+    # A line entirely outside cannot be clipped: refused with the reason.
+    s = AnnotationSession((50, 50))
+    out = s.sync(observe(s, line([60, 10], [60, 40])))
+    out = s.sync(observe(s, line([50, 20], [70, 20])))
     assert any("outside" in m for m in out.messages)
 
 

@@ -36,6 +36,8 @@ from napari_recist_seg.annotation import (
     run_requests,
     spacing_from_scale,
 )
+from napari_recist_seg.hand_edits import lesion_ids_of_edit, lesions_in_label_image, measure_lesion
+from napari_recist_seg.pairing import stray_length
 
 RECIST_SUFFIX = " RECIST"
 LESIONS_SUFFIX = " lesions"
@@ -159,6 +161,7 @@ class ImageBinding(QObject):
         self.labels = self._adopt_or_create_labels()
         self.points: Any = None
         self.shapes.events.data.connect(self._on_shapes_data)
+        self.labels.events.paint.connect(self._on_paint)
         self.image.events.scale.connect(self._on_image_scale)
         self.image.events.translate.connect(self._on_image_scale)
         # Lines already in an adopted layer (e.g. opened from a RECIST CSV) count too.
@@ -297,6 +300,8 @@ class ImageBinding(QObject):
             self.image.events.translate.disconnect(self._on_image_scale)
         with contextlib.suppress(Exception):
             self.shapes.events.data.disconnect(self._on_shapes_data)
+        with contextlib.suppress(Exception):
+            self.labels.events.paint.disconnect(self._on_paint)
         if self.points is not None:
             with contextlib.suppress(Exception):
                 self.points.events.data.disconnect(self._on_points_data)
@@ -371,8 +376,18 @@ class ImageBinding(QObject):
         self._sync_scheduled = False
         if not self.alive() or self._writing:
             return
+        self.session.min_line_length = self.stray_length()
         out = self.session.sync(self.observe())
         self.apply(out)
+
+    def stray_length(self) -> float:
+        """Shortest new line (data px) that is an axis at the current zoom, not a click."""
+        try:
+            zoom = float(self.viewer.camera.zoom)
+            scale = float(min(abs(float(v)) for v in self.shapes.scale[-2:]))
+        except Exception:  # noqa: BLE001 - no camera (headless): the data-px default
+            return stray_length(1.0)
+        return stray_length(zoom * scale)
 
     def apply(self, out: SyncResult) -> None:
         """Queue segmentations, write the session's view back, clear masks, tell."""
@@ -485,15 +500,94 @@ class ImageBinding(QObject):
     def _clear_mask(self, lesion_id: int, box: Any) -> None:
         idx = clear_indices(self.labels.data, lesion_id, box)
         if idx[0].size:
-            self.labels.data_setitem(idx, 0)
+            with self._guard():  # not a hand edit
+                self.labels.data_setitem(idx, 0)
 
     def _paste(self, request: SegmentRequest, result: Any) -> None:
         les = self.session.lesions[request.lesion_id]
         self._clear_mask(les.id, les.box)
         idx, box = paste_indices(self.labels.data, les.id, result, les.slice_index)
         if idx[0].size:
-            self.labels.data_setitem(idx, les.id)
+            with self._guard():
+                self.labels.data_setitem(idx, les.id)
         self.session.accept(request, result, box)
+
+    # -- hand edits of the masks -------------------------------------------------------
+    def _on_paint(self, event: Any) -> None:
+        """A brush / eraser / fill stroke ended: re-measure the lesions it touched."""
+        if self._writing or self._closed:
+            return
+        ids = lesion_ids_of_edit(getattr(event, "value", None) or [])
+        if ids is None:
+            ids = lesions_in_label_image(self.labels.data) + list(self.session.lesions)
+        self.record_edits(sorted(set(ids)))
+
+    def record_edits(self, ids: list[int]) -> None:
+        """Store the masks of ``ids`` as painted; a label with no lesion becomes one."""
+        spacing = self.session.spacing
+        adopted = []
+        for lesion_id in ids:
+            les = self.session.lesions.get(lesion_id)
+            if les is not None:
+                m = measure_lesion(self.labels.data, lesion_id, les.slice_index, spacing)
+                self.session.record_edit(lesion_id, m.area_px, m.measured, m.box)
+            else:
+                adopted.append(lesion_id)
+        if adopted:
+            self._adopt_masks(adopted)
+        self.message.emit(
+            f"lesion(s) {', '.join(map(str, ids))}: mask edited by hand; area and mask L / W updated",
+            False,
+        )
+        self.changed.emit()
+
+    def _adopt_masks(self, ids: list[int]) -> list[int]:
+        """Make lesions of labels painted with no lesion: RECIST measured on the mask."""
+        made = []
+        for lesion_id in ids:
+            slices = [None] if self.ndim == 2 else [
+                int(z) for z in np.flatnonzero((np.asarray(self.labels.data) == lesion_id).any(axis=(1, 2)))
+            ]
+            for z in slices[:1]:  # a volume label: its first slice carries the RECIST
+                m = measure_lesion(self.labels.data, lesion_id, z, self.session.spacing)
+                if m.measured is None:
+                    continue
+                out = self.session.add_recist(m.measured, lesion_id=lesion_id)
+                out.segment = []  # the painted mask is the lesion's mask
+                les = self.session.lesions.get(lesion_id)
+                if les is None:
+                    continue
+                self.session.record_edit(lesion_id, m.area_px, m.measured, m.box)
+                les.status = "done" if les.recist is not None else les.status
+                self.apply(out)
+                made.append(lesion_id)
+        return made
+
+    def import_masks(self, labels: np.ndarray) -> list[int]:
+        """Load a label image (0 = background, k = lesion k) to continue editing.
+
+        Lesions already here keep their masks: imported pixels go only where the layer
+        is empty, and an imported label whose id is taken gets the next free id.
+        """
+        labels = np.asarray(labels)
+        if labels.shape != tuple(self.labels.data.shape):
+            raise ValueError(
+                f"the mask is {'x'.join(map(str, labels.shape))} but the image is "
+                f"{'x'.join(map(str, self.labels.data.shape))}"
+            )
+        target = np.asarray(self.labels.data)
+        free = target == 0
+        ids = []
+        for value in lesions_in_label_image(labels):
+            new_id = value
+            if new_id in self.session.lesions or (target == new_id).any():
+                new_id = max([0, *self.session.lesions, int(target.max())]) + 1
+            idx = np.nonzero((labels == value) & free)
+            if idx[0].size:
+                with self._guard():
+                    self.labels.data_setitem(idx, new_id)
+                ids.append(new_id)
+        return self._adopt_masks(ids)
 
     # -- segmentation worker -----------------------------------------------------------
     @property
