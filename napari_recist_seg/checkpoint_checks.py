@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -147,6 +148,10 @@ def _offline_encoder(name: Any) -> bool:
     """True for encoder names that build from code shipped with the packages."""
     if not isinstance(name, str) or ":" in name or "/" in name:
         return False  # tu-hf-hub:org/model and friends download code and weights
+    if "torch" not in sys.modules:
+        # The torch-free ONNX path builds no encoder; importing smp here would pull in
+        # torch. Any path that builds the network imports torch first and checks fully.
+        return True
     from segmentation_models_pytorch.encoders import encoders
 
     if name in encoders:

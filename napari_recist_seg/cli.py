@@ -72,6 +72,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="segment a validation set with one or two models and "
+                                       "compare them case by case (B - A)")
+    p.add_argument("dataset", type=Path, help="dataset folder with images/, masks/ [recist.csv]")
+    p.add_argument("--model", type=Path, action="append", default=None, metavar="CKPT",
+                   help="checkpoint, once or twice (A, then B; default: the shipped model)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="writes pred_A/, pred_B/, compare.json, compare.csv")
+    p.add_argument("--derive", action="store_true",
+                   help="prompt with RECIST derived from the masks, not recist.csv")
+    p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM")
+    p.add_argument("--device", default="auto")
+    _add_common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recist-seg",
@@ -141,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "to report distances in mm")
     _add_common(p)
 
+    _add_compare(sub)
+
     p = sub.add_parser("view", help="open napari with the RECIST annotator (and a sample)")
     p.add_argument("paths", type=Path, nargs="*", help="images or a RECIST CSV to open")
     p.add_argument("--sample", choices=["dermoscopy", "ct"], default=None,
@@ -194,6 +211,8 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
             except OSError as exc:
                 raise InputError(f"cannot write --json {args.json}: {exc.strerror or exc}") from None
         return 3 if result.failures else 0
+    elif args.command == "compare":
+        return _compare(args, progress, cancel)
     elif args.command == "view":
         from napari_recist_seg._launch import open_viewer
 
@@ -245,6 +264,32 @@ def _sigterm_as_interrupt() -> object:
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def _compare(args: argparse.Namespace, progress: _StderrProgress, cancel: CancelToken) -> int:
+    from napari_recist_seg.data.atomic import atomic_write_text
+    from napari_recist_seg.jobs.compare import run_compare
+
+    checkpoints = args.model or [None]
+    if len(checkpoints) > 2:
+        raise InputError("compare takes one or two --model checkpoints")
+    if args.spacing is not None and len(args.spacing) not in (2, 3):
+        raise InputError("--spacing takes 2 values (row, col) or 3 (z, row, col) in mm")
+    models = [(label, ckpt, args.out / f"pred_{label}") for label, ckpt in zip("AB", checkpoints)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = run_compare(
+        args.dataset, args.out, models, derive=args.derive, device=args.device,
+        spacing=tuple(args.spacing) if args.spacing else None, progress=progress, cancel=cancel,
+    )
+    atomic_write_text(args.out / "compare.json", json.dumps(result.to_dict(), indent=2))
+    atomic_write_text(args.out / "compare.csv", result.to_csv())
+    print(result.summary())
+    if result.cancelled:
+        print("recist-seg: cancelled; finished outputs are kept", file=sys.stderr)
+        return 130
+    for file, reason in result.failures[:20]:
+        print(f"  failed: {file}: {reason}", file=sys.stderr)
+    return 3 if result.failures else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -704,6 +704,8 @@ def load_checkpoint_graph(
             raise CheckpointError(f"{p}: no such checkpoint")
         return None
     doc = read_checkpoint_config(p)
+    # The weights must live in the folder even when the graph is used instead.
+    checkpoint_checks.weights_path(p, doc.get("weights"), DEFAULT_WEIGHTS_FILE)
     data = read_graph(p, doc)
     if data is None:
         return None

@@ -35,6 +35,7 @@ __all__ = [
     "ProgressCallback",
     "ProgressEvent",
     "ProgressTracker",
+    "phase_progress",
 ]
 
 
@@ -107,3 +108,32 @@ class ProgressTracker:
         self.done += n
         if self.callback is not None:
             self.callback(self.event(message))
+
+
+def phase_progress(
+    progress: ProgressCallback | None, phase: str, index: int, count: int
+) -> ProgressCallback | None:
+    """Map the events of phase ``index`` of ``count`` onto one overall bar.
+
+    A composite job (segment with model A, then B, then evaluate) reports each phase
+    with its own ``done / total``; this rescales them to per-mille of the whole job
+    and prefixes the message with the phase name. The ETA stays the phase's own.
+
+    >>> seen = []
+    >>> cb = phase_progress(seen.append, "evaluate", 1, 2)
+    >>> cb(ProgressEvent(5, 10, "case_3"))
+    >>> seen[0].done, seen[0].total, seen[0].message
+    (750, 1000, 'evaluate 5/10: case_3')
+    """
+    if progress is None:
+        return None
+    count = max(1, int(count))
+
+    def forward(event: ProgressEvent) -> None:
+        overall = (index + event.fraction) / count
+        msg = f"{phase} {event.done}/{event.total}"
+        if event.message:
+            msg += f": {event.message}"
+        progress(ProgressEvent(int(round(1000 * overall)), 1000, msg, event.elapsed, event.eta))
+
+    return forward

@@ -161,7 +161,7 @@ def test_segment_goes_on_past_a_nifti_and_a_tiff_bomb(tmp_path, tiny_a1_ckpt):
     images = []
     for i in range(5):
         images.append(Path(shutil.copy(ISIC / "images" / f"ISIC_000000{i}.jpg", tmp_path)))
-    images += [nifti_bomb(tmp_path / "bomb.nii"), tiff_bomb(tmp_path / "bomb.tif")]
+    images += [nifti_bomb(tmp_path / "nifti_bomb.nii"), tiff_bomb(tmp_path / "tiff_bomb.tif")]
     csv_path = _recist_csv(tmp_path / "recist.csv", images)
     out = tmp_path / "out"
     proc = subprocess.run(
@@ -174,7 +174,7 @@ def test_segment_goes_on_past_a_nifti_and_a_tiff_bomb(tmp_path, tiny_a1_ckpt):
     assert sorted(p.name for p in out.glob("ISIC_*.png")) == [f"ISIC_000000{i}.png" for i in range(5)]
     with open(out / "failures.csv", newline="", encoding="utf-8") as fh:
         failures = {Path(r["file"]).name: r["reason"] for r in csv.DictReader(fh)}
-    assert set(failures) == {"bomb.nii", "bomb.tif"}
+    assert set(failures) == {"nifti_bomb.nii", "tiff_bomb.tif"}
     assert all("over the 2.0 GiB limit" in reason for reason in failures.values())
     rss_kb = int(proc.stderr.split("MAXRSS_KB")[1].split()[0])
     assert rss_kb < 2 * 1024 * 1024

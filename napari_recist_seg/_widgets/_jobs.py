@@ -52,6 +52,10 @@ from napari_recist_seg.jobs.common import (
     describe_error,
 )
 
+# The composite-job progress mapping lives with the other progress primitives (a job
+# outside Qt uses it too); re-exported here for the docks.
+from napari_recist_seg.progress import phase_progress
+
 __all__ = ["JobOutcome", "JobPanel", "format_duration", "phase_progress"]
 
 #: The progress display is refreshed at most this often (seconds): each refresh repaints
@@ -76,35 +80,6 @@ def format_duration(seconds: float | None) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s // 3600} h {(s % 3600) // 60:02d} min"
-
-
-def phase_progress(
-    progress: ProgressCallback | None, phase: str, index: int, count: int
-) -> ProgressCallback | None:
-    """Map the events of phase ``index`` of ``count`` onto one overall bar.
-
-    A composite job (segment with model A, then B, then evaluate) reports each phase
-    with its own ``done / total``; this rescales them to per-mille of the whole job
-    and prefixes the message with the phase name. The ETA stays the phase's own.
-
-    >>> seen = []
-    >>> cb = phase_progress(seen.append, "evaluate", 1, 2)
-    >>> cb(ProgressEvent(5, 10, "case_3"))
-    >>> seen[0].done, seen[0].total, seen[0].message
-    (750, 1000, 'evaluate 5/10: case_3')
-    """
-    if progress is None:
-        return None
-    count = max(1, int(count))
-
-    def forward(event: ProgressEvent) -> None:
-        overall = (index + event.fraction) / count
-        msg = f"{phase} {event.done}/{event.total}"
-        if event.message:
-            msg += f": {event.message}"
-        progress(ProgressEvent(int(round(1000 * overall)), 1000, msg, event.elapsed, event.eta))
-
-    return forward
 
 
 @dataclass
