@@ -82,8 +82,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                    help="writes pred_A/, pred_B/, compare.json, compare.csv")
     p.add_argument("--derive", action="store_true",
                    help="prompt with RECIST derived from the masks, not recist.csv")
-    p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
+                   help="pixel spacing in mm (row col, or z row col) when the images have none")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     _add_common(p)
 
 
