@@ -37,6 +37,7 @@ METHODS = ("none", "recist", "fused", "recist_fused", "recist_gc")
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 # GrabCut runs on the crop shrunk to this side (speed; the boundary is then smoothed).
 _GRABCUT_SIDE = 160
+_MEASURE_SIDE = 160
 
 
 def _keep_at(mask: np.ndarray, recist_local: Recist) -> np.ndarray:
@@ -178,13 +179,23 @@ def refine_mask(
             return base
     if method == "fused":
         return base
-    base_err = recist_error(_keep_at(base, recist_local), recist_local)
-    best, best_err = base, base_err
+    # The thresholds are compared on the probability shrunk to at most _MEASURE_SIDE
+    # (the relative axis error does not depend on scale; full resolution costs ~180 ms
+    # per lesion at 768 x 576, shrunk ~10 ms).
+    f = min(1.0, _MEASURE_SIDE / max(prob.shape))
+    small, r_small = prob, recist_local
+    if f < 1.0:
+        size = (max(2, int(round(prob.shape[1] * f))), max(2, int(round(prob.shape[0] * f))))
+        small = cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
+        r_small = recist_local.transformed((0.0, 0.0), (size[1] / prob.shape[0], size[0] / prob.shape[1]))
+    best, best_err = base, recist_error(_keep_at(small > threshold, r_small), r_small)
     for t in THRESHOLDS:
-        candidates.append(prob > t)
-    for cand in candidates:
-        if not cand.any():
-            continue
+        cand = small > t
+        if cand.any():
+            err = recist_error(_keep_at(cand, r_small), r_small)
+            if err < best_err - 1e-9:
+                best, best_err = prob > t, err
+    for cand in candidates:  # full-resolution GrabCut candidates
         err = recist_error(_keep_at(cand, recist_local), recist_local)
         if err < best_err - 1e-9:
             best, best_err = cand, err
