@@ -92,7 +92,7 @@ MEASURE_MAX_PIXELS = 1 << 20
 _STRUCT8 = np.ones((3, 3), bool)
 #: Refinement a Predictor applies by default (see napari_recist_seg.refine; chosen on
 #: the validation ids of the default model's split with benchmarks/proxy_shift.py).
-DEFAULT_REFINE = "none"
+DEFAULT_REFINE = "recist"
 
 
 @dataclass
