@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--window", default=None,
+                   help="CT window: soft_tissue (default), liver, lung, bone, or LEVEL,WIDTH in HU")
+    p.add_argument("--modality", choices=["auto", "ct", "other"], default="auto",
+                   help="intensity rule: auto (DICOM tag / HU range), ct (window), "
+                        "other (per-crop 1-99 percentiles; MR, X-ray, 16-bit photos)")
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="compare predicted masks with ground truth")
@@ -126,9 +131,15 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
         from napari_recist_seg.jobs.segment import run_segment
 
         inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
+        if args.window is not None:
+            from napari_recist_seg.intensity import resolve_window
+
+            resolve_window(args.window)  # a bad value: one line, exit 2
+        intensity = {"window": args.window,
+                     "modality": {"auto": None, "ct": "ct", "other": "grey"}[args.modality]}
         report = run_segment(
             inputs, args.out, recist_csv=args.recist, model=args.model, device=args.device,
-            overwrite=args.overwrite, progress=progress, cancel=cancel,
+            overwrite=args.overwrite, progress=progress, cancel=cancel, **intensity,
         )
     elif args.command == "evaluate":
         from napari_recist_seg.jobs.evaluate import evaluate_folders

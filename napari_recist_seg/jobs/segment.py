@@ -510,6 +510,8 @@ def run_segment(
     predictor: "Predictor | None" = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    window: object = None,
+    modality: str | None = None,
 ) -> JobReport:
     """Segment every RECIST of a dataset folder or a list of image files.
 
@@ -536,6 +538,9 @@ def run_segment(
     progress, cancel
         See :mod:`napari_recist_seg.jobs.common`. Cancelling stops between images;
         finished outputs and their rows are kept.
+    window, modality
+        Intensity rule (:mod:`napari_recist_seg.intensity`): a CT window preset or
+        ``(level, width)``, and ``"ct"`` / another modality to override detection.
 
     Returns
     -------
@@ -574,6 +579,8 @@ def run_segment(
         from napari_recist_seg.predict import Predictor
 
         predictor = Predictor.load(model, device=device)
+    if predictor is not None and (window is not None or modality is not None):
+        predictor.window, predictor.modality = window, modality
 
     tracker = ProgressTracker(len(todo), progress)
     last_flush = time.perf_counter()
