@@ -474,13 +474,15 @@ def _write(loaded: _Loaded, results: Sequence["LesionResult"], out: Path, report
             _paste(res, labels, value, volume)
     mask_path, labels_path = _outputs(out, item.stem, volume)
     out_spacing = data.spacing  # type: ignore[attr-defined]
+    # The input's geometry (NIfTI affine / DICOM series RAS affine), for volume outputs.
+    out_affine = getattr(data, "metadata", {}).get("affine") if volume else None
     # Labels first, mask last: the mask's existence marks the image as done (resume).
     if labels is not None:
-        write_labels(labels_path, labels, spacing=out_spacing)
+        write_labels(labels_path, labels, spacing=out_spacing, affine=out_affine)
         report.outputs.append(labels_path)
     elif labels_path.exists():
         labels_path.unlink()  # from an earlier run with more lesions (overwrite)
-    write_mask(mask_path, union > 0, spacing=out_spacing)
+    write_mask(mask_path, union > 0, spacing=out_spacing, affine=out_affine)
     report.outputs.append(mask_path)
 
     image_label = _image_label(item.image_path, out)
