@@ -1,7 +1,8 @@
 """One RECIST -> a 3D tumour on the LiTS case (../shared/data/lits_case117).
 
 Tumours are the 26-connected components of label 2 spanning >= ``--min-slices`` axial
-slices whose largest axial cross-section (the RECIST slice) has >= ``--min-area`` px.
+slices whose largest axial cross-section (the RECIST slice) has >= ``--min-area`` px
+(28 px gives the issue's 35 tumours).
 Each gets one RECIST (``recist_from_mask`` of its largest 2D component on that slice).
 The shipped default model segments the RECIST slice; :func:`propagate_lesion` grows it
 through the neighbouring slices. Reported: mean RECIST-slice Dice, per-tumour 3D Dice
@@ -60,7 +61,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--min-slices", type=int, default=3)
-    ap.add_argument("--min-area", type=int, default=30)
+    ap.add_argument("--min-area", type=int, default=28)
     ap.add_argument("--min-fraction", type=float, default=0.15)
     ap.add_argument("--min-overlap", type=float, default=0.3)
     ap.add_argument("--max-growth", type=float, default=1.2)
