@@ -225,3 +225,16 @@ def test_read_only_out_and_evaluate_json_are_one_line(dataset, tiny_a1_ckpt, rea
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "cannot write --json" in err[0], err
     assert not list(readonly_dir.iterdir())
+
+
+def test_temporary_files_of_a_killed_run_are_removed_on_start(dataset, dark, tmp_path):
+    out = tmp_path / "out"
+    outdir.prepare_out(out)
+    stale = [out / ".ISIC_0000001.~part-ab12cd34.png",
+             out / ".recist-seg" / "records" / ".ISIC_0000001.~part-zz99yy88.json"]
+    for p in stale:
+        p.write_bytes(b"half written")
+    (out / ".keep").write_text("a user's hidden file")
+    assert run_segment(dataset, out, predictor=dark).exit_code == 0
+    assert not any(p.exists() for p in stale)
+    assert (out / ".keep").read_text() == "a user's hidden file"
