@@ -140,6 +140,15 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     """Output stems; files with the same name in different folders (DeepLesion's
     ``000001_01_01/103.png``) get their parent folders prefixed until unique."""
     stems = [_output_stem(p) for p in paths]
+    seen: dict[tuple[str, str], Path] = {}
+    for p, s in zip(paths, stems):
+        # x.jpg and x.png in one folder: no folder prefix tells them apart.
+        other = seen.setdefault((_key(p.parent), s.casefold()), p)
+        if other != p:
+            raise InputError(
+                f"{other} and {p} would both be written as {s}.* in the output folder; "
+                "rename one, or segment them into different --out folders"
+            )
     depth = 0
     while len(set(stems)) < len(stems) and depth < 8:
         depth += 1
