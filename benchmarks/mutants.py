@@ -63,8 +63,9 @@ MUTANTS = [
     _m("crop_offset_no_half_pixel", "preprocess.py",
        "return (self.row0 - 0.5 + 0.5 / s, self.col0 - 0.5 + 0.5 / s)",
        "return (float(self.row0), float(self.col0))", T_PRE),
+    # (``logits`` itself is turned into ``prob`` in place, so compare the logit explicitly)
     _m("threshold_logits", "predict.py", "mask = prob > self.threshold",
-       "mask = np.asarray(logits) > self.threshold", T_PRED),
+       "mask = np.log(prob / (1 - prob)) > self.threshold", T_PRED),
     _m("tta_unflip_wrong_axis", "predict.py", "seg = (seg + np.flip(seg_f, axis=2)) / 2",
        "seg = (seg + np.flip(seg_f, axis=1)) / 2", T_PRED),
     _m("segment_mask_spacing_none", "jobs/segment.py",
