@@ -250,12 +250,17 @@ def test_grey_image_and_tta_flip_equivariance(trained):
     # TTA = the mean of the logits of the crop and of the un-flipped mirrored crop.
     x, _ = make_input(grey, snap(r), tiny.preprocess)
     x = x[None]
-    seg, _ = tiny._runner(x)
-    seg_mirror, _ = tiny._runner(np.ascontiguousarray(x[..., ::-1]))
+    seg, aux = tiny._runner(x)
+    seg_mirror, aux_mirror = tiny._runner(np.ascontiguousarray(x[..., ::-1]))
     expected = (np.asarray(seg) + np.asarray(seg_mirror)[..., ::-1]) / 2
-    got, _ = tiny._forward(x, 1, tta=True)
+    got, got_aux = tiny._forward(x, 1, tta=True)
     assert np.ptp(expected) > 1.0
     np.testing.assert_allclose(got, expected, atol=1e-4)
+    # the cluster head too: softmax of the mean of both views' logits
+    mean_aux = (np.asarray(aux, np.float64) + np.asarray(aux_mirror, np.float64)) / 2
+    assert np.abs(np.asarray(aux) - np.asarray(aux_mirror)).max() > 1e-3
+    expected_aux = np.exp(mean_aux) / np.exp(mean_aux).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(got_aux, expected_aux, atol=1e-5)
 
 
 # -- validation ------------------------------------------------------------------------
