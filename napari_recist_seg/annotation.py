@@ -50,7 +50,7 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from napari_recist_seg.jobs.segment import MEASUREMENT_COLUMNS, measurement_row
+from napari_recist_seg.measurements import MEASUREMENT_COLUMNS, measurement_row
 from napari_recist_seg.pairing import clip_segment, pair_problem
 from napari_recist_seg.predict import LesionResult, measure_mask
 from napari_recist_seg.recist import (

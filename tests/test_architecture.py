@@ -65,7 +65,7 @@ LAYERS: dict[str, int] = {
     "training": 3,  # a package in wave 2 (config, samples, loop, distributed)
     "annotation": 4,  # a package in wave 2 (session, segmenters, export, views)
     "curation": 4,
-    "measurements": 4,  # planned: measurement columns and rows
+    "measurements": 4,  # measurement columns and rows (segment job and annotator)
     "jobs": 5,
     "cli": 6,
     "__main__": 6,
@@ -129,7 +129,6 @@ KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "training:_train",
 })
 KNOWN_UPWARD_IMPORTS: frozenset[str] = frozenset({
-    "annotation -> jobs.segment",
     "curation -> jobs.common",
     "training -> jobs.common",
 })

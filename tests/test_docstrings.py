@@ -19,6 +19,7 @@ CORE_MODULES = [
     "napari_recist_seg.annotation",
     "napari_recist_seg.training",
     "napari_recist_seg.curation",
+    "napari_recist_seg.measurements",
 ]
 
 
