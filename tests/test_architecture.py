@@ -63,7 +63,7 @@ LAYERS: dict[str, int] = {
     "predict": 3,
     "click": 3,  # planned: the click heuristics out of predict.py
     "training": 3,  # a package in wave 2 (config, samples, loop, distributed)
-    "annotation": 4,  # a package in wave 2 (session, segmenters, export, views)
+    "annotation": 4,  # a package: units, segmenters, requests, paste, lesions, session, export
     "curation": 4,
     "measurements": 4,  # measurement columns and rows (segment job and annotator)
     "jobs": 5,
@@ -105,7 +105,6 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
     "_widgets.annotator",
     "_widgets.annotator_binding",
     "_widgets.train",
-    "annotation",
     "curation",
     "data.images",
     "jobs.segment",
@@ -118,7 +117,6 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
 KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "_widgets.annotator:AnnotatorWidget._build_ui",
     "_widgets.evaluate:EvaluateWidget.__init__",
-    "annotation:AnnotationSession.sync",
     "data.deeplesion:read_deeplesion_rows",
     "data.recist_csv:read_recist_csv",
     "jobs.segment:_plan",
@@ -157,10 +155,6 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_widgets.train -> numpy",
     "_widgets.train -> predict",
     "_widgets.train -> targets",
-    "annotation -> data",
-    "annotation -> data.atomic",
-    "annotation -> predict",
-    "annotation -> targets",
     "cli -> _launch",
     "cli -> data.atomic",
     "curation -> data.dataset",
