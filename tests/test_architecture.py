@@ -64,7 +64,9 @@ LAYERS: dict[str, int] = {
     "click": 3,  # planned: the click heuristics out of predict.py
     "training": 3,  # a package in wave 2 (config, samples, loop, distributed)
     "annotation": 4,  # a package: units, segmenters, requests, paste, lesions, session, export
-    "curation": 4,
+    "curation": 4,  # fine-tuning on curated images; re-exports the two below
+    "curation_images": 4,  # AnnotatedImage, training samples, hold-out split
+    "curation_save": 4,  # a curation saved as a dataset folder
     "measurements": 4,  # measurement columns and rows (segment job and annotator)
     "jobs": 5,
     "cli": 6,
@@ -105,7 +107,6 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
     "_widgets.annotator",
     "_widgets.annotator_binding",
     "_widgets.train",
-    "curation",
     "data.images",
     "jobs.segment",
     "model",
@@ -127,7 +128,6 @@ KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "training:_train",
 })
 KNOWN_UPWARD_IMPORTS: frozenset[str] = frozenset({
-    "curation -> jobs.common",
     "training -> jobs.common",
 })
 KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
@@ -157,13 +157,6 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_widgets.train -> targets",
     "cli -> _launch",
     "cli -> data.atomic",
-    "curation -> data.dataset",
-    "curation -> data.images",
-    "curation -> data.masks",
-    "curation -> data.recist_csv",
-    "curation -> metrics",
-    "curation -> predict",
-    "curation -> recist",
     "jobs.segment -> data.dataset",
     "jobs.segment -> data.images",
     "jobs.segment -> data.masks",

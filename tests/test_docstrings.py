@@ -21,6 +21,7 @@ CORE_MODULES = [
     "napari_recist_seg.annotation.export",
     "napari_recist_seg.training",
     "napari_recist_seg.curation",
+    "napari_recist_seg.curation_images",
     "napari_recist_seg.measurements",
 ]
 
