@@ -63,9 +63,11 @@ LAYERS: dict[str, int] = {
     "predict": 3,
     "click": 3,  # planned: the click heuristics out of predict.py
     "training": 3,  # a package in wave 2 (config, samples, loop, distributed)
-    "annotation": 4,  # a package in wave 2 (session, segmenters, export, views)
-    "curation": 4,
-    "measurements": 4,  # planned: measurement columns and rows
+    "annotation": 4,  # a package: units, segmenters, requests, paste, lesions, session, export
+    "curation": 4,  # fine-tuning on curated images; re-exports the two below
+    "curation_images": 4,  # AnnotatedImage, training samples, hold-out split
+    "curation_save": 4,  # a curation saved as a dataset folder
+    "measurements": 4,  # measurement columns and rows (segment job and annotator)
     "jobs": 5,
     "cli": 6,
     "__main__": 6,
@@ -105,8 +107,6 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
     "_widgets.annotator",
     "_widgets.annotator_binding",
     "_widgets.train",
-    "annotation",
-    "curation",
     "data.images",
     "jobs.segment",
     "model",
@@ -118,7 +118,6 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
 KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "_widgets.annotator:AnnotatorWidget._build_ui",
     "_widgets.evaluate:EvaluateWidget.__init__",
-    "annotation:AnnotationSession.sync",
     "data.deeplesion:read_deeplesion_rows",
     "data.recist_csv:read_recist_csv",
     "jobs.segment:_plan",
@@ -129,8 +128,6 @@ KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "training:_train",
 })
 KNOWN_UPWARD_IMPORTS: frozenset[str] = frozenset({
-    "annotation -> jobs.segment",
-    "curation -> jobs.common",
     "training -> jobs.common",
 })
 KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
@@ -158,19 +155,8 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_widgets.train -> numpy",
     "_widgets.train -> predict",
     "_widgets.train -> targets",
-    "annotation -> data",
-    "annotation -> data.atomic",
-    "annotation -> predict",
-    "annotation -> targets",
     "cli -> _launch",
     "cli -> data.atomic",
-    "curation -> data.dataset",
-    "curation -> data.images",
-    "curation -> data.masks",
-    "curation -> data.recist_csv",
-    "curation -> metrics",
-    "curation -> predict",
-    "curation -> recist",
     "jobs.segment -> data.dataset",
     "jobs.segment -> data.images",
     "jobs.segment -> data.masks",

@@ -17,8 +17,12 @@ CORE_MODULES = [
     "napari_recist_seg.predict",
     "napari_recist_seg.runtime",
     "napari_recist_seg.annotation",
+    "napari_recist_seg.annotation.units",
+    "napari_recist_seg.annotation.export",
     "napari_recist_seg.training",
     "napari_recist_seg.curation",
+    "napari_recist_seg.curation_images",
+    "napari_recist_seg.measurements",
 ]
 
 
