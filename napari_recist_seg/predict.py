@@ -48,6 +48,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from napari_recist_seg.intensity import detect_modality
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask, shape_features, snap
 from napari_recist_seg.runtime import make_runner
 
@@ -712,8 +713,6 @@ class Predictor:
         """What the intensity rule needs for ``image``: the given modality, else the
         predictor's, else one detected from the values (HU air); 8-bit and colour
         images are not affected by it."""
-        from napari_recist_seg.intensity import detect_modality
-
         hint = given if isinstance(given, str) else None
         hint = hint or self.modality
         if image.dtype == np.uint8 or (image.ndim == 3 and image.shape[-1] in (3, 4)):

@@ -57,6 +57,8 @@ LAYERS: dict[str, int] = {
     "intensity": 1,  # modality and windows: the readers and preprocessing use it
     "graph": 2,
     "refine": 3,
+    "click_check": 4,  # click results judged for the annotator
+    "propagate": 4,  # one RECIST -> a 3D lesion (uses the predictor)
     "pairing": 4,
     "hand_edits": 4,
     "_image_reader": 6,
@@ -122,6 +124,7 @@ KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "data.recist_csv:read_recist_csv",
     "jobs.segment:_plan",
     "cli:build_parser",
+    "cli:_run",
     "jobs.targets:run_targets",
     "predict:Predictor.segment_click",
     "targets:grabcut_mask",
@@ -174,6 +177,9 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "training -> data.images",
     "training -> data.masks",
     "training -> targets",
+    "jobs.segment3d -> predict",  # merged from wave 1
+    "_widgets.annotator_binding -> click_check",  # merged from wave 1
+    "_widgets.annotator -> hand_edits",  # merged from wave 1
     "_image_reader -> data.images",  # merged from wave 1
     "_image_reader -> intensity",  # merged from wave 1
     "_launch -> _image_reader",  # merged from wave 1
