@@ -50,7 +50,9 @@ LAYERS: dict[str, int] = {
     "preprocess": 2,
     "targets": 2,
     "metrics": 2,
-    "model": 2,
+    "model": 2,  # re-exports network and checkpoint
+    "network": 2,
+    "checkpoint": 2,
     "clusters": 2,
     "runtime": 2,
     "checkpoint_checks": 1,  # imports nothing of the package; model raises its errors
@@ -109,7 +111,6 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
     "curation",
     "data.images",
     "jobs.segment",
-    "model",
     "predict",
     "recist",
     "targets",
@@ -183,7 +184,6 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "jobs.targets -> targets",
     "jobs.train -> data.dataset",
     "jobs.train -> data.masks",
-    "model -> pickle",
     "predict -> preprocess",
     "training -> data.images",
     "training -> data.masks",
@@ -200,7 +200,6 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "jobs.train -> dataclasses",  # merged from wave 1
     "jobs.train -> math",  # merged from wave 1
     "jobs.train -> model",  # merged from wave 1
-    "model -> graph",  # merged from wave 1
     "predict -> importlib",  # merged from wave 1
     "predict -> model",  # merged from wave 1
     "predict -> refine",  # merged from wave 1
