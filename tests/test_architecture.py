@@ -48,7 +48,9 @@ LAYERS: dict[str, int] = {
     "progress": 0,
     "data": 1,
     "preprocess": 2,
-    "targets": 2,
+    "targets": 2,  # re-exports ellipse and grabcut
+    "ellipse": 2,
+    "grabcut": 2,
     "metrics": 2,
     "model": 2,  # re-exports network and checkpoint
     "network": 2,
@@ -113,7 +115,6 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
     "jobs.segment",
     "predict",
     "recist",
-    "targets",
     "training",
 })
 KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
@@ -126,7 +127,6 @@ KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "cli:build_parser",
     "jobs.targets:run_targets",
     "predict:Predictor.segment_click",
-    "targets:grabcut_mask",
     "training:_train",
 })
 KNOWN_UPWARD_IMPORTS: frozenset[str] = frozenset({
