@@ -45,6 +45,7 @@ MAX_FUNCTION_CODE_LINES = 60
 LAYERS: dict[str, int] = {
     "__init__": 0,
     "recist": 0,
+    "recist_geometry": 0,  # pure array helpers under recist (no Recist)
     "progress": 0,
     "data": 1,
     "preprocess": 2,
@@ -114,7 +115,6 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
     "data.images",
     "jobs.segment",
     "predict",
-    "recist",
     "training",
 })
 KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({

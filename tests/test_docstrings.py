@@ -9,6 +9,7 @@ import pytest
 
 CORE_MODULES = [
     "napari_recist_seg.recist",
+    "napari_recist_seg.recist_geometry",
     "napari_recist_seg.targets",
     "napari_recist_seg.ellipse",
     "napari_recist_seg.grabcut",
