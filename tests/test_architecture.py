@@ -121,11 +121,8 @@ KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "_widgets.annotator:AnnotatorWidget._build_ui",
     "_widgets.evaluate:EvaluateWidget.__init__",
     "annotation:AnnotationSession.sync",
-    "data.deeplesion:read_deeplesion_rows",
-    "data.recist_csv:read_recist_csv",
     "jobs.segment:_plan",
     "cli:build_parser",
-    "jobs.targets:run_targets",
     "predict:Predictor.segment_click",
     "training:_train",
 })
@@ -177,11 +174,6 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "jobs.segment -> data.masks",
     "jobs.segment -> data.recist_csv",
     "jobs.segment -> predict",
-    "jobs.targets -> data.dataset",
-    "jobs.targets -> data.images",
-    "jobs.targets -> data.masks",
-    "jobs.targets -> data.recist_csv",
-    "jobs.targets -> targets",
     "jobs.train -> data.dataset",
     "jobs.train -> data.masks",
     "predict -> preprocess",
@@ -195,7 +187,6 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "cli -> importlib",  # merged from wave 1
     "data.images -> intensity",  # merged from wave 1
     "graph -> runtime",  # merged from wave 1
-    "jobs.targets -> jobs.outdir",  # merged from wave 1
     "jobs.train -> checkpoint_checks",  # merged from wave 1
     "jobs.train -> dataclasses",  # merged from wave 1
     "jobs.train -> math",  # merged from wave 1
