@@ -13,9 +13,12 @@ import os
 import signal
 import sys
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Sequence
 
+from napari_recist_seg import __version__
+from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.jobs.common import (
     Cancelled,
     CancelToken,
@@ -58,13 +61,9 @@ EXIT_CODES = """exit status:
 
 def _version() -> str:
     """The installed distribution's version (the package's own when not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("napari-recist-seg")
     except PackageNotFoundError:
-        from napari_recist_seg import __version__
-
         return __version__
 
 
@@ -89,6 +88,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``recist-seg`` parser: one sub-command per job, each built by its ``_add_*``."""
     parser = argparse.ArgumentParser(
         prog="recist-seg",
         description="RECIST measurements to lesion masks; weakly supervised A1 / A1+L training.",
@@ -97,7 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_targets(sub)
+    _add_train(sub)
+    _add_segment(sub)
+    _add_evaluate(sub)
+    _add_compare(sub)
+    _add_view(sub)
+    for command in sub.choices.values():  # every command's --help lists the exit codes
+        command.epilog = EXIT_CODES.split("\n\n")[0]
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
 
+
+def _add_targets(sub: argparse._SubParsersAction) -> None:
+    """``recist-seg targets``: weak masks for a dataset."""
     p = sub.add_parser("targets", help="derive RECIST and write ellipse / GrabCut weak masks")
     p.add_argument("dataset", type=Path, help="dataset folder (images/, masks/, recist.csv)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -105,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo finished outputs")
     _add_common(p)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    """``recist-seg train``: A1 or A1+L from RECIST only."""
     p = sub.add_parser("train", help="train A1 or A1+L from RECIST only")
     p.add_argument("dataset", type=Path,
                    help="dataset folder (images/, optional masks/ and recist.csv)")
@@ -134,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (split, init, augmentation)")
     _add_common(p)
 
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    """``recist-seg segment``: lesion masks from RECIST."""
     p = sub.add_parser("segment", help="segment lesions from RECIST with a model")
     p.add_argument("inputs", type=Path, nargs="+", help="a dataset folder, or image files")
     p.add_argument("--recist", type=Path, default=None,
@@ -147,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="redo images whose outputs exist (default: skip them, resume)")
     _add_common(p)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    """``recist-seg evaluate``: predicted masks against ground truth."""
     p = sub.add_parser("evaluate", help="compare predicted masks with ground truth")
     p.add_argument("--pred", type=Path, required=True, help="folder of predicted masks")
     p.add_argument("--gt", type=Path, required=True,
@@ -157,8 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "to report distances in mm")
     _add_common(p)
 
-    _add_compare(sub)
 
+def _add_view(sub: argparse._SubParsersAction) -> None:
+    """``recist-seg view``: napari with the annotator."""
     p = sub.add_parser("view", help="open napari with the RECIST annotator (and a sample)")
     p.add_argument("paths", type=Path, nargs="*", help="images or a RECIST CSV to open")
     p.add_argument("--sample", choices=["dermoscopy", "ct"], default=None,
@@ -166,10 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--widget", action="append", default=None,
                    choices=["RECIST annotator", "Bulk segment", "Train / fine-tune", "Evaluate"],
                    help="dock widget(s) to open (default: RECIST annotator)")
-    for command in sub.choices.values():  # every command's --help lists the exit codes
-        command.epilog = EXIT_CODES.split("\n\n")[0]
-        command.formatter_class = argparse.RawDescriptionHelpFormatter
-    return parser
 
 
 def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
@@ -205,8 +224,6 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
         )
         print(result.format_table())
         if args.json is not None:
-            from napari_recist_seg.data.atomic import atomic_write_text
-
             try:
                 atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
             except OSError as exc:
@@ -268,7 +285,6 @@ def _sigterm_as_interrupt() -> object:
 
 
 def _compare(args: argparse.Namespace, progress: _StderrProgress, cancel: CancelToken) -> int:
-    from napari_recist_seg.data.atomic import atomic_write_text
     from napari_recist_seg.jobs.compare import run_compare
 
     checkpoints = args.model or [None]
