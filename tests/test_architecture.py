@@ -169,17 +169,11 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "jobs.segment -> data.masks",
     "jobs.segment -> data.recist_csv",
     "jobs.segment -> predict",
-    "jobs.train -> data.dataset",
-    "jobs.train -> data.masks",
     "predict -> preprocess",
     "training -> data.images",
     "training -> data.masks",
     "training -> targets",
     "data.images -> intensity",  # merged from wave 1
-    "jobs.train -> checkpoint_checks",  # merged from wave 1
-    "jobs.train -> dataclasses",  # merged from wave 1
-    "jobs.train -> math",  # merged from wave 1
-    "jobs.train -> model",  # merged from wave 1
     "predict -> importlib",  # merged from wave 1
     "predict -> model",  # merged from wave 1
     "predict -> refine",  # merged from wave 1
