@@ -38,6 +38,10 @@ class RecistError(ValueError):
     """A RECIST measurement that cannot be used; the message says why."""
 
 
+# Named by its public home (tracebacks, doctests, pickles), where users import it from.
+RecistError.__module__ = "napari_recist_seg.recist"
+
+
 def _crossing_parameters(long_axis: np.ndarray, short_axis: np.ndarray) -> tuple[float, float]:
     """``(t, u)`` where the two axis lines meet (see :meth:`Recist.crossing_parameters`)."""
     p, q = long_axis
