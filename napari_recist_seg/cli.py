@@ -164,6 +164,14 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
                    help="auto (CPU unless a GPU is present), cpu, cuda or mps")
     p.add_argument("--overwrite", action="store_true",
                    help="redo images whose outputs exist (default: skip them, resume)")
+    p.add_argument("--window", default=None,
+                   help="CT window: soft_tissue (default), liver, lung, bone, or LEVEL,WIDTH in HU")
+    p.add_argument("--3d", dest="three_d", action="store_true",
+                   help="propagate each RECIST through the neighbouring slices: "
+                        "OUT/<stem>_labels.nii.gz and volumes in measurements.csv")
+    p.add_argument("--modality", choices=["auto", "ct", "other"], default="auto",
+                   help="intensity rule: auto (DICOM tag / HU range), ct (window), "
+                        "other (per-crop 1-99 percentiles; MR, X-ray, 16-bit photos)")
     _add_common(p)
 
 
@@ -205,9 +213,17 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
         from napari_recist_seg.jobs.segment import run_segment
 
         inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
+        if args.window is not None:
+            from napari_recist_seg.intensity import resolve_window
+
+            resolve_window(args.window)  # a bad value: one line, exit 2
+        intensity = {"window": args.window,
+                     "modality": {"auto": None, "ct": "ct", "other": "grey"}[args.modality]}
+        if args.three_d:
+            from napari_recist_seg.jobs.segment3d import run_segment3d as run_segment
         report = run_segment(
             inputs, args.out, recist_csv=args.recist, model=args.model, device=args.device,
-            overwrite=args.overwrite, progress=progress, cancel=cancel,
+            overwrite=args.overwrite, progress=progress, cancel=cancel, **intensity,
         )
     elif args.command == "evaluate":
         from napari_recist_seg.jobs.evaluate import evaluate_folders

@@ -16,7 +16,13 @@ import numpy as np
 
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
 
-__all__ = ["MaskMeasure", "lesion_ids_of_edit", "measure_lesion", "lesions_in_label_image"]
+__all__ = [
+    "MaskMeasure",
+    "as_label_image",
+    "lesion_ids_of_edit",
+    "lesions_in_label_image",
+    "measure_lesion",
+]
 
 #: ``(slice or None, row0, col0, height, width)``, as in :mod:`annotation`.
 Box = tuple
@@ -96,3 +102,28 @@ def lesions_in_label_image(labels: np.ndarray) -> list[int]:
     """
     values = np.unique(np.asarray(labels))
     return [int(v) for v in values if v > 0]
+
+
+def as_label_image(array: np.ndarray, plane_ndim: int = 2) -> np.ndarray:
+    """A mask file's pixels as lesion labels: binary masks (0 / 255) become lesion 1.
+
+    An RGB(A) mask counts as lesion wherever a channel is non-zero.
+
+    >>> as_label_image(np.array([[0, 255], [255, 0]], np.uint8)).tolist()
+    [[0, 1], [1, 0]]
+    >>> as_label_image(np.array([[0, 2], [5, 0]])).tolist()
+    [[0, 2], [5, 0]]
+    """
+    arr = np.asarray(array)
+    if arr.ndim == plane_ndim + 1 and arr.shape[-1] in (3, 4):
+        arr = (arr[..., :3] != 0).any(axis=-1)
+    if arr.dtype == bool:
+        return arr.astype(np.uint16)
+    if np.issubdtype(arr.dtype, np.floating):
+        arr = np.rint(arr)
+    values = np.unique(arr)
+    if values.size and values.min() < 0:
+        raise ValueError("a label image has no negative values")
+    if values[values > 0].size == 1:
+        return (arr > 0).astype(np.uint16)
+    return arr.astype(np.uint16)

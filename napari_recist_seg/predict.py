@@ -92,7 +92,7 @@ MEASURE_MAX_PIXELS = 1 << 20
 _STRUCT8 = np.ones((3, 3), bool)
 #: Refinement a Predictor applies by default (see napari_recist_seg.refine; chosen on
 #: the validation ids of the default model's split with benchmarks/proxy_shift.py).
-DEFAULT_REFINE = "none"
+DEFAULT_REFINE = "recist"
 
 
 @dataclass
@@ -492,6 +492,10 @@ class Predictor:
             return
         if model is None:
             raise ValueError("Predictor needs a model or a runner")
+        #: Intensity rule (napari_recist_seg.intensity): ``None`` = decided per image
+        #: (DICOM tag / HU range); a CT ``window`` preset or (level, width) override.
+        self.modality: str | None = None
+        self.window: Any = None
         if optimize is None:
             optimize = self.device == "cpu"
         if backend is None:
@@ -611,11 +615,12 @@ class Predictor:
         tta: bool,
         timings: dict[str, float] | None,
         postprocess: bool | None = None,
+        modality: str | None = None,
     ) -> list[LesionResult]:
         """Segment already validated / snapped RECIST of one image (no checks)."""
         return self._run_many(
             [(image, recists)], batch_size=batch_size, tta=tta, timings=timings,
-            postprocess=postprocess,
+            postprocess=postprocess, modality_of=modality,
         )[0]
 
     def _run_many(
@@ -626,6 +631,7 @@ class Predictor:
         tta: bool,
         timings: dict[str, float] | None,
         postprocess: bool | None = None,
+        modality_of: str | None = None,
     ) -> list[list[LesionResult]]:
         """Segment validated RECIST of several images in shared forward passes."""
         from napari_recist_seg.preprocess import make_input
@@ -634,8 +640,10 @@ class Predictor:
         t0 = time.perf_counter()
         inputs, boxes = [], []
         for image, recists in pairs:
+            modality = self._modality(image, modality_of)
             for r in recists:
-                x, box = make_input(_plane(image, r), r, self.preprocess)
+                x, box = make_input(_plane(image, r), r, self.preprocess,
+                                    modality=modality, window=self.window)
                 inputs.append(x)
                 boxes.append(box)
         t1 = time.perf_counter()
@@ -700,6 +708,18 @@ class Predictor:
             mask = postprocess_mask(mask, local)
         return replace(res, mask=mask, measured=measure_mask(mask, res.offset, res.recist))
 
+    def _modality(self, image: np.ndarray, given: str | None) -> str | None:
+        """What the intensity rule needs for ``image``: the given modality, else the
+        predictor's, else one detected from the values (HU air); 8-bit and colour
+        images are not affected by it."""
+        from napari_recist_seg.intensity import detect_modality
+
+        hint = given if isinstance(given, str) else None
+        hint = hint or self.modality
+        if image.dtype == np.uint8 or (image.ndim == 3 and image.shape[-1] in (3, 4)):
+            return hint
+        return detect_modality(image, hint)
+
     def _prompts(self, arr: np.ndarray, recists: Sequence[Recist], where: str = "") -> list[Recist]:
         """Validate and snap the RECIST of one image; RecistError names which one."""
         if isinstance(recists, Recist):
@@ -727,6 +747,7 @@ class Predictor:
         batch_size: int = 32,
         tta: bool | None = None,
         timings: dict[str, float] | None = None,
+        modality: str | None = None,
     ) -> list[LesionResult]:
         """Segment the lesions of one image, all in one batched forward pass.
 
@@ -747,6 +768,10 @@ class Predictor:
         timings : dict, optional
             If given, seconds spent in ``"preprocess"``, ``"forward"`` and
             ``"postprocess"`` are added to it.
+        modality : str, optional
+            ``"ct"`` (CT window, :attr:`window` or soft tissue) or another modality
+            (per-crop percentile normalisation); default: :attr:`modality`, else
+            detected from the values (:func:`~napari_recist_seg.intensity.detect_modality`).
 
         Returns
         -------
@@ -762,7 +787,7 @@ class Predictor:
             timings["preprocess"] = timings.get("preprocess", 0.0) + time.perf_counter() - t0
         return self._run(
             arr, prompts, batch_size=batch_size, tta=self.tta if tta is None else tta,
-            timings=timings,
+            timings=timings, modality=modality,
         )
 
     def segment_many(

@@ -43,6 +43,7 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
+from napari_recist_seg.intensity import is_ct, percentile_normalize, resolve_window
 from napari_recist_seg.recist import Recist, RecistError
 
 __all__ = [
@@ -295,6 +296,7 @@ def normalize_intensity(
     config: PreprocessConfig | Any = None,
     *,
     window: tuple[float, float] | None = None,
+    modality: str | None = None,
 ) -> np.ndarray:
     """Scale a raw crop to [0, 1], make it 3-channel, apply mean/std.
 
@@ -306,6 +308,10 @@ def normalize_intensity(
     - any other grey (CT in HU, int16, uint16, float): the window ``(level, width)``
       (``window`` argument, else ``config.ct_window``, soft tissue by default),
       clipped to [0, 1]; replicated to 3 channels so one network takes both.
+      When ``modality`` is given and is not CT (``"mr"``, ``"grey"``...), the crop's
+      1-99 percentiles map to [0, 1] instead: never a CT window on MR or a 16-bit
+      photograph (:mod:`napari_recist_seg.intensity`). ``modality=None`` keeps the
+      window (callers that know their array is CT in HU).
 
     NaN pixels become 0 (the lower end of the range).
 
@@ -328,8 +334,10 @@ def normalize_intensity(
     elif x.ndim == 2:
         if dt == np.uint8 or dt == np.bool_:
             x = x / 255.0 if dt == np.uint8 else x
+        elif modality is not None and not is_ct(modality):
+            x = percentile_normalize(x)
         else:
-            level, width = window if window is not None else cfg.ct_window
+            level, width = resolve_window(window) if window is not None else cfg.ct_window
             x = (x - (float(level) - float(width) / 2.0)) / float(width)
         x = np.broadcast_to(x, (3,) + x.shape)
     else:
@@ -362,6 +370,7 @@ def make_input(
     *,
     window: tuple[float, float] | None = None,
     box: CropBox | None = None,
+    modality: str | None = None,
 ) -> tuple[np.ndarray, CropBox]:
     """The network input for one lesion: crop, resize, normalise, RECIST channel.
 
@@ -374,9 +383,12 @@ def make_input(
     config : PreprocessConfig
         The crop rule (``ModelConfig.preprocess`` of a checkpoint).
     window : (level, width), optional
-        Override the CT window for non-8-bit grey images.
+        Override the CT window for non-8-bit grey images (or a preset name).
     box : CropBox, optional
         Use this box instead of ``crop_box(recist, config)`` (training jitter).
+    modality : str, optional
+        ``"ct"``: the CT window; any other (``"mr"``, ``"grey"``): per-crop 1-99
+        percentile normalisation; ``None``: the window (see :func:`normalize_intensity`).
 
     Returns
     -------
@@ -390,7 +402,7 @@ def make_input(
         box = crop_box(recist, cfg)
     size = int(cfg.input_size)
     crop = extract_crop(image_plane, box, size, pad_mode=cfg.pad_mode)
-    x = normalize_intensity(crop, image_plane.dtype, cfg, window=window)
+    x = normalize_intensity(crop, image_plane.dtype, cfg, window=window, modality=modality)
     if cfg.recist_channel:
         ch = render_recist(box.to_crop(recist, size), size)
         x = np.concatenate([x, ch[None]], axis=0)

@@ -201,3 +201,46 @@ def test_grey_volume_plane_view_works():
     assert x.shape == (3, 32, 32)
     with pytest.raises(ValueError, match="2D plane"):
         extract_crop(vol, box, 32)
+
+
+def test_crop_box_of_an_asymmetric_lesion_hand_computed():
+    # Endpoints span rows 20..40 and cols 40..90: centre (30, 65), L = 50 -> side 100,
+    # row0 = floor(30 - 49.5 + 0.5) = -19, col0 = floor(65 - 49.5 + 0.5) = 16.
+    r = Recist([[30, 40], [30, 90]], [[20, 65], [40, 65]])
+    assert crop_box(r, PreprocessConfig(crop_factor=2.0)) == CropBox(-19, 16, 100)
+    # Odd side 61 (crop factor 1.22): row0 = 30 - 30 = 0, col0 = 65 - 30 = 35.
+    assert crop_box(r, PreprocessConfig(crop_factor=1.22, min_crop=8)) == CropBox(0, 35, 61)
+
+
+def test_crop_offset_has_the_half_pixel_term():
+    # cv2.resize maps image pixel p to (p - row0 + 0.5) * s - 0.5; s = 80 / 40 = 2.
+    box = CropBox(10, 20, 40)
+    assert box.crop_offset(80) == pytest.approx((9.75, 19.75))
+    r = Recist([[10, 20], [10, 30]], [[5, 25], [15, 25]])
+    rc = box.to_crop(r, 80)
+    np.testing.assert_allclose(rc.long_axis, [[0.5, 0.5], [0.5, 20.5]])
+    np.testing.assert_allclose(rc.short_axis, [[-9.5, 10.5], [10.5, 10.5]])
+    # Down-sampling (s = 0.5): offset row0 - 0.5 + 1 = row0 + 0.5.
+    assert CropBox(3, -7, 64).crop_offset(32) == pytest.approx((3.5, -6.5))
+    # A one-pixel dot lands on the crop pixel to_crop names.
+    img = np.zeros((60, 70), np.float32)
+    img[31, 47] = 1.0
+    box = CropBox(12, 26, 41)
+    crop = extract_crop(img, box, 123)  # 3x up-sampling
+    dot = Recist([[31, 45], [31, 49]], [[29, 47], [33, 47]])
+    centre = box.to_crop(dot, 123).long_axis.mean(axis=0)
+    peak = np.unravel_index(int(np.argmax(crop)), crop.shape)
+    np.testing.assert_allclose(peak, centre, atol=1e-9)
+
+
+def test_paste_back_hand_computed():
+    p = np.arange(16, dtype=np.float32).reshape(4, 4)
+    # Box rows -1..2, cols 8..11 in a 10 x 10 image: rows 0..2, cols 8..9 remain.
+    (r0, c0), out = paste_back(p, CropBox(-1, 8, 4), (10, 10))
+    assert (r0, c0) == (0, 8)
+    np.testing.assert_array_equal(out, [[4, 5], [8, 9], [12, 13]])
+    # A 2x up-sampling: cv2 linear resize of [[0, 1], [2, 3]] at half-pixel centres.
+    (r0, c0), out = paste_back(np.array([[0, 1], [2, 3]], np.float32), CropBox(3, 5, 4), (20, 20))
+    assert (r0, c0) == (3, 5)
+    np.testing.assert_allclose(out[0], [0.0, 0.25, 0.75, 1.0])
+    np.testing.assert_allclose(out[:, 0], [0.0, 0.5, 1.5, 2.0])

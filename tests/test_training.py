@@ -222,6 +222,7 @@ def test_cli_train_job_on_a_dataset_folder(dataset, tmp_path):
     assert out / "config.json" in report.outputs
     log = json.loads((out / TRAIN_LOG).read_text())
     assert log["n_val"] == 2 and log["epochs"][0]["val_gt_dice"] is not None
+    assert log["n_curated"] == 0  # the dataset's masks are never training targets
     assert log["train_config"]["input_size"] == 32 and log["train_config"]["seed"] == 1
 
     # Fine-tuning from it with a curated mask folder (keyword form).
@@ -243,3 +244,67 @@ def test_cli_train_job_input_errors(dataset, tmp_path):
         run_train(dataset, tmp_path / "m", clusters="many")
     with pytest.raises(InputError, match="does not exist"):
         run_train(tmp_path / "nowhere", tmp_path / "m")
+
+
+def test_seg_loss_value_on_a_hand_computed_input():
+    from napari_recist_seg.training import _seg_loss
+
+    # logits 0 -> p = 0.5 everywhere; target: 1 of 4 pixels.
+    # BCE = log 2; soft Dice = 1 - (2 * 0.5 + 1) / ((4 * 0.5 + 1) + 1) = 1 - 2 / 4 = 0.5.
+    logits = torch.zeros(1, 1, 2, 2)
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    assert float(_seg_loss(logits, target)) == pytest.approx(np.log(2) + 0.5, abs=1e-6)
+    # Saturated and right: BCE ~ 0, Dice = 1 - (2 * 1 + 1) / (1 + 1 + 1) = 0.
+    good = torch.tensor([[[[30.0, -30.0], [-30.0, -30.0]]]])
+    assert float(_seg_loss(good, target)) == pytest.approx(0.0, abs=1e-6)
+    # Two samples: the Dice term is their mean (1 - 3/3 and 1 - 1/2 -> 0.25).
+    empty = torch.full((1, 1, 2, 2), -30.0)
+    both = _seg_loss(torch.cat([good, empty]), torch.cat([target, target]))
+    bce_empty = 30.0 / 8  # one wrong pixel of 8 at logit -30
+    assert float(both) == pytest.approx(bce_empty + 0.25, abs=1e-4)
+
+
+def _record_mask_reads(monkeypatch) -> list[str]:
+    from napari_recist_seg.data import masks
+
+    reads: list[str] = []
+    real = masks.read_mask
+
+    def recording(path):
+        reads.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(masks, "read_mask", recording)
+    return reads
+
+
+def test_train_job_reads_ground_truth_only_for_validation(dataset, tmp_path, monkeypatch):
+    """Without --curated no mask is a training target: only validation images' masks
+    are read (for val_gt_dice); with --curated, the curated masks of the training
+    images are the only other masks read, and they are the targets (n_curated)."""
+    from napari_recist_seg.data.recist_csv import RecistRecord, write_recist_csv
+    from napari_recist_seg.jobs.train import run_train
+
+    records = [RecistRecord(dataset / "images" / f"{s}.jpg", 1, recist_from_mask(_gt(s)))
+               for s in STEMS[:8]]
+    write_recist_csv(dataset / "recist.csv", records)  # RECIST need no mask read
+    val = split_groups(STEMS[:8], 0.25, 1)
+    assert len(val) == 2
+    reads = _record_mask_reads(monkeypatch)
+    opts = dict(mode="a1", epochs=1, input_size=32, batch_size=4, val_fraction=0.25, seed=1)
+    run_train(dataset, tmp_path / "m", **opts)
+    log = json.loads((tmp_path / "m" / TRAIN_LOG).read_text())
+    assert log["n_curated"] == 0 and log["n_train"] == 6
+    assert sorted(reads) == sorted(f"{s}_segmentation.png" for s in val)
+
+    curated = tmp_path / "curated"
+    curated.mkdir()
+    train_stems = [s for s in STEMS[:8] if s not in val]
+    for s in train_stems[:2]:
+        (curated / f"{s}.png").symlink_to(ISIC / "masks" / f"{s}_segmentation.png")
+    reads.clear()
+    run_train(dataset, tmp_path / "ft", init=tmp_path / "m", curated=curated, **opts)
+    log = json.loads((tmp_path / "ft" / TRAIN_LOG).read_text())
+    assert log["n_curated"] == 2
+    expected = [f"{s}.png" for s in train_stems[:2]] + [f"{s}_segmentation.png" for s in val]
+    assert sorted(reads) == sorted(expected)

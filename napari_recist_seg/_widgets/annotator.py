@@ -67,7 +67,9 @@ BUSY_REFRESH_DELAY_MS = 300
 # "segmenting…" appears only if a run takes longer than this (no flicker per lesion).
 BUSY_LABEL_DELAY_MS = 250
 
-TABLE_HEADERS = ("#", "slice", "L", "W", "L mask", "W mask", "Δ", "area", "cluster", "conf.", "status")
+TABLE_HEADERS = (
+    "#", "slice", "L", "W", "L mask", "W mask", "Δ", "area", "cluster", "conf.", "status", "edited",
+)
 
 # Mask colours by lesion: bright, distinct on skin and on grey CT.
 LESION_COLOURS = (
@@ -88,6 +90,8 @@ TABLE_TIPS = (
     "RECIST shape cluster predicted by the model (A1+L)",
     "probability of that cluster",
     "open: waiting for the second axis; invalid / failed: see the message",
+    "the mask was painted / erased / filled by hand (or imported): kept, never re-segmented "
+    "unless you select the lesion and press Re-segment",
 )
 
 # Cluster colours for "colour by cluster" (tab10).
@@ -272,9 +276,12 @@ class AnnotatorWidget(QWidget):
         self.colour_combo.addItems(["lesion", "cluster"])
         self.colour_combo.currentTextChanged.connect(self.set_colour_by)
         colour.addWidget(self.colour_combo)
-        self.resegment_button = QPushButton("Re-segment all")
-        self.resegment_button.setToolTip("Segment every uncommitted lesion again with the current segmenter")
-        self.resegment_button.clicked.connect(lambda: self.binding and self.binding.resegment())
+        self.resegment_button = QPushButton("Re-segment")
+        self.resegment_button.setToolTip(
+            "Segment the selected lesions again with the current segmenter (all uncommitted "
+            "ones if none is selected; hand-edited masks are replaced only when selected)"
+        )
+        self.resegment_button.clicked.connect(lambda: self.resegment())
         colour.addWidget(self.resegment_button)
         layout.addLayout(colour)
 
@@ -287,6 +294,13 @@ class AnnotatorWidget(QWidget):
         self.export_masks_button.clicked.connect(self._export_masks_dialog)
         self.export_meas_button = QPushButton("Export measurements…")
         self.export_meas_button.clicked.connect(self._export_measurements_dialog)
+        self.import_masks_button = QPushButton("Import masks…")
+        self.import_masks_button.setToolTip(
+            "Load a label image (0 = background, k = lesion k; a binary mask is lesion 1) "
+            "into the lesions layer to continue editing it by hand"
+        )
+        self.import_masks_button.clicked.connect(self._import_masks_dialog)
+        files.addWidget(self.import_masks_button, 2, 0)
         files.addWidget(self.import_button, 0, 0)
         files.addWidget(self.export_csv_button, 0, 1)
         files.addWidget(self.export_masks_button, 1, 0)
@@ -623,7 +637,7 @@ class AnnotatorWidget(QWidget):
             self.table.setHorizontalHeaderLabels(
                 [
                     "#", "slice", f"L ({unit})", f"W ({unit})", "L mask", "W mask", "Δ",
-                    f"area ({area_unit})", "cluster", "conf.", "status",
+                    f"area ({area_unit})", "cluster", "conf.", "status", "edited",
                 ]
             )
             for j, tip in enumerate(TABLE_TIPS):
@@ -646,6 +660,7 @@ class AnnotatorWidget(QWidget):
                     _fmt(row["cluster"]),
                     _fmt(row["confidence"], 2),
                     status,
+                    "edited" if row.get("edited") else "",
                 ]
                 for j, v in enumerate(values):
                     item = QTableWidgetItem(v)
@@ -898,6 +913,39 @@ class AnnotatorWidget(QWidget):
         b.add_recists(items)
         self._say(f"imported {len(items)} lesions from {Path(path).name}")
         return len(items)
+
+    def resegment(self) -> None:
+        """Re-segment the selected lesions (hand-edited ones too), else all unedited ones."""
+        b = self._need_binding()
+        if b is None:
+            return
+        ids = self.selected_lesions()
+        b.apply(b.session.resegment(lesion_ids=ids or None))
+
+    def import_masks(self, path: str | Path) -> int:
+        """Load a label image file into the current image's lesions layer; returns how many."""
+        from napari_recist_seg.data import read_image
+        from napari_recist_seg.hand_edits import as_label_image
+
+        b = self._need_binding()
+        if b is None:
+            return 0
+        try:
+            pixels = np.load(path) if str(path).endswith(".npy") else read_image(path).array
+            labels = as_label_image(pixels, plane_ndim=b.ndim)
+            made = b.import_masks(labels)
+        except (OSError, ValueError) as exc:
+            self._say(f"import masks failed: {exc}", warn=True)
+            return 0
+        self._say(f"imported {len(made)} lesion mask(s) from {Path(path).name}: edit them by hand")
+        return len(made)
+
+    def _import_masks_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a label image", "", "Images (*.png *.tif *.tiff *.nii *.nii.gz *.npy)"
+        )
+        if path:
+            self.import_masks(path)
 
     def _import_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a RECIST CSV", "", "CSV (*.csv)")

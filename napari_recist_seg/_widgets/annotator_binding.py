@@ -156,6 +156,7 @@ class ImageBinding(QObject):
         self._pending: dict[Any, SegmentRequest | ClickRequest] = {}
         self._worker: Any = None
         self._click_token = 0
+        self._edited_ids: set[int] = set()
         self._closed = False
         self.shapes = self._adopt_or_create_shapes()
         self.labels = self._adopt_or_create_labels()
@@ -519,8 +520,17 @@ class ImageBinding(QObject):
             return
         ids = lesion_ids_of_edit(getattr(event, "value", None) or [])
         if ids is None:
-            ids = lesions_in_label_image(self.labels.data) + list(self.session.lesions)
-        self.record_edits(sorted(set(ids)))
+            ids = set(lesions_in_label_image(self.labels.data)) | set(self.session.lesions)
+        # napari emits ``paint`` before a fill / polygon writes its pixels: measure on
+        # the next loop turn, when the layer holds the edit.
+        if not self._edited_ids:
+            QTimer.singleShot(0, self._flush_edits)
+        self._edited_ids |= set(ids)
+
+    def _flush_edits(self) -> None:
+        ids, self._edited_ids = sorted(self._edited_ids), set()
+        if ids and self.alive():
+            self.record_edits(ids)
 
     def record_edits(self, ids: list[int]) -> None:
         """Store the masks of ``ids`` as painted; a label with no lesion becomes one."""
@@ -734,6 +744,14 @@ class ImageBinding(QObject):
         if recist is None:
             self.message.emit("click: no lesion found there; draw the RECIST axes instead", True)
             return
+        problem = self._click_problem(outcome, recist)
+        if problem is not None:
+            self.message.emit(
+                f"click: no lesion found there ({problem}); nothing added. Click nearer the "
+                "lesion's centre, or draw its RECIST axes",
+                True,
+            )
+            return
         out = self.session.add_recist(recist.with_spacing(self.session.spacing))
         # The click result is the mask of this RECIST already: paste it, no second run.
         reqs, out.segment = out.segment, []
@@ -743,7 +761,25 @@ class ImageBinding(QObject):
                 self._paste(req, res)
             except Exception as exc:  # noqa: BLE001
                 self.session.fail(req, str(exc))
+        for req in reqs:
+            self.message.emit("click: " + self.describe(req.lesion_id), False)
         self.changed.emit()
+
+    def _click_problem(self, outcome: SegmentOutcome, recist: Any) -> str | None:
+        """Why a click result is no lesion (:mod:`click_check`), for model results only."""
+        from napari_recist_seg.click_check import click_problem
+
+        res = outcome.result
+        if not hasattr(res, "mask") or not hasattr(res, "offset"):
+            return None
+        image = image_array(self.image)
+        z = getattr(outcome.request, "slice_index", None)
+        plane = np.asarray(image[int(z)] if z is not None and self.ndim == 3 else image)
+        cfg = getattr(self._segmenter(), "preprocess", None)
+        try:
+            return click_problem(plane, res, cfg)
+        except Exception:  # noqa: BLE001 - a check must never lose a good result
+            return None
 
     # -- actions ---------------------------------------------------------------------
     def undo(self) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -300,21 +300,35 @@ def _check_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, .
     return sp
 
 
-def _write_nifti(tmp: Path, arr: np.ndarray, spacing: tuple[float, ...] | None) -> None:
+def _write_nifti(
+    tmp: Path, arr: np.ndarray, spacing: tuple[float, ...] | None, affine: Any = None
+) -> None:
     import nibabel as nib
 
     vol = arr[None] if arr.ndim == 2 else arr
     data = np.ascontiguousarray(vol.transpose(2, 1, 0))  # (z,row,col) -> (col,row,z)
+    if affine is not None:
+        # The input's geometry (orientation, origin): the mask overlays the image in
+        # ITK-SNAP / 3D Slicer; the zooms follow from the affine.
+        aff = np.asarray(affine, dtype=float)
+        if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+            raise ValueError(f"affine must be a finite 4x4 matrix, got shape {aff.shape}")
+        img = nib.Nifti1Image(data, aff)
+        img.header.set_xyzt_units("mm")
+        img.set_qform(aff, code=1)
+        img.set_sform(aff, code=1)
+        nib.save(img, str(tmp))
+        return
     sp = spacing if spacing is not None else (1.0,) * arr.ndim
     if len(sp) == 2:
         sp = (1.0,) + tuple(sp)
     zooms = (sp[2], sp[1], sp[0])
-    affine = np.diag([*zooms, 1.0])
-    img = nib.Nifti1Image(data, affine)
+    diag = np.diag([*zooms, 1.0])
+    img = nib.Nifti1Image(data, diag)
     img.header.set_zooms(zooms)
     img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
+    img.set_qform(diag, code=1)
+    img.set_sform(diag, code=1)
     nib.save(img, str(tmp))
 
 
@@ -322,6 +336,7 @@ def _write_array(
     path: str | os.PathLike[str],
     arr: np.ndarray,
     spacing: Sequence[float] | None,
+    affine: Any = None,
 ) -> None:
     p = Path(path)
     suffix = mask_suffix(p)
@@ -349,7 +364,7 @@ def _write_array(
         return
     if suffix in _NIFTI_SUFFIXES:
         with atomic_path(p) as tmp:
-            _write_nifti(tmp, arr, sp)
+            _write_nifti(tmp, arr, sp, affine)
         return
     raise ValueError(
         f"{p}: unsupported mask format {suffix or '(no extension)'!r}; "
@@ -368,6 +383,7 @@ def write_mask(
     path: str | os.PathLike[str],
     mask: np.ndarray,
     spacing: Sequence[float] | None = None,
+    affine: Any = None,
 ) -> None:
     """Write a binary mask atomically.
 
@@ -381,6 +397,10 @@ def write_mask(
     spacing : sequence of float, optional
         ``(row_mm, col_mm)`` or ``(z_mm, row_mm, col_mm)``. Stored in NIfTI headers
         (see the module notes for the axis order); png/tif do not carry it.
+    affine : 4x4 array, optional
+        NIfTI only: the input image's voxel-to-world affine (``ImageData.metadata
+        ["affine"]``), so the mask keeps its orientation and origin; else a diagonal
+        affine from ``spacing``.
 
     Notes
     -----
@@ -396,17 +416,18 @@ def write_mask(
         out = fg.astype(np.uint8)
     else:
         out = fg.astype(np.uint8) * np.uint8(255)
-    _write_array(path, out, spacing)
+    _write_array(path, out, spacing, affine)
 
 
 def write_labels(
     path: str | os.PathLike[str],
     labels: np.ndarray,
     spacing: Sequence[float] | None = None,
+    affine: Any = None,
 ) -> None:
     """Write a label image (0 = background, 1.. = lesion ids) atomically.
 
-    Values are kept as they are: stored as uint8 when they all fit (<= 255), else
+    ``affine``: as for :func:`write_mask`. Values are kept as they are: stored as uint8 when they all fit (<= 255), else
     uint16 (png, tif, NIfTI); tif and NIfTI also take larger ids (uint32 / int32).
     BMP holds only uint8 labels.
 
@@ -440,4 +461,4 @@ def write_labels(
         raise ValueError(f"{path}: label {hi} is too large for {suffix} (max 65535)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # PIL's uint16 mode notes
-        _write_array(path, out, spacing)
+        _write_array(path, out, spacing, affine)

@@ -140,6 +140,15 @@ def _unique_stems(paths: Sequence[Path]) -> list[str]:
     """Output stems; files with the same name in different folders (DeepLesion's
     ``000001_01_01/103.png``) get their parent folders prefixed until unique."""
     stems = [_output_stem(p) for p in paths]
+    seen: dict[tuple[str, str], Path] = {}
+    for p, s in zip(paths, stems):
+        # x.jpg and x.png in one folder: no folder prefix tells them apart.
+        other = seen.setdefault((_key(p.parent), s.casefold()), p)
+        if other != p:
+            raise InputError(
+                f"{other} and {p} would both be written as {s}.* in the output folder; "
+                "rename one, or segment them into different --out folders"
+            )
     depth = 0
     while len(set(stems)) < len(stems) and depth < 8:
         depth += 1
@@ -548,6 +557,8 @@ def _commit(
     union, labels = _masks(loaded, results)
     mask_path, labels_path = _outputs(out, item.stem, volume)
     out_spacing = data.spacing  # type: ignore[attr-defined]
+    # The input's geometry (NIfTI affine / DICOM series RAS affine), for volume outputs.
+    out_affine = getattr(data, "metadata", {}).get("affine") if volume else None
     image_label = _image_label(item.image_path, out)
     rows = [
         {k: _fmt(v) for k, v in _measurement_row(image_label, lesion, res, res.recist.spacing).items()}
@@ -558,10 +569,10 @@ def _commit(
         # An old record must not vouch for the new masks while they are half done.
         outdir.remove_record(out, item.stem)
         if labels is not None:
-            write_labels(labels_path, labels, spacing=out_spacing)
+            write_labels(labels_path, labels, spacing=out_spacing, affine=out_affine)
         elif labels_path.name in ours and labels_path.exists():
             labels_path.unlink()  # from an earlier run with more lesions (overwrite)
-        write_mask(mask_path, union > 0, spacing=out_spacing)
+        write_mask(mask_path, union > 0, spacing=out_spacing, affine=out_affine)
         outdir.write_record(out, item.stem, outputs, rows)
     except OSError as exc:
         raise OutputWriteError(
@@ -592,6 +603,8 @@ def run_segment(
     predictor: "Predictor | None" = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    window: object = None,
+    modality: str | None = None,
 ) -> JobReport:
     """Segment every RECIST of a dataset folder or a list of image files.
 
@@ -618,6 +631,9 @@ def run_segment(
     progress, cancel
         See :mod:`napari_recist_seg.jobs.common`. Cancelling stops between images;
         finished outputs and their rows are kept.
+    window, modality
+        Intensity rule (:mod:`napari_recist_seg.intensity`): a CT window preset or
+        ``(level, width)``, and ``"ct"`` / another modality to override detection.
 
     Returns
     -------
@@ -653,6 +669,8 @@ def run_segment(
             from napari_recist_seg.predict import Predictor
 
             predictor = Predictor.load(model, device=device)
+        if predictor is not None and (window is not None or modality is not None):
+            predictor.window, predictor.modality = window, modality
         try:
             _segment_all(todo, out, predictor, batch_size, report, records, ours,
                          ProgressTracker(len(todo), progress), cancel)

@@ -54,9 +54,9 @@ def _failures(out: Path) -> dict[str, str]:
         return {Path(r["file"]).name: r["reason"] for r in csv.DictReader(fh)}
 
 
-def test_cli_on_a_dataset_with_derived_recist_and_a_truncated_image(dataset, tiny_ckpt, tmp_path, capsys):
+def test_cli_on_a_dataset_with_derived_recist_and_a_truncated_image(dataset, trained_ckpt, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["segment", str(dataset), "--model", str(tiny_ckpt), "--out", str(out), "--quiet"])
+    code = main(["segment", str(dataset), "--model", str(trained_ckpt), "--out", str(out), "--quiet"])
     assert code == 3
     assert "broken.jpg" in capsys.readouterr().err
     assert tuple(COLUMNS) == MEASUREMENT_COLUMNS
@@ -81,9 +81,11 @@ def test_cli_on_a_dataset_with_derived_recist_and_a_truncated_image(dataset, tin
         assert float(row["long_px"]) == pytest.approx(r.long_length, abs=1e-3)
         assert float(row["short_px"]) == pytest.approx(r.short_length, abs=1e-3)
         assert row["long_mm"] == "" and row["area_mm2"] == ""  # no spacing in a jpg
-        if row["measured_long_px"]:
-            m = recist_from_mask(written > 0)
-            assert float(row["measured_long_px"]) == pytest.approx(m.long_length, abs=1e-3)
+        # the trained test model gives real masks: the measured axes are always there
+        assert int(row["area_px"]) > 1000
+        m = recist_from_mask(written > 0)
+        assert float(row["measured_long_px"]) == pytest.approx(m.long_length, abs=1e-3)
+        assert float(row["measured_short_px"]) == pytest.approx(m.short_length, abs=1e-3)
         assert not (out / f"{stem}_labels.png").exists()  # one lesion: no labels file
     assert not (out / "broken.png").exists()
     # no temporary files left behind (.recist-seg holds the run's records)
@@ -135,7 +137,8 @@ def test_refuses_to_write_into_the_dataset_inputs(dataset, tiny_ckpt, sub, capsy
         run_segment(dataset, dataset / sub / ".", model=tiny_ckpt)
 
 
-def test_file_list_with_recist_csv_several_lesions_and_a_bad_recist(dataset, tiny, tmp_path):
+def test_file_list_with_recist_csv_several_lesions_and_a_bad_recist(dataset, trained, tmp_path):
+    tiny = trained  # real masks: the label checks below are not over empty sets
     img = dataset / "images" / "ISIC_0000001.jpg"
     img2 = dataset / "images" / "ISIC_0000003.jpg"
     gt = np.asarray(Image.open(dataset / "masks" / "ISIC_0000001_segmentation.png")) > 0
@@ -160,7 +163,8 @@ def test_file_list_with_recist_csv_several_lesions_and_a_bad_recist(dataset, tin
 
     labels = np.asarray(Image.open(out / "ISIC_0000001_labels.png"))
     union = np.asarray(Image.open(out / "ISIC_0000001.png")) > 0
-    assert set(np.unique(labels)) <= {0, 1, 7}
+    assert {0, 1} <= set(np.unique(labels)) <= {0, 1, 7}
+    assert (labels == 1).sum() > 1000
     np.testing.assert_array_equal(labels > 0, union)
     rows = _rows(out)
     assert [(r["lesion"]) for r in rows] == ["1", "7"]
@@ -171,6 +175,8 @@ def test_file_list_with_recist_csv_several_lesions_and_a_bad_recist(dataset, tin
     res = tiny.segment(np.asarray(Image.open(img)), [r1, r2])
     only7 = res[1].full_mask((256, 256)) & ~res[0].full_mask((256, 256))
     assert np.all(labels[only7] == 7)
+    only1 = res[0].full_mask((256, 256)) & ~res[1].full_mask((256, 256))
+    assert only1.sum() > 1000 and np.all(labels[only1] == 1)
     np.testing.assert_array_equal(union, res[0].full_mask((256, 256)) | res[1].full_mask((256, 256)))
 
 
@@ -237,29 +243,45 @@ def test_chunked_bulk_run_equals_image_by_image(dataset, tiny, tmp_path):
     assert [r["cluster"] for r in ra] == [r["cluster"] for r in rb]
 
 
-def test_volume_outputs_nifti_on_the_right_slices(tiny, tmp_path):
+def test_volume_outputs_nifti_on_the_right_slices(make_dark_predictor, tmp_path):
+    """An anisotropic volume (zooms 0.7 x 0.8 x 2.5 mm): the output NIfTI keeps them,
+    lesions land on exactly their RECIST slices, each with its own label."""
     if not (LITS / "ct.nii.gz").is_file():
         pytest.skip(f"real LiTS data not found at {LITS}")
     import nibabel as nib
 
+    src = nib.load(str(LITS / "ct.nii.gz"))
     labels = np.asarray(nib.load(str(LITS / "labels.nii.gz")).dataobj).transpose(2, 1, 0)
+    zooms = (0.7, 0.8, 2.5)
+    ct = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj).astype(np.int16),
+                             np.diag(list(zooms) + [1.0])), str(ct))
     per_slice = (labels == 2).sum(axis=(1, 2))
     z1, z2 = (int(z) for z in np.argsort(-per_slice)[:2])
     r1 = recist_from_mask(labels[z1] == 2, slice_index=z1)
     r2 = recist_from_mask(labels[z2] == 2, slice_index=z2)
     csv_path = tmp_path / "recist.csv"
-    ct = LITS / "ct.nii.gz"
     write_recist_csv(csv_path, [RecistRecord(ct, 1, r1), RecistRecord(ct, 2, r2)])
     out = tmp_path / "out"
-    report = run_segment([ct], out, recist_csv=csv_path, predictor=tiny)
+    # The dark-pixel stand-in gives a non-empty mask in every CT crop (fat, bowel gas),
+    # so the slice and label checks below are not over empty sets.
+    report = run_segment([ct], out, recist_csv=csv_path, predictor=make_dark_predictor(0.45))
     assert report.exit_code == 0, report.failures
     mask_img = nib.load(str(out / "ct.nii.gz"))
     mask = np.asarray(mask_img.dataobj).transpose(2, 1, 0)
-    lab = np.asarray(nib.load(str(out / "ct_labels.nii.gz")).dataobj).transpose(2, 1, 0)
+    lab_img = nib.load(str(out / "ct_labels.nii.gz"))
+    lab = np.asarray(lab_img.dataobj).transpose(2, 1, 0)
     assert mask.shape == labels.shape
     on = set(np.flatnonzero(mask.any(axis=(1, 2))).tolist())
-    assert on <= {z1, z2}
-    assert set(np.unique(lab[z1])) <= {0, 1} and set(np.unique(lab[z2])) <= {0, 2}
-    assert tuple(float(v) for v in mask_img.header.get_zooms()) == (1.0, 1.0, 1.0)
+    assert on == {z1, z2}
+    assert set(np.unique(lab[z1])) == {0, 1} and set(np.unique(lab[z2])) == {0, 2}
+    np.testing.assert_array_equal(lab > 0, mask > 0)
+    for img in (mask_img, lab_img):
+        np.testing.assert_allclose(img.header.get_zooms()[:3], zooms, rtol=1e-6)
     rows = _rows(out)
     assert sorted(int(r["slice"]) for r in rows) == sorted([z1, z2])
+    for row in rows:
+        r = r1 if int(row["slice"]) == z1 else r2
+        # mm from the header: rows 0.8 mm, columns 0.7 mm apart
+        assert float(row["long_mm"]) == pytest.approx(r.with_spacing((0.8, 0.7)).long_length_mm, abs=1e-3)
+        assert float(row["area_mm2"]) == pytest.approx(int(row["area_px"]) * 0.56, abs=1e-3)

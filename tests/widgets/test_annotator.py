@@ -397,6 +397,9 @@ class DiskClicker:
 
 
 def test_click_tool_segments_and_draws_the_measured_recist(qtbot, viewer, grey):
+    grey = grey // 4  # a dark disk on bright noise: a lesion the click checks accept
+    rr, cc = np.mgrid[:256, :256]
+    grey[(rr - 100) ** 2 + (cc - 120) ** 2 > 144] += 150
     widget, b = annotator(viewer, grey, DiskClicker())
     widget.activate_click_tool()
     assert viewer.layers.selection.active is b.points and b.points.mode == "add"

@@ -130,3 +130,133 @@ def test_an_endpoint_dragged_past_the_border_is_clipped_and_the_mask_stays(qtbot
     assert les.status == "done"
     assert b.session.lines[les.long_id][:, 1].max() == pytest.approx(255.5)
     assert (np.asarray(b.labels.data) == 1).sum() > 1000
+
+
+# -- 2. hand corrections are first-class -------------------------------------------------
+
+
+def _one_lesion(qtbot, viewer, segmenter=None):
+    widget, b = annotator(viewer, _isic(), segmenter)
+    b.shapes.add_lines([np.array([[128.0, 80], [128, 170]]), np.array([[100.0, 125], [156, 125]])])
+    idle(qtbot, widget)
+    assert b.session.lesions[1].status == "done"
+    return widget, b
+
+
+def _table_value(widget, header):
+    headers = [widget.table.horizontalHeaderItem(j).text() for j in range(widget.table.columnCount())]
+    j = next(j for j, h in enumerate(headers) if h.startswith(header))
+    return widget.table.item(0, j).text()
+
+
+def test_brush_and_eraser_update_area_and_mask_lengths_live_and_in_exports(qtbot, viewer, tmp_path):
+    import pandas as pd
+
+    widget, b = _one_lesion(qtbot, viewer)
+    before = int((np.asarray(b.labels.data) == 1).sum())
+    long_before = b.session.lesions[1].measured.long_length
+    labels = b.labels
+    viewer.layers.selection.active = labels
+    labels.selected_label = 1
+    labels.brush_size = 12
+    labels.mode = "paint"
+    drag(labels, [128, 170], [128, 200])  # extend the lesion to the right by hand
+    qtbot.waitUntil(lambda: b.session.lesions[1].edited, timeout=5000)
+    widget._refresh_table()
+    painted = int((np.asarray(labels.data) == 1).sum())
+    assert painted > before
+    les = b.session.lesions[1]
+    assert les.area_px == painted
+    assert les.measured.long_length > long_before + 20  # measured on the painted mask
+    assert _table_value(widget, "area") == f"{painted:.0f}"
+    assert _table_value(widget, "edited") == "edited"
+    labels.mode = "erase"
+    drag(labels, [110, 125], [146, 125])  # erase a band
+    qtbot.waitUntil(lambda: b.session.lesions[1].area_px < painted, timeout=5000)
+    erased = int((np.asarray(labels.data) == 1).sum())
+    assert b.session.lesions[1].area_px == erased < painted
+    path = widget.export_measurements(tmp_path / "m.csv", if_exists="overwrite")
+    row = pd.read_csv(path).iloc[0]
+    assert int(row["area_px"]) == erased and bool(row["edited"])
+
+
+def test_moving_a_line_of_an_edited_lesion_keeps_the_edit(qtbot, viewer):
+    from tests.widgets.test_annotator import Counting  # noqa: F401 - same helper
+
+    seg = Counting()
+    widget, b = _one_lesion(qtbot, viewer, seg)
+    labels = b.labels
+    labels.selected_label = 1
+    labels.brush_size = 10
+    labels.mode = "paint"
+    drag(labels, [128, 170], [128, 195])
+    qtbot.waitUntil(lambda: b.session.lesions[1].edited, timeout=5000)
+    edited = np.asarray(labels.data).copy()
+    calls = len(seg.calls)
+    data = [np.asarray(d) for d in b.shapes.data]
+    data[0] = data[0] + np.array([4.0, 0.0])  # move the long axis down 4 rows
+    b.shapes.data = [(d, "line") for d in data]
+    idle(qtbot, widget)
+    assert len(seg.calls) == calls  # not re-segmented
+    np.testing.assert_array_equal(np.asarray(labels.data), edited)
+    assert "edited by hand" in widget.last_message
+    # Re-segment with the lesion selected: the user asked, the edit is replaced.
+    widget.select_lesion(1)
+    widget.resegment()
+    idle(qtbot, widget)
+    assert len(seg.calls) == calls + 1 and not b.session.lesions[1].edited
+
+
+def test_fill_with_background_removes_the_mask_but_keeps_the_lesion(qtbot, viewer):
+    widget, b = _one_lesion(qtbot, viewer)
+    b.labels.fill((128, 125), 0)
+    qtbot.waitUntil(lambda: b.session.lesions[1].edited, timeout=5000)
+    assert b.session.lesions[1].area_px == 0 and not (np.asarray(b.labels.data) == 1).any()
+    assert b.session.lesions[1].recist is not None  # the lines are kept
+
+
+def test_import_masks_loads_an_expert_mask_for_editing(qtbot, viewer, tmp_path):
+    import shutil
+
+    mask_path = ISIC / "masks" / "ISIC_0000000_segmentation.png"
+    if not mask_path.is_file():
+        pytest.skip("real ISIC masks not found")
+    from napari_recist_seg.data import read_mask
+
+    expert = read_mask(mask_path).astype(bool)
+    shutil.copy(mask_path, tmp_path / "m.png")
+    widget, b = annotator(viewer, _isic())
+    assert widget.import_masks(tmp_path / "m.png") == 1
+    idle(qtbot, widget)
+    les = b.session.lesions[1]
+    assert les.edited and les.status == "done" and les.recist is not None
+    np.testing.assert_array_equal(np.asarray(b.labels.data) == 1, expert)
+    assert les.area_px == int(expert.sum())
+    # A mask of another size is refused with the reason; nothing changes.
+    np.save(tmp_path / "small.npy", np.ones((10, 10), np.uint8))
+    assert widget.import_masks(tmp_path / "small.npy") == 0
+    assert "10x10" in widget.last_message and list(b.session.lesions) == [1]
+
+
+# -- 3. click-to-segment says when it found no lesion ------------------------------------
+
+
+def test_a_click_on_plain_skin_is_refused_and_a_click_on_the_lesion_is_added(qtbot, viewer):
+    from napari_recist_seg.annotation import load_segmenter
+
+    if not (REPO / "napari_recist_seg" / "models" / "default" / "config.json").is_file():
+        pytest.skip("the default model is not shipped")
+    widget, b = annotator(viewer, _isic("ISIC_0000019"), load_segmenter("default", device="cpu"))
+    b.click((240.0, 240.0))  # skin corner, far from the lesion
+    idle(qtbot, widget, timeout=60000)
+    assert not b.session.lesions
+    assert "no lesion found" in widget.last_message
+    assert "segmenting" not in widget.status.text()
+    from napari_recist_seg.data import read_mask
+
+    expert = read_mask(ISIC / "masks" / "ISIC_0000019_segmentation.png").astype(bool)
+    rr, cc = np.nonzero(expert)
+    b.click((float(rr.mean()), float(cc.mean())))
+    idle(qtbot, widget, timeout=60000)
+    assert list(b.session.lesions) == [1]
+    assert widget.last_message.startswith("click: lesion 1")
