@@ -210,41 +210,9 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
             overwrite=args.overwrite, progress=progress, cancel=cancel,
         )
     elif args.command == "segment":
-        from napari_recist_seg.jobs.segment import run_segment
-
-        inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
-        if args.window is not None:
-            from napari_recist_seg.intensity import resolve_window
-
-            resolve_window(args.window)  # a bad value: one line, exit 2
-        intensity = {"window": args.window,
-                     "modality": {"auto": None, "ct": "ct", "other": "grey"}[args.modality]}
-        if args.three_d:
-            from napari_recist_seg.jobs.segment3d import run_segment3d as run_segment
-        report = run_segment(
-            inputs, args.out, recist_csv=args.recist, model=args.model, device=args.device,
-            overwrite=args.overwrite, progress=progress, cancel=cancel, **intensity,
-        )
+        report = _segment(args, progress, cancel)
     elif args.command == "evaluate":
-        from napari_recist_seg.jobs.evaluate import evaluate_folders
-
-        if args.spacing is not None and len(args.spacing) not in (2, 3):
-            raise InputError("--spacing takes 2 values (row, col) or 3 (z, row, col) in mm")
-        if args.spacing is not None and not all(0 < s < float("inf") for s in args.spacing):
-            raise InputError(
-                "--spacing values must be positive finite mm, got " + " ".join(map(str, args.spacing))
-            )
-        result = evaluate_folders(
-            args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None,
-            progress=progress,
-        )
-        print(result.format_table())
-        if args.json is not None:
-            try:
-                atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
-            except OSError as exc:
-                raise InputError(f"cannot write --json {args.json}: {exc.strerror or exc}") from None
-        return 3 if result.failures else 0
+        return _evaluate(args, progress)
     elif args.command == "compare":
         return _compare(args, progress, cancel)
     elif args.command == "view":
@@ -267,6 +235,48 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
     if len(report.failures) > 20:
         print(f"  ... and {len(report.failures) - 20} more (see failures.csv)", file=sys.stderr)
     return report.exit_code
+
+
+def _segment(args: argparse.Namespace, progress: _StderrProgress, cancel: CancelToken) -> JobReport:
+    """``recist-seg segment``: 2D, or ``--3d`` through the volume."""
+    from napari_recist_seg.jobs.segment import run_segment
+
+    inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
+    if args.window is not None:
+        from napari_recist_seg.intensity import resolve_window
+
+        resolve_window(args.window)  # a bad value: one line, exit 2
+    intensity = {"window": args.window,
+                 "modality": {"auto": None, "ct": "ct", "other": "grey"}[args.modality]}
+    if args.three_d:
+        from napari_recist_seg.jobs.segment3d import run_segment3d as run_segment
+    return run_segment(
+        inputs, args.out, recist_csv=args.recist, model=args.model, device=args.device,
+        overwrite=args.overwrite, progress=progress, cancel=cancel, **intensity,
+    )
+
+
+def _evaluate(args: argparse.Namespace, progress: _StderrProgress) -> int:
+    """``recist-seg evaluate``: the table on stdout, ``--json`` with every result."""
+    from napari_recist_seg.jobs.evaluate import evaluate_folders
+
+    if args.spacing is not None and len(args.spacing) not in (2, 3):
+        raise InputError("--spacing takes 2 values (row, col) or 3 (z, row, col) in mm")
+    if args.spacing is not None and not all(0 < s < float("inf") for s in args.spacing):
+        raise InputError(
+            "--spacing values must be positive finite mm, got " + " ".join(map(str, args.spacing))
+        )
+    result = evaluate_folders(
+        args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None,
+        progress=progress,
+    )
+    print(result.format_table())
+    if args.json is not None:
+        try:
+            atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
+        except OSError as exc:
+            raise InputError(f"cannot write --json {args.json}: {exc.strerror or exc}") from None
+    return 3 if result.failures else 0
 
 
 @contextlib.contextmanager

@@ -67,6 +67,8 @@ LAYERS: dict[str, int] = {
     "_image_reader": 6,
     "predict": 3,
     "click": 3,  # planned: the click heuristics out of predict.py
+    "click_check": 3,  # refuses click results; uses predict's click features
+    "propagate": 2,  # a mask from slice to slice (recist only)
     "training": 3,  # a package in wave 2 (config, samples, loop, distributed)
     "annotation": 4,  # a package in wave 2 (session, segmenters, export, views)
     "curation": 4,
@@ -178,6 +180,19 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "predict -> model",  # merged from wave 1
     "predict -> refine",  # merged from wave 1
     "predict -> runtime",  # merged from wave 1
+    "_widgets.annotator -> hand_edits",  # merged from main (issues 10-16) into #15b
+    "_widgets.annotator_binding -> click_check",  # merged from main (issues 10-16) into #15b
+    "cli -> intensity",  # merged from main (issues 10-16) into #15b
+    "jobs.segment3d -> data.atomic",  # merged from main (issues 10-16) into #15b
+    "jobs.segment3d -> data.images",  # merged from main (issues 10-16) into #15b
+    "jobs.segment3d -> data.masks",  # merged from main (issues 10-16) into #15b
+    "jobs.segment3d -> intensity",  # merged from main (issues 10-16) into #15b
+    "jobs.segment3d -> predict",  # merged from main (issues 10-16) into #15b
+    "jobs.segment3d -> propagate",  # merged from main (issues 10-16) into #15b
+    "jobs.segment3d -> recist",  # merged from main (issues 10-16) into #15b
+    "predict -> intensity",  # merged from main (issues 10-16) into #15b
+    "propagate -> dataclasses",  # merged from main (issues 10-16) into #15b
+    "refine -> targets",  # merged from main (issues 10-16) into #15b
 })
 KNOWN_CYCLES: frozenset[str] = frozenset()
 
