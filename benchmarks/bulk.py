@@ -163,9 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
                         f"{args.batch_size}, {threads} intra-op threads",
                         "lesions_per_s": floor}
         if args.threads_sweep:
-            out["threads"] = {f"{t}x{p}": forward_rate(graph, x, t, p, b)
-                              for t, p, b in ((1, 1, 32), (2, 1, 32), (1, 2, 32),
-                                              (2, 2, 32), (2, 1, 8), (1, 2, 8))}
+            out["threads"] = {
+                "key": "intra-op threads x parallel sessions, batch size: lesions/s",
+                **{f"{t}x{p} b{b}": forward_rate(graph, x, t, p, b)
+                   for t, p, b in ((1, 1, 32), (2, 1, 32), (1, 2, 32), (2, 1, 8), (1, 2, 8))}}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out["loadavg_after"] = _load()
