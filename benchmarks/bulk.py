@@ -39,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's package (also in process), not an editable install elsewhere.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from throughput import ISIC, make_dataset  # noqa: E402
 
