@@ -12,8 +12,10 @@ a JPEG is decoded or a PNG encoded. :func:`run_pipelined` overlaps the three:
 
 What a caller sees is the serial loop's: the same calls of ``failed`` and ``done`` in
 the same order (so ``failures.csv`` and the tables are byte-identical), each image
-committed on its own, cancel honoured between images, and a fatal error (full disk)
-stopping the writer before the next image. Memory holds at most three chunks
+committed on its own and reported right after (``done`` / ``failed`` of written images
+run in the writer thread, never at the same time as the caller's own calls), cancel
+honoured between images, and a fatal error (full disk) stopping the writer before
+the next image. Memory holds at most three chunks
 (the one read ahead, the one segmented, the one being written).
 
 The module knows nothing about segmentation: the job passes its steps as callables.
@@ -50,7 +52,7 @@ class Steps:
     weight: Callable[[Any], tuple[int, int]]  # loaded -> (usable lesions, bytes)
     segment: Callable[[list[Any]], list[Any]]  # chunk -> result or exception each
     commit: Callable[[Any, Any], Any]  # loaded, result -> value (writer thread)
-    done: Callable[[Any, Any], None]  # loaded, value: bookkeeping (caller's thread)
+    done: Callable[[Any, Any], None]  # loaded, value: bookkeeping (writer thread)
     failed: Callable[[Any, BaseException], None]  # item, error
     replay: Callable[[tuple[Any, str]], None]  # one kept ``fail`` call
     cancelled: Callable[[], bool]  # checked between images; True stops the run
@@ -75,7 +77,7 @@ class _Pipeline:
         self.reader = ThreadPoolExecutor(1, thread_name_prefix="recist-read")
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="recist-write")
         self.reads: deque[tuple[Any, Future]] = deque()
-        self.writes: deque[tuple[Any, Any]] = deque()  # (loaded, Future | exception)
+        self.writes: deque[Future] = deque()
         self.nxt = 0
         self.cancelled = False
 
@@ -85,14 +87,28 @@ class _Pipeline:
             self.reads.append((item, self.reader.submit(_read, self.steps, item)))
             self.nxt += 1
 
-    def _commit(self, loaded: Any, result: Any) -> Any:
+    def _write(self, loaded: Any, result: Any) -> None:
+        """One image in the writer thread, as the serial loop does it: cancel checked
+        first, then its failure or its commit, then its bookkeeping (so progress is
+        reported, and a cancel seen, right after each image)."""
+        steps = self.steps
         if self.stop.is_set():
-            return None
+            return
+        if steps.cancelled():
+            self.stop.set()  # the rest stays unwritten; a later run resumes
+            return
+        if isinstance(result, BaseException):
+            steps.failed(loaded.item, result)
+            return
         try:
-            return self.steps.commit(loaded, result)
-        except self.steps.fatal:
+            value = steps.commit(loaded, result)
+        except steps.fatal:
             self.stop.set()
             raise
+        except Exception as exc:  # noqa: BLE001 - reported per file
+            steps.failed(loaded.item, exc)
+            return
+        steps.done(loaded, value)
 
     def chunk(self, limits: tuple[int, int, int]) -> tuple[list[Any], list[Callable[[], None]]]:
         """The next chunk by the serial loop's rule, and its items' read failures."""
@@ -124,45 +140,23 @@ class _Pipeline:
         return chunk, events
 
     def submit(self, chunk: list[Any], results: list[Any]) -> None:
-        """Queue the chunk's commits (in order; none once cancelled)."""
+        """Queue the chunk's images for the writer, in order."""
         for loaded, result in zip(chunk, results):
-            if self.steps.cancelled():
-                self.cancelled = True
-                return
-            if isinstance(result, BaseException):
-                self.writes.append((loaded, result))
-            else:
-                self.writes.append((loaded, self.writer.submit(self._commit, loaded, result)))
+            self.writes.append(self.writer.submit(self._write, loaded, result))
 
     def drain(self) -> None:
-        """Settle the queued commits, in order (re-raises a fatal error)."""
+        """Wait for the queued images (re-raises what stopped the writer)."""
         while self.writes:
-            loaded, pending = self.writes.popleft()
-            if isinstance(pending, BaseException):
-                self.steps.failed(loaded.item, pending)
-                continue
-            try:
-                value = pending.result()
-            except self.steps.fatal:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reported per file
-                self.steps.failed(loaded.item, exc)
-                continue
-            self.steps.done(loaded, value)
+            self.writes.popleft().result()
 
     def close(self) -> None:
-        """Unread items are dropped, queued commits do not start, and a commit
-        already running finishes (and is counted) before this returns."""
+        """Unread items are dropped, queued images are not written, and an image
+        being written is finished before this returns."""
         self.stop.set()
         for _, fut in self.reads:
             fut.cancel()
         self.reader.shutdown(wait=True)
         self.writer.shutdown(wait=True)
-        while self.writes:
-            loaded, pending = self.writes.popleft()
-            if isinstance(pending, Future) and not pending.cancelled() and pending.exception() is None:
-                if pending.result() is not None:
-                    self.steps.done(loaded, pending.result())
 
 
 def run_pipelined(
@@ -199,10 +193,12 @@ def run_pipelined(
             chunk, events = pipe.chunk(limits)
             results = steps.segment(chunk) if chunk and not pipe.cancelled else []
             pipe.drain()  # the previous chunk was written while this one was segmented
+            steps.tick()  # (the writer is idle: the records are not being changed)
+            if steps.cancelled():
+                break
             for event in events:  # then this chunk's read failures: the serial order
                 event()
             pipe.submit(chunk, results)
-            steps.tick()
         pipe.drain()
     finally:
         pipe.close()
