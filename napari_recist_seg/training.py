@@ -546,7 +546,6 @@ def _all_sum(sums: dict[str, float], d: _Dist, device: str) -> None:
         sums[k] = v
 
 
-# -- the loop -------------------------------------------------------------------------
 def _all_min(n: int, d: _Dist, device: str) -> int:
     """The smallest ``n`` over all ranks (a no-op without DDP)."""
     if d.world <= 1:
@@ -588,6 +587,7 @@ def _gather(obj: Any, d: _Dist) -> list[Any]:
     return out
 
 
+# -- the loop -------------------------------------------------------------------------
 def _resolve_clusters(
     cfg: TrainConfig, train_recists: list[Recist], init: ClusterModel | None
 ) -> ClusterModel | None:
