@@ -546,6 +546,47 @@ def _all_sum(sums: dict[str, float], d: _Dist, device: str) -> None:
         sums[k] = v
 
 
+def _all_min(n: int, d: _Dist, device: str) -> int:
+    """The smallest ``n`` over all ranks (a no-op without DDP)."""
+    if d.world <= 1:
+        return n
+    import torch.distributed as dist
+
+    t = torch.tensor([float(n)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _all_means(
+    pairs: Sequence[tuple[float | None, int]], d: _Dist, device: str
+) -> list[float | None]:
+    """Means over all ranks of per-rank ``(mean or None, count)`` pairs, weighted by
+    the counts; ``None`` where no rank counted anything (a no-op without DDP)."""
+    if d.world <= 1:
+        return [m for m, _ in pairs]
+    import torch.distributed as dist
+
+    flat = []
+    for m, n in pairs:
+        ok = m is not None and n > 0
+        flat += [float(m) * n if ok else 0.0, float(n) if ok else 0.0]  # type: ignore[arg-type]
+    t = torch.tensor(flat, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    v = t.tolist()
+    return [s / n if n > 0 else None for s, n in zip(v[0::2], v[1::2])]
+
+
+def _gather(obj: Any, d: _Dist) -> list[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` without DDP)."""
+    if d.world <= 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 # -- the loop -------------------------------------------------------------------------
 def _resolve_clusters(
     cfg: TrainConfig, train_recists: list[Recist], init: ClusterModel | None
@@ -727,15 +768,15 @@ def _train(
     # Cluster labels are training targets only for the cluster head (A1+L).
     aux_clusters = clusters if mcfg.has_aux else None
 
-    # -- prepare (weak targets once per sample); every rank prepares all train items
-    # (cheap next to training) but only rank 0 the validation items.
+    # -- prepare (weak targets once per sample): each rank only its shard of the train
+    # and validation items, which it then trains and validates on (fixed shards).
     prepared: list[_Prepared] = []
     val_items: list[_ValItem] = []
     failures: list[tuple[str, str]] = []
-    n_prep = len(train_idx) + (len(val_idx) if d.main else 0)
-    tracker = ProgressTracker(n_prep, progress if d.main else None)
+    my_idx = train_idx[d.rank :: d.world] + val_idx[d.rank :: d.world]
+    tracker = ProgressTracker(len(my_idx), progress if d.main else None)
     image_cache: dict[str, Any] = {}
-    for i in train_idx + (val_idx if d.main else []):
+    for i in my_idx:
         if cancel is not None and cancel.cancelled:
             break
         s = samples[i]
@@ -753,10 +794,12 @@ def _train(
         if val is not None:
             val_items.append(val)
         tracker.step(f"preparing {cfg.target} targets")
-    if not prepared and not (cancel is not None and cancel.cancelled):
-        raise ValueError(
-            "no usable training samples: " + "; ".join(f"{n}: {r}" for n, r in failures[:3])
-        )
+    shards = _gather((len(prepared), len(val_items), failures), d)
+    failures = [f for _, _, fs in shards for f in fs]
+    n_train, n_val = sum(s[0] for s in shards), sum(s[1] for s in shards)
+    if min(s[0] for s in shards) == 0 and not (cancel is not None and cancel.cancelled):
+        why = "; ".join(f"{n}: {r}" for n, r in failures[:3]) or f"fewer than {d.world} samples"
+        raise ValueError(f"no usable training samples{' on some rank' if n_train else ''}: {why}")
 
     model.to(device)
     net: torch.nn.Module = model
@@ -766,24 +809,20 @@ def _train(
         net = DDP(model, device_ids=[d.local_rank] if device.startswith("cuda") else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     dataset = _TrainSet(prepared, cfg, pcfg, aux_clusters)
-    sampler: Any = None
-    if d.world > 1:
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed
-        )
+    sampler: Any = None  # each rank shuffles its own shard
     gen = torch.Generator()
-    gen.manual_seed(cfg.seed)
+    gen.manual_seed(cfg.seed + d.rank)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
         num_workers=cfg.num_workers,
-        drop_last=len(dataset) // max(d.world, 1) >= cfg.batch_size,
+        drop_last=len(dataset) >= cfg.batch_size,
         generator=gen,
         persistent_workers=False,
     )
-    n_batches = len(loader)
+    n_batches = _all_min(len(loader), d, device)  # DDP ranks step in lockstep
     if cfg.max_batches_per_epoch:
         n_batches = min(n_batches, cfg.max_batches_per_epoch)
     total_steps = max(1, n_batches * cfg.epochs)
@@ -800,16 +839,18 @@ def _train(
     stopped_early = False
     bad_epochs = 0
     ell_gt = [(_dice_np(v.target, v.gt)) for v in val_items if v.gt is not None]
+    n_gt = len(ell_gt)
+    (target_gt,) = _all_means([(float(np.mean(ell_gt)) if ell_gt else None, n_gt)], d, device)
     log_doc: dict[str, Any] = {
         "status": "running",
         "train_config": asdict(cfg),
         "model_config": mcfg.to_dict(),
         "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
-        "n_train": len(prepared),
-        "n_val": len(val_items),
+        "n_train": n_train,
+        "n_val": n_val,
         "n_curated": int(sum(p.curated for p in prepared)),
         "n_clusters": clusters.k if clusters is not None else 0,
-        "val_target_gt_dice": float(np.mean(ell_gt)) if ell_gt else None,
+        "val_target_gt_dice": target_gt,
         "failures": failures,
         "world_size": d.world,
         "device": device,
@@ -869,10 +910,13 @@ def _train(
         if cancelled:
             break
         _all_sum(sums, d, device)  # the logged train losses cover every rank's shard
-        # -- validation (rank 0), then everyone learns the decision
+        # -- validation (each rank its shard; the means all-reduced), rank 0 decides
         val_loss = val_dice = val_gt = None
-        if d.main and val_items:
+        if val_items:
             val_loss, val_dice, val_gt = _validate(model, val_items, device, cfg, use_amp)
+        nv = len(val_items)
+        val_loss, val_dice, val_gt = _all_means(
+            [(val_loss, nv), (val_dice, nv), (val_gt, n_gt)], d, device)
         nb = max(sums["n"], 1)
         has_aux = mcfg.has_aux
         improved = False
@@ -908,8 +952,8 @@ def _train(
                     "val_gt_dice": entry.val_gt_dice,
                     "val_target_gt_dice": log_doc["val_target_gt_dice"],
                     "train_config": asdict(cfg),
-                    "n_train": len(prepared),
-                    "n_val": len(val_items),
+                    "n_train": n_train,
+                    "n_val": n_val,
                     "init_checkpoint": log_doc["init_checkpoint"],
                     **({"extra": extra} if extra else {}),
                 }
@@ -920,7 +964,7 @@ def _train(
             _write_log(out, log_doc)
         if on_epoch is not None and d.main:
             on_epoch(entry)
-        stop = d.main and cfg.patience > 0 and bad_epochs >= cfg.patience and bool(val_items)
+        stop = d.main and cfg.patience > 0 and bad_epochs >= cfg.patience and n_val > 0
         if _all_any(stop, d, device):
             stopped_early = True
             break
@@ -944,8 +988,8 @@ def _train(
         stopped_early=stopped_early,
         wall_time_s=wall,
         history=history,
-        n_train=len(prepared),
-        n_val=len(val_items),
+        n_train=n_train,
+        n_val=n_val,
         n_clusters=clusters.k if clusters is not None else 0,
         failures=failures,
     )
