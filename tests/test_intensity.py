@@ -28,7 +28,11 @@ def mr():
 def predictor():
     from napari_recist_seg.predict import Predictor
 
-    return Predictor.load(None, device="cpu")
+    predictor = Predictor.load(None, device="cpu")
+    # The intensity rule alone (the RECIST-consistent threshold would partly hide a
+    # wrong window by choosing another threshold): tests/test_refine.py covers it.
+    predictor.refine = "none"
+    return predictor
 
 
 def _dark_blob(mr):
