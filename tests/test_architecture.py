@@ -61,8 +61,12 @@ LAYERS: dict[str, int] = {
     "hand_edits": 4,
     "_image_reader": 6,
     "predict": 3,
-    "click": 3,  # planned: the click heuristics out of predict.py
-    "training": 3,  # a package in wave 2 (config, samples, loop, distributed)
+    "click": 3,  # the click heuristics (Predictor.segment_click)
+    "click_check": 3,  # judges a click result with click's features
+    "postprocess": 3,  # LesionResult, component selection, measuring a mask
+    "stored_graph": 3,  # a Predictor on the checkpoint's ONNX graph (no torch)
+    "image_checks": 2,  # the predictor's input rules
+    "training": 3,  # a package: config, samples, losses, distributed, checkpoint, loop
     "annotation": 4,  # a package in wave 2 (session, segmenters, export, views)
     "curation": 4,
     "measurements": 4,  # planned: measurement columns and rows
@@ -107,13 +111,10 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
     "_widgets.train",
     "annotation",
     "curation",
-    "data.images",
     "jobs.segment",
     "model",
-    "predict",
     "recist",
     "targets",
-    "training",
 })
 KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "_widgets.annotator:AnnotatorWidget._build_ui",
@@ -124,14 +125,11 @@ KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "jobs.segment:_plan",
     "cli:build_parser",
     "jobs.targets:run_targets",
-    "predict:Predictor.segment_click",
     "targets:grabcut_mask",
-    "training:_train",
 })
 KNOWN_UPWARD_IMPORTS: frozenset[str] = frozenset({
     "annotation -> jobs.segment",
     "curation -> jobs.common",
-    "training -> jobs.common",
 })
 KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_reader -> annotation",
@@ -184,16 +182,11 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "jobs.train -> data.dataset",
     "jobs.train -> data.masks",
     "model -> pickle",
-    "predict -> preprocess",
-    "training -> data.images",
-    "training -> data.masks",
-    "training -> targets",
     "_image_reader -> data.images",  # merged from wave 1
     "_image_reader -> intensity",  # merged from wave 1
     "_launch -> _image_reader",  # merged from wave 1
     "cli -> __init__",  # merged from wave 1
     "cli -> importlib",  # merged from wave 1
-    "data.images -> intensity",  # merged from wave 1
     "graph -> runtime",  # merged from wave 1
     "jobs.targets -> jobs.outdir",  # merged from wave 1
     "jobs.train -> checkpoint_checks",  # merged from wave 1
@@ -201,10 +194,8 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "jobs.train -> math",  # merged from wave 1
     "jobs.train -> model",  # merged from wave 1
     "model -> graph",  # merged from wave 1
-    "predict -> importlib",  # merged from wave 1
     "predict -> model",  # merged from wave 1
     "predict -> refine",  # merged from wave 1
-    "predict -> runtime",  # merged from wave 1
 })
 KNOWN_CYCLES: frozenset[str] = frozenset()
 
