@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from napari_recist_seg.intensity import resolve_window
 from napari_recist_seg.jobs.common import (
     Cancelled,
     CancelToken,
@@ -195,8 +196,6 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
 
         inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
         if args.window is not None:
-            from napari_recist_seg.intensity import resolve_window
-
             resolve_window(args.window)  # a bad value: one line, exit 2
         intensity = {"window": args.window,
                      "modality": {"auto": None, "ct": "ct", "other": "grey"}[args.modality]}

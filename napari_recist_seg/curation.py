@@ -2,6 +2,8 @@
 
 No Qt, no napari: the Train / Evaluate docks gather what the viewer holds into
 :class:`AnnotatedImage` s (arrays, not layers) and call the functions here.
+The images in memory live in :mod:`napari_recist_seg.curation_images`, the saving in
+:mod:`napari_recist_seg.curation_save`; this module fine-tunes and re-exports both.
 
 Workflow of "fine-tune on curated annotations"
 ----------------------------------------------
@@ -33,32 +35,41 @@ Examples
 
 from __future__ import annotations
 
-import filecmp
 import json
 import math
 import os
-import re
-import shutil
-import time
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-from scipy import ndimage
 
-from napari_recist_seg.data.atomic import atomic_path, atomic_write_text
-from napari_recist_seg.jobs.common import (
-    CancelToken,
-    InputError,
-    ProgressCallback,
-    ProgressTracker,
-    describe_error,
+# The in-memory annotations and the saving have their own modules; re-exported here,
+# where the docks, the jobs and the tests import them.
+from napari_recist_seg.curation_images import (
+    CURATED_KEY,
+    AnnotatedImage,
+    safe_name,
+    split_holdout,
+    training_samples,
 )
-from napari_recist_seg.recist import Recist, RecistError
+from napari_recist_seg.curation_save import (
+    MANIFEST,
+    CurationConflict,
+    SavedCuration,
+    curation_conflicts,
+    save_curated,
+)
+from napari_recist_seg.data.atomic import atomic_write_text
+# Helpers the docks and jobs/compare used to import from here (re-exported).
+from napari_recist_seg.data.dataset import write_derived_recist
+from napari_recist_seg.measurements import add_recist_errors, recist_errors
+from napari_recist_seg.metrics import evaluate_case
+from napari_recist_seg.predict import DEFAULT_MODEL_DIR, Predictor
+from napari_recist_seg.progress import CancelToken, InputError, ProgressCallback, ProgressTracker
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_recist_seg.training import TrainConfig, TrainResult, TrainSample
+    from napari_recist_seg.training import TrainConfig, TrainResult
 
 __all__ = [
     "CURATED_KEY",
@@ -78,388 +89,6 @@ __all__ = [
     "training_samples",
     "write_derived_recist",
 ]
-
-#: Layer-metadata key that marks a Labels (or image) layer as curated by hand.
-CURATED_KEY = "recist_seg_curated"
-#: Name of the manifest written next to a saved curation.
-MANIFEST = "curation.json"
-
-
-class CurationConflict(FileExistsError):
-    """Saving would replace existing files with different content; ``paths`` lists them."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = [Path(p) for p in paths]
-        shown = ", ".join(str(p) for p in self.paths[:5])
-        more = f" and {len(self.paths) - 5} more" if len(self.paths) > 5 else ""
-        super().__init__(
-            f"{len(self.paths)} file(s) already exist with different content: {shown}{more}; "
-            "choose another folder or allow overwriting"
-        )
-
-
-def safe_name(name: str) -> str:
-    """A file-name-safe version of a layer name (keeps letters, digits, ``-_.``).
-
-    >>> safe_name("ISIC 0001 / copy"), safe_name("..")
-    ('ISIC_0001_copy', 'image')
-    """
-    out = re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip()).strip("._")
-    return out or "image"
-
-
-@dataclass(eq=False)
-class AnnotatedImage:
-    """An image with its RECIST and, optionally, its lesion labels (as held in the viewer).
-
-    Parameters
-    ----------
-    name : str
-        Used for file names (made safe with :func:`safe_name`) and messages.
-    image : ndarray
-        ``(H, W)``, ``(H, W, 3)`` or a ``(Z, H, W)`` volume.
-    recists : list of (lesion id, Recist)
-    labels : ndarray of int, optional
-        Lesion labels (0 = background, else the lesion id), the image's plane / volume
-        shape. For curated images this is the hand-corrected truth.
-    curated : bool
-        The labels were checked / corrected by hand: train on them (full supervision)
-        and use them as ground truth.
-    spacing : tuple of float, optional
-        ``(row_mm, col_mm)`` or ``(z_mm, row_mm, col_mm)``.
-    source : Path, optional
-        The file the image was read from, copied as is when saving (keeps its format,
-        header and intensities).
-    """
-
-    name: str
-    image: np.ndarray
-    recists: list[tuple[int, Recist]]
-    labels: np.ndarray | None = None
-    curated: bool = False
-    spacing: tuple[float, ...] | None = None
-    source: Path | None = None
-
-    @property
-    def is_volume(self) -> bool:
-        a = np.asarray(self.image)
-        return a.ndim == 3 and a.shape[-1] not in (3, 4)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Shape of the labels / mask: the image without its colour axis."""
-        a = np.asarray(self.image)
-        return tuple(a.shape) if self.is_volume or a.ndim == 2 else tuple(a.shape[:2])
-
-    def mask(self) -> np.ndarray:
-        """All lesions as one boolean mask (empty when there are no labels)."""
-        if self.labels is None:
-            return np.zeros(self.shape, bool)
-        return np.asarray(self.labels) > 0
-
-    def lesion_mask(self, lesion_id: int, recist: Recist) -> np.ndarray:
-        """The mask of one lesion on its plane, from the labels.
-
-        Pixels labelled ``lesion_id`` when there are any; otherwise (the user painted
-        with another label value) the connected components of all labelled pixels that
-        the RECIST axes pass through. Empty when the user erased the lesion.
-        """
-        if self.labels is None:
-            raise ValueError(f"{self.name}: no labels to take a lesion mask from")
-        lab = np.asarray(self.labels)
-        if self.is_volume:
-            if recist.slice_index is None:
-                raise RecistError(f"{self.name}: a RECIST on a volume needs a slice index")
-            lab = lab[int(recist.slice_index)]
-        own = lab == lesion_id
-        if own.any():
-            return own
-        fg = lab > 0
-        if not fg.any():
-            return own
-        comps, n = ndimage.label(fg, structure=np.ones((3, 3), bool))
-        hit: set[int] = set()
-        for seg in (recist.long_axis, recist.short_axis):
-            for t in np.linspace(0.0, 1.0, 33):
-                r, c = np.rint(seg[0] + t * (seg[1] - seg[0])).astype(int)
-                if 0 <= r < comps.shape[0] and 0 <= c < comps.shape[1] and comps[r, c]:
-                    hit.add(int(comps[r, c]))
-        return np.isin(comps, sorted(hit)) if hit else own
-
-
-def training_samples(
-    images: Sequence[AnnotatedImage],
-    *,
-    use_curated_masks: bool = True,
-    split: Callable[[AnnotatedImage], str | None] | None = None,
-) -> list["TrainSample"]:
-    """One :class:`~napari_recist_seg.training.TrainSample` per lesion.
-
-    Curated images contribute their hand-corrected lesion masks as the target (when
-    ``use_curated_masks``); the others only their RECIST (the trainer builds the weak
-    target). All lesions of an image share its ``group`` so that the train /
-    validation split is by image. ``split(image)`` may assign ``"train"``/``"val"``.
-    """
-    from napari_recist_seg.training import TrainSample
-
-    samples = []
-    for img in images:
-        for lesion, r in img.recists:
-            curated = img.lesion_mask(lesion, r) if (img.curated and use_curated_masks) else None
-            samples.append(TrainSample(
-                image=img.image, recist=r, curated_mask=curated, group=img.name,
-                split=split(img) if split is not None else None, name=f"{img.name}#{lesion}",
-            ))
-    return samples
-
-
-def split_holdout(
-    images: Sequence[AnnotatedImage],
-    fraction: float = 0.3,
-    seed: int = 0,
-) -> tuple[list[AnnotatedImage], list[AnnotatedImage]]:
-    """Split into (fine-tune, held out): a seeded ``fraction`` of the *curated* images.
-
-    At least one curated image is held out when there are two or more (so before /
-    after can be measured) and at least one stays for fine-tuning; with a single
-    curated image nothing is held out. Uncurated images are always in fine-tuning.
-
-    >>> imgs = [AnnotatedImage(n, np.zeros((4, 4)), [], curated=True) for n in "abc"]
-    >>> tune, held = split_holdout(imgs, 0.3)
-    >>> len(tune), len(held)
-    (2, 1)
-    """
-    curated = [im for im in images if im.curated]
-    n = len(curated)
-    n_hold = 0 if n < 2 else min(n - 1, max(1, int(round(fraction * n))))
-    rng = np.random.default_rng(seed)
-    order = sorted(range(n), key=lambda i: curated[i].name)
-    held_idx = {order[i] for i in rng.permutation(n)[:n_hold]} if n_hold else set()
-    held = [curated[i] for i in sorted(held_idx)]
-    held_ids = {id(im) for im in held}
-    return [im for im in images if id(im) not in held_ids], held
-
-
-# -- saving ---------------------------------------------------------------------------
-
-
-@dataclass
-class SavedCuration:
-    """Where a curation was saved: a dataset folder ``recist-seg`` reads as is."""
-
-    folder: Path
-    images: dict[str, Path] = field(default_factory=dict)
-    masks: dict[str, Path] = field(default_factory=dict)
-    labels: dict[str, Path] = field(default_factory=dict)
-    recist_csv: Path | None = None
-    unchanged: list[Path] = field(default_factory=list)
-
-
-def _image_suffix(img: AnnotatedImage) -> str:
-    if img.source is not None and Path(img.source).is_file():
-        name = Path(img.source).name.lower()
-        return ".nii.gz" if name.endswith(".nii.gz") else Path(img.source).suffix.lower()
-    a = np.asarray(img.image)
-    if img.is_volume:
-        return ".nii.gz"
-    if a.dtype == np.uint8:
-        return ".png"
-    return ".tif"  # keeps 16-bit / float / HU values exactly
-
-
-def _planned(img: AnnotatedImage, folder: Path) -> dict[str, Path]:
-    stem = safe_name(img.name)
-    out = {"image": folder / "images" / f"{stem}{_image_suffix(img)}"}
-    if img.curated and img.labels is not None:
-        ext = ".nii.gz" if img.is_volume else ".png"
-        out["mask"] = folder / "masks" / f"{stem}_segmentation{ext}"
-        out["labels"] = folder / "labels" / f"{stem}_labels{ext}"
-    return out
-
-
-def _same_image(path: Path, img: AnnotatedImage) -> bool:
-    from napari_recist_seg.data.images import read_image
-
-    if img.source is not None and Path(img.source).is_file():
-        try:
-            return filecmp.cmp(path, img.source, shallow=False)
-        except OSError:
-            return False
-    try:
-        return np.array_equal(read_image(path).array, np.asarray(img.image))
-    except Exception:  # unreadable: different
-        return False
-
-
-def _same_mask(path: Path, mask: np.ndarray, labels: bool) -> bool:
-    from napari_recist_seg.data.masks import read_labels, read_mask
-
-    try:
-        stored = read_labels(path) if labels else read_mask(path)
-    except Exception:
-        return False
-    want = np.asarray(mask)
-    return stored.shape == want.shape and np.array_equal(
-        stored.astype(np.int64) if labels else stored, want.astype(np.int64) if labels else want > 0
-    )
-
-
-def _records(images: Sequence[AnnotatedImage], paths: dict[str, dict[str, Path]]):
-    from napari_recist_seg.data.recist_csv import RecistRecord
-
-    recs = []
-    for img in images:
-        sp = img.spacing
-        plane_sp = (float(sp[-2]), float(sp[-1])) if sp is not None else None
-        for lesion, r in img.recists:
-            if r.spacing is None and plane_sp is not None:
-                r = r.with_spacing(plane_sp)
-            recs.append(RecistRecord(paths[img.name]["image"], int(lesion), r))
-    return recs
-
-
-def _same_records(path: Path, records) -> bool:
-    """Whether the RECIST CSV at ``path`` holds exactly ``records`` (same images, ids, axes)."""
-    from napari_recist_seg.data.recist_csv import read_recist_csv
-
-    try:
-        stored = read_recist_csv(path)
-    except Exception:  # unreadable: treat as different, never replace silently
-        return False
-
-    def key(rec) -> tuple:
-        r = rec.recist
-        return (os.path.normcase(os.path.abspath(rec.image)), int(rec.lesion), r.slice_index,
-                tuple(np.round(r.endpoints.ravel(), 6)),
-                None if r.spacing is None else tuple(np.round(r.spacing, 9)))
-
-    return sorted(map(key, stored)) == sorted(map(key, records))
-
-
-def _check_names(images: Sequence[AnnotatedImage]) -> None:
-    seen: dict[str, str] = {}
-    for img in images:
-        key = safe_name(img.name).lower()
-        if key in seen:
-            raise InputError(
-                f"two images would be saved under the same name {safe_name(img.name)!r}: "
-                f"{seen[key]!r} and {img.name!r}; rename one layer"
-            )
-        seen[key] = img.name
-        if img.labels is not None and np.asarray(img.labels).shape != img.shape:
-            raise InputError(
-                f"{img.name}: labels of shape {np.asarray(img.labels).shape} do not match "
-                f"the image shape {img.shape}"
-            )
-
-
-def curation_conflicts(images: Sequence[AnnotatedImage], folder: str | os.PathLike[str]) -> list[Path]:
-    """Files that :func:`save_curated` would replace with *different* content."""
-    folder = Path(folder)
-    _check_names(images)
-    paths = {img.name: _planned(img, folder) for img in images}
-    conflicts: list[Path] = []
-    for img in images:
-        p = paths[img.name]
-        if p["image"].exists() and not _same_image(p["image"], img):
-            conflicts.append(p["image"])
-        if "mask" in p and p["mask"].exists() and not _same_mask(p["mask"], img.mask(), False):
-            conflicts.append(p["mask"])
-        if "labels" in p and p["labels"].exists() and not _same_mask(p["labels"], img.labels, True):
-            conflicts.append(p["labels"])
-    csv_path = folder / "recist.csv"
-    if csv_path.exists():
-        if not _same_records(csv_path, _records(images, paths)):
-            conflicts.append(csv_path)
-    return conflicts
-
-
-def _write_image(path: Path, img: AnnotatedImage) -> None:
-    if img.source is not None and Path(img.source).is_file():
-        with atomic_path(path) as tmp:
-            shutil.copyfile(img.source, tmp)
-        return
-    a = np.asarray(img.image)
-    if path.name.endswith(".nii.gz"):
-        from napari_recist_seg.data.masks import _write_nifti
-
-        with atomic_path(path) as tmp:
-            _write_nifti(tmp, a, img.spacing)
-    elif path.suffix == ".png":
-        from PIL import Image
-
-        with atomic_path(path) as tmp:
-            Image.fromarray(np.ascontiguousarray(a)).save(tmp, format="PNG")
-    else:
-        import tifffile
-
-        with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, np.ascontiguousarray(a),
-                             photometric="rgb" if a.ndim == 3 else "minisblack")
-
-
-def save_curated(
-    images: Sequence[AnnotatedImage],
-    folder: str | os.PathLike[str],
-    *,
-    overwrite: bool = False,
-) -> SavedCuration:
-    """Save images, curated masks and RECIST as a dataset folder, atomically.
-
-    Layout: ``images/<name>.<ext>``; for curated images ``masks/<name>_segmentation.png``
-    (0/255) and ``labels/<name>_labels.png`` (lesion ids; ``.nii.gz`` for volumes);
-    ``recist.csv`` for every lesion; ``curation.json`` (which images are curated,
-    when). The folder can be passed to ``recist-seg train --curated`` / ``evaluate``.
-
-    Every file is written with a temporary name and renamed into place, so a crash
-    never leaves a half-written mask. Files that already hold the same content are left
-    alone (saving twice is harmless).
-
-    Raises
-    ------
-    CurationConflict
-        When an existing file would change and ``overwrite`` is False; nothing is
-        written then.
-    InputError
-        Two layers that map to the same file name, or labels of the wrong shape.
-    """
-    from napari_recist_seg.data.masks import write_labels, write_mask
-    from napari_recist_seg.data.recist_csv import write_recist_csv
-
-    folder = Path(folder)
-    if not overwrite:
-        conflicts = curation_conflicts(images, folder)
-        if conflicts:
-            raise CurationConflict(conflicts)
-    else:
-        _check_names(images)
-    paths = {img.name: _planned(img, folder) for img in images}
-    saved = SavedCuration(folder)
-    for img in images:
-        p = paths[img.name]
-        if p["image"].exists() and _same_image(p["image"], img):
-            saved.unchanged.append(p["image"])
-        else:
-            _write_image(p["image"], img)
-        saved.images[img.name] = p["image"]
-        if "mask" in p:
-            sp = img.spacing
-            write_mask(p["mask"], img.mask(), spacing=sp)
-            write_labels(p["labels"], np.asarray(img.labels), spacing=sp)
-            saved.masks[img.name] = p["mask"]
-            saved.labels[img.name] = p["labels"]
-    records = _records(images, paths)
-    if records:
-        write_recist_csv(folder / "recist.csv", records)
-        saved.recist_csv = folder / "recist.csv"
-    manifest = {
-        "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "curated": sorted(img.name for img in images if img.curated),
-        "images": {img.name: str(paths[img.name]["image"].relative_to(folder)) for img in images},
-        "sources": {img.name: str(img.source) for img in images if img.source is not None},
-    }
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
-    return saved
 
 
 # -- scoring ----------------------------------------------------------------------------
@@ -493,11 +122,7 @@ def holdout_scores(
     with the curated mask by :func:`napari_recist_seg.metrics.evaluate_case`.
     ``checkpoint=None`` is the shipped default model.
     """
-    from napari_recist_seg.metrics import evaluate_case
-
     if predictor is None and images:
-        from napari_recist_seg.predict import Predictor
-
         predictor = Predictor.load(checkpoint, device=device)
     tracker = ProgressTracker(len(images), progress)
     rows = []
@@ -604,8 +229,6 @@ def fine_tune(
     saved = save_curated(images, Path(curated_dir) if curated_dir else out_dir / "curated",
                          overwrite=overwrite)
     if init_checkpoint is None:
-        from napari_recist_seg.predict import DEFAULT_MODEL_DIR
-
         init_checkpoint = DEFAULT_MODEL_DIR
     init_checkpoint = Path(init_checkpoint)
     tune, held = split_holdout(images, holdout_fraction, config.seed)
@@ -643,90 +266,6 @@ def _write_report(out_dir: Path, result: FineTuneResult) -> None:
         return o
 
     atomic_write_text(out_dir / "fine_tune_report.json", json.dumps(clean(result.to_dict()), indent=2))
-
-
-# -- helpers for the docks ---------------------------------------------------------------
-
-
-def write_derived_recist(dataset: str | os.PathLike[str], out_csv: str | os.PathLike[str]) -> Path:
-    """Derive RECIST from a dataset's masks (ignoring its ``recist.csv``) into ``out_csv``.
-
-    Used to segment or evaluate "from simulated RECIST" on a folder that also has
-    hand-drawn RECIST.
-
-    Raises
-    ------
-    InputError
-        The dataset has no masks, or no mask gave a RECIST.
-    """
-    from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
-    from napari_recist_seg.data.recist_csv import write_recist_csv
-
-    ds = scan_dataset(dataset)
-    if not ds.has_masks:
-        raise InputError(f"{dataset} has no masks/ to derive RECIST from")
-    ds = replace(ds, recist_csv=None, dl_info=None)
-    by_stem = dataset_recists(ds)
-    records = [rec for stem in sorted(by_stem) for rec in by_stem[stem]]
-    if not records:
-        reasons = "; ".join(f"{f}: {r}" for f, r in by_stem.failures[:3])
-        raise InputError(f"no RECIST could be derived from the masks of {dataset} ({reasons})")
-    write_recist_csv(out_csv, records)
-    return Path(out_csv)
-
-
-def recist_errors(
-    pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None
-) -> dict[str, float]:
-    """Long / short axis error of a predicted mask against the ground truth (2D).
-
-    Both masks are measured like a reader would
-    (:func:`~napari_recist_seg.recist.recist_from_mask`, largest component); the
-    errors are absolute differences of the long (``long_error``) and short
-    (``short_error``) diameters, in mm with ``spacing`` ``(row_mm, col_mm)``, else px.
-    NaN when either mask has no measurable lesion or the masks are volumes.
-
-    Two 6-pixel-high bars, 20 and 18 pixels long: the long axes (pixel-centre
-    diagonals) are sqrt(19**2 + 5**2) and sqrt(17**2 + 5**2), 1.93 px apart.
-
-    >>> g = np.zeros((30, 30), bool); g[12:18, 5:25] = True
-    >>> p = np.zeros((30, 30), bool); p[12:18, 5:23] = True
-    >>> round(recist_errors(p, g)["long_error"], 2)
-    1.93
-    """
-    from napari_recist_seg.recist import recist_from_mask
-
-    nan = {"long_error": math.nan, "short_error": math.nan}
-    p, g = np.asarray(pred), np.asarray(gt)
-    if p.ndim != 2 or g.ndim != 2:
-        return nan
-    sp = tuple(float(s) for s in spacing) if spacing is not None and len(spacing) == 2 else None
-    try:
-        rp = recist_from_mask(p > 0, spacing=sp)
-        rg = recist_from_mask(g > 0, spacing=sp)
-    except RecistError:
-        return nan
-    if sp is not None:
-        return {"long_error": abs(rp.long_length_mm - rg.long_length_mm),
-                "short_error": abs(rp.short_length_mm - rg.short_length_mm)}
-    return {"long_error": abs(rp.long_length - rg.long_length),
-            "short_error": abs(rp.short_length - rg.short_length)}
-
-
-def add_recist_errors(cases: list[dict[str, Any]], spacing: Sequence[float] | None = None,
-                      cancel: CancelToken | None = None) -> None:
-    """Add ``long_error`` / ``short_error`` to evaluation cases (with ``pred``/``gt`` paths)."""
-    from napari_recist_seg.data.masks import read_mask
-
-    for case in cases:
-        if cancel is not None and cancel.cancelled:
-            return
-        try:
-            case.update(recist_errors(read_mask(case["pred"]), read_mask(case["gt"]), spacing))
-        except Exception as exc:  # a metric extra never fails the evaluation
-            case.update({"long_error": math.nan, "short_error": math.nan,
-                         "recist_error_note": describe_error(exc)})
-
 
 def epoch_dict(log: Any) -> dict[str, Any]:
     """An epoch log (dataclass or mapping) as a plain dict (for plots and JSON)."""

@@ -141,7 +141,6 @@ class Predictor:
         self.refine = DEFAULT_REFINE
         #: Intensity rule (napari_recist_seg.intensity): ``None`` = decided per image
         #: (DICOM tag / HU range); a CT ``window`` preset or (level, width) override.
-        # Set before the stored-graph return below: that predictor needs them too.
         self.modality: str | None = None
         self.window: Any = None
         if runner is not None:

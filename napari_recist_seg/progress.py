@@ -35,6 +35,7 @@ __all__ = [
     "ProgressCallback",
     "ProgressEvent",
     "ProgressTracker",
+    "describe_error",
     "phase_progress",
 ]
 
@@ -137,3 +138,12 @@ def phase_progress(
         progress(ProgressEvent(int(round(1000 * overall)), 1000, msg, event.elapsed, event.eta))
 
     return forward
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line, user-readable reason for a failure (no traceback)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    if isinstance(exc, (InputError,)) or name == "RecistError":
+        return text or name
+    return f"{name}: {text}" if text else name

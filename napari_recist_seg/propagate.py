@@ -22,7 +22,7 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -202,8 +202,6 @@ def predictor_segmenter(predictor: Any, volume: np.ndarray, **kwargs: Any) -> Sl
     plane_shape = tuple(volume.shape[1:])
 
     def segment(z: int, recist: Recist) -> np.ndarray:
-        from dataclasses import replace
-
         r = replace(recist, slice_index=int(z))
         return predictor.segment(volume, [r], **kwargs)[0].full_mask(plane_shape)
 

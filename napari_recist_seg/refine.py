@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
+from napari_recist_seg.targets import grabcut_mask
 
 __all__ = ["METHODS", "THRESHOLDS", "recist_error", "refine_mask"]
 
@@ -159,8 +160,6 @@ def refine_mask(
         return base
     candidates: list[np.ndarray] = []
     if method == "recist_gc" and image_crop is not None:
-        from napari_recist_seg.targets import grabcut_mask
-
         try:
             gc = grabcut_mask(image_crop, recist_local)
         except (RecistError, ValueError, cv2.error):

@@ -57,19 +57,22 @@ LAYERS: dict[str, int] = {
     "intensity": 1,  # modality and windows: the readers and preprocessing use it
     "graph": 2,
     "refine": 3,
+    "click_check": 4,  # click results judged for the annotator
+    "propagate": 4,  # one RECIST -> a 3D lesion (uses the predictor)
     "pairing": 4,
     "hand_edits": 4,
     "_image_reader": 6,
     "predict": 3,
     "click": 3,  # the click heuristics (Predictor.segment_click)
-    "click_check": 3,  # judges a click result with click's features
     "postprocess": 3,  # LesionResult, component selection, measuring a mask
     "stored_graph": 3,  # a Predictor on the checkpoint's ONNX graph (no torch)
     "image_checks": 2,  # the predictor's input rules
     "training": 3,  # a package: config, samples, losses, distributed, checkpoint, loop
-    "annotation": 4,  # a package in wave 2 (session, segmenters, export, views)
-    "curation": 4,
-    "measurements": 4,  # planned: measurement columns and rows
+    "annotation": 4,  # a package: units, segmenters, requests, paste, lesions, session, export
+    "curation": 4,  # fine-tuning on curated images; re-exports the two below
+    "curation_images": 4,  # AnnotatedImage, training samples, hold-out split
+    "curation_save": 4,  # a curation saved as a dataset folder
+    "measurements": 4,  # measurement columns and rows (segment job and annotator)
     "jobs": 5,
     "cli": 6,
     "__main__": 6,
@@ -109,8 +112,6 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
     "_widgets.annotator",
     "_widgets.annotator_binding",
     "_widgets.train",
-    "annotation",
-    "curation",
     "jobs.segment",
     "model",
     "recist",
@@ -119,17 +120,15 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
 KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "_widgets.annotator:AnnotatorWidget._build_ui",
     "_widgets.evaluate:EvaluateWidget.__init__",
-    "annotation:AnnotationSession.sync",
     "data.deeplesion:read_deeplesion_rows",
     "data.recist_csv:read_recist_csv",
     "jobs.segment:_plan",
     "cli:build_parser",
+    "cli:_run",
     "jobs.targets:run_targets",
     "targets:grabcut_mask",
 })
 KNOWN_UPWARD_IMPORTS: frozenset[str] = frozenset({
-    "annotation -> jobs.segment",
-    "curation -> jobs.common",
 })
 KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_reader -> annotation",
@@ -156,19 +155,8 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_widgets.train -> numpy",
     "_widgets.train -> predict",
     "_widgets.train -> targets",
-    "annotation -> data",
-    "annotation -> data.atomic",
-    "annotation -> predict",
-    "annotation -> targets",
     "cli -> _launch",
     "cli -> data.atomic",
-    "curation -> data.dataset",
-    "curation -> data.images",
-    "curation -> data.masks",
-    "curation -> data.recist_csv",
-    "curation -> metrics",
-    "curation -> predict",
-    "curation -> recist",
     "jobs.segment -> data.dataset",
     "jobs.segment -> data.images",
     "jobs.segment -> data.masks",
@@ -182,6 +170,9 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "jobs.train -> data.dataset",
     "jobs.train -> data.masks",
     "model -> pickle",
+    "jobs.segment3d -> predict",  # merged from wave 1
+    "_widgets.annotator_binding -> click_check",  # merged from wave 1
+    "_widgets.annotator -> hand_edits",  # merged from wave 1
     "_image_reader -> data.images",  # merged from wave 1
     "_image_reader -> intensity",  # merged from wave 1
     "_launch -> _image_reader",  # merged from wave 1

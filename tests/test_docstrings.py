@@ -17,6 +17,8 @@ CORE_MODULES = [
     "napari_recist_seg.predict",
     "napari_recist_seg.runtime",
     "napari_recist_seg.annotation",
+    "napari_recist_seg.annotation.units",
+    "napari_recist_seg.annotation.export",
     "napari_recist_seg.training",
     "napari_recist_seg.curation",
     # split out of predict, training and data.images (#15): their examples moved along
@@ -26,6 +28,8 @@ CORE_MODULES = [
     "napari_recist_seg.data.images",
     "napari_recist_seg.data.imagedata",
     "napari_recist_seg.data.raster",
+    "napari_recist_seg.curation_images",
+    "napari_recist_seg.measurements",
 ]
 
 

@@ -374,6 +374,8 @@ def test_postprocess_flag_applies_to_the_thresholded_probability(trained_ckpt):
     recists = [recist_from_mask(mask), Recist([[20, 20], [20, 60]], [[10, 40], [32, 40]])]
     plain = Predictor.load(trained_ckpt, device="cpu")
     post = Predictor.load(trained_ckpt, device="cpu", postprocess=True)
+    # The fixed threshold itself (the RECIST-consistent refinement: tests/test_refine.py).
+    plain.refine = post.refine = "none"
     assert not plain.postprocess and post.postprocess
     for a, b in zip(plain.segment(image, recists), post.segment(image, recists)):
         np.testing.assert_array_equal(a.mask, a.probability > 0.5)

@@ -34,7 +34,7 @@ Examples
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,12 @@ from napari_recist_seg.data.images import (
     image_suffix,
 )
 from napari_recist_seg.data.masks import MASK_SUFFIXES, MaskReadError, mask_suffix, read_mask
-from napari_recist_seg.data.recist_csv import RecistCsvError, RecistRecord, read_recist_csv
+from napari_recist_seg.data.recist_csv import (
+    RecistCsvError,
+    RecistRecord,
+    read_recist_csv,
+    write_recist_csv,
+)
 from napari_recist_seg.progress import CancelToken, InputError, ProgressCallback, ProgressTracker
 from napari_recist_seg.recist import RecistError, recist_from_mask
 
@@ -62,6 +67,7 @@ __all__ = [
     "dataset_recists",
     "image_stem",
     "scan_dataset",
+    "write_derived_recist",
 ]
 
 RECIST_CSV_NAME = "recist.csv"
@@ -459,3 +465,27 @@ def dataset_recists(
                 out.failures.append((str(item.mask_path), str(exc)))
         tracker.step(item.stem)
     return out
+
+
+def write_derived_recist(dataset: str | os.PathLike[str], out_csv: str | os.PathLike[str]) -> Path:
+    """Derive RECIST from a dataset's masks (ignoring its ``recist.csv``) into ``out_csv``.
+
+    Used to segment or evaluate "from simulated RECIST" on a folder that also has
+    hand-drawn RECIST.
+
+    Raises
+    ------
+    InputError
+        The dataset has no masks, or no mask gave a RECIST.
+    """
+    ds = scan_dataset(dataset)
+    if not ds.has_masks:
+        raise InputError(f"{dataset} has no masks/ to derive RECIST from")
+    ds = replace(ds, recist_csv=None, dl_info=None)
+    by_stem = dataset_recists(ds)
+    records = [rec for stem in sorted(by_stem) for rec in by_stem[stem]]
+    if not records:
+        reasons = "; ".join(f"{f}: {r}" for f, r in by_stem.failures[:3])
+        raise InputError(f"no RECIST could be derived from the masks of {dataset} ({reasons})")
+    write_recist_csv(out_csv, records)
+    return Path(out_csv)

@@ -23,6 +23,7 @@ from napari_recist_seg.progress import (
     ProgressCallback,
     ProgressEvent,
     ProgressTracker,
+    describe_error,
 )
 
 __all__ = [
@@ -80,12 +81,3 @@ class JobReport:
         if self.cancelled:
             parts.append("cancelled")
         return ", ".join(parts)
-
-
-def describe_error(exc: BaseException) -> str:
-    """A one-line, user-readable reason for a failure (no traceback)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
-    if isinstance(exc, (InputError,)) or name == "RecistError":
-        return text or name
-    return f"{name}: {text}" if text else name

@@ -5,7 +5,7 @@ its own prediction folder and then
 :func:`~napari_recist_seg.jobs.evaluate.evaluate_folders` against the ground-truth
 masks (the functions behind ``recist-seg segment`` and ``recist-seg evaluate``), adds
 the long / short axis errors of the masks per case
-(:func:`napari_recist_seg.curation.add_recist_errors`) and, with two models, the
+(:func:`napari_recist_seg.measurements.add_recist_errors`) and, with two models, the
 per-case ``B - A`` differences. The Evaluate dock shows the same
 :class:`EvaluationRun`.
 """
@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from napari_recist_seg.curation import add_recist_errors, save_curated, write_derived_recist
+from napari_recist_seg.curation import save_curated
+from napari_recist_seg.data.dataset import write_derived_recist
 from napari_recist_seg.jobs.evaluate import evaluate_folders
 from napari_recist_seg.jobs.segment import run_segment
+from napari_recist_seg.measurements import add_recist_errors
 from napari_recist_seg.metrics import summarize
 from napari_recist_seg.progress import CancelToken, ProgressCallback, phase_progress
 

@@ -56,6 +56,9 @@ from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.data.deeplesion import read_deeplesion_csv
 from napari_recist_seg.jobs import outdir
 from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
+# The columns and the row builder live in measurements (the annotator uses them too);
+# re-exported here, where the bulk job and its callers import them.
+from napari_recist_seg.measurements import MEASUREMENT_COLUMNS, measurement_row
 from napari_recist_seg.recist import Recist, RecistError, snap
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,23 +67,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["MEASUREMENTS_CSV", "MEASUREMENT_COLUMNS", "SegmentItem", "plan_segment", "run_segment"]
 
 MEASUREMENTS_CSV = "measurements.csv"
-MEASUREMENT_COLUMNS: tuple[str, ...] = (
-    "image",
-    "lesion",
-    "slice",
-    "cluster",
-    "confidence",
-    "area_px",
-    "area_mm2",
-    "long_px",
-    "short_px",
-    "long_mm",
-    "short_mm",
-    "measured_long_px",
-    "measured_short_px",
-    "measured_long_mm",
-    "measured_short_mm",
-)
 # measurements.csv is rebuilt from the records (atomically) at most this often during a
 # run, and always at the end; a re-run after a crash rebuilds it from all records.
 _CSV_FLUSH_SECONDS = 2.0
@@ -376,41 +362,6 @@ def _image_label(image_path: Path, out: Path) -> str:
     except ValueError:  # different drives on Windows
         rel = os.path.abspath(image_path)
     return rel.replace(os.sep, "/")
-
-
-def measurement_row(
-    image: str,
-    lesion: int,
-    recist: Recist,
-    measured: Recist | None,
-    *,
-    cluster: int | None,
-    confidence: float | None,
-    area_px: int | None,
-    spacing: tuple[float, float] | None,
-) -> dict[str, object]:
-    """One ``measurements.csv`` row (``MEASUREMENT_COLUMNS``): the drawn RECIST, the one
-    measured on the mask, the area and the cluster; mm columns when the spacing is known.
-    The annotator's measurement export uses it too, so both files agree."""
-    m = measured
-    area_mm2 = area_px * spacing[0] * spacing[1] if spacing is not None and area_px is not None else None
-    return {
-        "image": image,
-        "lesion": lesion,
-        "slice": "" if recist.slice_index is None else recist.slice_index,
-        "cluster": cluster,
-        "confidence": confidence,
-        "area_px": area_px,
-        "area_mm2": area_mm2,
-        "long_px": recist.long_length,
-        "short_px": recist.short_length,
-        "long_mm": recist.long_length_mm,
-        "short_mm": recist.short_length_mm,
-        "measured_long_px": m.long_length if m is not None else None,
-        "measured_short_px": m.short_length if m is not None else None,
-        "measured_long_mm": m.long_length_mm if m is not None else None,
-        "measured_short_mm": m.short_length_mm if m is not None else None,
-    }
 
 
 def _measurement_row(

@@ -26,6 +26,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from napari_recist_seg.data.atomic import atomic_write_text
+from napari_recist_seg.data.images import read_image
+from napari_recist_seg.data.masks import write_labels
+from napari_recist_seg.intensity import detect_modality, is_ct
+from napari_recist_seg.propagate import predictor_segmenter, propagate_lesion
+from napari_recist_seg.recist import RecistError, snap
 from napari_recist_seg.jobs.common import CancelToken, JobReport, ProgressCallback, ProgressTracker
 from napari_recist_seg.jobs.segment import (
     MEASUREMENT_COLUMNS,
@@ -44,12 +50,6 @@ CT_INTENSITY_TOL = 30.0
 
 
 def _segment_volume(item: Any, predictor: Any, out: Path, report: JobReport) -> list[dict[str, object]]:
-    from napari_recist_seg.data.images import read_image
-    from napari_recist_seg.data.masks import write_labels
-    from napari_recist_seg.intensity import detect_modality, is_ct
-    from napari_recist_seg.propagate import predictor_segmenter, propagate_lesion
-    from napari_recist_seg.recist import RecistError, snap
-
     img = read_image(item.image_path)
     if not img.is_volume:
         raise ValueError("--3d needs a volume (NIfTI, DICOM series, multi-page TIFF)")
@@ -95,8 +95,6 @@ def _segment_volume(item: Any, predictor: Any, out: Path, report: JobReport) -> 
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
-    from napari_recist_seg.data.atomic import atomic_write_text
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(MEASUREMENT_COLUMNS_3D), extrasaction="ignore")
     w.writeheader()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 
 from napari_recist_seg._reader import recist_shapes_layer
 from napari_recist_seg.curation import CURATED_KEY, FineTuneResult
@@ -204,7 +204,7 @@ def test_fine_tune_on_two_curated_images(widget, qtbot, tiny_a1_ckpt, tmp_path, 
     # Tick "curated" in the table: the flag lands in the lesions layer's metadata.
     for row in range(widget.layer_table.rowCount()):
         if widget.layer_table.item(row, 1).text() in curated:
-            widget.layer_table.item(row, 3).setCheckState(2)  # Qt.Checked
+            widget.layer_table.item(row, 3).setCheckState(Qt.CheckState.Checked)
     for stem in curated:
         assert viewer.layers[f"{stem} lesions"].metadata[CURATED_KEY] is True
 
