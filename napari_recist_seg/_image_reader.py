@@ -29,6 +29,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from napari_recist_seg.data.images import _is_dicom_file, read_deeplesion_png, read_image
+from napari_recist_seg.intensity import detect_modality, display_range
+
 __all__ = ["get_image_reader", "image_layer_data", "is_readable"]
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -53,8 +56,6 @@ def _is_16bit_grey_png(p: Path) -> bool:
 
 
 def _has_dicom(folder: Path) -> bool:
-    from napari_recist_seg.data.images import _is_dicom_file
-
     try:
         for f in folder.iterdir():
             if f.is_file() and (_suffix(f) in _DICOM or _is_dicom_file(f)):
@@ -66,8 +67,6 @@ def _has_dicom(folder: Path) -> bool:
 
 def is_readable(path: str | os.PathLike[str]) -> bool:
     """Whether these readers take ``path`` (by kind, not by checking it is intact)."""
-    from napari_recist_seg.data.images import _is_dicom_file
-
     p = Path(path)
     if p.is_dir():
         return _has_dicom(p)
@@ -111,9 +110,6 @@ def image_layer_data(path: str | os.PathLike[str]) -> LayerData:
     ImageReadError
         A broken file of a kind these readers take (one line naming file and reason).
     """
-    from napari_recist_seg.data.images import read_deeplesion_png, read_image
-    from napari_recist_seg.intensity import detect_modality, display_range
-
     p = Path(path)
     img = read_deeplesion_png(p) if _suffix(p) == ".png" else read_image(p)
     if img.is_rgb:

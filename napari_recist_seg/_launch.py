@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from napari_recist_seg._image_reader import image_layer_data, is_readable
+
 PLUGIN = "napari-recist-seg"
 
 
@@ -46,8 +48,6 @@ def _open_path(viewer, path: Path) -> None:
     """CT / MR images through this plugin's reader (napari's own reader would also
     claim ``.nii.gz`` / ``.dcm`` and lose the voxel spacing); anything else as napari
     opens it."""
-    from napari_recist_seg._image_reader import image_layer_data, is_readable
-
     if is_readable(path):
         data, kwargs, _ = image_layer_data(path)
         viewer.add_image(data, **kwargs)

@@ -18,6 +18,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from napari_recist_seg.annotation import format_length
+from napari_recist_seg.data.dataset import image_stem
+from napari_recist_seg.data.images import read_image
+from napari_recist_seg.data.recist_csv import REQUIRED_COLUMNS, read_recist_csv
+
 __all__ = ["get_reader", "is_recist_csv", "read_recist_layers", "recist_shapes_layer"]
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -30,8 +35,6 @@ _LINE_COLOURS = {"long": "#ffd60a", "short": "#64d2ff"}
 
 def is_recist_csv(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a CSV whose header holds the RECIST CSV's required columns."""
-    from napari_recist_seg.data.recist_csv import REQUIRED_COLUMNS
-
     p = Path(path)
     if p.suffix.lower() != ".csv" or not p.is_file():
         return False
@@ -56,8 +59,6 @@ def get_reader(path: str | Sequence[str]) -> Callable[[Any], list[LayerData]] | 
 
 
 def _length_label(seg: np.ndarray, spacing: tuple[float, float] | None) -> str:
-    from napari_recist_seg.annotation import format_length
-
     d = seg[1] - seg[0]
     px = float(np.hypot(d[0], d[1]))
     mm = None if spacing is None else float(np.hypot(*(d * np.asarray(spacing))))
@@ -107,8 +108,6 @@ def recist_shapes_layer(
 
 
 def _stem(path: Path) -> str:
-    from napari_recist_seg.data import image_stem
-
     return image_stem(path)
 
 
@@ -122,8 +121,6 @@ def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[Lay
         each failing image and why). Images that fail while others work are skipped
         with a warning.
     """
-    from napari_recist_seg.data import read_image, read_recist_csv
-
     if isinstance(path, (list, tuple)):
         path = path[0]
     csv_path = Path(path)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from napari_recist_seg._reader import read_recist_layers
+from napari_recist_seg.data.masks import read_labels, read_mask
 
 __all__ = ["SAMPLE_DIR", "ct_sample", "dermoscopy_sample"]
 
@@ -49,8 +50,6 @@ def _expert_layer(mask: np.ndarray, name: str, kwargs: dict[str, Any]) -> LayerD
 
 def dermoscopy_sample() -> list[LayerData]:
     """Four dermoscopy images with RECIST (and hidden expert masks), in a 2x2 grid."""
-    from napari_recist_seg.data import read_mask
-
     layers = read_recist_layers(DERMOSCOPY_CSV)
     out: list[LayerData] = []
     tile = 0
@@ -74,8 +73,6 @@ def dermoscopy_sample() -> list[LayerData]:
 
 def ct_sample() -> list[LayerData]:
     """A LiTS CT slab (HU, liver window) with one RECIST per tumour on the central slice."""
-    from napari_recist_seg.data import read_labels
-
     layers = read_recist_layers(CT_CSV)
     out: list[LayerData] = []
     for data, kwargs, kind in layers:

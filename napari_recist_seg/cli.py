@@ -13,10 +13,13 @@ import os
 import signal
 import sys
 import threading
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Sequence
 
 from napari_recist_seg.intensity import resolve_window
+from napari_recist_seg import __version__
+from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.jobs.common import (
     Cancelled,
     CancelToken,
@@ -59,13 +62,9 @@ EXIT_CODES = """exit status:
 
 def _version() -> str:
     """The installed distribution's version (the package's own when not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("napari-recist-seg")
     except PackageNotFoundError:
-        from napari_recist_seg import __version__
-
         return __version__
 
 
@@ -90,6 +89,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``recist-seg`` parser: one sub-command per job, each built by its ``_add_*``."""
     parser = argparse.ArgumentParser(
         prog="recist-seg",
         description="RECIST measurements to lesion masks; weakly supervised A1 / A1+L training.",
@@ -98,7 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_targets(sub)
+    _add_train(sub)
+    _add_segment(sub)
+    _add_evaluate(sub)
+    _add_compare(sub)
+    _add_view(sub)
+    for command in sub.choices.values():  # every command's --help lists the exit codes
+        command.epilog = EXIT_CODES.split("\n\n")[0]
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
 
+
+def _add_targets(sub: argparse._SubParsersAction) -> None:
+    """``recist-seg targets``: weak masks for a dataset."""
     p = sub.add_parser("targets", help="derive RECIST and write ellipse / GrabCut weak masks")
     p.add_argument("dataset", type=Path, help="dataset folder (images/, masks/, recist.csv)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -106,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo finished outputs")
     _add_common(p)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    """``recist-seg train``: A1 or A1+L from RECIST only."""
     p = sub.add_parser("train", help="train A1 or A1+L from RECIST only")
     p.add_argument("dataset", type=Path,
                    help="dataset folder (images/, optional masks/ and recist.csv)")
@@ -135,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (split, init, augmentation)")
     _add_common(p)
 
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    """``recist-seg segment``: lesion masks from RECIST."""
     p = sub.add_parser("segment", help="segment lesions from RECIST with a model")
     p.add_argument("inputs", type=Path, nargs="+", help="a dataset folder, or image files")
     p.add_argument("--recist", type=Path, default=None,
@@ -156,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "other (per-crop 1-99 percentiles; MR, X-ray, 16-bit photos)")
     _add_common(p)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    """``recist-seg evaluate``: predicted masks against ground truth."""
     p = sub.add_parser("evaluate", help="compare predicted masks with ground truth")
     p.add_argument("--pred", type=Path, required=True, help="folder of predicted masks")
     p.add_argument("--gt", type=Path, required=True,
@@ -166,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "to report distances in mm")
     _add_common(p)
 
-    _add_compare(sub)
 
+def _add_view(sub: argparse._SubParsersAction) -> None:
+    """``recist-seg view``: napari with the annotator."""
     p = sub.add_parser("view", help="open napari with the RECIST annotator (and a sample)")
     p.add_argument("paths", type=Path, nargs="*", help="images or a RECIST CSV to open")
     p.add_argument("--sample", choices=["dermoscopy", "ct"], default=None,
@@ -175,10 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--widget", action="append", default=None,
                    choices=["RECIST annotator", "Bulk segment", "Train / fine-tune", "Evaluate"],
                    help="dock widget(s) to open (default: RECIST annotator)")
-    for command in sub.choices.values():  # every command's --help lists the exit codes
-        command.epilog = EXIT_CODES.split("\n\n")[0]
-        command.formatter_class = argparse.RawDescriptionHelpFormatter
-    return parser
 
 
 def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
@@ -192,41 +211,9 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
             overwrite=args.overwrite, progress=progress, cancel=cancel,
         )
     elif args.command == "segment":
-        from napari_recist_seg.jobs.segment import run_segment
-
-        inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
-        if args.window is not None:
-            resolve_window(args.window)  # a bad value: one line, exit 2
-        intensity = {"window": args.window,
-                     "modality": {"auto": None, "ct": "ct", "other": "grey"}[args.modality]}
-        if args.three_d:
-            from napari_recist_seg.jobs.segment3d import run_segment3d as run_segment
-        report = run_segment(
-            inputs, args.out, recist_csv=args.recist, model=args.model, device=args.device,
-            overwrite=args.overwrite, progress=progress, cancel=cancel, **intensity,
-        )
+        report = _segment(args, progress, cancel)
     elif args.command == "evaluate":
-        from napari_recist_seg.jobs.evaluate import evaluate_folders
-
-        if args.spacing is not None and len(args.spacing) not in (2, 3):
-            raise InputError("--spacing takes 2 values (row, col) or 3 (z, row, col) in mm")
-        if args.spacing is not None and not all(0 < s < float("inf") for s in args.spacing):
-            raise InputError(
-                "--spacing values must be positive finite mm, got " + " ".join(map(str, args.spacing))
-            )
-        result = evaluate_folders(
-            args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None,
-            progress=progress,
-        )
-        print(result.format_table())
-        if args.json is not None:
-            from napari_recist_seg.data.atomic import atomic_write_text
-
-            try:
-                atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
-            except OSError as exc:
-                raise InputError(f"cannot write --json {args.json}: {exc.strerror or exc}") from None
-        return 3 if result.failures else 0
+        return _evaluate(args, progress)
     elif args.command == "compare":
         return _compare(args, progress, cancel)
     elif args.command == "view":
@@ -249,6 +236,46 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
     if len(report.failures) > 20:
         print(f"  ... and {len(report.failures) - 20} more (see failures.csv)", file=sys.stderr)
     return report.exit_code
+
+
+def _segment(args: argparse.Namespace, progress: _StderrProgress, cancel: CancelToken) -> JobReport:
+    """``recist-seg segment``: 2D, or ``--3d`` through the volume."""
+    from napari_recist_seg.jobs.segment import run_segment
+
+    inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
+    if args.window is not None:
+        resolve_window(args.window)  # a bad value: one line, exit 2
+    intensity = {"window": args.window,
+                 "modality": {"auto": None, "ct": "ct", "other": "grey"}[args.modality]}
+    if args.three_d:
+        from napari_recist_seg.jobs.segment3d import run_segment3d as run_segment
+    return run_segment(
+        inputs, args.out, recist_csv=args.recist, model=args.model, device=args.device,
+        overwrite=args.overwrite, progress=progress, cancel=cancel, **intensity,
+    )
+
+
+def _evaluate(args: argparse.Namespace, progress: _StderrProgress) -> int:
+    """``recist-seg evaluate``: the table on stdout, ``--json`` with every result."""
+    from napari_recist_seg.jobs.evaluate import evaluate_folders
+
+    if args.spacing is not None and len(args.spacing) not in (2, 3):
+        raise InputError("--spacing takes 2 values (row, col) or 3 (z, row, col) in mm")
+    if args.spacing is not None and not all(0 < s < float("inf") for s in args.spacing):
+        raise InputError(
+            "--spacing values must be positive finite mm, got " + " ".join(map(str, args.spacing))
+        )
+    result = evaluate_folders(
+        args.pred, args.gt, spacing=tuple(args.spacing) if args.spacing else None,
+        progress=progress,
+    )
+    print(result.format_table())
+    if args.json is not None:
+        try:
+            atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2))
+        except OSError as exc:
+            raise InputError(f"cannot write --json {args.json}: {exc.strerror or exc}") from None
+    return 3 if result.failures else 0
 
 
 @contextlib.contextmanager
@@ -283,7 +310,6 @@ def _sigterm_as_interrupt() -> object:
 
 
 def _compare(args: argparse.Namespace, progress: _StderrProgress, cancel: CancelToken) -> int:
-    from napari_recist_seg.data.atomic import atomic_write_text
     from napari_recist_seg.jobs.compare import run_compare
 
     checkpoints = args.model or [None]

@@ -29,6 +29,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+# As a module, not its names: tests (and callers) may replace a runtime helper.
+from napari_recist_seg import runtime
+
 __all__ = ["GraphError", "build_graph", "read_graph", "write_graph"]
 
 logger = logging.getLogger(__name__)
@@ -52,9 +55,7 @@ def check_batch(input_shape: tuple[int, int, int]) -> np.ndarray:
 def _export(model: Any, example: np.ndarray, has_aux: bool) -> bytes:
     import torch
 
-    from napari_recist_seg.runtime import _traceable
-
-    net = _traceable(model, has_aux)
+    net = runtime._traceable(model, has_aux)
     names = ["seg", "aux"] if has_aux else ["seg"]
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -115,15 +116,13 @@ def build_graph(model: Any, input_shape: tuple[int, int, int], *, half: bool = F
         Export failed, or the graph's logits differ from PyTorch's by more than
         ``PARITY_ATOL`` on the check batch.
     """
-    from napari_recist_seg.runtime import _agrees, _eager, onnx_session_runner
-
     x = check_batch(input_shape)
-    ref = _eager(model, "cpu")(x)
+    ref = runtime._eager(model, "cpu")(x)
     try:
         graph = _export(model, x, ref[1] is not None)
         if half:
             graph = _halve(graph)
-        ok = _agrees(onnx_session_runner(graph, threads=None), ref, x)
+        ok = runtime._agrees(runtime.onnx_session_runner(graph, threads=None), ref, x)
     except Exception as exc:  # noqa: BLE001 - any exporter / runtime failure
         raise GraphError(f"ONNX export failed ({type(exc).__name__}: {exc})") from exc
     if not ok:

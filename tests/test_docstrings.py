@@ -9,7 +9,10 @@ import pytest
 
 CORE_MODULES = [
     "napari_recist_seg.recist",
+    "napari_recist_seg.recist_geometry",
     "napari_recist_seg.targets",
+    "napari_recist_seg.ellipse",
+    "napari_recist_seg.grabcut",
     "napari_recist_seg.metrics",
     "napari_recist_seg.clusters",
     "napari_recist_seg.preprocess",

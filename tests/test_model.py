@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from napari_recist_seg import model as model_mod
+from napari_recist_seg import network as network_mod
 from napari_recist_seg.clusters import ClusterModel
 from napari_recist_seg.model import (
     FORMAT_VERSION,
@@ -257,7 +258,7 @@ def test_save_refuses_inconsistent_clusters(tmp_path, saved):
 
 def test_imagenet_weights_offline_fall_back_with_a_warning(monkeypatch):
     # No cached weights and no network: random init plus a clear warning, no hang.
-    monkeypatch.setattr(model_mod, "_network_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(network_mod, "_network_reachable", lambda *a, **k: False)
     import huggingface_hub
 
     def not_cached(*a, **k):

@@ -45,7 +45,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_recist_seg.data.recist_csv import RecistCsvError, RecistRecord
+from napari_recist_seg.data.recist_csv import CsvRow, RecistCsvError, RecistRecord, csv_rows
 from napari_recist_seg.recist import Recist
 
 __all__ = [
@@ -175,70 +175,62 @@ def read_deeplesion_rows(
         )
     rows: list[DeepLesionRow] = []
     counts: dict[str, int] = {}
-    for row in reader:
-        line = reader.line_num
-        if not any(c.strip() for c in row):
-            continue
-
-        def cell(name: str) -> str:
-            i = cols.get(name)
-            return row[i].strip() if i is not None and i < len(row) else ""
-
-        def where(name: str) -> str:
-            return f"{p}, line {line}, column {name!r}"
-
-        row_split = _opt_int(cell("Train_Val_Test"), where("Train_Val_Test"))
+    for row in csv_rows(p, reader, cols):
+        row_split = _opt_int(row.cell("Train_Val_Test"), row.where("Train_Val_Test"))
         if split is not None and row_split != split:
             continue
-        file_name = cell("File_name")
-        try:
-            image = deeplesion_image_path(file_name, root)
-        except ValueError as exc:
-            raise RecistCsvError(f"{where('File_name')}: {exc}") from None
-        coords = _numbers(cell("Measurement_coordinates"), 8, where("Measurement_coordinates"))
-        sp = _numbers(cell("Spacing_mm_px_"), None, where("Spacing_mm_px_"))
-        if len(sp) < 2 or sp[0] <= 0 or sp[1] <= 0:
-            raise RecistCsvError(
-                f"{where('Spacing_mm_px_')}: expected positive 'x, y, z' mm, got {cell('Spacing_mm_px_')!r}"
-            )
-        spacing_xyz = (sp[0], sp[1], sp[2] if len(sp) > 2 else float("nan"))
-        sr = cell("Slice_range")
-        slice_range = None
-        if sr:
-            a, b = _numbers(sr, 2, where("Slice_range"))
-            slice_range = (int(a), int(b))
-        size = cell("Image_size")
-        image_size = None
-        if size:
-            w, h = _numbers(size, 2, where("Image_size"))
-            image_size = (int(h), int(w))  # assumed "width, height" (mostly 512, 512)
-        win = cell("DICOM_windows")
-        window = None
-        if win:
-            lo, hi = _numbers(win, 2, where("DICOM_windows"))
-            window = (lo, hi)
-        noisy = cell("Possibly_noisy")
-        lesion = counts.get(str(image), 0) + 1
-        counts[str(image)] = lesion
-        recist = Recist.from_deeplesion(coords, spacing=(sp[1], sp[0]))
-        rows.append(
-            DeepLesionRow(
-                line=line,
-                file_name=file_name,
-                image=image,
-                lesion=lesion,
-                recist=recist,
-                key_slice=_opt_int(cell("Key_slice_index"), where("Key_slice_index")),
-                slice_range=slice_range,
-                spacing_xyz=spacing_xyz,
-                image_size=image_size,
-                window=window,
-                lesion_type=_opt_int(cell("Coarse_lesion_type"), where("Coarse_lesion_type")),
-                possibly_noisy=noisy not in ("", "0"),
-                split=row_split,
-            )
-        )
+        parsed = _parse_row(row, root, row_split)
+        # Lesion ids: the row order within each image, from 1.
+        parsed.lesion = counts.get(str(parsed.image), 0) + 1
+        counts[str(parsed.image)] = parsed.lesion
+        rows.append(parsed)
     return rows
+
+
+def _pair(row: CsvRow, name: str) -> tuple[float, float] | None:
+    """Two numbers of column ``name`` ("a, b"), or None when the cell is empty."""
+    text = row.cell(name)
+    if not text:
+        return None
+    a, b = _numbers(text, 2, row.where(name))
+    return a, b
+
+
+def _parse_row(row: CsvRow, root: Path, row_split: int | None) -> DeepLesionRow:
+    """One ``DL_info.csv`` row (``lesion`` 0: the caller numbers lesions per image)."""
+    cell, where = row.cell, row.where
+    file_name = cell("File_name")
+    try:
+        image = deeplesion_image_path(file_name, root)
+    except ValueError as exc:
+        raise RecistCsvError(f"{where('File_name')}: {exc}") from None
+    coords = _numbers(cell("Measurement_coordinates"), 8, where("Measurement_coordinates"))
+    sp = _numbers(cell("Spacing_mm_px_"), None, where("Spacing_mm_px_"))
+    if len(sp) < 2 or sp[0] <= 0 or sp[1] <= 0:
+        raise RecistCsvError(
+            f"{where('Spacing_mm_px_')}: expected positive 'x, y, z' mm, got {cell('Spacing_mm_px_')!r}"
+        )
+    spacing_xyz = (sp[0], sp[1], sp[2] if len(sp) > 2 else float("nan"))
+    slice_range = _pair(row, "Slice_range")
+    size = _pair(row, "Image_size")
+    window = _pair(row, "DICOM_windows")
+    recist = Recist.from_deeplesion(coords, spacing=(sp[1], sp[0]))
+    return DeepLesionRow(
+        line=row.line,
+        file_name=file_name,
+        image=image,
+        lesion=0,
+        recist=recist,
+        key_slice=_opt_int(cell("Key_slice_index"), where("Key_slice_index")),
+        slice_range=None if slice_range is None else (int(slice_range[0]), int(slice_range[1])),
+        spacing_xyz=spacing_xyz,
+        # assumed "width, height" (mostly 512, 512)
+        image_size=None if size is None else (int(size[1]), int(size[0])),
+        window=window,
+        lesion_type=_opt_int(cell("Coarse_lesion_type"), where("Coarse_lesion_type")),
+        possibly_noisy=cell("Possibly_noisy") not in ("", "0"),
+        split=row_split,
+    )
 
 
 def read_deeplesion_csv(

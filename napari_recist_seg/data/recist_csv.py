@@ -36,7 +36,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator, Mapping
 
 from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.recist import Recist
@@ -192,62 +192,90 @@ def read_recist_csv(path: str | os.PathLike[str]) -> list[RecistRecord]:
     base = p.parent.absolute()
     records: list[RecistRecord] = []
     seen: dict[tuple[str, int], int] = {}
-    for row in reader:
-        line = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-
-        def cell(name: str) -> str:
-            i = cols.get(name)
-            return row[i].strip() if i is not None and i < len(row) else ""
-
-        def where(name: str) -> str:
-            return f"{p}, line {line}, column {name!r}"
-
-        image_text = cell("image")
-        if not image_text:
-            raise RecistCsvError(f"{where('image')}: empty image path")
-        lesion_text = cell("lesion")
-        if not lesion_text:
-            raise RecistCsvError(f"{where('lesion')}: empty lesion id")
-        lesion = _parse_int(lesion_text, where("lesion"))
-        slice_text = cell("slice")
-        slice_index = None
-        if slice_text:
-            slice_index = _parse_int(slice_text, where("slice"))
-            if slice_index < 0:
-                raise RecistCsvError(f"{where('slice')}: slice index {slice_index} is negative")
-        coords = []
-        for name in COORD_COLUMNS:
-            t = cell(name)
-            if not t:
-                raise RecistCsvError(f"{where(name)}: empty coordinate")
-            coords.append(_parse_float(t, where(name)))
-        sx_text, sy_text = cell("spacing_x"), cell("spacing_y")
-        spacing = None
-        if sx_text or sy_text:
-            if not (sx_text and sy_text):
-                name = "spacing_y" if sx_text else "spacing_x"
-                raise RecistCsvError(
-                    f"{where(name)}: give both spacing_x and spacing_y, or neither"
-                )
-            sx = _parse_float(sx_text, where("spacing_x"))
-            sy = _parse_float(sy_text, where("spacing_y"))
-            for name, v in (("spacing_x", sx), ("spacing_y", sy)):
-                if v <= 0:
-                    raise RecistCsvError(f"{where(name)}: spacing must be positive, got {v}")
-            spacing = (sy, sx)
-        image = _image_path(image_text, base)
-        key = (str(image), lesion)
+    for row in csv_rows(p, reader, cols):
+        record = _record(row, base)
+        key = (str(record.image), record.lesion)
         if key in seen:
             raise RecistCsvError(
-                f"{p}, line {line}: lesion {lesion} of {image_text!r} already given on "
-                f"line {seen[key]} (lesion ids must be unique per image)"
+                f"{p}, line {row.line}: lesion {record.lesion} of {row.cell('image')!r} "
+                f"already given on line {seen[key]} (lesion ids must be unique per image)"
             )
-        seen[key] = line
-        recist = Recist.from_deeplesion(coords, slice_index=slice_index, spacing=spacing)
-        records.append(RecistRecord(image=image, lesion=lesion, recist=recist))
+        seen[key] = row.line
+        records.append(record)
     return records
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    """One non-blank CSV row: its cells by column name, and where an error lies."""
+
+    path: Path
+    line: int
+    cells: list[str]
+    cols: Mapping[str, int]
+
+    def cell(self, name: str) -> str:
+        """The stripped cell of column ``name`` ("" when the column or cell is absent)."""
+        i = self.cols.get(name)
+        return self.cells[i].strip() if i is not None and i < len(self.cells) else ""
+
+    def where(self, name: str) -> str:
+        """``"<file>, line <n>, column '<name>'"`` for an error message."""
+        return f"{self.path}, line {self.line}, column {name!r}"
+
+
+def csv_rows(path: Path, reader: Iterator[list[str]], cols: Mapping[str, int]) -> Iterator[CsvRow]:
+    """The rows of a ``csv.reader`` after its header, blank rows skipped."""
+    for row in reader:
+        line = reader.line_num  # type: ignore[attr-defined]
+        if any(cell.strip() for cell in row):
+            yield CsvRow(path, line, row, cols)
+
+
+def _record(row: CsvRow, base: Path) -> RecistRecord:
+    """One row's record (image resolved against ``base``); the duplicate check is the caller's."""
+    where = row.where
+    image_text = row.cell("image")
+    if not image_text:
+        raise RecistCsvError(f"{where('image')}: empty image path")
+    lesion_text = row.cell("lesion")
+    if not lesion_text:
+        raise RecistCsvError(f"{where('lesion')}: empty lesion id")
+    lesion = _parse_int(lesion_text, where("lesion"))
+    slice_text = row.cell("slice")
+    slice_index = None
+    if slice_text:
+        slice_index = _parse_int(slice_text, where("slice"))
+        if slice_index < 0:
+            raise RecistCsvError(f"{where('slice')}: slice index {slice_index} is negative")
+    coords = []
+    for name in COORD_COLUMNS:
+        t = row.cell(name)
+        if not t:
+            raise RecistCsvError(f"{where(name)}: empty coordinate")
+        coords.append(_parse_float(t, where(name)))
+    spacing = _spacing(row)
+    recist = Recist.from_deeplesion(coords, slice_index=slice_index, spacing=spacing)
+    return RecistRecord(image=_image_path(image_text, base), lesion=lesion, recist=recist)
+
+
+def _spacing(row: CsvRow) -> tuple[float, float] | None:
+    """``(row_mm, col_mm)`` from ``spacing_y`` / ``spacing_x``; both or neither."""
+    where = row.where
+    sx_text, sy_text = row.cell("spacing_x"), row.cell("spacing_y")
+    if not (sx_text or sy_text):
+        return None
+    if not (sx_text and sy_text):
+        name = "spacing_y" if sx_text else "spacing_x"
+        raise RecistCsvError(
+            f"{where(name)}: give both spacing_x and spacing_y, or neither"
+        )
+    sx = _parse_float(sx_text, where("spacing_x"))
+    sy = _parse_float(sy_text, where("spacing_y"))
+    for name, v in (("spacing_x", sx), ("spacing_y", sy)):
+        if v <= 0:
+            raise RecistCsvError(f"{where(name)}: spacing must be positive, got {v}")
+    return (sy, sx)
 
 
 def _relative_image(image: Path, base: Path) -> str:

@@ -56,6 +56,7 @@ from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.data.deeplesion import read_deeplesion_csv
 from napari_recist_seg.jobs import outdir
 from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
+from napari_recist_seg.jobs.pipeline import Steps, run_pipelined
 # The columns and the row builder live in measurements (the annotator uses them too);
 # re-exported here, where the bulk job and its callers import them.
 from napari_recist_seg.measurements import MEASUREMENT_COLUMNS, measurement_row
@@ -623,8 +624,10 @@ def run_segment(
         if predictor is not None and (window is not None or modality is not None):
             predictor.window, predictor.modality = window, modality
         try:
-            _segment_all(todo, out, predictor, batch_size, report, records, ours,
-                         ProgressTracker(len(todo), progress), cancel)
+            # Overlapped read / segment / write unless RECIST_SEG_SERIAL=1 (same outputs).
+            run = _segment_all if os.environ.get("RECIST_SEG_SERIAL") == "1" else _segment_pipelined
+            run(todo, out, predictor, batch_size, report, records, ours,
+                ProgressTracker(len(todo), progress), cancel)
         except BaseException:
             # Whatever stopped the run, the tables follow the committed records; on a
             # full disk this may fail too (a re-run rebuilds them).
@@ -748,6 +751,54 @@ def _segment_all(
             # A table to watch during long runs; the records are what counts.
             _write_tables(out, records)
             last_flush = time.perf_counter()
+
+
+def _segment_pipelined(
+    todo: Sequence[SegmentItem],
+    out: Path,
+    predictor: "Predictor",
+    batch_size: int,
+    report: JobReport,
+    records: dict[str, dict],
+    ours: set[str],
+    tracker: ProgressTracker,
+    cancel: CancelToken | None,
+) -> None:
+    """:func:`_segment_all` with reading ahead and writing behind in threads
+    (:mod:`napari_recist_seg.jobs.pipeline`): the same outputs, in the same order."""
+    last_flush = [time.perf_counter()]
+
+    def failed(item: SegmentItem, exc: BaseException) -> None:
+        report.fail(item.image_path, _reason(exc, item.image_path))
+        tracker.step(f"failed {item.image_path.name}")
+
+    def done(loaded: _Loaded, record: dict) -> None:
+        records[loaded.item.stem] = record
+        report.processed += 1
+        tracker.step(loaded.item.image_path.name)
+
+    def cancelled() -> bool:
+        if cancel is not None and cancel.cancelled:
+            report.cancelled = True
+        return report.cancelled
+
+    def tick() -> None:
+        if time.perf_counter() - last_flush[0] > _CSV_FLUSH_SECONDS:
+            _write_tables(out, records)
+            last_flush[0] = time.perf_counter()
+
+    steps = Steps(
+        load=_load,
+        lesions=lambda item: len(item.lesions),
+        weight=lambda c: (len(c.lesions), int(c.data.array.nbytes)),
+        segment=lambda chunk: _segment_chunk(chunk, predictor, batch_size),
+        commit=lambda c, results: _commit(c, results, out, report, ours),
+        done=done, failed=failed, replay=lambda call: report.fail(*call),
+        cancelled=cancelled, tick=tick,
+        fatal=(MemoryError, KeyboardInterrupt, OutputWriteError),
+    )
+    run_pipelined(todo, steps, max_lesions=batch_size, max_images=_CHUNK_IMAGES,
+                  max_bytes=_CHUNK_BYTES)
 
 
 def _reason(exc: BaseException, path: Path) -> str:

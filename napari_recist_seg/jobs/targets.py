@@ -25,10 +25,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from napari_recist_seg.data.dataset import Dataset, DatasetItem, dataset_recists, scan_dataset
+from napari_recist_seg.data.images import ImageReadError, read_image
+from napari_recist_seg.data.masks import MaskReadError, write_mask
+from napari_recist_seg.data.recist_csv import RecistRecord, write_recist_csv
 from napari_recist_seg.jobs.common import (
     Cancelled,
     CancelToken,
@@ -39,7 +44,9 @@ from napari_recist_seg.jobs.common import (
     ProgressTracker,
     describe_error,
 )
+from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error, prepare_out
 from napari_recist_seg.recist import RecistError
+from napari_recist_seg.targets import ellipse_mask, grabcut_mask
 
 __all__ = ["CT_WINDOW", "RECIST_CSV", "TARGET_KINDS", "run_targets", "target_paths"]
 
@@ -69,9 +76,6 @@ def _done(out: Path, stem: str, kinds: tuple[str, ...]) -> bool:
 
 def _reason(exc: BaseException, file: Path) -> str:
     """One readable line; the file itself is in the other column of failures.csv."""
-    from napari_recist_seg.data.images import ImageReadError
-    from napari_recist_seg.data.masks import MaskReadError
-
     if isinstance(exc, (ImageReadError, MaskReadError)):
         lines = str(exc).strip().splitlines()
         text = lines[0] if lines else type(exc).__name__
@@ -84,7 +88,7 @@ def _reason(exc: BaseException, file: Path) -> str:
     return text
 
 
-def _check_out(out: Path, ds) -> None:
+def _check_out(out: Path, ds: Dataset) -> None:
     """Refuse an ``out`` that would rewrite the dataset: its own ``recist.csv`` (rows
     would be dropped), or its images / masks folders (the next scan would take the
     targets for inputs)."""
@@ -114,8 +118,6 @@ def _check_out(out: Path, ds) -> None:
 
 
 def _output_error(out: Path, exc: OSError, done: int) -> InputError:
-    from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
-
     return OutputWriteError(
         f"cannot write into {out}: {describe_os_error(exc)}; {done} image(s) finished and "
         "kept, run again (with space / write access) to resume"
@@ -124,8 +126,6 @@ def _output_error(out: Path, exc: OSError, done: int) -> InputError:
 
 def _make_targets(image, records, *, grabcut: bool):
     """Ellipse and GrabCut masks (union of lesions) for one read image."""
-    from napari_recist_seg.targets import ellipse_mask, grabcut_mask
-
     arr = image.array
     shape = tuple(arr.shape)
     plane = image.plane_shape
@@ -203,103 +203,126 @@ def run_targets(
         When the dataset folder is missing, holds no images, or its ``recist.csv``
         is unusable.
     """
-    from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
-    from napari_recist_seg.data.images import read_image
-    from napari_recist_seg.data.masks import write_mask
-    from napari_recist_seg.data.recist_csv import write_recist_csv
-
-    from napari_recist_seg.jobs.outdir import OutputWriteError, prepare_out
-
     out = Path(out)
     report = JobReport()
     ds = scan_dataset(dataset)
     _check_out(out, ds)
     kinds = TARGET_KINDS if grabcut else TARGET_KINDS[:1]
-
-    def derive_progress(event: ProgressEvent) -> None:
-        if progress is not None:
-            progress(
-                ProgressEvent(
-                    event.done, event.total, f"RECIST from masks: {event.message}",
-                    event.elapsed, event.eta,
-                )
-            )
-
     try:
         recists = dataset_recists(
-            ds, per_component=per_component, progress=derive_progress, cancel=cancel
+            ds, per_component=per_component, progress=_prefixed(progress, "RECIST from masks: "),
+            cancel=cancel,
         )
     except Cancelled:
         report.cancelled = True
         return report
     for file, reason in recists.failures:
         report.fail(file, reason)
-    failed_files = {f for f, _ in recists.failures}
 
     items = [item for item in ds.items if item.stem in recists]
-    done_records = []
-    fallbacks = 0
+    run = _Run(out, kinds, grabcut, overwrite, report, {f for f, _ in recists.failures})
     prepare_out(out, state=False)
     tracker = ProgressTracker(len(items), progress)
     try:
-        for i, item in enumerate(items):
-            if cancel is not None and cancel.cancelled:
-                report.cancelled = True
-                # recist.csv must still list images finished by earlier runs.
-                done_records.extend(
-                    rec
-                    for later in items[i:]
-                    if _done(out, later.stem, kinds)
-                    for rec in recists[later.stem]
-                )
-                break
-            records = recists[item.stem]
-            if not overwrite and _done(out, item.stem, kinds):
-                report.skipped += 1
-                done_records.extend(records)
-                tracker.step(f"{item.stem} (done before)")
-                continue
-            try:
-                image = read_image(item.image_path)
-                ellipse, cut, n_fb = _make_targets(image, records, grabcut=grabcut)
-                paths = target_paths(out, item.stem, volume=image.is_volume)
-                spacing = image.spacing if image.is_volume else None
-                # An image counts as done once all its targets exist (see _done).
-                try:
-                    if cut is not None:
-                        write_mask(paths["grabcut"], cut, spacing=spacing)
-                        report.outputs.append(paths["grabcut"])
-                    write_mask(paths["ellipse"], ellipse, spacing=spacing)
-                    report.outputs.append(paths["ellipse"])
-                except OSError as exc:  # the output folder, not the image: stop
-                    raise _output_error(out, exc, report.processed) from None
-            except OutputWriteError:
-                raise
-            except Exception as exc:  # one bad file must not stop the run
-                if str(item.image_path) not in failed_files:
-                    report.fail(item.image_path, _reason(exc, item.image_path))
-                tracker.step(f"{item.stem} failed")
-                continue
-            fallbacks += n_fb
-            report.processed += 1
-            done_records.extend(records)
-            tracker.step(item.stem)
+        _target_items(run, items, recists, tracker, cancel)
     except BaseException:
         # Whatever stopped the run, the RECIST of the finished images and the failures
         # are kept where the disk allows (a re-run rewrites them).
         with contextlib.suppress(OSError):
-            _write_tables(out, done_records, report, write_recist_csv)
+            _write_tables(out, run.done_records, report)
         raise
     try:
-        _write_tables(out, done_records, report, write_recist_csv)
+        _write_tables(out, run.done_records, report)
     except OSError as exc:
         raise _output_error(out, exc, report.processed) from None
     if progress is not None and grabcut and report.processed:
-        progress(tracker.event(f"done; GrabCut fell back to the ellipse for {fallbacks} lesion(s)"))
+        progress(tracker.event(f"done; GrabCut fell back to the ellipse for {run.fallbacks} lesion(s)"))
     return report
 
 
-def _write_tables(out: Path, done_records: list, report: JobReport, write_recist_csv) -> None:
+def _prefixed(progress: ProgressCallback | None, prefix: str) -> ProgressCallback:
+    """``progress`` with ``prefix`` before each event's message (a no-op without one)."""
+    def forward(event: ProgressEvent) -> None:
+        if progress is not None:
+            progress(
+                ProgressEvent(
+                    event.done, event.total, f"{prefix}{event.message}",
+                    event.elapsed, event.eta,
+                )
+            )
+
+    return forward
+
+
+@dataclass
+class _Run:
+    """One run's settings and what it has produced so far."""
+
+    out: Path
+    kinds: tuple[str, ...]
+    grabcut: bool
+    overwrite: bool
+    report: JobReport
+    failed_files: set[str]  # already reported while the RECIST were derived
+    done_records: list[RecistRecord] = field(default_factory=list)
+    fallbacks: int = 0
+
+
+def _target_items(run: _Run, items: list[DatasetItem], recists, tracker: ProgressTracker,
+                  cancel: CancelToken | None) -> None:
+    """Targets for each image in turn: skipped when done before, a bad file reported."""
+    out, kinds, report = run.out, run.kinds, run.report
+    for i, item in enumerate(items):
+        if cancel is not None and cancel.cancelled:
+            report.cancelled = True
+            # recist.csv must still list images finished by earlier runs.
+            run.done_records.extend(
+                rec
+                for later in items[i:]
+                if _done(out, later.stem, kinds)
+                for rec in recists[later.stem]
+            )
+            break
+        records = recists[item.stem]
+        if not run.overwrite and _done(out, item.stem, kinds):
+            report.skipped += 1
+            run.done_records.extend(records)
+            tracker.step(f"{item.stem} (done before)")
+            continue
+        try:
+            n_fb = _target_image(run, item, records)
+        except OutputWriteError:
+            raise
+        except Exception as exc:  # one bad file must not stop the run
+            if str(item.image_path) not in run.failed_files:
+                report.fail(item.image_path, _reason(exc, item.image_path))
+            tracker.step(f"{item.stem} failed")
+            continue
+        run.fallbacks += n_fb
+        report.processed += 1
+        run.done_records.extend(records)
+        tracker.step(item.stem)
+
+
+def _target_image(run: _Run, item: DatasetItem, records: list[RecistRecord]) -> int:
+    """Read one image, write its targets; the number of GrabCut fallbacks."""
+    image = read_image(item.image_path)
+    ellipse, cut, n_fb = _make_targets(image, records, grabcut=run.grabcut)
+    paths = target_paths(run.out, item.stem, volume=image.is_volume)
+    spacing = image.spacing if image.is_volume else None
+    # An image counts as done once all its targets exist (see _done).
+    try:
+        if cut is not None:
+            write_mask(paths["grabcut"], cut, spacing=spacing)
+            run.report.outputs.append(paths["grabcut"])
+        write_mask(paths["ellipse"], ellipse, spacing=spacing)
+        run.report.outputs.append(paths["ellipse"])
+    except OSError as exc:  # the output folder, not the image: stop
+        raise _output_error(run.out, exc, run.report.processed) from None
+    return n_fb
+
+
+def _write_tables(out: Path, done_records: list, report: JobReport) -> None:
     if done_records:
         write_recist_csv(out / RECIST_CSV, done_records)
         report.outputs.append(out / RECIST_CSV)

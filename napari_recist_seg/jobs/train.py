@@ -13,17 +13,22 @@ keywords) and :func:`train_from_dataset` for widgets and scripts.
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from napari_recist_seg.checkpoint_checks import model_config_problem
+from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
+from napari_recist_seg.data.masks import MASK_SUFFIXES, mask_suffix
 from napari_recist_seg.jobs.common import (
     CancelToken,
     InputError,
     JobReport,
     ProgressCallback,
 )
+from napari_recist_seg.model import CheckpointError
 
 __all__ = ["build_samples", "run_train", "train_from_dataset", "train_config_from_args"]
 
@@ -33,8 +38,6 @@ def _curated_index(folder: Path) -> dict[str, Path]:
 
     ``<stem>.png``, ``<stem>_segmentation.png``, ``<stem>_mask.png`` (any mask format).
     """
-    from napari_recist_seg.data.masks import MASK_SUFFIXES, mask_suffix
-
     if not folder.is_dir():
         raise InputError(f"curated mask folder {folder} does not exist")
     out: dict[str, Path] = {}
@@ -65,7 +68,6 @@ def build_samples(
     Images and masks are passed as paths: they are read once, while the weak targets
     are prepared, and only the crop context is kept.
     """
-    from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
     from napari_recist_seg.training import TrainSample
 
     ds = scan_dataset(dataset)
@@ -125,11 +127,6 @@ def train_config_from_args(args: argparse.Namespace | dict[str, Any]) -> Any:
 def _check_train_config(cfg: Any) -> None:
     """Refuse what would only fail later: NaN / inf options (a JSON error at the first
     save), and a model no checkpoint check would load (e.g. ``--input-size 100000``)."""
-    import math
-    from dataclasses import asdict
-
-    from napari_recist_seg.checkpoint_checks import model_config_problem
-
     for key, value in asdict(cfg).items():
         if isinstance(value, float) and not math.isfinite(value):
             name = "--lambda" if key == "aux_weight" else "--" + key.replace("_", "-")
@@ -164,7 +161,6 @@ def train_from_dataset(
     curated : path, optional
         Folder of curated masks (fine-tuning targets; requires ``init``).
     """
-    from napari_recist_seg.model import CheckpointError
     from napari_recist_seg.training import TrainConfig, train
 
     cfg = train_config if train_config is not None else TrainConfig()

@@ -45,7 +45,15 @@ from napari_recist_seg.training.config import (
     TrainResult,
     TrainSample,
 )
-from napari_recist_seg.training.distributed import _all_any, _all_sum, _Dist, _setup_dist
+from napari_recist_seg.training.distributed import (
+    _all_any,
+    _all_means,
+    _all_min,
+    _all_sum,
+    _Dist,
+    _gather,
+    _setup_dist,
+)
 from napari_recist_seg.training.losses import _dice_np, _seg_loss
 from napari_recist_seg.training.loop import (
     _resolve_clusters,

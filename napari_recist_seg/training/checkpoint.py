@@ -23,7 +23,7 @@ from napari_recist_seg.training.config import (
     TrainConfig,
     TrainResult,
 )
-from napari_recist_seg.training.distributed import _Dist
+from napari_recist_seg.training.distributed import _all_means, _Dist
 from napari_recist_seg.training.losses import _dice_np
 from napari_recist_seg.training.samples import _Prepared, _ValItem
 
@@ -110,19 +110,23 @@ def _log_doc(
     d: _Dist,
     device: str,
     extra: dict[str, Any],
+    n_train: int,
+    n_val: int,
 ) -> dict[str, Any]:
-    """The ``train_log.json`` document at the start of the run."""
+    """The ``train_log.json`` document at the start of the run (counts over all ranks)."""
     ell_gt = [(_dice_np(v.target, v.gt)) for v in val_items if v.gt is not None]
+    n_gt = len(ell_gt)
+    (target_gt,) = _all_means([(float(np.mean(ell_gt)) if ell_gt else None, n_gt)], d, device)
     return {
         "status": "running",
         "train_config": asdict(cfg),
         "model_config": mcfg.to_dict(),
         "init_checkpoint": str(init_checkpoint) if init_checkpoint else None,
-        "n_train": len(prepared),
-        "n_val": len(val_items),
+        "n_train": n_train,
+        "n_val": n_val,
         "n_curated": int(sum(p.curated for p in prepared)),
         "n_clusters": clusters.k if clusters is not None else 0,
-        "val_target_gt_dice": float(np.mean(ell_gt)) if ell_gt else None,
+        "val_target_gt_dice": target_gt,
         "failures": failures,
         "world_size": d.world,
         "device": device,
@@ -165,8 +169,8 @@ def _finish(
     history: list[EpochLog],
     cancelled: bool,
     stopped_early: bool,
-    prepared: list[_Prepared],
-    val_items: list[_ValItem],
+    n_train: int,
+    n_val: int,
     clusters: ClusterModel | None,
     failures: list[tuple[str, str]],
 ) -> TrainResult:
@@ -190,8 +194,8 @@ def _finish(
         stopped_early=stopped_early,
         wall_time_s=wall,
         history=history,
-        n_train=len(prepared),
-        n_val=len(val_items),
+        n_train=n_train,
+        n_val=n_val,
         n_clusters=clusters.k if clusters is not None else 0,
         failures=failures,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 
@@ -57,3 +58,43 @@ def _all_sum(sums: dict[str, float], d: _Dist, device: str) -> None:
     for k, v in zip(keys, t.tolist()):
         sums[k] = v
 
+
+def _all_min(n: int, d: _Dist, device: str) -> int:
+    """The smallest ``n`` over all ranks (a no-op without DDP)."""
+    if d.world <= 1:
+        return n
+    import torch.distributed as dist
+
+    t = torch.tensor([float(n)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def _all_means(
+    pairs: Sequence[tuple[float | None, int]], d: _Dist, device: str
+) -> list[float | None]:
+    """Means over all ranks of per-rank ``(mean or None, count)`` pairs, weighted by
+    the counts; ``None`` where no rank counted anything (a no-op without DDP)."""
+    if d.world <= 1:
+        return [m for m, _ in pairs]
+    import torch.distributed as dist
+
+    flat = []
+    for m, n in pairs:
+        ok = m is not None and n > 0
+        flat += [float(m) * n if ok else 0.0, float(n) if ok else 0.0]  # type: ignore[arg-type]
+    t = torch.tensor(flat, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    v = t.tolist()
+    return [s / n if n > 0 else None for s, n in zip(v[0::2], v[1::2])]
+
+
+def _gather(obj: Any, d: _Dist) -> list[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` without DDP)."""
+    if d.world <= 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out

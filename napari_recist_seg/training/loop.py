@@ -38,7 +38,14 @@ from napari_recist_seg.training.checkpoint import (
     keep_best,
 )
 from napari_recist_seg.training.config import EpochLog, TrainConfig, TrainResult, TrainSample
-from napari_recist_seg.training.distributed import _all_any, _all_sum, _Dist, _setup_dist
+from napari_recist_seg.training.distributed import (
+    _all_any,
+    _all_means,
+    _all_min,
+    _all_sum,
+    _Dist,
+    _setup_dist,
+)
 from napari_recist_seg.training.losses import _dice_np, _seg_loss
 from napari_recist_seg.training.samples import (
     _Prepared,
@@ -174,12 +181,13 @@ def _train(
     pcfg = mcfg.preprocess
     # Cluster labels are training targets only for the cluster head (A1+L).
     aux_clusters = clusters if mcfg.has_aux else None
-    prepared, val_items, failures = prepare_samples(
+    prepared, val_items, failures, n_train, n_val = prepare_samples(
         samples, groups, is_val, train_idx, val_idx, cfg, pcfg, clusters, aux_clusters,
-        d.main, progress, cancel)
+        d, progress, cancel)
     run = _setup_run(model, prepared, cfg, pcfg, aux_clusters, device, d)
+    n_gt = sum(v.gt is not None for v in val_items)
     log_doc = _log_doc(cfg, mcfg, init_checkpoint, prepared, val_items, clusters, failures,
-                       d, device, extra)
+                       d, device, extra, n_train, n_val)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         _write_log(out, log_doc)
@@ -196,10 +204,13 @@ def _train(
         if cancelled:
             break
         _all_sum(sums, d, device)  # the logged train losses cover every rank's shard
-        # -- validation (rank 0), then everyone learns the decision
+        # -- validation (each rank its shard; the means all-reduced), rank 0 decides
         val_loss = val_dice = val_gt = None
-        if d.main and val_items:
+        if val_items:
             val_loss, val_dice, val_gt = validate(model, val_items, device, cfg, run.use_amp)
+        nv = len(val_items)
+        val_loss, val_dice, val_gt = _all_means(
+            [(val_loss, nv), (val_dice, nv), (val_gt, n_gt)], d, device)
         nb = max(sums["n"], 1)
         improved = False
         if d.main:
@@ -211,12 +222,12 @@ def _train(
             keep_best(best, model, entry, improved)
         if on_epoch is not None and d.main:
             on_epoch(entry)
-        stop = d.main and cfg.patience > 0 and best.bad_epochs >= cfg.patience and bool(val_items)
+        stop = d.main and cfg.patience > 0 and best.bad_epochs >= cfg.patience and n_val > 0
         if _all_any(stop, d, device):
             stopped_early = True
             break
     return _finish(out, d, t_start, log_doc, best, history, cancelled, stopped_early,
-                   prepared, val_items, clusters, failures)
+                   n_train, n_val, clusters, failures)
 
 
 def _load_init(
@@ -287,24 +298,20 @@ def _setup_run(
         net = DDP(model, device_ids=[d.local_rank] if device.startswith("cuda") else None)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     dataset = _TrainSet(prepared, cfg, pcfg, aux_clusters)
-    sampler: Any = None
-    if d.world > 1:
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed
-        )
+    sampler: Any = None  # each rank shuffles its own shard
     gen = torch.Generator()
-    gen.manual_seed(cfg.seed)
+    gen.manual_seed(cfg.seed + d.rank)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
         num_workers=cfg.num_workers,
-        drop_last=len(dataset) // max(d.world, 1) >= cfg.batch_size,
+        drop_last=len(dataset) >= cfg.batch_size,
         generator=gen,
         persistent_workers=False,
     )
-    n_batches = len(loader)
+    n_batches = _all_min(len(loader), d, device)  # DDP ranks step in lockstep
     if cfg.max_batches_per_epoch:
         n_batches = min(n_batches, cfg.max_batches_per_epoch)
     total_steps = max(1, n_batches * cfg.epochs)

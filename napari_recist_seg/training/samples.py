@@ -28,6 +28,7 @@ from napari_recist_seg.preprocess import (
 from napari_recist_seg.progress import CancelToken, ProgressCallback, ProgressTracker
 from napari_recist_seg.recist import Recist, RecistError, shape_features
 from napari_recist_seg.training.config import TrainConfig, TrainSample
+from napari_recist_seg.training.distributed import _Dist, _gather
 
 # The stored context around a lesion, relative to its crop side: room for scale,
 # rotation and jitter augmentation.
@@ -260,24 +261,25 @@ def prepare_samples(
     pcfg: PreprocessConfig,
     clusters: ClusterModel | None,
     aux_clusters: ClusterModel | None,
-    main: bool,
+    d: _Dist,
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
-) -> tuple[list[_Prepared], list[_ValItem], list[tuple[str, str]]]:
-    """``(prepared, val_items, failures)``: each sample cut out once, with its target.
+) -> tuple[list[_Prepared], list[_ValItem], list[tuple[str, str]], int, int]:
+    """``(prepared, val_items, failures, n_train, n_val)``: this rank's shard of the
+    samples, each cut out once with its target; the failures and counts of all ranks.
 
     A sample that cannot be used (bad RECIST, unreadable file, mask of the wrong
     shape) is a failure ``(name, reason)``, not an error; none usable is a ValueError.
     """
-    # -- prepare (weak targets once per sample); every rank prepares all train items
-    # (cheap next to training) but only rank 0 the validation items.
+    # -- prepare (weak targets once per sample): each rank only its shard of the train
+    # and validation items, which it then trains and validates on (fixed shards).
     prepared: list[_Prepared] = []
     val_items: list[_ValItem] = []
     failures: list[tuple[str, str]] = []
-    n_prep = len(train_idx) + (len(val_idx) if main else 0)
-    tracker = ProgressTracker(n_prep, progress if main else None)
+    my_idx = train_idx[d.rank :: d.world] + val_idx[d.rank :: d.world]
+    tracker = ProgressTracker(len(my_idx), progress if d.main else None)
     image_cache: dict[str, Any] = {}
-    for i in train_idx + (val_idx if main else []):
+    for i in my_idx:
         if cancel is not None and cancel.cancelled:
             break
         s = samples[i]
@@ -295,8 +297,10 @@ def prepare_samples(
         if val is not None:
             val_items.append(val)
         tracker.step(f"preparing {cfg.target} targets")
-    if not prepared and not (cancel is not None and cancel.cancelled):
-        raise ValueError(
-            "no usable training samples: " + "; ".join(f"{n}: {r}" for n, r in failures[:3])
-        )
-    return prepared, val_items, failures
+    shards = _gather((len(prepared), len(val_items), failures), d)
+    failures = [f for _, _, fs in shards for f in fs]
+    n_train, n_val = sum(s[0] for s in shards), sum(s[1] for s in shards)
+    if min(s[0] for s in shards) == 0 and not (cancel is not None and cancel.cancelled):
+        why = "; ".join(f"{n}: {r}" for n, r in failures[:3]) or f"fewer than {d.world} samples"
+        raise ValueError(f"no usable training samples{' on some rank' if n_train else ''}: {why}")
+    return prepared, val_items, failures, n_train, n_val

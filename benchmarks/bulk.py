@@ -1,0 +1,180 @@
+"""Bulk segmentation including start-up: ``recist-seg segment`` of N real ISIC images.
+
+One run reports, as one JSON object on stdout:
+
+- ``cli``: wall time of a fresh ``python -m napari_recist_seg segment DS --out OUT -q``
+  process (interpreter start, imports, model load, reading, inference, writing every
+  mask and ``measurements.csv``): lesions/s *including start-up*, and its peak RSS;
+- ``floor``: the compute floor measured in the same run: the network's forward pass
+  alone over the same lesions' inputs (prepared beforehand), in batches;
+- ``stages``: where the time goes, each stage timed alone in process (reading the
+  JPEGs, preprocessing, forward, postprocessing, writing the masks);
+- ``threads``: forward-pass throughput for ONNX Runtime intra-op threads x parallel
+  batches (with ``--threads-sweep``);
+- the load average before and after, and this process's nice value: the machine is
+  shared, so the figures are only as good as the load allows.
+
+The dataset (symlinks + ``recist.csv`` with RECIST derived from the expert masks,
+``benchmarks/throughput.py``'s helper) is prepared before any timing.
+
+Usage::
+
+    python benchmarks/bulk.py [--n 1000] [--serial] [--threads-sweep]
+
+Goal (issue 14): >= 150 lesions/s including start-up on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's package (also in process), not an editable install elsewhere.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from throughput import ISIC, make_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+GOAL_LESIONS_PER_S = 150.0
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_cli(ds: Path, out: Path, serial: bool) -> dict:
+    """Time one fresh CLI process end to end (its peak RSS from rusage)."""
+    env = dict(os.environ)
+    if serial:
+        env["RECIST_SEG_SERIAL"] = "1"
+    cmd = [sys.executable, "-m", "napari_recist_seg", "segment", str(ds), "--out", str(out), "-q"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"segment failed (rc {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return {"seconds": round(seconds, 3), "rc": proc.returncode}
+
+
+def stage_times(items, predictor, batch: int) -> tuple[dict, "object"]:
+    """Each stage alone, in process, over all items (seconds)."""
+    import numpy as np
+
+    from napari_recist_seg.data.images import read_image
+    from napari_recist_seg.data.masks import write_mask
+    from napari_recist_seg.preprocess import make_input
+    from napari_recist_seg.recist import snap
+
+    t0 = time.perf_counter()
+    images = [read_image(it.image_path).array for it in items]
+    read_s = time.perf_counter() - t0
+    recists = [[snap(r, image_shape=im.shape) for _, r in it.lesions] for it, im in zip(items, images)]
+    t0 = time.perf_counter()
+    inputs = [make_input(im, r, predictor.preprocess)[0] for im, rs in zip(images, recists) for r in rs]
+    prep_s = time.perf_counter() - t0
+    x = np.stack(inputs)
+    timings: dict[str, float] = {}
+    results = []
+    for i in range(0, len(items), 8):  # the bulk job's chunks of 8 images
+        pairs = list(zip(images[i : i + 8], recists[i : i + 8]))
+        results.extend(predictor.segment_many(pairs, batch_size=batch, timings=timings))
+    tmp = Path(tempfile.mkdtemp(prefix="recist_bulk_w_"))
+    t0 = time.perf_counter()
+    for k, (im, res) in enumerate(zip(images, results)):
+        union = np.zeros(im.shape[:2], np.uint8)
+        for r in res:
+            r.paste_into(union, 255)
+        write_mask(tmp / f"{k}.png", union > 0)
+    write_s = time.perf_counter() - t0
+    shutil.rmtree(tmp, ignore_errors=True)
+    stages = {
+        "read_s": read_s,
+        "preprocess_s": prep_s,
+        "segment_many_s": sum(timings.values()),
+        **{f"segment_many_{k}_s": v for k, v in timings.items()},
+        "paste_write_s": write_s,
+    }
+    return {k: round(v, 3) for k, v in stages.items()}, x
+
+
+def forward_rate(graph: bytes, x, threads: int, parallel: int, batch: int) -> float:
+    """Lesions/s of the forward pass alone: ``parallel`` sessions of ``threads``
+    intra-op threads each running batches concurrently."""
+    from napari_recist_seg.runtime import onnx_session_runner
+
+    runs = [onnx_session_runner(graph, threads) for _ in range(parallel)]
+    for r in runs:
+        r(x[:batch])  # warm up
+    chunks = [x[i : i + batch] for i in range(0, len(x), batch)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(lambda kc: runs[kc[0] % parallel](kc[1]), enumerate(chunks)))
+    return round(len(x) / (time.perf_counter() - t0), 1)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000, help="number of images")
+    parser.add_argument("--serial", action="store_true",
+                        help="also time the serial loop (RECIST_SEG_SERIAL=1)")
+    parser.add_argument("--threads-sweep", action="store_true",
+                        help="forward rate for intra-op threads x parallel batches")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    if not (ISIC / "images").is_dir():
+        sys.exit(f"real ISIC data not found at {ISIC}")
+    tmp = Path(tempfile.mkdtemp(prefix="recist_bulk_"))
+    out: dict = {"benchmark": "bulk", "images": args.n, "nice": os.nice(0),
+                 "cpu_count": os.cpu_count(), "loadavg_before": _load()}
+    try:
+        n_lesions = make_dataset(tmp / "ds", args.n)
+        out["lesions"] = n_lesions
+        runs = {"pipelined": False} | ({"serial": True} if args.serial else {})
+        for name, serial in runs.items():
+            res = run_cli(tmp / "ds", tmp / f"out_{name}", serial)
+            written = len(list((tmp / f"out_{name}").glob("*.png")))
+            res.update(masks_written=written,
+                       lesions_per_s=round(n_lesions / res["seconds"], 1),
+                       within_goal=n_lesions / res["seconds"] >= GOAL_LESIONS_PER_S)
+            out[f"cli_{name}"] = res
+        out["cli_peak_rss_mb"] = round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+
+        from napari_recist_seg.predict import Predictor
+        from napari_recist_seg.jobs.segment import plan_segment
+
+        predictor = Predictor.load(None, device="cpu")
+        items, _, _ = plan_segment(tmp / "ds")
+        out["stages"], x = stage_times(items, predictor, args.batch_size)
+        from napari_recist_seg.model import load_checkpoint_graph
+
+        graph = load_checkpoint_graph(predictor.path)[0]
+        threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or len(os.sched_getaffinity(0))
+        floor = forward_rate(graph, x, threads, 1, args.batch_size)
+        out["floor"] = {"what": "forward pass alone, ONNX Runtime, batches of "
+                        f"{args.batch_size}, {threads} intra-op threads",
+                        "lesions_per_s": floor}
+        if args.threads_sweep:
+            out["threads"] = {
+                "key": "intra-op threads x parallel sessions, batch size: lesions/s",
+                **{f"{t}x{p} b{b}": forward_rate(graph, x, t, p, b)
+                   for t, p, b in ((1, 1, 32), (2, 1, 32), (1, 2, 32), (2, 1, 8), (1, 2, 8))}}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out["loadavg_after"] = _load()
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
