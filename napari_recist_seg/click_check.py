@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_recist_seg.predict import _click_features, _region_contrast
+from napari_recist_seg.click import _click_features, _region_contrast
 
 __all__ = ["FILL_LIMIT", "IMAGE_LIMIT", "MIN_CONTRAST", "click_problem", "mask_contrast"]
 

@@ -66,10 +66,13 @@ LAYERS: dict[str, int] = {
     "hand_edits": 4,
     "_image_reader": 6,
     "predict": 3,
-    "click": 3,  # planned: the click heuristics out of predict.py
-    "click_check": 3,  # refuses click results; uses predict's click features
+    "click": 3,  # the click heuristics (Predictor.segment_click)
+    "postprocess": 3,  # LesionResult, component selection, measuring a mask
+    "stored_graph": 3,  # a Predictor on the checkpoint's ONNX graph (no torch)
+    "image_checks": 2,  # the predictor's input rules
+    "training": 3,  # a package: config, samples, losses, distributed, checkpoint, loop
+    "click_check": 3,  # refuses click results; uses click's features
     "propagate": 2,  # a mask from slice to slice (recist only)
-    "training": 3,  # a package in wave 2 (config, samples, loop, distributed)
     "annotation": 4,  # a package: units, segmenters, requests, paste, lesions, session, export
     "curation": 4,  # fine-tuning on curated images; re-exports the two below
     "curation_images": 4,  # AnnotatedImage, training samples, hold-out split
@@ -116,20 +119,14 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
     "_widgets.annotator",
     "_widgets.annotator_binding",
     "_widgets.train",
-    "data.images",
     "jobs.segment",
-    "predict",
-    "training",
 })
 KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "_widgets.annotator:AnnotatorWidget._build_ui",
     "_widgets.evaluate:EvaluateWidget.__init__",
     "jobs.segment:_plan",
-    "predict:Predictor.segment_click",
-    "training:_train",
 })
 KNOWN_UPWARD_IMPORTS: frozenset[str] = frozenset({
-    "training -> jobs.common",
 })
 KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_widgets._common -> _widgets.annotator_torch",
@@ -154,21 +151,14 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_widgets.train -> numpy",
     "_widgets.train -> predict",
     "_widgets.train -> targets",
-    "data.images -> intensity",
     "jobs.segment -> data.dataset",
     "jobs.segment -> data.images",
     "jobs.segment -> data.masks",
     "jobs.segment -> data.recist_csv",
     "jobs.segment -> predict",
-    "jobs.segment3d -> predict",
-    "predict -> importlib",
-    "predict -> model",
-    "predict -> preprocess",
-    "predict -> refine",
-    "predict -> runtime",
-    "training -> data.images",
-    "training -> data.masks",
-    "training -> targets",
+    "jobs.segment3d -> predict",  # merged from wave 1
+    "predict -> model",  # merged from wave 1
+    "predict -> refine",  # merged from wave 1
 })
 KNOWN_CYCLES: frozenset[str] = frozenset()
 

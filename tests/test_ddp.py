@@ -81,10 +81,12 @@ SHARD_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from napari_recist_seg import training
     from napari_recist_seg.recist import recist_from_mask
+    # Spied where the loop looks them up (training is a package since #15).
+    from napari_recist_seg.training import loop, samples as samples_mod
 
     isic, out = Path(sys.argv[1]), Path(sys.argv[2])
     prepared, validated = [], []
-    prepare, validate = training._prepare_one, training._validate
+    prepare, validate = samples_mod._prepare_one, loop.validate
 
     def spy_prepare(s, *a, **k):
         prepared.append(s.name)
@@ -95,7 +97,7 @@ SHARD_SCRIPT = textwrap.dedent(
         validated.append([len(items), sum(v.gt is not None for v in items), *res])
         return res
 
-    training._prepare_one, training._validate = spy_prepare, spy_validate
+    samples_mod._prepare_one, loop.validate = spy_prepare, spy_validate
     samples = []
     for m in sorted((isic / "masks").glob("*.png"))[:12]:
         stem = m.name[: -len("_segmentation.png")]

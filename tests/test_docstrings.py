@@ -24,6 +24,13 @@ CORE_MODULES = [
     "napari_recist_seg.annotation.export",
     "napari_recist_seg.training",
     "napari_recist_seg.curation",
+    # split out of predict, training and data.images (#15): their examples moved along
+    "napari_recist_seg.postprocess",
+    "napari_recist_seg.click",
+    "napari_recist_seg.training.samples",
+    "napari_recist_seg.data.images",
+    "napari_recist_seg.data.imagedata",
+    "napari_recist_seg.data.raster",
     "napari_recist_seg.curation_images",
     "napari_recist_seg.measurements",
 ]
