@@ -235,7 +235,8 @@ def run_train(
 
     ``options`` are the CLI's option names (``mode, epochs, encoder, encoder_weights,
     clusters, aux_weight, target, input_size, batch_size, val_fraction, init, curated,
-    device, seed``).
+    device, seed, lr, steps``). With ``init`` and ``curated``: the fine-tuning recipe of
+    :mod:`napari_recist_seg.finetune` (``lr``, ``steps``; ``epochs`` is not used).
     """
     if isinstance(args, argparse.Namespace):
         opts = dict(vars(args))
@@ -252,10 +253,10 @@ def run_train(
         from napari_recist_seg.finetune import FineTuneConfig
 
         try:
-            ft = FineTuneConfig(seed=cfg.seed, device=cfg.device,
-                                **({"lr": opts["lr"]} if opts.get("lr") is not None else {}))
+            given = {k: opts[k] for k in ("lr", "steps") if opts.get(k) is not None}
+            ft = FineTuneConfig(seed=cfg.seed, device=cfg.device, **given)
         except ValueError as exc:
-            raise InputError(f"--lr: {exc}") from exc
+            raise InputError(f"--lr / --steps: {exc}") from exc
     report, _ = train_from_dataset(dataset, out, cfg, init=init, curated=curated,
                                    progress=progress, cancel=cancel, finetune_config=ft)
     return report
