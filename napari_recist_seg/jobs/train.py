@@ -146,6 +146,7 @@ def train_from_dataset(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     on_epoch: Any = None,
+    finetune_config: Any = None,
 ) -> tuple[JobReport, Any]:
     """Train on a dataset folder; returns the job report and the ``TrainResult``.
 
@@ -159,7 +160,11 @@ def train_from_dataset(
     init : path, optional
         Checkpoint to fine-tune from.
     curated : path, optional
-        Folder of curated masks (fine-tuning targets; requires ``init``).
+        Folder of curated masks (fine-tuning targets; requires ``init``). With
+        ``init``, training is :func:`napari_recist_seg.finetune.fine_tune` (fixed
+        schedule, replay + distillation; ``train_config`` only gives seed and device).
+    finetune_config : FineTuneConfig, optional
+        Settings of that fine-tuning (default: its recipe).
     """
     from napari_recist_seg.training import TrainConfig, train
 
@@ -180,8 +185,11 @@ def train_from_dataset(
         raise InputError(f"{dataset}: no lesion with a usable RECIST")
     extra = {"dataset": str(dataset.resolve()), "curated": str(curated) if curated else None}
     try:
-        result = train(cfg, samples, out, init_checkpoint=init, progress=progress,
-                       cancel=cancel, on_epoch=on_epoch, extra=extra)
+        if init is not None and curated is not None:
+            result = _fine_tune(samples, init, out, cfg, finetune_config, progress, cancel, extra)
+        else:
+            result = train(cfg, samples, out, init_checkpoint=init, progress=progress,
+                           cancel=cancel, on_epoch=on_epoch, extra=extra)
     except CheckpointError as exc:
         raise InputError(f"cannot fine-tune from {init}: {exc}") from exc
     for f, reason in result.failures:
@@ -198,6 +206,19 @@ def train_from_dataset(
     return report, result
 
 
+def _fine_tune(samples: list[Any], init: Any, out: Any, cfg: Any, ft: Any,
+               progress: Any, cancel: Any, extra: dict[str, Any]) -> Any:
+    """The curated-set recipe of :mod:`napari_recist_seg.finetune`."""
+    from napari_recist_seg.finetune import FineTuneConfig, fine_tune
+
+    if ft is None:
+        ft = FineTuneConfig(seed=cfg.seed, device=cfg.device)
+    try:
+        return fine_tune(samples, init, out, ft, progress=progress, cancel=cancel, extra=extra)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+
+
 def run_train(
     args: argparse.Namespace | str | os.PathLike[str],
     out: str | os.PathLike[str] | None = None,
@@ -210,7 +231,8 @@ def run_train(
 
     ``options`` are the CLI's option names (``mode, epochs, encoder, encoder_weights,
     clusters, aux_weight, target, input_size, batch_size, val_fraction, init, curated,
-    device, seed``).
+    device, seed, lr, steps``). With ``init`` and ``curated``: the fine-tuning recipe of
+    :mod:`napari_recist_seg.finetune` (``lr``, ``steps``; ``epochs`` is not used).
     """
     if isinstance(args, argparse.Namespace):
         opts = dict(vars(args))
@@ -222,6 +244,15 @@ def run_train(
     init = opts.pop("init", None)
     curated = opts.pop("curated", None)
     cfg = train_config_from_args(opts)
+    ft = None
+    if init is not None and curated is not None:
+        from napari_recist_seg.finetune import FineTuneConfig
+
+        try:
+            given = {k: opts[k] for k in ("lr", "steps") if opts.get(k) is not None}
+            ft = FineTuneConfig(seed=cfg.seed, device=cfg.device, **given)
+        except ValueError as exc:
+            raise InputError(f"--lr / --steps: {exc}") from exc
     report, _ = train_from_dataset(dataset, out, cfg, init=init, curated=curated,
-                                   progress=progress, cancel=cancel)
+                                   progress=progress, cancel=cancel, finetune_config=ft)
     return report

@@ -1,0 +1,160 @@
+"""Does fine-tuning on a user's curated masks help on their other images? (issue #10)
+
+As a user would: 20 images of "another clinic" (the default model's held-out test ids,
+re-rendered by ``proxy_shift.render_clinic``) with their expert masks as the user's
+corrected masks are written as a dataset folder (``images/`` + ``masks/``), then
+``recist-seg train DS --init <default> --curated DS/masks --out FT`` runs through
+:func:`napari_recist_seg.jobs.train.run_train` with the CLI defaults (plus the
+options given here). Both models then segment *other* held-out test ids (never
+curated, never in any training), with exact and jittered RECIST, through
+``Predictor`` as shipped. Printed: mean Dice before / after, the delta, and the delta
+per lesion-size fifth (by expert area / image area).
+
+Usage::
+
+    python benchmarks/finetune_gain.py [--curated 0:20] [--eval 60:180] [--lr X]
+        [--steps N] [--replay-target teacher|ellipse|grabcut] [--replay-fraction F]
+        [--encoder-lr-scale S] [--keep DIR]
+
+Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
+
+from proxy_shift import load_cases  # noqa: E402
+
+DEFAULT = Path(__file__).resolve().parents[1] / "napari_recist_seg/models/default"
+
+
+def _span(text: str) -> slice:
+    a, b = text.split(":")
+    return slice(int(a), int(b))
+
+
+def write_dataset(folder: Path, cases) -> None:
+    """``images/<stem>.png`` + ``masks/<stem>_segmentation.png`` (lossless)."""
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    for stem, image, gt, _exact, _jit in cases:
+        Image.fromarray(image).save(folder / "images" / f"{stem}.png")
+        Image.fromarray((gt * 255).astype(np.uint8)).save(folder / "masks" / f"{stem}_segmentation.png")
+
+
+def dice_per_case(predictor, cases) -> dict[str, list[float]]:
+    from napari_recist_seg.metrics import dice
+    from napari_recist_seg.recist import RecistError
+
+    out: dict[str, list[float]] = {"exact": [], "jittered": [], "area": []}
+    for _stem, image, gt, exact, jit in cases:
+        out["area"].append(float(gt.mean()))
+        for kind, r in (("exact", exact), ("jittered", jit)):
+            try:
+                [res] = predictor.segment(image, [r])
+                pred = res.full_mask(image.shape[:2])
+            except RecistError:
+                pred = np.zeros_like(gt)
+            out[kind].append(float(dice(pred, gt)))
+    return out
+
+
+def summarise(before: dict, after: dict) -> dict:
+    area = np.asarray(before["area"])
+    edges = np.quantile(area, [0.2, 0.4, 0.6, 0.8])
+    fifth = np.searchsorted(edges, area, side="right")
+    res = {}
+    for kind in ("exact", "jittered"):
+        b, a = np.asarray(before[kind]), np.asarray(after[kind])
+        d = a - b
+        res[kind] = {
+            "before": round(float(b.mean()), 4), "after": round(float(a.mean()), 4),
+            "delta": round(float(d.mean()), 4),
+            "delta_ci95": [round(float(x), 4) for x in _boot_ci(d)],
+            "delta_per_size_fifth": [round(float(d[fifth == k].mean()), 4) for k in range(5)],
+            "improved_share": round(float((d > 0).mean()), 3),
+        }
+    res["size_fifth_area_upper_edges"] = [round(float(e), 3) for e in edges] + [round(float(area.max()), 3)]
+    return res
+
+
+def _boot_ci(d: np.ndarray, n: int = 2000) -> tuple[float, float]:
+    rng = np.random.default_rng(0)
+    m = d[rng.integers(0, len(d), (n, len(d)))].mean(axis=1)
+    return float(np.quantile(m, 0.025)), float(np.quantile(m, 0.975))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(DEFAULT))
+    ap.add_argument("--curated", default="0:20", help="test ids (positions) to curate")
+    ap.add_argument("--eval", default="60:180", help="test ids (positions) to evaluate on")
+    ap.add_argument("--render", choices=("clinic", "none"), default="clinic")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--replay-target", default=None)
+    ap.add_argument("--replay-fraction", type=float, default=None)
+    ap.add_argument("--encoder-lr-scale", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keep", default=None, help="keep the dataset and model here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from napari_recist_seg.finetune import FineTuneConfig
+    from napari_recist_seg.jobs.train import train_from_dataset
+    from napari_recist_seg.predict import Predictor
+    from napari_recist_seg.training import TrainConfig
+
+    torch.set_num_threads(args.threads)
+    stems = json.loads((Path(args.model) / "split.json").read_text())["test"]
+    cur_ids, ev_ids = stems[_span(args.curated)], stems[_span(args.eval)]
+    assert not set(cur_ids) & set(ev_ids), "curated and evaluation ids overlap"
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ft_gain_"))
+    ds, ft = work / "ds", work / "ft"
+    t0 = time.perf_counter()
+    # Each image gets its own camera (seeded by its position in the split).
+    cur_cases = list(load_cases(cur_ids, args.render, args.seed))
+    if not ds.is_dir():
+        write_dataset(ds, cur_cases)
+    over = {k: v for k, v in (("lr", args.lr), ("steps", args.steps), ("replay_target", args.replay_target),
+                              ("replay_fraction", args.replay_fraction),
+                              ("encoder_lr_scale", args.encoder_lr_scale)) if v is not None}
+    ftc = FineTuneConfig(seed=args.seed, device="cpu", **over)
+    failures = "reused"
+    if not (ft / "config.json").is_file():  # --keep DIR of an earlier run: evaluate only
+        report, _ = train_from_dataset(ds, ft, TrainConfig(device="cpu"), init=args.model,
+                                       curated=ds / "masks", finetune_config=ftc)
+        failures = report.failures
+    t_train = time.perf_counter() - t0
+    ev_cases = list(load_cases(ev_ids, args.render, args.seed + 1))
+    before = dice_per_case(Predictor.load(args.model, device="cpu"), ev_cases)
+    after = dice_per_case(Predictor.load(ft, device="cpu"), ev_cases)
+    out = {
+        "benchmark": "finetune_gain",
+        "curated_ids": f"test[{args.curated}]", "eval_ids": f"test[{args.eval}]",
+        "render": args.render, "finetune_config": {k: v for k, v in vars(ftc).items()},
+        "n_curated": len(cur_ids), "n_eval": len(ev_ids), "failures": failures,
+        **summarise(before, after),
+        "train_seconds": round(t_train, 1), "seconds": round(time.perf_counter() - t0, 1),
+        "work_dir": str(work),
+    }
+    print(json.dumps(out, indent=2, default=str))
+    return out
+
+
+if __name__ == "__main__":
+    main()
