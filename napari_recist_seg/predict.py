@@ -487,15 +487,15 @@ class Predictor:
         self.threshold = float(getattr(config, "threshold", 0.5))
         # Post-processing of the probability (napari_recist_seg.refine.METHODS).
         self.refine = DEFAULT_REFINE
+        #: Intensity rule (napari_recist_seg.intensity): ``None`` = decided per image
+        #: (DICOM tag / HU range); a CT ``window`` preset or (level, width) override.
+        self.modality: str | None = None
+        self.window: Any = None
         if runner is not None:
             self._runner = runner
             return
         if model is None:
             raise ValueError("Predictor needs a model or a runner")
-        #: Intensity rule (napari_recist_seg.intensity): ``None`` = decided per image
-        #: (DICOM tag / HU range); a CT ``window`` preset or (level, width) override.
-        self.modality: str | None = None
-        self.window: Any = None
         if optimize is None:
             optimize = self.device == "cpu"
         if backend is None:
