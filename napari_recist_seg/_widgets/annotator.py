@@ -41,6 +41,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_recist_seg import annotation as ann
+from napari_recist_seg._widgets.annotator_correct import Corrector
 from napari_recist_seg._widgets.annotator_torch import prepare_ml_imports
 from napari_recist_seg._widgets.annotator_binding import (
     CLICKS_SUFFIX,
@@ -156,6 +157,7 @@ class AnnotatorWidget(QWidget):
         self._loader: Any = None
         self._load_generation = 0
         self._colour_by = "lesion"
+        self._correctors: dict[int, Corrector] = {}
         self._updating = False
         self._follow_scheduled = False
         self._dirty: set[int] = set()
@@ -223,8 +225,15 @@ class AnnotatorWidget(QWidget):
         self.click_button = QPushButton("Click a lesion")
         self.click_button.setToolTip("One click on a lesion: the model segments it and measures it")
         self.click_button.clicked.connect(self.activate_click_tool)
+        self.correct_button = QPushButton("Correct")
+        self.correct_button.setToolTip(
+            "Corrective clicks on a lesion's mask: click = add what it missed, "
+            "Shift- or Alt-click = remove what it wrongly covers"
+        )
+        self.correct_button.clicked.connect(self.activate_correct_tool)
         tools.addWidget(self.draw_button)
         tools.addWidget(self.click_button)
+        tools.addWidget(self.correct_button)
         layout.addLayout(tools)
 
         quick = QHBoxLayout()
@@ -592,8 +601,38 @@ class AnnotatorWidget(QWidget):
         return self._loader is not None
 
     # -- tools ----------------------------------------------------------------------------
+    def _end_correcting(self) -> None:
+        for corrector in self._correctors.values():
+            corrector.active = False
+
+    def corrector(self, binding: ImageBinding) -> Corrector:
+        """The corrective-click tool of ``binding`` (made on first use)."""
+        corrector = self._correctors.get(id(binding))
+        if corrector is None or corrector.binding is not binding:
+            corrector = self._correctors[id(binding)] = Corrector(binding)
+        return corrector
+
+    def activate_correct_tool(self) -> None:
+        """Corrective clicks on the lesions layer (click adds, Shift/Alt-click removes)."""
+        if self.binding is None:
+            self._say("select an image layer first", warn=True)
+            return
+        self._end_correcting()
+        corrector = self.corrector(self.binding)
+        corrector.install()
+        corrector.active = True
+        labels = self.binding.labels
+        self.viewer.layers.selection.active = labels
+        with contextlib.suppress(Exception):
+            labels.mode = "pan_zoom"
+        self._say(
+            "correct: click where the mask missed lesion, Shift- or Alt-click where it "
+            "covers skin / tissue"
+        )
+
     def activate_drawing(self) -> None:
         """Select the RECIST layer in line-drawing mode."""
+        self._end_correcting()
         if self.binding is None:
             self._say("select an image layer first", warn=True)
             return
@@ -604,6 +643,7 @@ class AnnotatorWidget(QWidget):
 
     def activate_click_tool(self) -> None:
         """Select the click layer in point-adding mode (one click = one lesion)."""
+        self._end_correcting()
         if self.binding is None:
             self._say("select an image layer first", warn=True)
             return
