@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_recist_seg._widgets._layout import elide, scroll_layout  # noqa: F401
 from napari_recist_seg._widgets._common import (
     DeviceCombo,
     ModelPicker,
@@ -190,7 +191,7 @@ class EvaluateWidget(QWidget):
             b.setEnabled(False)
             export.addWidget(b)
 
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)  # fits a 1366 x 768 screen (scrolls)
         layout.addWidget(box)
         layout.addWidget(QLabel("Mean ± sd"))
         layout.addWidget(self.summary_table)
