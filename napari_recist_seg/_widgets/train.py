@@ -372,6 +372,8 @@ class TrainWidget(QWidget):
             if not required:
                 return None
             choice = "active"  # fine-tuning always starts from a model: the active one
+            # ... and the "Start from" field says so (it said "From scratch", issue 13).
+            self.init_model.set_choice("active")
         if choice == "checkpoint":
             path = self.init_model.checkpoint()
             if path is None or not path.exists():
