@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from napari_recist_seg._image_reader import image_layer_data, is_readable
+from napari_recist_seg._reader import is_recist_csv
 
 PLUGIN = "napari-recist-seg"
 
@@ -45,10 +46,14 @@ def open_viewer(
 
 
 def _open_path(viewer, path: Path) -> None:
-    """CT / MR images through this plugin's reader (napari's own reader would also
-    claim ``.nii.gz`` / ``.dcm`` and lose the voxel spacing); anything else as napari
-    opens it."""
-    if is_readable(path):
+    """RECIST CSVs and CT / MR images through this plugin's readers (napari's own
+    readers would also claim ``.csv`` / ``.nii.gz`` / ``.dcm``: no data, or the voxel
+    spacing lost); anything else as napari opens it."""
+    if is_recist_csv(path):
+        # This plugin's reader by name: napari's own CSV reader also claims ``*.csv``
+        # (it then "returned no data", or napari asked which reader to use).
+        viewer.open(str(path), plugin=PLUGIN)
+    elif is_readable(path):
         data, kwargs, _ = image_layer_data(path)
         viewer.add_image(data, **kwargs)
     else:

@@ -130,6 +130,7 @@ def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[Lay
         by_image.setdefault(Path(rec.image), []).append(rec)
     layers: list[LayerData] = []
     problems: list[str] = []
+    next_col = 0.0  # world x where the next image starts: images side by side, not stacked
     for image_path, recs in by_image.items():
         try:
             img = read_image(image_path)
@@ -155,6 +156,11 @@ def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[Lay
         common: dict[str, Any] = {}
         if spacing is not None:
             common["scale"] = spacing
+        if len(by_image) > 1:
+            col_size = 1.0 if spacing is None else float(spacing[-1])
+            width = float(img.array.shape[-2 if img.is_rgb else -1]) * col_size
+            common["translate"] = (0.0,) * (ndim - 1) + (next_col,)
+            next_col += width + max(width * 0.05, 8 * col_size)  # a small gap between images
         stem = _stem(image_path)
         image_kwargs: dict[str, Any] = {
             "name": stem,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QItemSelectionModel, Qt, QTimer
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -40,7 +40,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_recist_seg._widgets._layout import elide, scroll_layout
 from napari_recist_seg import annotation as ann
+from napari_recist_seg._widgets.annotator_correct import Corrector
+from napari_recist_seg._widgets.annotator_keys import KEYS, bind_keys, help_text, shown, unbind_keys
 from napari_recist_seg._widgets.annotator_torch import prepare_ml_imports
 from napari_recist_seg._widgets.annotator_binding import (
     CLICKS_SUFFIX,
@@ -156,6 +159,7 @@ class AnnotatorWidget(QWidget):
         self._loader: Any = None
         self._load_generation = 0
         self._colour_by = "lesion"
+        self._correctors: dict[int, Corrector] = {}
         self._updating = False
         self._follow_scheduled = False
         self._dirty: set[int] = set()
@@ -167,6 +171,7 @@ class AnnotatorWidget(QWidget):
         self._busy_label_timer.timeout.connect(self._show_busy)
         self.last_message = ""
         self._build_ui()
+        self._keys = bind_keys(self, self.viewer)
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
@@ -185,7 +190,7 @@ class AnnotatorWidget(QWidget):
     # -- UI -------------------------------------------------------------------------------
     def _build_ui(self) -> None:
         self.setMinimumWidth(480)  # the lesion table stays readable
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)  # fits a 1366 x 768 screen (scrolls)
         grid = QGridLayout()
         layout.addLayout(grid)
 
@@ -223,8 +228,15 @@ class AnnotatorWidget(QWidget):
         self.click_button = QPushButton("Click a lesion")
         self.click_button.setToolTip("One click on a lesion: the model segments it and measures it")
         self.click_button.clicked.connect(self.activate_click_tool)
+        self.correct_button = QPushButton("Correct")
+        self.correct_button.setToolTip(
+            "Corrective clicks on a lesion's mask: click = add what it missed, "
+            "Shift- or Alt-click = remove what it wrongly covers"
+        )
+        self.correct_button.clicked.connect(self.activate_correct_tool)
         tools.addWidget(self.draw_button)
         tools.addWidget(self.click_button)
+        tools.addWidget(self.correct_button)
         layout.addLayout(tools)
 
         quick = QHBoxLayout()
@@ -241,6 +253,23 @@ class AnnotatorWidget(QWidget):
         quick.addWidget(self.quick_ratio)
         quick.addStretch(1)
         layout.addLayout(quick)
+
+        spacing = QHBoxLayout()
+        spacing.addWidget(QLabel("Pixel spacing"))
+        self.spacing_box = QDoubleSpinBox()
+        self.spacing_box.setRange(0.0, 50.0)
+        self.spacing_box.setDecimals(4)
+        self.spacing_box.setSingleStep(0.05)
+        self.spacing_box.setSuffix(" mm")
+        self.spacing_box.setSpecialValueText("unknown (lengths in px)")
+        self.spacing_box.setToolTip(
+            "Size of one pixel, for lengths and areas in mm: set it when the image has "
+            "none (a photo, a volume without spacing); it becomes the image's scale"
+        )
+        self.spacing_box.editingFinished.connect(self._on_spacing)
+        spacing.addWidget(self.spacing_box)
+        spacing.addStretch(1)
+        layout.addLayout(spacing)
 
         self.table = QTableWidget(0, len(TABLE_HEADERS))
         self.table.setHorizontalHeaderLabels(TABLE_HEADERS)
@@ -307,10 +336,28 @@ class AnnotatorWidget(QWidget):
         files.addWidget(self.export_meas_button, 1, 1)
         layout.addLayout(files)
 
+        self.keys_label = QLabel(help_text())
+        self.keys_label.setWordWrap(True)
+        self.keys_label.setToolTip("\n".join(f"{shown(k)}: {what}" for k, what in KEYS.values()))
+        layout.addWidget(self.keys_label)
+        self._add_key_tooltips()
+
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         layout.addWidget(self.status)
+
+    def _add_key_tooltips(self) -> None:
+        """Each button's tooltip ends with its shortcut."""
+        for action, button in (
+            ("activate_drawing", self.draw_button),
+            ("activate_click_tool", self.click_button),
+            ("activate_correct_tool", self.correct_button),
+            ("commit", self.commit_button),
+            ("delete_selected", self.delete_button),
+            ("undo", self.undo_button),
+        ):
+            button.setToolTip(f"{button.toolTip()} [{shown(KEYS[action][0])}]".lstrip())
 
     # -- messages ---------------------------------------------------------------------------
     def _say(self, text: str, warn: bool = False) -> None:
@@ -449,6 +496,7 @@ class AnnotatorWidget(QWidget):
         binding.set_quick(self.quick_check.isChecked(), self.quick_ratio.value())
         self._apply_colour(binding)
         self._refresh_table()
+        self._show_spacing()
         unit = binding.session.unit
         self._say(
             f"{binding.name}: draw the long axis, then the short axis across it "
@@ -564,8 +612,8 @@ class AnnotatorWidget(QWidget):
         )
 
         def done(seg: Any) -> None:
-            if generation != self._load_generation:
-                return  # a later choice superseded this one
+            if generation != self._load_generation or not self._qt_alive():
+                return  # a later choice superseded this one, or the dock is gone
             self._loader = None
             if choice == "checkpoint":
                 self._checkpoint = Path(path) if path else None
@@ -573,7 +621,7 @@ class AnnotatorWidget(QWidget):
             self._say(f"segmenter: {self._device_text()}")
 
         def failed(exc: BaseException) -> None:
-            if generation != self._load_generation:
+            if generation != self._load_generation or not self._qt_alive():
                 return
             self._loader = None
             self._restore_combo()
@@ -592,8 +640,38 @@ class AnnotatorWidget(QWidget):
         return self._loader is not None
 
     # -- tools ----------------------------------------------------------------------------
+    def _end_correcting(self) -> None:
+        for corrector in self._correctors.values():
+            corrector.active = False
+
+    def corrector(self, binding: ImageBinding) -> Corrector:
+        """The corrective-click tool of ``binding`` (made on first use)."""
+        corrector = self._correctors.get(id(binding))
+        if corrector is None or corrector.binding is not binding:
+            corrector = self._correctors[id(binding)] = Corrector(binding)
+        return corrector
+
+    def activate_correct_tool(self) -> None:
+        """Corrective clicks on the lesions layer (click adds, Shift/Alt-click removes)."""
+        if self.binding is None:
+            self._say("select an image layer first", warn=True)
+            return
+        self._end_correcting()
+        corrector = self.corrector(self.binding)
+        corrector.install()
+        corrector.active = True
+        labels = self.binding.labels
+        self.viewer.layers.selection.active = labels
+        with contextlib.suppress(Exception):
+            labels.mode = "pan_zoom"
+        self._say(
+            "correct: click where the mask missed lesion, Shift- or Alt-click where it "
+            "covers skin / tissue"
+        )
+
     def activate_drawing(self) -> None:
         """Select the RECIST layer in line-drawing mode."""
+        self._end_correcting()
         if self.binding is None:
             self._say("select an image layer first", warn=True)
             return
@@ -604,6 +682,7 @@ class AnnotatorWidget(QWidget):
 
     def activate_click_tool(self) -> None:
         """Select the click layer in point-adding mode (one click = one lesion)."""
+        self._end_correcting()
         if self.binding is None:
             self._say("select an image layer first", warn=True)
             return
@@ -620,6 +699,42 @@ class AnnotatorWidget(QWidget):
             )
         else:
             self._say("click on a lesion: the model segments it and measures its RECIST")
+
+    def _show_spacing(self) -> None:
+        """The spacing field shows the current image's in-plane spacing (0 = unknown)."""
+        sp = None if self.binding is None else self.binding.session.spacing
+        self.spacing_box.blockSignals(True)
+        self.spacing_box.setValue(0.0 if sp is None else float(sp[-1]))
+        self.spacing_box.blockSignals(False)
+
+    def set_pixel_spacing(self, mm: float | None) -> None:
+        """Set the current image's in-plane pixel size (``None`` / 0: unknown, px).
+
+        It becomes the image layer's scale (the annotator's layers follow it), so the
+        lengths, areas and exports switch to mm.
+        """
+        b = self._need_binding()
+        if b is None:
+            return
+        value = float(mm or 0.0)
+        if value < 0:
+            self._say("pixel spacing must be positive", warn=True)
+            return
+        scale = list(b.image.scale)
+        scale[-2:] = [value or 1.0, value or 1.0]
+        b.image.scale = scale
+        self._show_spacing()
+        self._refresh_table()  # the headers' unit changes now, not at the next tick
+        unit = b.session.unit
+        self._say(f"{b.name}: pixel spacing {value:g} mm: lengths in {unit}" if value else
+                  f"{b.name}: pixel spacing unknown: lengths in px")
+
+    def _on_spacing(self) -> None:
+        value = self.spacing_box.value()
+        sp = None if self.binding is None else self.binding.session.spacing
+        if (sp is None and value == 0.0) or (sp is not None and abs(sp[-1] - value) < 1e-9):
+            return
+        self.set_pixel_spacing(value)
 
     def _on_quick(self, *_: Any) -> None:
         for binding in self.bindings.values():
@@ -659,7 +774,7 @@ class AnnotatorWidget(QWidget):
                     _fmt(row["area"], 0),
                     _fmt(row["cluster"]),
                     _fmt(row["confidence"], 2),
-                    status,
+                    elide(status, 40),  # long "invalid: ..." texts: full text in the tooltip
                     "edited" if row.get("edited") else "",
                 ]
                 for j, v in enumerate(values):
@@ -673,18 +788,26 @@ class AnnotatorWidget(QWidget):
                         )
                     if j == 10 and (row["status"].startswith(("invalid", "failed"))):
                         item.setForeground(QColor("#ff453a"))
-                        item.setToolTip(row["status"])
+                    if j == 10 and (v != status or status.startswith(("invalid", "failed"))):
+                        item.setToolTip(status)
                     self.table.setItem(i, j, item)
-                if int(row["lesion"]) in selected:
-                    self.table.selectRow(i)
+                if int(row["lesion"]) in selected:  # (not selectRow: see select_lesion)
+                    self.table.selectionModel().select(
+                        self.table.model().index(i, 0),
+                        QItemSelectionModel.Select | QItemSelectionModel.Rows,
+                    )
             self.table.setColumnHidden(1, self.binding is None or self.binding.ndim == 2)
         finally:
             self.table.blockSignals(False)
 
     def selected_lesions(self) -> list[int]:
+        # Not selectedRows(): it wants every column selected, and the hidden "slice"
+        # column of a 2D image never is (a selected row then read as none).
+        model = self.table.selectionModel()
+        rows = sorted({idx.row() for idx in model.selectedIndexes()}) if model else []
         ids = []
-        for idx in self.table.selectionModel().selectedRows() if self.table.selectionModel() else []:
-            item = self.table.item(idx.row(), 0)
+        for row in rows:
+            item = self.table.item(row, 0)
             if item is not None:
                 ids.append(int(item.data(Qt.UserRole)))
         return ids
@@ -695,7 +818,11 @@ class AnnotatorWidget(QWidget):
             item = self.table.item(i, 0)
             if item is not None and int(item.data(Qt.UserRole)) == lesion_id:
                 self.table.clearSelection()  # re-selecting centres again
-                self.table.selectRow(i)
+                # Through the selection model, not selectRow(): that one reads the
+                # keyboard, and with Shift held (Shift+N / Shift+B) it extends.
+                flags = QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows
+                self.table.selectionModel().select(self.table.model().index(i, 0), flags)
+                self.table.setCurrentCell(i, 0, QItemSelectionModel.NoUpdate)
                 return
 
     def _on_row_selected(self) -> None:
@@ -781,8 +908,35 @@ class AnnotatorWidget(QWidget):
 
     def undo(self) -> None:
         b = self._need_binding()
-        if b is not None:
-            b.undo()
+        if b is None:
+            return
+        had = b.session.can_undo
+        before = self.last_message
+        b.undo()
+        if had:  # feedback, with whatever the session said about it
+            said = self.last_message
+            extra = f"; {said}" if said != before else ""
+            self._say(f"undone ({len(b.session.lesions)} lesion(s) now){extra}")
+
+    def _step_lesion(self, step: int) -> None:
+        if self.binding is None:
+            return
+        self._refresh_dirty()  # the table may lag behind the session by a timer tick
+        ids = [int(row["lesion"]) for row in self.binding.session.table_rows()]
+        if not ids:
+            self._say("no lesion yet")
+            return
+        sel = self.selected_lesions()
+        i = ids.index(sel[0]) + step if sel and sel[0] in ids else (0 if step > 0 else -1)
+        self.select_lesion(ids[i % len(ids)])
+
+    def next_lesion(self) -> None:
+        """Select (and centre on) the next lesion of the table."""
+        self._step_lesion(1)
+
+    def previous_lesion(self) -> None:
+        """Select (and centre on) the previous lesion of the table."""
+        self._step_lesion(-1)
 
     # -- files ------------------------------------------------------------------------------------
     def _resolve_if_exists(self, path: Path, if_exists: str) -> str | None:
@@ -1024,7 +1178,19 @@ class AnnotatorWidget(QWidget):
             )
         return out
 
+    def _qt_alive(self) -> bool:
+        """Whether the dock's Qt widgets still exist (a model load may end after the
+        viewer closed)."""
+        try:
+            self.segmenter_combo.objectName()
+        except RuntimeError:
+            return False
+        return True
+
     def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt name
+        self._load_generation += 1  # a model still loading is no longer wanted
+        unbind_keys(self.viewer, self._keys)
+        self._keys = []
         for binding in self.bindings.values():
             binding.close()
         super().closeEvent(event)

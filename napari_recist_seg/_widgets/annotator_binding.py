@@ -158,6 +158,8 @@ class ImageBinding(QObject):
         self._click_token = 0
         self._edited_ids: set[int] = set()
         self._closed = False
+        #: lesion id -> (offset, probability) of its last segmentation (corrective clicks)
+        self._probabilities: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
         self.shapes = self._adopt_or_create_shapes()
         self.labels = self._adopt_or_create_labels()
         self.points: Any = None
@@ -512,6 +514,28 @@ class ImageBinding(QObject):
             with self._guard():
                 self.labels.data_setitem(idx, les.id)
         self.session.accept(request, result, box)
+        prob = getattr(result, "probability", None)
+        offset = getattr(result, "offset", None)
+        if prob is not None and offset is not None:
+            self._probabilities[les.id] = (tuple(int(v) for v in offset), np.asarray(prob))
+        else:
+            self._probabilities.pop(les.id, None)
+
+    def image_plane(self, z: int | None) -> np.ndarray:
+        """The image plane a lesion lies on (the whole 2D image, or slice ``z``)."""
+        data = image_array(self.image)
+        return np.asarray(data if z is None else data[z])
+
+    def probability_plane(self, lesion_id: int, shape: tuple[int, int]) -> np.ndarray | None:
+        """The model probability of a lesion's last segmentation on its plane, if any."""
+        stored = self._probabilities.get(int(lesion_id))
+        if stored is None:
+            return None
+        (r0, c0), prob = stored
+        out = np.zeros(shape, np.float32)
+        r1, c1 = min(shape[0], r0 + prob.shape[0]), min(shape[1], c0 + prob.shape[1])
+        out[max(r0, 0):r1, max(c0, 0):c1] = prob[max(-r0, 0):r1 - r0, max(-c0, 0):c1 - c0]
+        return out
 
     # -- hand edits of the masks -------------------------------------------------------
     def _on_paint(self, event: Any) -> None:

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_recist_seg._widgets._layout import elide, scroll_layout  # noqa: F401
 from napari_recist_seg._widgets._common import (
     LESIONS_SUFFIX,
     DeviceCombo,
@@ -135,7 +136,7 @@ class BulkSegmentWidget(QWidget):
         inner.addLayout(form)
         inner.addWidget(self.run_button)
         inner.addWidget(self.jobs)
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)  # fits a 1366 x 768 screen (scrolls)
         layout.addWidget(box)
         layout.addWidget(self.results_label)
         layout.addWidget(self.results, 1)

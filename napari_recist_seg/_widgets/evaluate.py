@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_recist_seg._widgets._layout import elide, scroll_layout  # noqa: F401
 from napari_recist_seg._widgets._common import (
     DeviceCombo,
     ModelPicker,
@@ -72,6 +73,19 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("long_error", "L err", ".2f"),
     ("short_error", "W err", ".2f"),
 )
+#: Columns that are distances (px, or mm when a spacing is given; metrics module notes).
+DISTANCE_KEYS = ("hd", "hd95", "avd")
+
+
+def column_headers(unit: str) -> list[str]:
+    """The table headers with the distance unit: ``HD (px)`` / ``HD (mm)``.
+
+    >>> column_headers("mm")[2:5]
+    ['HD (mm)', 'HD95 (mm)', 'AVD (mm)']
+    """
+    return [f"{h} ({unit})" if k in DISTANCE_KEYS else h for k, h, _ in COLUMNS]
+
+
 #: Further per-case numbers: in the exports and the B - A rows, not in the table.
 EXTRA_KEYS: tuple[str, ...] = ("vs", "centre_error", "perimeter_error", "perimeter_pred",
                                "perimeter_gt")
@@ -149,7 +163,7 @@ class EvaluateWidget(QWidget):
         inner.addWidget(self.jobs)
 
         self.summary_table = QTableWidget(0, 1 + len(COLUMNS))
-        self.summary_table.setHorizontalHeaderLabels([""] + [h for _, h, _ in COLUMNS])
+        self.summary_table.setHorizontalHeaderLabels([""] + column_headers("px"))
         self.summary_table.verticalHeader().setVisible(False)
         self.summary_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.summary_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
@@ -167,7 +181,8 @@ class EvaluateWidget(QWidget):
         view_row.addWidget(self.metric)
 
         self.table = QTableWidget(0, 1 + len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(["case"] + [h for _, h, _ in COLUMNS])
+        self.table.setHorizontalHeaderLabels(["case"] + column_headers("px"))
+        self.spacing.textChanged.connect(lambda _text: self._set_headers())
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
@@ -190,7 +205,7 @@ class EvaluateWidget(QWidget):
             b.setEnabled(False)
             export.addWidget(b)
 
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)  # fits a 1366 x 768 screen (scrolls)
         layout.addWidget(box)
         layout.addWidget(QLabel("Mean ± sd"))
         layout.addWidget(self.summary_table)
@@ -229,6 +244,16 @@ class EvaluateWidget(QWidget):
             return [a]
         b = f"B {self.model_b.label()}"
         return [a, b]
+
+    def _set_headers(self) -> None:
+        """Distance headers in mm when a spacing is given, else px."""
+        try:
+            unit = "px" if self.parse_spacing() is None else "mm"
+        except InputError:
+            unit = "px"
+        heads = column_headers(unit)
+        self.summary_table.setHorizontalHeaderLabels([""] + heads)
+        self.table.setHorizontalHeaderLabels(["case"] + heads)
 
     def parse_spacing(self) -> tuple[float, ...] | None:
         text = self.spacing.text().replace(",", " ").split()
@@ -336,6 +361,7 @@ class EvaluateWidget(QWidget):
         if len(outcome.runs) > 1 and all(r.evaluation is not None for r in outcome.runs):
             self.view.addItem(f"{outcome.runs[1].label} − {outcome.runs[0].label} (per case)", -1)
         self.view.blockSignals(False)
+        self._set_headers()
         self._fill_summary()
         self._fill_table()
         for b in (self.export_csv_button, self.export_json_button):
@@ -355,7 +381,7 @@ class EvaluateWidget(QWidget):
 
             mean, sd = summarize(diffs)
             rows.append(("B − A mean", mean, True))
-            rows.append(("B − A sd", sd, True))
+            rows.append(("B − A sd", sd, False))  # a spread: no sign
         self.summary_table.setRowCount(len(rows))
         bold = QFont()
         bold.setBold(True)

@@ -48,6 +48,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_recist_seg._widgets._layout import elide, scroll_layout  # noqa: F401
 from napari_recist_seg._widgets._common import (
     DeviceCombo,
     ModelPicker,
@@ -85,7 +86,7 @@ class TrainWidget(QWidget):
         self._updating = False
         self._use_choice: dict[str, bool] = {}  # "use" ticks the user changed
 
-        layout = QVBoxLayout(self)
+        layout = scroll_layout(self)  # fits a 1366 x 768 screen (scrolls)
         layout.addWidget(self._data_box())
         layout.addWidget(self._settings_box())
         buttons = QHBoxLayout()
@@ -371,6 +372,8 @@ class TrainWidget(QWidget):
             if not required:
                 return None
             choice = "active"  # fine-tuning always starts from a model: the active one
+            # ... and the "Start from" field says so (it said "From scratch", issue 13).
+            self.init_model.set_choice("active")
         if choice == "checkpoint":
             path = self.init_model.checkpoint()
             if path is None or not path.exists():
