@@ -119,12 +119,10 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
     "_widgets.annotator",
     "_widgets.annotator_binding",
     "_widgets.train",
-    "jobs.segment",
 })
 KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "_widgets.annotator:AnnotatorWidget._build_ui",
     "_widgets.evaluate:EvaluateWidget.__init__",
-    "jobs.segment:_plan",
 })
 KNOWN_UPWARD_IMPORTS: frozenset[str] = frozenset({
 })
@@ -151,10 +149,6 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_widgets.train -> numpy",
     "_widgets.train -> predict",
     "_widgets.train -> targets",
-    "jobs.segment -> data.dataset",
-    "jobs.segment -> data.images",
-    "jobs.segment -> data.masks",
-    "jobs.segment -> data.recist_csv",
     "jobs.segment -> predict",
     "jobs.segment3d -> predict",  # merged from wave 1
     "predict -> model",  # merged from wave 1

@@ -1,0 +1,198 @@
+"""Committing a ``recist-seg segment`` image (:mod:`napari_recist_seg.jobs.segment`).
+
+One image's union mask and label image pasted from its results and written atomically,
+then its record (:mod:`napari_recist_seg.jobs.outdir`); ``measurements.csv`` rebuilt
+from the committed records.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from napari_recist_seg.data.atomic import atomic_write_text
+from napari_recist_seg.data.masks import write_labels, write_mask
+from napari_recist_seg.jobs import outdir
+from napari_recist_seg.jobs.common import JobReport
+from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
+from napari_recist_seg.jobs.segment_plan import MEASUREMENTS_CSV, SegmentItem
+from napari_recist_seg.measurements import MEASUREMENT_COLUMNS, measurement_row
+from napari_recist_seg.recist import Recist
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_recist_seg.predict import LesionResult
+
+
+# -- measurements.csv ------------------------------------------------------------------
+
+
+def _write_measurements(path: Path, rows: Sequence[dict[str, object]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(MEASUREMENT_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) for k in MEASUREMENT_COLUMNS})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ""
+        return f"{value:.4f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+    return str(value)
+
+
+def _image_label(image_path: Path, out: Path) -> str:
+    """The image path relative to OUT (forward slashes), like the RECIST CSV convention."""
+    try:
+        rel = os.path.relpath(os.path.abspath(image_path), os.path.abspath(out))
+    except ValueError:  # different drives on Windows
+        rel = os.path.abspath(image_path)
+    return rel.replace(os.sep, "/")
+
+
+def _measurement_row(
+    image: str, lesion: int, res: "LesionResult", spacing: tuple[float, float] | None
+) -> dict[str, object]:
+    return measurement_row(
+        image, lesion, res.recist, res.measured, cluster=res.cluster,
+        confidence=res.confidence, area_px=res.area_px, spacing=spacing,
+    )
+
+
+def _outputs(out: Path, stem: str, volume: bool) -> tuple[Path, Path]:
+    ext = ".nii.gz" if volume else ".png"
+    return out / f"{stem}{ext}", out / f"{stem}_labels{ext}"
+
+
+def _existing_output(out: Path, item: SegmentItem) -> Path | None:
+    for volume in (False, True):
+        mask_path, _ = _outputs(out, item.stem, volume)
+        if mask_path.exists():
+            return mask_path
+    return None
+
+
+@dataclass
+class _Loaded:
+    """An image read from disk with its usable (validated, snapped) RECIST."""
+
+    item: SegmentItem
+    data: object
+    lesions: list[tuple[int, Recist]]
+
+    @property
+    def volume(self) -> bool:
+        return bool(self.data.is_volume)  # type: ignore[attr-defined]
+
+
+def _masks(loaded: _Loaded, results: Sequence["LesionResult"]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The union mask (uint8 0/255) and, with several lesions, the label image."""
+    valid, volume = loaded.lesions, loaded.volume
+    array = loaded.data.array  # type: ignore[attr-defined]
+    shape = array.shape if volume else array.shape[:2]
+    union = np.zeros(shape, dtype=np.uint8)
+    labels = None
+    ids = [lesion for lesion, _ in valid]
+    values = ids
+    if len(valid) > 1:
+        # Label value = lesion id. Ids below 1 (0-based CSVs) would vanish into the
+        # background, and a PNG holds at most 65535: then the lesions are numbered
+        # 1.. in id order instead (the rows of measurements.csv give the ids).
+        if min(ids) < 1 or (not volume and max(ids) > 65535):
+            values = list(range(1, len(ids) + 1))
+        top = max(values)
+        dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
+        labels = np.zeros(shape, dtype=dtype)
+    for value, res in zip(values, results):
+        _paste(res, union, 255, volume)
+        if labels is not None:
+            _paste(res, labels, value, volume)
+    return union, labels
+
+
+def _commit(
+    loaded: _Loaded,
+    results: Sequence["LesionResult"],
+    out: Path,
+    report: JobReport,
+    ours: set[str],
+) -> dict:
+    """Commit one image: its masks (atomically), then its record (files + rows).
+
+    Until the record exists the image counts as not done, so a crash in between
+    only means the image is redone. ``ours`` are the names the tool claimed in
+    ``out`` (a labels file is removed only if it is one of them).
+
+    Raises
+    ------
+    OutputWriteError
+        ``out`` cannot be written (full disk, read-only...): the run must stop.
+    """
+    item, data, volume = loaded.item, loaded.data, loaded.volume
+    union, labels = _masks(loaded, results)
+    mask_path, labels_path = _outputs(out, item.stem, volume)
+    out_spacing = data.spacing  # type: ignore[attr-defined]
+    # The input's geometry (NIfTI affine / DICOM series RAS affine), for volume outputs.
+    out_affine = getattr(data, "metadata", {}).get("affine") if volume else None
+    image_label = _image_label(item.image_path, out)
+    rows = [
+        {k: _fmt(v) for k, v in _measurement_row(image_label, lesion, res, res.recist.spacing).items()}
+        for (lesion, _), res in zip(loaded.lesions, results)
+    ]
+    outputs = [mask_path.name] + ([labels_path.name] if labels is not None else [])
+    try:
+        # An old record must not vouch for the new masks while they are half done.
+        outdir.remove_record(out, item.stem)
+        if labels is not None:
+            write_labels(labels_path, labels, spacing=out_spacing, affine=out_affine)
+        elif labels_path.name in ours and labels_path.exists():
+            labels_path.unlink()  # from an earlier run with more lesions (overwrite)
+        write_mask(mask_path, union > 0, spacing=out_spacing, affine=out_affine)
+        outdir.write_record(out, item.stem, outputs, rows)
+    except OSError as exc:
+        raise OutputWriteError(
+            f"cannot write into {out}: {describe_os_error(exc)}; {report.processed} image(s) "
+            "finished and kept, run again (with space / write access) to resume"
+        ) from None
+    report.outputs.extend(out / n for n in outputs)
+    return {"outputs": outputs, "rows": rows}
+
+
+def _paste(res: "LesionResult", target: np.ndarray, value: int, volume: bool) -> None:
+    if volume:
+        z = res.recist.slice_index
+        res.paste_into(target[z], value)  # a view: pastes into the volume in place
+    else:
+        res.paste_into(target, value)
+
+
+def _finish(out: Path, records: dict[str, dict], report: JobReport) -> None:
+    """Rebuild measurements.csv from the committed records; write failures.csv."""
+    _write_tables(out, records)
+    report.write_failures(out)
+
+
+def _write_tables(out: Path, records: dict[str, dict]) -> None:
+    csv_path = out / MEASUREMENTS_CSV
+    rows = [row for rec in records.values() if outdir.committed(out, rec) for row in rec["rows"]]
+    if rows or csv_path.exists():
+        rows.sort(key=lambda r: (str(r.get("image")), _as_int(r.get("lesion"))))
+        _write_measurements(csv_path, rows)
+
+
+def _as_int(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
