@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from napari_recist_seg._reader import is_recist_csv
+
 PLUGIN = "napari-recist-seg"
 
 
@@ -47,7 +49,6 @@ def _open_path(viewer, path: Path) -> None:
     readers would also claim ``.csv`` / ``.nii.gz`` / ``.dcm``: no data, or the voxel
     spacing lost); anything else as napari opens it."""
     from napari_recist_seg._image_reader import image_layer_data, is_readable
-    from napari_recist_seg._reader import is_recist_csv
 
     if is_recist_csv(path):
         # This plugin's reader by name: napari's own CSV reader also claims ``*.csv``

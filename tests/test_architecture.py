@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "intensity": 1,  # modality and windows: the readers and preprocessing use it
     "graph": 2,
     "refine": 3,
+    "corrective": 3,  # corrective clicks: numpy / OpenCV only
     "pairing": 4,
     "hand_edits": 4,
     "_image_reader": 6,
