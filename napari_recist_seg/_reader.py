@@ -111,6 +111,13 @@ def _stem(path: Path) -> str:
     return image_stem(path)
 
 
+def _side_by_side(img: Any, ndim: int, spacing: Any, start: float) -> tuple[tuple, float]:
+    """``(translate, next start)``: an image placed at world x ``start``, then a gap."""
+    col_size = 1.0 if spacing is None else float(spacing[-1])
+    width = float(img.array.shape[-2 if img.is_rgb else -1]) * col_size
+    return (0.0,) * (ndim - 1) + (start,), start + width + max(width * 0.05, 8 * col_size)
+
+
 def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[LayerData]:
     """Read a RECIST CSV into image + RECIST shapes layer tuples, one pair per image.
 
@@ -157,10 +164,7 @@ def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[Lay
         if spacing is not None:
             common["scale"] = spacing
         if len(by_image) > 1:
-            col_size = 1.0 if spacing is None else float(spacing[-1])
-            width = float(img.array.shape[-2 if img.is_rgb else -1]) * col_size
-            common["translate"] = (0.0,) * (ndim - 1) + (next_col,)
-            next_col += width + max(width * 0.05, 8 * col_size)  # a small gap between images
+            common["translate"], next_col = _side_by_side(img, ndim, spacing, next_col)
         stem = _stem(image_path)
         image_kwargs: dict[str, Any] = {
             "name": stem,

@@ -62,6 +62,8 @@ LAYERS: dict[str, int] = {
     "intensity": 1,  # modality and windows: the readers and preprocessing use it
     "graph": 2,
     "refine": 3,
+    "finetune": 3,  # fine-tuning on curated masks (beside training)
+    "corrective": 3,  # corrective clicks: numpy / OpenCV only
     "pairing": 4,
     "hand_edits": 4,
     "_image_reader": 6,
@@ -124,8 +126,7 @@ KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "_widgets.annotator:AnnotatorWidget._build_ui",
     "_widgets.evaluate:EvaluateWidget.__init__",
 })
-KNOWN_UPWARD_IMPORTS: frozenset[str] = frozenset({
-})
+KNOWN_UPWARD_IMPORTS: frozenset[str] = frozenset()
 KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_widgets._common -> _widgets.annotator_torch",
     "_widgets._common -> annotation",
@@ -150,9 +151,9 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_widgets.train -> predict",
     "_widgets.train -> targets",
     "jobs.segment -> predict",
-    "jobs.segment3d -> predict",  # merged from wave 1
-    "predict -> model",  # merged from wave 1
-    "predict -> refine",  # merged from wave 1
+    "jobs.segment3d -> predict",
+    "predict -> model",
+    "predict -> refine",
 })
 KNOWN_CYCLES: frozenset[str] = frozenset()
 

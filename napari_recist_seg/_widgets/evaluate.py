@@ -77,15 +77,6 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 DISTANCE_KEYS = ("hd", "hd95", "avd")
 
 
-def column_headers(unit: str) -> list[str]:
-    """The table headers with the distance unit: ``HD (px)`` / ``HD (mm)``.
-
-    >>> column_headers("mm")[2:5]
-    ['HD (mm)', 'HD95 (mm)', 'AVD (mm)']
-    """
-    return [f"{h} ({unit})" if k in DISTANCE_KEYS else h for k, h, _ in COLUMNS]
-
-
 #: Further per-case numbers: in the exports and the B - A rows, not in the table.
 EXTRA_KEYS: tuple[str, ...] = ("vs", "centre_error", "perimeter_error", "perimeter_pred",
                                "perimeter_gt")
@@ -163,7 +154,6 @@ class EvaluateWidget(QWidget):
         inner.addWidget(self.jobs)
 
         self.summary_table = QTableWidget(0, 1 + len(COLUMNS))
-        self.summary_table.setHorizontalHeaderLabels([""] + column_headers("px"))
         self.summary_table.verticalHeader().setVisible(False)
         self.summary_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.summary_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
@@ -181,7 +171,7 @@ class EvaluateWidget(QWidget):
         view_row.addWidget(self.metric)
 
         self.table = QTableWidget(0, 1 + len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(["case"] + column_headers("px"))
+        self._set_headers()
         self.spacing.textChanged.connect(lambda _text: self._set_headers())
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
@@ -251,9 +241,9 @@ class EvaluateWidget(QWidget):
             unit = "px" if self.parse_spacing() is None else "mm"
         except InputError:
             unit = "px"
-        heads = column_headers(unit)
-        self.summary_table.setHorizontalHeaderLabels([""] + heads)
-        self.table.setHorizontalHeaderLabels(["case"] + heads)
+        heads = [f"{h} ({unit})" if k in DISTANCE_KEYS else h for k, h, _ in COLUMNS]
+        for table, first in ((self.summary_table, ""), (self.table, "case")):
+            table.setHorizontalHeaderLabels([first] + heads)
 
     def parse_spacing(self) -> tuple[float, ...] | None:
         text = self.spacing.text().replace(",", " ").split()
