@@ -43,7 +43,8 @@ import numpy as np
 from napari_recist_seg import targets
 from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.data.images import image_plane, read_image
-from napari_recist_seg.data.masks import read_mask
+# masks.read_mask looked up at call time: the only mask reader here (tests record it).
+from napari_recist_seg.data import masks
 from napari_recist_seg.model import load_checkpoint, resolve_device, save_checkpoint
 from napari_recist_seg.preprocess import CropBox, crop_box, extract_crop, make_input
 from napari_recist_seg.progress import CancelToken, ProgressCallback, ProgressTracker
@@ -163,7 +164,7 @@ def _plane(sample: Any) -> np.ndarray:
 
 def _mask(mask: Any, recist: Recist, shape: tuple[int, int]) -> np.ndarray:
     if isinstance(mask, (str, Path)):
-        mask = read_mask(mask)
+        mask = masks.read_mask(mask)
     m = np.asarray(mask)
     if m.ndim == 3 and recist.slice_index is not None and m.shape[1:] == shape:
         m = m[recist.slice_index]

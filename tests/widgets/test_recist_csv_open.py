@@ -29,13 +29,17 @@ def test_a_single_image_csv_stays_at_the_origin():
     assert all("translate" not in kw for _, kw, _ in layers)
 
 
-def test_recist_seg_view_opens_a_recist_csv_without_a_reader_dialog(qtbot, tmp_path):
-    from napari_recist_seg._launch import open_viewer
+def test_recist_seg_view_opens_a_recist_csv_without_a_reader_dialog(make_napari_viewer, tmp_path):
+    # `recist-seg view` opens each path with _open_path. A second raw napari.Viewer in one
+    # pytest process re-registers the plugin's commands (app-model ValueError), so the
+    # viewer comes from the fixture.
+    from napari_recist_seg._launch import _open_path
 
     folder = tmp_path / "case"
     shutil.copytree(SAMPLES, folder)
     csv = folder / "dermoscopy_recist.csv"
-    viewer = open_viewer([csv], run=False)
+    viewer = make_napari_viewer()
+    _open_path(viewer, csv)
     try:
         names = [layer.name for layer in viewer.layers]
         recist = [n for n in names if n.endswith(" RECIST")]
