@@ -376,6 +376,46 @@ def test_run_requests_isolates_a_failing_lesion():
 # -- files -----------------------------------------------------------------------------
 
 
+def test_recist_csv_status_column_round_trip_restores_committed(tmp_path):
+    from napari_recist_seg.data import read_recist_csv
+
+    s = two_lesions()
+    s.commit([1])
+    s.lesions[2].edited = True
+    image = tmp_path / "img.png"
+    image.write_bytes(b"")
+    path = ann.export_recist_csv(tmp_path / "r.csv", s, image)
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[-1] == "status"
+    back = read_recist_csv(path)
+    assert {b.lesion: b.status for b in back} == {1: "committed", 2: "draft+edited"}
+    s2 = AnnotationSession((100, 100))
+    for b in back:
+        s2.add_recist(b.recist, lesion_id=b.lesion)
+    assert not any(les.committed for les in s2.lesions.values())
+    out = ann.restore_states(s2, back)
+    assert out.rewrite and s2.lesions[1].committed and not s2.lesions[2].committed
+    assert not ann.restore_states(s2, back).rewrite  # already committed: nothing to redraw
+
+
+def test_recist_csv_without_status_column_reads_as_before(tmp_path):
+    from napari_recist_seg.data import RecistCsvError, read_recist_csv
+    from napari_recist_seg.data.recist_csv import RecistRecord, write_recist_csv
+
+    rec = RecistRecord(tmp_path / "a.png", 1, Recist([[10, 10], [10, 50]], [[0, 30], [20, 30]]))
+    write_recist_csv(tmp_path / "old.csv", [rec])
+    assert "status" not in (tmp_path / "old.csv").read_text()  # bulk job's files unchanged
+    back = read_recist_csv(tmp_path / "old.csv")
+    assert back[0].status is None
+    s = AnnotationSession((100, 100))
+    s.add_recist(back[0].recist, lesion_id=1)
+    assert not ann.restore_states(s, back).rewrite and not s.lesions[1].committed
+    bad = tmp_path / "bad.csv"
+    bad.write_text((tmp_path / "old.csv").read_text().replace("spacing_y", "spacing_y,status", 1).rstrip() + ",lockedd\n")
+    with pytest.raises(RecistCsvError, match="line 2, column 'status'.*lockedd"):
+        read_recist_csv(bad)
+
+
 def test_recist_csv_export_round_trip_and_no_silent_overwrite(tmp_path):
     from napari_recist_seg.data import read_recist_csv
 

@@ -53,7 +53,9 @@ from napari_recist_seg.annotation.export import (
     export_recist_csv,
     export_recist_csv_many,
     free_path,
+    lesion_status,
     records_for_image,
+    restore_states,
     save_image,
 )
 from napari_recist_seg.annotation.lesions import (
@@ -115,7 +117,9 @@ __all__ = [
     "save_image",
     "load_segmenter",
     "paste_indices",
+    "lesion_status",
     "records_for_image",
+    "restore_states",
     "run_requests",
     "spacing_from_scale",
 ]

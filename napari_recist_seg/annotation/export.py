@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from napari_recist_seg.annotation.lesions import SyncResult
 from napari_recist_seg.annotation.session import AnnotationSession
 from napari_recist_seg.data import RecistRecord, write_labels, write_recist_csv
 from napari_recist_seg.data.atomic import atomic_path, atomic_write_text
@@ -22,7 +23,9 @@ __all__ = [
     "export_recist_csv",
     "export_recist_csv_many",
     "free_path",
+    "lesion_status",
     "records_for_image",
+    "restore_states",
     "save_image",
 ]
 
@@ -90,9 +93,13 @@ def export_recist_csv_many(
     *,
     if_exists: str = "error",
 ) -> Path:
-    """Write the valid lesions of several images, ``(session, image file)`` pairs, to one CSV."""
+    """Write the valid lesions of several images, ``(session, image file)`` pairs, to one CSV.
+
+    Each row's ``status`` column keeps the lesion's state (:func:`lesion_status`), so
+    :func:`restore_states` can give it back on import.
+    """
     records = [
-        RecistRecord(image=Path(image_path), lesion=i, recist=r)
+        RecistRecord(image=Path(image_path), lesion=i, recist=r, status=lesion_status(session, i))
         for session, image_path in items
         for i, r in session.recists()
     ]
@@ -101,6 +108,36 @@ def export_recist_csv_many(
     target = _target(path, if_exists)
     write_recist_csv(target, records)
     return target
+
+
+def lesion_status(session: AnnotationSession, lesion_id: int) -> str:
+    """The RECIST CSV ``status`` of one lesion: ``draft`` / ``committed``, ``+edited`` if hand-edited."""
+    les = session.lesions[lesion_id]
+    return ("committed" if les.committed else "draft") + ("+edited" if les.edited else "")
+
+
+def restore_states(session: AnnotationSession, records: Sequence[Any]) -> SyncResult:
+    """Give imported lesions back the committed state their CSV rows recorded.
+
+    Call it right after the records were added with their ids (``add_recist(...,
+    lesion_id=record.lesion)``); no undo step of its own, so one Undo removes the
+    import as before. Records without a status (an old CSV) change nothing. ``+edited``
+    is not restored: the CSV holds lines, not the hand-edited mask, so the imported
+    lesion's mask is the segmenter's until its masks file is imported.
+
+    Returns
+    -------
+    SyncResult
+        ``rewrite`` when some lesion was committed (its lines are now drawn locked).
+    """
+    out = SyncResult()
+    for r in records:
+        les = session.lesions.get(int(r.lesion))
+        if (getattr(r, "status", None) or "").startswith("committed") and les is not None \
+                and les.recist is not None and not les.committed:
+            les.committed = True
+            out.rewrite = out.changed = True
+    return out
 
 
 def records_for_image(records: Sequence[Any], image_path: str | os.PathLike[str] | None, image_name: str) -> list[Any]:

@@ -11,7 +11,15 @@ Columns::
 ``spacing_x`` / ``spacing_y`` are mm per pixel along x (columns) and y (rows), empty
 when unknown. Note :attr:`Recist.spacing` is ``(row_mm, col_mm) = (spacing_y, spacing_x)``.
 
-Extra columns are ignored on reading; ``slice`` and the spacing columns may be absent.
+An optional ``status`` column keeps the annotator's state of each lesion: ``draft``
+(valid, not yet committed) or ``committed``, either followed by ``+edited`` when its
+mask was corrected by hand (``committed+edited``); case-insensitive, empty = unknown.
+It is written only when some record has a status, so files without it (and the bulk
+job's) are unchanged; reading a file without it gives ``status = None`` (old behaviour:
+every imported lesion is a draft).
+
+Extra columns are ignored on reading; ``slice``, the spacing columns and ``status``
+may be absent.
 
 Examples
 --------
@@ -48,7 +56,9 @@ __all__ = [
     "REQUIRED_COLUMNS",
     "RecistCsvError",
     "RecistRecord",
+    "STATUS_VALUES",
     "format_number",
+    "parse_status",
     "read_recist_csv",
     "write_recist_csv",
 ]
@@ -58,7 +68,9 @@ COORD_COLUMNS: tuple[str, ...] = (
     "short_x1", "short_y1", "short_x2", "short_y2",
 )
 REQUIRED_COLUMNS: tuple[str, ...] = ("image", "lesion") + COORD_COLUMNS
-OPTIONAL_COLUMNS: tuple[str, ...] = ("slice", "spacing_x", "spacing_y")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("slice", "spacing_x", "spacing_y", "status")
+#: The values of the optional ``status`` column (the annotator's lesion states).
+STATUS_VALUES: tuple[str, ...] = ("draft", "committed", "draft+edited", "committed+edited")
 #: Column order written by :func:`write_recist_csv`.
 RECIST_COLUMNS: tuple[str, ...] = (
     ("image", "lesion", "slice") + COORD_COLUMNS + ("spacing_x", "spacing_y")
@@ -85,15 +97,20 @@ class RecistRecord:
     recist : Recist
         The measurement; ``recist.slice_index`` is the slice for volumes, and
         ``recist.spacing`` the pixel size ``(row_mm, col_mm)`` when known.
+    status : str or None
+        The annotator's state (one of :data:`STATUS_VALUES`), ``None`` when unknown.
     """
 
     image: Path
     lesion: int
     recist: Recist
+    status: str | None = None
 
     def __post_init__(self) -> None:
         self.image = Path(self.image)
         self.lesion = int(self.lesion)
+        if self.status is not None:
+            self.status = parse_status(self.status)
 
     @property
     def slice_index(self) -> int | None:
@@ -110,6 +127,20 @@ def format_number(value: float) -> str:
     if math.isfinite(v) and v == int(v) and abs(v) < 1e15:
         return str(int(v))
     return repr(v)
+
+
+def parse_status(text: str, where: str = "status") -> str | None:
+    """A ``status`` cell normalised (lower case, no spaces); ``None`` for an empty one.
+
+    >>> parse_status(" Committed + Edited "), parse_status("")
+    ('committed+edited', None)
+    """
+    t = "".join(str(text).split()).lower()
+    if not t:
+        return None
+    if t not in STATUS_VALUES:
+        raise RecistCsvError(f"{where}: status {text!r} is not one of {', '.join(STATUS_VALUES)}")
+    return t
 
 
 def _norm_header(name: str) -> str:
@@ -256,7 +287,8 @@ def _record(row: CsvRow, base: Path) -> RecistRecord:
         coords.append(_parse_float(t, where(name)))
     spacing = _spacing(row)
     recist = Recist.from_deeplesion(coords, slice_index=slice_index, spacing=spacing)
-    return RecistRecord(image=_image_path(image_text, base), lesion=lesion, recist=recist)
+    status = parse_status(row.cell("status"), where("status"))
+    return RecistRecord(image=_image_path(image_text, base), lesion=lesion, recist=recist, status=status)
 
 
 def _spacing(row: CsvRow) -> tuple[float, float] | None:
@@ -304,7 +336,10 @@ def write_recist_csv(path: str | os.PathLike[str], records: Iterable[RecistRecor
     base = Path(os.path.normpath(p.parent.absolute()))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(RECIST_COLUMNS)
+    records = list(records)
+    # The status column only when there is a status to keep: old readers and files unchanged.
+    with_status = any(rec.status is not None for rec in records)
+    writer.writerow(RECIST_COLUMNS + (("status",) if with_status else ()))
     seen: set[tuple[str, int]] = set()
     for rec in records:
         image = _relative_image(Path(rec.image), base)
@@ -324,5 +359,6 @@ def write_recist_csv(path: str | os.PathLike[str], records: Iterable[RecistRecor
             [image, int(rec.lesion), "" if r.slice_index is None else int(r.slice_index)]
             + [format_number(v) for v in values]
             + [sx, sy]
+            + ([rec.status or ""] if with_status else [])
         )
     atomic_write_text(p, buf.getvalue())
