@@ -124,7 +124,6 @@ KNOWN_LONG_MODULES: frozenset[str] = frozenset({
 })
 KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset({
     "_widgets.annotator:AnnotatorWidget._build_ui",
-    "_widgets.evaluate:EvaluateWidget.__init__",
 })
 KNOWN_UPWARD_IMPORTS: frozenset[str] = frozenset()
 KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
@@ -139,11 +138,6 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_widgets.bulk -> curation",
     "_widgets.bulk -> data",
     "_widgets.bulk -> jobs.segment",
-    "_widgets.evaluate -> annotation",
-    "_widgets.evaluate -> curation",
-    "_widgets.evaluate -> data",
-    "_widgets.evaluate -> data.atomic",
-    "_widgets.evaluate -> metrics",
     "_widgets.train -> annotation",
     "_widgets.train -> curation",
     "_widgets.train -> jobs.train",

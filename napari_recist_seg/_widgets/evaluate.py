@@ -56,53 +56,23 @@ from napari_recist_seg._widgets._common import (
 )
 from napari_recist_seg._widgets._jobs import JobPanel
 from napari_recist_seg._widgets._plot import MetricPlot, PlotStyle
+from napari_recist_seg._widgets.evaluate_table import (
+    ALL_KEYS,
+    COLUMNS,
+    DISTANCE_KEYS,
+    HIGHER_IS_BETTER,
+)
+from napari_recist_seg._widgets.evaluate_table import NumberItem as _NumberItem
+from napari_recist_seg.annotation import free_path
+from napari_recist_seg.curation import curation_conflicts, safe_name
+from napari_recist_seg.data import scan_dataset
+from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.jobs.common import InputError
-from napari_recist_seg.jobs.compare import EvaluationRun, ModelRun, run_compare
+from napari_recist_seg.jobs.compare import EvaluationRun, ModelRun, run_compare, score_predictions
 from napari_recist_seg.jobs.compare import finite as _finite
+from napari_recist_seg.metrics import summarize
 
 __all__ = ["ALL_KEYS", "COLUMNS", "EvaluateWidget", "EvaluationRun", "ModelRun"]
-
-#: Table columns: (key in the evaluation case, header, number format); Dice to AVD use
-#: the formats of ``recist-seg evaluate``'s table.
-COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("dice", "Dice", ".4f"),
-    ("iou", "IoU", ".4f"),
-    ("hd", "HD", ".2f"),
-    ("hd95", "HD95", ".2f"),
-    ("avd", "AVD", ".3f"),
-    ("long_error", "L err", ".2f"),
-    ("short_error", "W err", ".2f"),
-)
-#: Columns that are distances (px, or mm when a spacing is given; metrics module notes).
-DISTANCE_KEYS = ("hd", "hd95", "avd")
-
-
-#: Further per-case numbers: in the exports and the B - A rows, not in the table.
-EXTRA_KEYS: tuple[str, ...] = ("vs", "centre_error", "perimeter_error", "perimeter_pred",
-                               "perimeter_gt")
-ALL_KEYS: tuple[str, ...] = tuple(k for k, _, _ in COLUMNS) + EXTRA_KEYS
-#: Higher is better for these, lower for the others (colours of the B - A difference).
-HIGHER_IS_BETTER = {"dice", "iou", "vs"}
-
-
-def _fmt(v: Any, spec: str) -> str:
-    return format(float(v), spec) if _finite(v) else "-"
-
-
-class _NumberItem(QTableWidgetItem):
-    """A table cell that sorts by its number (NaN last), shows it formatted."""
-
-    def __init__(self, value: Any, spec: str) -> None:
-        super().__init__(_fmt(value, spec))
-        self.value = float(value) if _finite(value) else math.inf
-        self.setData(Qt.UserRole, float(value) if _finite(value) else math.nan)
-        self.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-
-    def __lt__(self, other: QTableWidgetItem) -> bool:
-        if isinstance(other, _NumberItem):
-            return self.value < other.value
-        return super().__lt__(other)
-
 
 class EvaluateWidget(QWidget):
     """Dock widget: per-case metrics of one or two models on a validation set."""
@@ -114,11 +84,26 @@ class EvaluateWidget(QWidget):
         self.outcome: EvaluationRun | None = None
         self._images: dict[str, Path] = {}
 
+        box = self._build_form()
+        export = self._build_results()
+        view_row = self._build_table()
+        layout = scroll_layout(self)  # fits a 1366 x 768 screen (scrolls)
+        layout.addWidget(box)
+        layout.addWidget(QLabel("Mean ± sd"))
+        layout.addWidget(self.summary_table)
+        layout.addLayout(view_row)
+        layout.addWidget(self.table, 2)
+        layout.addWidget(self.plot, 1)
+        layout.addLayout(export)
+        self.source.currentIndexChanged.connect(self._source_changed)
+        self._source_changed()
+        self._mode_changed()
+
+    def _build_form(self) -> QGroupBox:
+        """The "Evaluate" box: models, validation set, predictions, output, the job panel."""
         self.model_a = ModelPicker(("default", "active", "checkpoint"))
         self.compare = QCheckBox("Compare with a second model (B)")
         self.model_b = ModelPicker(("checkpoint", "default", "active"))
-        self.model_b.setEnabled(False)
-        self.compare.toggled.connect(self.model_b.setEnabled)
         self.source = QComboBox()
         self.source.addItem("Folder with ground-truth masks", "folder")
         self.source.addItem("Curated layers in the viewer", "layers")
@@ -131,6 +116,12 @@ class EvaluateWidget(QWidget):
         self.spacing = QLineEdit()
         self.spacing.setPlaceholderText("optional: row_mm col_mm (distances in mm)")
         self.output = PathPicker("dir", placeholder="output folder (predictions per model)")
+        # Score folders `recist-seg segment` already wrote, instead of segmenting again.
+        self.use_predictions = QCheckBox("Score existing predictions (no segmenting)")
+        self.pred_a = PathPicker("dir", placeholder="predictions of A (recist-seg segment --out)")
+        self.pred_b = PathPicker("dir", placeholder="predictions of B")
+        self.use_predictions.toggled.connect(self._mode_changed)
+        self.compare.toggled.connect(self._mode_changed)
         self.device = DeviceCombo()
         self.run_button = QPushButton("Evaluate")
         self.run_button.clicked.connect(self.start)
@@ -142,6 +133,9 @@ class EvaluateWidget(QWidget):
         form.addRow("Validation", self.source)
         form.addRow("", self.folder)
         form.addRow("RECIST", self.recist)
+        form.addRow("", self.use_predictions)
+        form.addRow("Predictions A", self.pred_a)
+        form.addRow("Predictions B", self.pred_b)
         form.addRow("Spacing", self.spacing)
         form.addRow("Output", self.output)
         form.addRow("Device", self.device)
@@ -152,12 +146,27 @@ class EvaluateWidget(QWidget):
         self.jobs = JobPanel("Evaluate")
         self.jobs.busy_changed.connect(lambda busy: self.run_button.setEnabled(not busy))
         inner.addWidget(self.jobs)
+        return box
 
+    def _build_results(self) -> QHBoxLayout:
+        """The mean ± sd table, the plot and the export buttons (returned as a row)."""
         self.summary_table = QTableWidget(0, 1 + len(COLUMNS))
         self.summary_table.verticalHeader().setVisible(False)
         self.summary_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.summary_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.plot = MetricPlot(PlotStyle.from_viewer(self.viewer))
+        export = QHBoxLayout()
+        self.export_csv_button = QPushButton("Export CSV…")
+        self.export_json_button = QPushButton("Export JSON…")
+        self.export_csv_button.clicked.connect(lambda: self._export_dialog("csv"))
+        self.export_json_button.clicked.connect(lambda: self._export_dialog("json"))
+        for b in (self.export_csv_button, self.export_json_button):
+            b.setEnabled(False)
+            export.addWidget(b)
+        return export
 
+    def _build_table(self) -> QHBoxLayout:
+        """The "Show" / "Plot" pickers above the per-case table; the table itself."""
         view_row = QHBoxLayout()
         self.view = QComboBox()
         self.view.currentIndexChanged.connect(self._fill_table)
@@ -183,34 +192,23 @@ class EvaluateWidget(QWidget):
         self.table.cellClicked.connect(self._row_clicked)
         self.table.horizontalHeader().sectionClicked.connect(self._header_clicked)
         self.table.setMinimumHeight(160)
-
-        self.plot = MetricPlot(PlotStyle.from_viewer(napari_viewer))
-
-        export = QHBoxLayout()
-        self.export_csv_button = QPushButton("Export CSV…")
-        self.export_json_button = QPushButton("Export JSON…")
-        self.export_csv_button.clicked.connect(lambda: self._export_dialog("csv"))
-        self.export_json_button.clicked.connect(lambda: self._export_dialog("json"))
-        for b in (self.export_csv_button, self.export_json_button):
-            b.setEnabled(False)
-            export.addWidget(b)
-
-        layout = scroll_layout(self)  # fits a 1366 x 768 screen (scrolls)
-        layout.addWidget(box)
-        layout.addWidget(QLabel("Mean ± sd"))
-        layout.addWidget(self.summary_table)
-        layout.addLayout(view_row)
-        layout.addWidget(self.table, 2)
-        layout.addWidget(self.plot, 1)
-        layout.addLayout(export)
-        self.source.currentIndexChanged.connect(self._source_changed)
-        self._source_changed()
+        return view_row
 
     # -- form ------------------------------------------------------------------------------
     def _source_changed(self) -> None:
         folder = self.source.currentData() == "folder"
         self.folder.setVisible(folder)
         self.recist.setEnabled(folder)
+
+    def _mode_changed(self, *_args: object) -> None:
+        """Existing predictions: their folders instead of the models, device and output."""
+        scoring = self.use_predictions.isChecked()
+        self.pred_a.setVisible(scoring)
+        self.pred_b.setVisible(scoring and self.compare.isChecked())
+        for w in (self.model_a, self.device, self.output):
+            w.setEnabled(not scoring)
+        self.model_b.setEnabled(self.compare.isChecked() and not scoring)
+        self.run_button.setText("Score predictions" if scoring else "Evaluate")
 
     def _model_path(self, picker: ModelPicker, name: str) -> Path | None:
         choice = picker.choice()
@@ -259,8 +257,8 @@ class EvaluateWidget(QWidget):
 
     def job_arguments(self, *, replace_predictions: bool | None = None) -> dict | None:
         """The job's arguments from the form; ``None`` when the user declined."""
-        from napari_recist_seg.curation import curation_conflicts, safe_name
-
+        if self.use_predictions.isChecked():
+            return self._scoring_arguments()
         out = self.output.path()
         if out is None:
             raise InputError("choose an output folder for the predictions")
@@ -277,8 +275,6 @@ class EvaluateWidget(QWidget):
                 raise InputError(f"choose the validation folder (not found: {dataset})")
             derive = self.recist.currentData() == "masks"
         else:
-            from napari_recist_seg.annotation import free_path
-
             annotator = find_annotator(self.viewer)
             curated = [
                 im for im in (annotated_image(self.viewer, layer, annotator=annotator)
@@ -308,6 +304,20 @@ class EvaluateWidget(QWidget):
             "curated": curated,
         }
 
+    def _scoring_arguments(self) -> dict:
+        """Arguments of :func:`score_predictions`: the validation folder and prediction folders."""
+        dataset = self.folder.path()
+        if self.source.currentData() != "folder" or dataset is None or not dataset.is_dir():
+            raise InputError(f"scoring predictions needs the validation folder (not found: {dataset})")
+        pickers = [("A", self.pred_a)] + ([("B", self.pred_b)] if self.compare.isChecked() else [])
+        predictions = []
+        for name, picker in pickers:
+            folder = picker.path()
+            if folder is None or not folder.is_dir():
+                raise InputError(f"choose the predictions folder of {name} (not found: {folder})")
+            predictions.append((f"{name} {folder.name}", folder))
+        return {"dataset": dataset, "predictions": predictions, "spacing": self.parse_spacing()}
+
     # -- running ----------------------------------------------------------------------------
     def start(self, *, replace_predictions: bool | None = None):
         """Run the evaluation (the button). Returns the worker, or ``None``."""
@@ -319,8 +329,10 @@ class EvaluateWidget(QWidget):
         if args is None:
             return None
         self._clear()
-        return self.jobs.run(functools.partial(_evaluate_job, **args), on_result=self.show_outcome,
-                             start_message="loading the model…")
+        scoring = "predictions" in args
+        job = score_predictions if scoring else _evaluate_job
+        return self.jobs.run(functools.partial(job, **args), on_result=self.show_outcome,
+                             start_message="scoring…" if scoring else "loading the model…")
 
     def cancel(self) -> None:
         self.jobs.cancel()
@@ -336,8 +348,6 @@ class EvaluateWidget(QWidget):
 
     # -- results ----------------------------------------------------------------------------
     def show_outcome(self, outcome: EvaluationRun) -> None:
-        from napari_recist_seg.data import scan_dataset
-
         self.outcome = outcome
         try:
             self._images = {it.stem: it.image_path for it in scan_dataset(outcome.dataset).items}
@@ -367,8 +377,6 @@ class EvaluateWidget(QWidget):
             rows.append((f"{run.label} sd", run.evaluation.sd, False))
         diffs = out.differences()
         if diffs:
-            from napari_recist_seg.metrics import summarize
-
             mean, sd = summarize(diffs)
             rows.append(("B − A mean", mean, True))
             rows.append(("B − A sd", sd, False))  # a spread: no sign
@@ -478,8 +486,6 @@ class EvaluateWidget(QWidget):
 
     def export(self, path: str | Path, *, kind: str | None = None) -> Path:
         """Write the results as CSV or JSON (by ``kind`` or the extension), atomically."""
-        from napari_recist_seg.data.atomic import atomic_write_text
-
         if self.outcome is None:
             raise InputError("nothing to export yet: run an evaluation first")
         path = Path(path)
@@ -491,8 +497,4 @@ class EvaluateWidget(QWidget):
         return path
 
 
-# -- worker side (no Qt widgets touched) -------------------------------------------------
-
-
-# The job behind the dock; also ``recist-seg compare``.
-_evaluate_job = run_compare
+_evaluate_job = run_compare  # the job behind the dock; also ``recist-seg compare``

@@ -28,7 +28,7 @@ from napari_recist_seg.measurements import add_recist_errors
 from napari_recist_seg.metrics import summarize
 from napari_recist_seg.progress import CancelToken, ProgressCallback, phase_progress
 
-__all__ = ["ALL_KEYS", "EvaluationRun", "ModelRun", "finite", "run_compare"]
+__all__ = ["ALL_KEYS", "EvaluationRun", "ModelRun", "finite", "run_compare", "score_predictions"]
 
 #: Per-case numbers of a comparison, in display order: the Evaluate dock's table
 #: columns, then the ones only in the exports and the ``B - A`` rows.
@@ -78,7 +78,9 @@ class EvaluationRun:
                 parts.append(f"{run.label}: not evaluated")
                 continue
             d, s = ev.mean.get("dice", math.nan), ev.sd.get("dice", math.nan)
-            parts.append(f"{run.label}: {len(ev.cases)} cases, Dice {d:.3f} ± {s:.3f}")
+            missing = (f", {len(ev.missing_pred)} image(s) without a prediction"
+                       if ev.missing_pred else "")
+            parts.append(f"{run.label}: {len(ev.cases)} cases, Dice {d:.3f} ± {s:.3f}{missing}")
         return "; ".join(parts)
 
     def differences(self) -> list[dict[str, Any]]:
@@ -201,7 +203,6 @@ def run_compare(
     recist_csv = write_derived_recist(dataset, Path(out) / "recist_from_masks.csv") if derive else None
     result = EvaluationRun(Path(dataset))
     n = 2 * len(models)
-    plane_spacing = tuple(spacing[-2:]) if spacing is not None else None
     for i, (label, checkpoint, pred_dir) in enumerate(models):
         run = ModelRun(label, checkpoint, Path(pred_dir))
         result.runs.append(run)
@@ -213,13 +214,61 @@ def run_compare(
         if run.segment_report.cancelled:
             result.cancelled = True
             break
-        ev = evaluate_folders(pred_dir, dataset, spacing=spacing,
-                              progress=phase_progress(progress, f"evaluate {label}", 2 * i + 1, n),
-                              cancel=cancel)
-        add_recist_errors(ev.cases, plane_spacing, cancel)
-        ev.mean, ev.sd = summarize(ev.cases)
-        run.evaluation = ev
-        if ev.cancelled:
+        run.evaluation = _score(pred_dir, dataset, spacing,
+                                phase_progress(progress, f"evaluate {label}", 2 * i + 1, n), cancel)
+        if run.evaluation.cancelled:
+            result.cancelled = True
+            break
+    return result
+
+
+def _score(pred_dir: Any, dataset: Any, spacing: tuple[float, ...] | None,
+           progress: ProgressCallback | None, cancel: CancelToken | None) -> Any:
+    """``evaluate_folders`` plus the masks' RECIST errors, means recomputed."""
+    ev = evaluate_folders(pred_dir, dataset, spacing=spacing, progress=progress, cancel=cancel)
+    add_recist_errors(ev.cases, tuple(spacing[-2:]) if spacing is not None else None, cancel)
+    ev.mean, ev.sd = summarize(ev.cases)
+    return ev
+
+
+def score_predictions(
+    dataset: str | os.PathLike[str],
+    predictions: Sequence[tuple[str, str | os.PathLike[str]]],
+    *,
+    spacing: tuple[float, ...] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> EvaluationRun:
+    """Score existing prediction folders against a dataset's masks, without segmenting.
+
+    Parameters
+    ----------
+    dataset : path-like
+        Dataset folder with ground-truth ``masks/`` (or a folder of masks).
+    predictions : sequence of (label, folder)
+        One or two folders written by ``recist-seg segment`` (``<stem>.png`` /
+        ``<stem>.nii.gz``; ``<stem>_labels.*`` are ignored).
+    spacing, progress, cancel :
+        As for :func:`run_compare`.
+
+    Returns
+    -------
+    EvaluationRun
+        One :class:`ModelRun` per folder; an image without a prediction is a failure
+        of its run (counted in ``evaluation.missing_pred``), the others are scored.
+
+    Raises
+    ------
+    InputError
+        A folder that does not exist or holds no mask at all.
+    """
+    result = EvaluationRun(Path(dataset))
+    for i, (label, pred_dir) in enumerate(predictions):
+        run = ModelRun(label, None, Path(pred_dir))
+        result.runs.append(run)
+        run.evaluation = _score(pred_dir, dataset, spacing,
+                                phase_progress(progress, f"evaluate {label}", i, len(predictions)), cancel)
+        if run.evaluation.cancelled:
             result.cancelled = True
             break
     return result
