@@ -183,7 +183,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     """``recist-seg evaluate``: predicted masks against ground truth."""
     p = sub.add_parser("evaluate", help="compare predicted masks with ground truth")
-    p.add_argument("--pred", type=Path, required=True, help="folder of predicted masks")
+    p.add_argument("--pred", "--predictions", dest="pred", type=Path, required=True,
+                   help="folder of predicted masks (a `recist-seg segment --out` folder)")
     p.add_argument("--gt", type=Path, required=True,
                    help="folder of ground-truth masks (matched to --pred by file stem)")
     p.add_argument("--json", type=Path, default=None, help="write all results here")

@@ -54,3 +54,13 @@ def test_missing_predictions_folder_is_a_one_line_error(tmp_path, make_isic_data
     dataset = make_isic_dataset(tmp_path / "val", STEMS[:1])
     with pytest.raises(InputError, match="prediction folder not found"):
         score_predictions(dataset, [("A", tmp_path / "nope")])
+
+
+def test_cli_scores_a_segment_folder_and_says_how_many_are_missing(tmp_path, make_isic_dataset, capsys):
+    from napari_recist_seg.cli import main
+
+    dataset = make_isic_dataset(tmp_path / "val", STEMS)
+    pred = _predictions(dataset, tmp_path / "pred")
+    assert main(["evaluate", "--predictions", str(pred), "--gt", str(dataset), "-q"]) == 3
+    out = capsys.readouterr().out
+    assert "2 case(s) evaluated" in out and f"no prediction for 1 case(s): {STEMS[2]}" in out

@@ -42,4 +42,6 @@ def test_scores_an_existing_predictions_folder_without_segmenting(make_napari_vi
     outcome = widget.jobs.last_outcome.result
     assert outcome.runs[0].evaluation.missing_pred == [stems[1]]
     assert widget.table_values("dice") == {stems[0]: 1.0}  # the rest is scored
+    shown = widget.jobs.status.toolTip() or widget.jobs.status.text()
+    assert "1 image(s) without a prediction" in shown, shown
     assert sorted(p.name for p in pred.iterdir()) == [f"{stems[0]}.png"]  # nothing segmented
