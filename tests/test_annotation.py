@@ -396,6 +396,14 @@ def test_recist_csv_status_column_round_trip_restores_committed(tmp_path):
     out = ann.restore_states(s2, back)
     assert out.rewrite and s2.lesions[1].committed and not s2.lesions[2].committed
     assert not ann.restore_states(s2, back).rewrite  # already committed: nothing to redraw
+    # Imported next to a lesion that already has id 1: the CSV's lesion 1 gets a new id,
+    # and the lesion already there stays a draft.
+    s3 = AnnotationSession((100, 100))
+    s3.add_recist(Recist([[60, 60], [60, 90]], [[50, 75], [70, 75]]), lesion_id=1)
+    for b in back:
+        s3.add_recist(b.recist, lesion_id=b.lesion)
+    ann.restore_states(s3, back)
+    assert [les.committed for les in sorted(s3.lesions.values(), key=lambda l: l.id)] == [False, True, False]
 
 
 def test_recist_csv_without_status_column_reads_as_before(tmp_path):

@@ -132,12 +132,27 @@ def restore_states(session: AnnotationSession, records: Sequence[Any]) -> SyncRe
     """
     out = SyncResult()
     for r in records:
-        les = session.lesions.get(int(r.lesion))
-        if (getattr(r, "status", None) or "").startswith("committed") and les is not None \
-                and les.recist is not None and not les.committed:
+        if not (getattr(r, "status", None) or "").startswith("committed"):
+            continue
+        les = _imported_lesion(session, r)
+        if les is not None:
             les.committed = True
             out.rewrite = out.changed = True
     return out
+
+
+def _imported_lesion(session: AnnotationSession, record: Any) -> Any:
+    """The uncommitted lesion holding ``record``'s lines: its id, else (the id was taken
+    by a lesion already there, so the import got a new one) the one with its long axis."""
+    def holds(les: Any) -> bool:
+        return (les is not None and les.recist is not None and not les.committed
+                and les.slice_index == record.recist.slice_index
+                and np.allclose(les.recist.long_axis, record.recist.long_axis, atol=0.5))
+
+    first = session.lesions.get(int(record.lesion))
+    if holds(first):
+        return first
+    return next((les for les in session.lesions.values() if holds(les)), None)
 
 
 def records_for_image(records: Sequence[Any], image_path: str | os.PathLike[str] | None, image_name: str) -> list[Any]:
