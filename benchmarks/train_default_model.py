@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-test", type=int, default=None, help="evaluate on N test images only")
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shift-aug", type=float, default=0.0,
+                   help="probability of each blur / JPEG / colour-balance augmentation (0: off)")
     args = p.parse_args(argv)
 
     import torch
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed, device="cpu", patience=args.patience, jitter=args.jitter,
             encoder=args.encoder, input_size=args.input_size, crop_factor=args.crop_factor,
             recist_channel=not args.no_recist_channel, half_weights=True,
+            shift_aug=args.shift_aug,
         )
 
         def progress(e):  # sparse progress lines in the log
