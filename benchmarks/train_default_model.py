@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-test", type=int, default=None, help="evaluate on N test images only")
     p.add_argument("--eval-only", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this checkpoint (e.g. the shipped default) for a shorter schedule")
+    p.add_argument("--shift-aug", type=float, default=0.0,
+                   help="probability of each blur / JPEG / colour-balance augmentation (0: off)")
     args = p.parse_args(argv)
 
     import torch
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed, device="cpu", patience=args.patience, jitter=args.jitter,
             encoder=args.encoder, input_size=args.input_size, crop_factor=args.crop_factor,
             recist_channel=not args.no_recist_channel, half_weights=True,
+            shift_aug=args.shift_aug,
         )
 
         def progress(e):  # sparse progress lines in the log
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(e.format(), file=sys.stderr, flush=True)
 
         res = train(
-            cfg, samples, args.out, progress=progress,
+            cfg, samples, args.out, init_checkpoint=args.init, progress=progress,
             on_epoch=lambda e: print(json.dumps(e.__dict__), file=sys.stderr, flush=True),
             extra={"command": "python benchmarks/train_default_model.py " + " ".join(argv or sys.argv[1:]),
                    "dataset": "isic2017_train256", "split_seed": SPLIT_SEED,

@@ -53,6 +53,11 @@ class TrainConfig:
         Save the checkpoint weights as float16.
     max_batches_per_epoch : int, optional
         Cap on training batches per epoch (quick experiments and tests).
+    shift_aug : float
+        Probability of each acquisition-shift augmentation of the raw crop (issue 10:
+        images from other cameras): down/up-scaling blur, JPEG re-encoding at quality
+        50-95, per-channel colour balance. 0 (default) keeps the old behaviour exactly
+        (no random numbers are drawn for it).
     """
 
     mode: str = "a1l"
@@ -82,6 +87,7 @@ class TrainConfig:
     decoder_channels: int = 128
     half_weights: bool = False
     max_batches_per_epoch: int | None = None
+    shift_aug: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in ("a1", "a1l"):
@@ -96,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.aux_weight < 0:
             raise ValueError(f"aux_weight (lambda) must be >= 0, got {self.aux_weight}")
+        if not 0.0 <= self.shift_aug <= 1.0:
+            raise ValueError(f"shift_aug must be a probability in [0, 1], got {self.shift_aug}")
         if self.n_clusters is not None and self.n_clusters < 2:
             raise ValueError(f"n_clusters must be >= 2 (or None for automatic), got {self.n_clusters}")
 

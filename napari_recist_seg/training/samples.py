@@ -164,6 +164,39 @@ def _prepare_one(
 
 
 # -- augmentation --------------------------------------------------------------------
+def shift_augment(img: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
+    """Acquisition-shift augmentation of a raw crop (same shape and dtype).
+
+    Each of three changes is applied with probability ``prob``: down-scaling to 40-100 %
+    and back (the blur of a full-resolution image from another camera reduced to the
+    network input), JPEG re-encoding at quality 50-95 (uint8 only: other compression),
+    and a per-channel gain of +-10 % (RGB only: other colour balance).
+
+    >>> img = np.full((32, 32, 3), 100, np.uint8)
+    >>> shift_augment(img, np.random.default_rng(0), 1.0).shape
+    (32, 32, 3)
+    """
+    # cv2.resize has no int32/bool kernels: such crops are resampled as float32.
+    out = img if img.dtype in (np.uint8, np.uint16, np.int16, np.float32) else img.astype(np.float32)
+    h, w = img.shape[:2]
+    if rng.random() < prob:
+        f = rng.uniform(0.4, 1.0)
+        small = cv2.resize(out, (max(4, int(round(w * f))), max(4, int(round(h * f)))),
+                           interpolation=cv2.INTER_AREA)
+        out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if out.dtype == np.uint8 and rng.random() < prob:
+        q = int(rng.integers(50, 96))
+        # cv2 codes BGR; the channel order does not matter for a round trip.
+        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])
+        if ok:
+            out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED).reshape(out.shape)
+    if out.ndim == 3 and out.shape[-1] == 3 and rng.random() < prob:
+        gain = 1.0 + rng.uniform(-0.1, 0.1, size=3)
+        hi = 255.0 if out.dtype == np.uint8 else np.inf
+        out = np.clip(out.astype(np.float32) * gain, 0, hi)
+    return out.astype(img.dtype, copy=False)
+
+
 def _augment(
     p: _Prepared,
     rng: np.random.Generator,
@@ -204,6 +237,8 @@ def _augment(
         p.target.astype(np.float32), M, (S, S),
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
     ) > 0.5
+    if cfg.shift_aug > 0:  # (draws no random numbers when off: old runs reproduce)
+        img = shift_augment(img, rng, cfg.shift_aug)
     x = normalize_intensity(img.astype(np.float32), p.dtype, pcfg)
     if cfg.colour_jitter > 0:
         mean = np.asarray(pcfg.mean, np.float32)[:, None, None]
