@@ -11,14 +11,21 @@ model's ``split.json``; ``--ids val`` for the validation ids, the ones to tune o
   (sigma 0.5-1.5 px), per-channel colour gains (0.85-1.15), gamma (0.8-1.25), JPEG
   quality 60-95;
 - RECIST derived from the re-rendered expert mask, exact and jittered as a human draws
-  (each endpoint moved by N(0, (0.03 L)^2) per coordinate, kept inside the image).
+  (each endpoint moved by N(0, (0.03 L)^2) per coordinate, kept inside the image);
+- for the click methods, one click instead of the RECIST: "exact" at the lesion centre
+  (the expert mask's centroid, or the exact RECIST's crossing when the centroid lies
+  outside the mask), "jittered" that click moved by N(0, (0.05 L)^2) per coordinate
+  (kept inside the image).
 
 For each method it prints the DESIGN.md section-6 metrics (``metrics.evaluate_case``:
 Dice, IoU, HD95, AVD) averaged over images, the median area ratio to the expert mask,
 and how many RECIST were refused. Methods: the default ``Predictor`` as shipped
 (``model``), its raw thresholded probability (``model_raw``), GrabCut and the
-quadrant ellipse from the same RECIST, and the refinements of
-:mod:`napari_recist_seg.refine` (``--methods``).
+quadrant ellipse from the same RECIST, the refinements of
+:mod:`napari_recist_seg.refine`, and ``Predictor.segment_click`` from one click
+(``click``: as shipped; ``click_single``: one pass, no RECIST refinement;
+``click_once``: one RECIST refinement round) (``--methods``). ``ms_median`` is the
+median wall time of one call (image already in memory).
 
 Usage::
 
@@ -47,6 +54,7 @@ from latency import ISIC, load_predictor, machine_info  # noqa: E402
 
 CLINIC_SHAPE = (576, 768)  # rows, cols
 JITTER_SD = 0.03  # of the long axis, per endpoint coordinate
+CLICK_JITTER_SD = 0.05  # of the long axis, per click coordinate
 
 
 def render_clinic(
@@ -109,6 +117,25 @@ def load_cases(stems: list[str], render: str, seed: int):
         yield stem, image, gt, exact, jitter_recist(exact, gt.shape, rng)
 
 
+def lesion_centre(gt: np.ndarray, exact) -> np.ndarray:
+    """The click at the lesion centre: the expert mask's centroid, or the crossing of
+    its exact RECIST when the centroid lies outside the mask."""
+    rows, cols = np.nonzero(gt)
+    centre = np.array([rows.mean(), cols.mean()])
+    r, c = (int(round(v)) for v in centre)
+    if gt[r, c]:
+        return centre
+    return np.asarray(exact.crossing, dtype=float)
+
+
+def click_points(gt: np.ndarray, exact, rng: np.random.Generator, sd: float = CLICK_JITTER_SD):
+    """``{"exact": centre click, "jittered": it moved by N(0, (sd L)^2), inside}``."""
+    centre = lesion_centre(gt, exact)
+    hi = np.array([gt.shape[0] - 1.0, gt.shape[1] - 1.0])
+    moved = np.clip(centre + rng.normal(0, sd * exact.long_length, 2), 0, hi)
+    return {"exact": centre, "jittered": moved}
+
+
 def split_ids(predictor, which: str) -> list[str]:
     split = Path(str(predictor.path)) / "split.json"
     if not split.is_file():
@@ -141,7 +168,26 @@ def methods_for(predictor, names: list[str]) -> dict[str, Callable]:
     }
     for name in refine.METHODS:
         table[name] = _refined(predictor, name)
+    table.update(_click_methods(predictor))
     return {n: table[n] for n in names}
+
+
+def _click_methods(predictor) -> dict[str, Callable]:
+    """Click methods: ``f(image, point) -> full mask``, marked with ``.click = True``."""
+
+    def make(**kwargs) -> Callable:
+        def run(image, point):
+            res = predictor.segment_click(image, tuple(point), **kwargs)
+            return res.full_mask(image.shape[:2])
+
+        run.click = True  # type: ignore[attr-defined]
+        return run
+
+    return {
+        "click": make(),
+        "click_single": make(refine=False),
+        "click_once": make(rounds=1),
+    }
 
 
 def _refined(predictor, name: str) -> Callable:
@@ -157,7 +203,7 @@ def _refined(predictor, name: str) -> Callable:
     return run
 
 
-def evaluate(predictor, methods: dict[str, Callable], cases) -> dict:
+def evaluate(predictor, methods: dict[str, Callable], cases, seed: int = 0) -> dict:
     """Per method and RECIST kind: mean metrics, median area ratio, refusals."""
     from napari_recist_seg.metrics import evaluate_case
     from napari_recist_seg.recist import RecistError
@@ -165,16 +211,21 @@ def evaluate(predictor, methods: dict[str, Callable], cases) -> dict:
     rows: dict[str, dict[str, list]] = {}
     refused: dict[str, int] = {}
     per_case: dict[str, list[float]] = {}
-    for stem, image, gt, exact, jittered in cases:
+    times: dict[str, list[float]] = {}
+    for i, (stem, image, gt, exact, jittered) in enumerate(cases):
+        clicks = click_points(gt, exact, np.random.default_rng([seed, i, 5]))
         for kind, r in (("exact", exact), ("jittered", jittered)):
             for name, fn in methods.items():
                 key = f"{kind}/{name}"
                 acc = rows.setdefault(key, {"dice": [], "iou": [], "hd95": [], "avd": [], "area": []})
+                prompt = clicks[kind] if getattr(fn, "click", False) else r
+                t0 = time.perf_counter()
                 try:
-                    pred = fn(image, r)
+                    pred = fn(image, prompt)
                 except RecistError:
                     refused[key] = refused.get(key, 0) + 1
                     pred = np.zeros_like(gt)
+                times.setdefault(key, []).append(time.perf_counter() - t0)
                 m = evaluate_case(pred, gt)
                 for k in ("dice", "iou", "hd95", "avd"):
                     acc[k].append(m[k])
@@ -187,6 +238,7 @@ def evaluate(predictor, methods: dict[str, Callable], cases) -> dict:
         out[key]["area_ratio_median"] = round(float(np.median(acc["area"])), 3)
         out[key]["larger_than_expert"] = round(float(np.mean(np.asarray(acc["area"]) > 1)), 3)
         out[key]["refused"] = refused.get(key, 0)
+        out[key]["ms_median"] = round(1000 * float(np.median(times[key])), 1)
         out[key]["n"] = len(acc["dice"])
     return {"metrics": out, "per_case_dice": per_case}
 
@@ -210,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
     stems = split_ids(predictor, args.ids)[: args.n]
     methods = methods_for(predictor, [m for m in args.methods.split(",") if m])
     t0 = time.perf_counter()
-    res = evaluate(predictor, methods, load_cases(stems, args.render, args.seed))
+    res = evaluate(predictor, methods, load_cases(stems, args.render, args.seed), args.seed)
     out = {
         "benchmark": "proxy_shift",
         "ids": f"{args.ids} split, first {len(stems)}",

@@ -489,6 +489,7 @@ class Predictor:
         spacing: tuple[float, float] | None = None,
         scales: Sequence[float] | None = None,
         refine: bool = True,
+        rounds: int | None = None,
     ) -> LesionResult:
         """Segment the lesion under one click, without a drawn RECIST.
 
@@ -496,4 +497,4 @@ class Predictor:
         ``predictor``) for the method, the parameters and the errors.
         """
         return segment_click(self, image, point, slice_index=slice_index, spacing=spacing,
-                             scales=scales, refine=refine)
+                             scales=scales, refine=refine, rounds=rounds)
