@@ -28,6 +28,10 @@ __all__ = ["CLICK_RECIST_TOLERANCE", "CLICK_ROUNDS", "click_scales", "recist_shi
 _CLICK_BORDER_LIMIT = 0.05
 #: Most click -> mask -> RECIST -> mask rounds (each one forward pass).
 CLICK_ROUNDS = 3
+#: First round: the best candidates (by contrast) whose RECIST round is compared.
+CLICK_TOP_K = 4
+#: Weight of the RECIST shift against the contrast when comparing first rounds.
+CLICK_SHIFT_WEIGHT = 2.0
 #: The iteration has converged when no endpoint of the measured RECIST moved by more
 #: than this fraction of its long axis.
 CLICK_RECIST_TOLERANCE = 0.02
@@ -109,16 +113,18 @@ def segment_click(
     )
     pr, pc = int(round(p[0])), int(round(p[1]))
     plane = arr[slice_index] if slice_index is not None else arr
-    chosen = _best_candidate(predictor, plane, (pr, pc), diameters, candidates, (h, w))
-    if chosen is None:
+    ranked = _ranked_candidates(predictor, plane, (pr, pc), diameters, candidates)
+    if not ranked:
         raise RecistError(
             f"no lesion found at ({p[0]:.0f}, {p[1]:.0f}); draw the RECIST axes instead"
         )
-    derived = replace(chosen.measured, spacing=spacing, slice_index=slice_index)  # type: ignore[arg-type]
     n_rounds = CLICK_ROUNDS if rounds is None else int(rounds)
-    if not refine or n_rounds < 1:
-        return replace(chosen, recist=derived)
-    return _iterate_click(predictor, arr, chosen, (pr, pc), n_rounds, spacing, slice_index)
+    chosen = ranked[0]
+    if refine and n_rounds >= 1:
+        chosen = _first_round(predictor, arr, plane, (pr, pc), ranked)
+        chosen = _iterate_click(predictor, arr, chosen, (pr, pc), n_rounds - 1)
+    measured = replace(chosen.measured, spacing=spacing, slice_index=slice_index)  # type: ignore[arg-type]
+    return replace(chosen, recist=measured, measured=measured)
 
 
 def _click_slice(arr: np.ndarray, slice_index: int | None) -> tuple[int | None, int, int]:
@@ -152,69 +158,103 @@ def _click_point(point: Sequence[float], h: int, w: int) -> np.ndarray:
     return p
 
 
-def _best_candidate(
+def _feature_window(
+    predictor: Any, plane: np.ndarray, results: Sequence[LesionResult], pad: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Image features of the region all ``results`` (and ``pad`` px rings) cover."""
+    h, w = plane.shape[:2]
+    w0r = max(0, min(c.offset[0] for c in results) - pad)
+    w0c = max(0, min(c.offset[1] for c in results) - pad)
+    w1r = min(h, max(c.offset[0] + c.mask.shape[0] for c in results) + pad)
+    w1c = min(w, max(c.offset[1] + c.mask.shape[1] for c in results) + pad)
+    return _click_features(plane[w0r:w1r, w0c:w1c], predictor.preprocess), (w0r, w0c)
+
+
+def _ranked_candidates(
     predictor: Any,
     plane: np.ndarray,
     click: tuple[int, int],
     diameters: Sequence[float],
     candidates: Sequence[LesionResult],
-    shape: tuple[int, int],
-) -> LesionResult | None:
-    """The candidate that contains the click, fits its crop and stands out most from
-    the ring of image around it (``None``: no candidate contains the click)."""
-    pr, pc = click
-    h, w = shape
-    # Image features of the region all candidates (and their rings) cover.
-    pad = max(2, int(round(0.1 * max(diameters))))
-    w0r = max(0, min(c.offset[0] for c in candidates) - pad)
-    w0c = max(0, min(c.offset[1] for c in candidates) - pad)
-    w1r = min(h, max(c.offset[0] + c.mask.shape[0] for c in candidates) + pad)
-    w1c = min(w, max(c.offset[1] + c.mask.shape[1] for c in candidates) + pad)
-    feats = _click_features(plane[w0r:w1r, w0c:w1c], predictor.preprocess)
-    best: tuple[tuple[bool, float], LesionResult] | None = None
-    for d, res in zip(diameters, candidates):
-        lr, lc = pr - res.offset[0], pc - res.offset[1]
-        inside = 0 <= lr < res.mask.shape[0] and 0 <= lc < res.mask.shape[1]
-        if not inside or not res.mask[lr, lc] or res.measured is None:
+) -> list[LesionResult]:
+    """The candidates that contain the click, best first: those that fit their crop
+    first, then by how much they stand out from the ring of image around them."""
+    h, w = plane.shape[:2]
+    feats, origin = _feature_window(
+        predictor, plane, candidates, max(2, int(round(0.1 * max(diameters))))
+    )
+    keyed = []
+    for i, (d, res) in enumerate(zip(diameters, candidates)):
+        if not _holds(res, click):
             continue
         # A mask running into its crop border (inside the image) is cut off: the
         # lesion is bigger than this crop; prefer candidates that fit.
         leak = _border_leak(res.probability, res.recist, predictor.preprocess, (h, w))
-        score = _region_contrast(
-            feats, (w0r, w0c), res.mask, res.offset, max(2, int(round(0.1 * d)))
-        )
-        key = (leak <= _CLICK_BORDER_LIMIT, score)
-        if best is None or key > best[0]:
-            best = (key, res)
-    return None if best is None else best[1]
+        score = _region_contrast(feats, origin, res.mask, res.offset, max(2, int(round(0.1 * d))))
+        keyed.append(((leak <= _CLICK_BORDER_LIMIT, score, -i), res))
+    keyed.sort(key=lambda kr: kr[0], reverse=True)
+    return [res for _, res in keyed]
+
+
+def _first_round(
+    predictor: Any,
+    arr: np.ndarray,
+    plane: np.ndarray,
+    click: tuple[int, int],
+    ranked: Sequence[LesionResult],
+) -> LesionResult:
+    """The first RECIST round of the :data:`CLICK_TOP_K` best candidates, in one
+    batch; the round whose mask stands out most from its ring, less
+    :data:`CLICK_SHIFT_WEIGHT` times how far its RECIST moved from the candidate's
+    (a candidate of the lesion's real size is self-consistent), wins. The best
+    candidate itself when no round holds the click."""
+    top, prompts = [], []
+    for res in ranked[:CLICK_TOP_K]:
+        try:
+            prompts.append(snap(res.measured))
+        except RecistError:  # a derived RECIST of an odd shape may not cross
+            continue
+        top.append(res)
+    if not prompts:
+        return ranked[0]
+    rounds = predictor._run(
+        arr, prompts, batch_size=len(prompts), tta=predictor.tta, timings=None, postprocess=True
+    )
+    held = [(c, r) for c, r in zip(top, rounds) if _holds(r, click)]
+    if not held:
+        return ranked[0]
+    longest = max(r.measured.long_length for _, r in held)
+    feats, origin = _feature_window(
+        predictor, plane, [r for _, r in held], max(2, int(round(0.1 * longest)))
+    )
+
+    def score(pair: tuple[LesionResult, LesionResult]) -> float:
+        cand, res = pair
+        width = max(2, int(round(0.1 * res.measured.long_length)))
+        contrast = _region_contrast(feats, origin, res.mask, res.offset, width)
+        return contrast - CLICK_SHIFT_WEIGHT * recist_shift(cand.measured, res.measured)
+
+    return max(held, key=score)[1]
 
 
 def _iterate_click(
-    predictor: Any,
-    arr: np.ndarray,
-    chosen: LesionResult,
-    click: tuple[int, int],
-    rounds: int,
-    spacing: tuple[float, float] | None,
-    slice_index: int | None,
+    predictor: Any, arr: np.ndarray, current: LesionResult, click: tuple[int, int], rounds: int
 ) -> LesionResult:
     """Re-segment from the measured RECIST until it stops moving (at most ``rounds``).
 
     A round whose RECIST does not cross, or whose mask misses the click, ends the
-    iteration with the last good result. The returned result's RECIST is the one
-    measured on its mask (it lies inside it).
+    iteration with the last good result.
     """
-    current = chosen
     for _ in range(rounds):
+        if current.recist is not None and (
+            recist_shift(current.recist, current.measured) < CLICK_RECIST_TOLERANCE
+        ):
+            break  # the mask measures what it was prompted with: converged
         nxt = _click_round(predictor, arr, current.measured, click)
         if nxt is None:
             break
-        moved = recist_shift(current.measured, nxt.measured)
         current = nxt
-        if moved < CLICK_RECIST_TOLERANCE:
-            break
-    measured = replace(current.measured, spacing=spacing, slice_index=slice_index)  # type: ignore[arg-type]
-    return replace(current, recist=measured, measured=measured)
+    return current
 
 
 def _click_round(
