@@ -240,21 +240,29 @@ def _first_round(
 def _iterate_click(
     predictor: Any, arr: np.ndarray, current: LesionResult, click: tuple[int, int], rounds: int
 ) -> LesionResult:
-    """Re-segment from the measured RECIST until it stops moving (at most ``rounds``).
+    """Re-segment from the measured RECIST while it keeps moving (at most ``rounds``).
 
-    A round whose RECIST does not cross, or whose mask misses the click, ends the
-    iteration with the last good result.
+    Each result's shift is how far the RECIST measured on its mask moved from the
+    RECIST it was prompted with (:func:`recist_shift`). The iteration stops when
+    the shift falls below :data:`CLICK_RECIST_TOLERANCE` (converged), stops
+    shrinking (it oscillates), or a round does not cross or loses the click; the
+    most self-consistent result seen (smallest shift) is returned.
     """
+    best, best_shift = current, recist_shift(current.recist, current.measured)
+    shift = best_shift
     for _ in range(rounds):
-        if current.recist is not None and (
-            recist_shift(current.recist, current.measured) < CLICK_RECIST_TOLERANCE
-        ):
-            break  # the mask measures what it was prompted with: converged
+        if shift < CLICK_RECIST_TOLERANCE:
+            break
         nxt = _click_round(predictor, arr, current.measured, click)
         if nxt is None:
             break
-        current = nxt
-    return current
+        current, previous = nxt, shift
+        shift = recist_shift(nxt.recist, nxt.measured)
+        if shift < best_shift:
+            best, best_shift = nxt, shift
+        if shift >= previous:
+            break
+    return best
 
 
 def _click_round(

@@ -1,0 +1,110 @@
+"""Click mode's RECIST rounds with the shipped default model, on real ISIC images.
+
+One click at the lesion centre: the first RECIST round of the best candidates (chosen
+by contrast and RECIST consistency) and the rounds after it must beat the single-pass
+candidate; the iteration stops when the RECIST stops moving; a click on plain skin
+gives a result or a clear "no lesion" error, never a crash.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_recist_seg import click as click_mod
+from napari_recist_seg.click_check import click_problem
+from napari_recist_seg.postprocess import LesionResult
+from napari_recist_seg.predict import DEFAULT_MODEL_DIR, Predictor
+from napari_recist_seg.recist import RecistError
+
+# Held-out test ids of the default model (split.json) used here.
+N_IMAGES = 6
+
+
+_ISIC: list = []
+
+
+@pytest.fixture(scope="module")
+def predictor(isic_dir) -> Predictor:
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        pytest.skip(f"no default model at {DEFAULT_MODEL_DIR}")
+    _ISIC[:] = [isic_dir]
+    return Predictor.load(None, device="cpu")
+
+
+def _case(stem: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    image = np.asarray(Image.open(_ISIC[0] / "images" / f"{stem}.jpg").convert("RGB"))
+    mask = np.asarray(Image.open(_ISIC[0] / "masks" / f"{stem}_segmentation.png")) > 0
+    rows, cols = np.nonzero(mask)
+    return image, mask, (float(rows.mean()), float(cols.mean()))
+
+
+def _stems() -> list[str]:
+    return json.loads((DEFAULT_MODEL_DIR / "split.json").read_text())["test"][:N_IMAGES]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+def test_iterated_click_beats_the_single_pass(predictor):
+    single, iterated = [], []
+    for stem in _stems():
+        image, mask, centre = _case(stem)
+        one = predictor.segment_click(image, centre, refine=False)
+        many = predictor.segment_click(image, centre)
+        single.append(_dice(one.full_mask(mask.shape), mask))
+        iterated.append(_dice(many.full_mask(mask.shape), mask))
+    assert np.mean(iterated) > np.mean(single) + 0.02, (single, iterated)
+    assert min(iterated) > 0.8, iterated
+
+
+def test_the_iteration_stops_when_the_recist_converges(predictor, monkeypatch):
+    calls: list[list[LesionResult]] = []
+    run = predictor._run
+
+    def counting(*args, **kwargs):
+        out = run(*args, **kwargs)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(predictor, "_run", counting)
+    stopped_early = 0
+    for stem in _stems()[:3]:
+        image, mask, centre = _case(stem)
+        calls.clear()
+        res = predictor.segment_click(image, centre, rounds=10)
+        # candidates + first round + at most 9 more, one crop each
+        assert 2 <= len(calls) <= 11
+        assert all(len(c) == 1 for c in calls[2:])
+        if len(calls) < 11:
+            stopped_early += 1
+            last = calls[-1][0]
+            # Stopped because it converged (or a round lost the click: then the
+            # returned mask is the last good one, not the final round's).
+            if last.measured is not None and res.mask.shape == last.mask.shape:
+                shift = click_mod.recist_shift(last.recist, last.measured)
+                assert shift < click_mod.CLICK_RECIST_TOLERANCE or len(calls) == 2
+        assert _dice(res.full_mask(mask.shape), mask) > 0.8
+    assert stopped_early == 3
+
+
+def test_a_click_on_plain_skin_is_a_result_or_a_clear_error(predictor):
+    for stem in _stems()[:4]:
+        image, mask, _ = _case(stem)
+        # The image corner farthest from the lesion (plain skin).
+        rows, cols = np.nonzero(~mask)
+        far = np.argmax((rows - np.nonzero(mask)[0].mean()) ** 2 + (cols - np.nonzero(mask)[1].mean()) ** 2)
+        point = (float(rows[far]), float(cols[far]))
+        try:
+            res = predictor.segment_click(image, point)
+        except RecistError as exc:
+            assert "no lesion found" in str(exc)
+            continue
+        full = res.full_mask(mask.shape)
+        assert full[int(point[0]), int(point[1])]
+        problem = click_problem(image, res, predictor.preprocess)
+        assert problem is None or isinstance(problem, str)
