@@ -27,8 +27,12 @@ class _SessionViews:
 
         Both lengths sit in one label next to the long axis (two labels per lesion
         collide on small lesions: napari places every label at the same corner of its
-        line's bounding box).
+        line's bounding box). An invalid pair (its axes do not cross, lie on two slices,
+        ...) shows no lengths: they would read as a measurement (``"#3 invalid"``; the
+        table's status says why).
         """
+        if les.short_id is not None and les.status == INVALID:
+            return f"#{les.id} invalid"
         long_px, long_mm = _segment_length(self._plane_coords(self.lines[les.long_id]), self.spacing)
         unit = self.unit
         long_v = long_mm if long_mm is not None else long_px
