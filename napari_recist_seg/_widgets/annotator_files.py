@@ -149,7 +149,7 @@ class FilesMixin:
         if not mine:
             self._say(f"{Path(path).name} holds no RECIST for {b.name}", warn=True)
             return 0
-        items = []
+        items, kept = [], []
         for rec in mine:
             r = rec.recist
             if (r.slice_index is None) != (b.ndim == 2):
@@ -160,7 +160,10 @@ class FilesMixin:
                 )
                 continue
             items.append((rec.lesion, r))
+            kept.append(rec)
         b.add_recists(items)
+        # Lesions exported as committed come back committed (the CSV's status column).
+        b.apply(ann.restore_states(b.session, kept))
         self._say(f"imported {len(items)} lesions from {Path(path).name}")
         return len(items)
 
