@@ -167,6 +167,8 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
                 if binding is self.binding:
                     self.binding = None
                     self._refresh_table()
+                    # Its messages (errors included) are about an image that is gone.
+                    self._say(f"{binding.name} was removed: select an image layer")
         self._refresh_images()
 
     def _on_image_combo(self, index: int) -> None:
@@ -262,6 +264,13 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
         )
 
     def _on_binding_message(self, text: str, warn: bool) -> None:
+        sender = self.sender()
+        if isinstance(sender, ImageBinding) and sender is not self.binding:
+            # Another image's worker answered after a switch: its news must not stand
+            # in the status line as the current image's; a warning names its image.
+            if warn:
+                self._say(f"{sender.name}: {text}", warn=True)
+            return
         self._say(text, warn)
 
     def _on_busy(self, busy: bool) -> None:

@@ -8,7 +8,7 @@ and ``_say``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from qtpy.QtWidgets import QFileDialog
 
@@ -66,19 +66,26 @@ class SegmenterMixin:
         if self._segmenter_choice in ("default", "checkpoint"):
             self.load_segmenter(self._segmenter_choice, self._checkpoint)
 
-    def load_segmenter(self, choice: str, path: str | Path | None = None) -> Any:
+    def load_segmenter(
+        self, choice: str, path: str | Path | None = None, *,
+        on_done: Callable[[bool], None] | None = None,
+    ) -> Any:
         """Load a segmenter in a worker (``default``, ``checkpoint``, ``ellipse``, ``grabcut``).
 
         The drawn lesions are kept whatever happens; if loading fails the previous
         segmenter stays and the error is shown. When calls overlap, the last one wins
         (an earlier load finishing later is ignored). Returns the worker (or ``None``).
+        ``on_done(loaded)``, if given, is called once the load ends: ``True`` when the
+        segmenter is now in use, ``False`` when it failed or a later request won.
         """
+        tell = on_done or (lambda loaded: None)
         # The last request wins, whatever order the loads finish in.
         self._load_generation += 1
         generation = self._load_generation
         if choice in ("ellipse", "grabcut"):
             self._loader = None
             self.set_segmenter(ann.ShapeSegmenter(choice), choice=choice)
+            tell(True)
             return None
         from napari.qt.threading import create_worker
 
@@ -91,14 +98,17 @@ class SegmenterMixin:
 
         def done(seg: Any) -> None:
             if generation != self._load_generation or not self._qt_alive():
+                tell(False)
                 return  # a later choice superseded this one, or the dock is gone
             self._loader = None
             if choice == "checkpoint":
                 self._checkpoint = Path(path) if path else None
             self.set_segmenter(seg, choice=choice)
             self._say(f"segmenter: {self._device_text()}")
+            tell(True)
 
         def failed(exc: BaseException) -> None:
+            tell(False)
             if generation != self._load_generation or not self._qt_alive():
                 return
             self._loader = None

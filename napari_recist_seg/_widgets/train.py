@@ -20,6 +20,7 @@ plot; the best checkpoint and its ``train_log.json`` are written by the core, an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from pathlib import Path
@@ -417,7 +418,19 @@ class TrainWidget(QWidget):
         if annotator is None:
             _, annotator = self.viewer.window.add_plugin_dock_widget(PLUGIN, ANNOTATOR)
         path = str(self.checkpoint)
-        self.summary.setText(self.summary.text() + f"\nLoading {self.checkpoint.name} into the annotator…")
-        # The annotator's last load request wins, even over its own default-model load.
-        return annotator.load_segmenter("checkpoint", path)
+        loading = f"Loading {self.checkpoint.name} into the annotator…"
+        self.summary.setText(self.summary.text() + f"\n{loading}")
+        # The annotator's last load request wins, even over its own default-model load;
+        # the "Loading…" line gives way to the outcome.
+        ended = functools.partial(self._model_loaded, Path(path), loading)
+        return annotator.load_segmenter("checkpoint", path, on_done=ended)
+
+    def _model_loaded(self, path: Path, loading: str, loaded: bool) -> None:
+        """Replace the "Loading…" line by what came of it."""
+        if loaded:
+            outcome = f"The annotator now uses {path.name}."
+        else:
+            outcome = f"{path.name} was not loaded into the annotator (see its message)."
+        with contextlib.suppress(RuntimeError):  # the dock may be gone
+            self.summary.setText(self.summary.text().replace(loading, outcome))
 
