@@ -236,6 +236,8 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
     if os.environ.get("RANK", "0") != "0":
         return report.exit_code  # under torchrun only rank 0 reports
     print(report.summary(), file=sys.stderr)
+    for line in report.notes:
+        print(line, file=sys.stderr)
     for file, reason in report.failures[:20]:
         print(f"  failed: {file}: {reason}", file=sys.stderr)
     if len(report.failures) > 20:

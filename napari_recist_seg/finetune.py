@@ -372,8 +372,9 @@ def _calibration(model: Any, mcfg: Any, clusters: Any, start: str | Path | None,
     cases: dict[str, CalibrationCase] = {}
     for it in cur:
         if it.image not in cases:
-            cases[it.image] = CalibrationCase(it.image, it.plane, [], it.target)
-        cases[it.image].recists.append(it.recist)
+            cases[it.image] = CalibrationCase(it.image, it.plane, [], np.zeros(it.plane.shape[:2], bool))
+        cases[it.image].mask |= it.target  # one lesion's mask, or the image's (all lesions)
+        cases[it.image].recists.append(replace(it.recist, slice_index=None))  # on the plane
     return calibrate(predictor, list(cases.values()), progress=progress, cancel=cancel)
 
 
