@@ -43,7 +43,7 @@ BIASES: tuple[float, ...] = tuple(round(float(b), 2) for b in np.arange(-2.0, 2.
 #: Boundary offsets searched, in fractions of the long axis (0.5% steps, +-6%).
 OFFSETS: tuple[float, ...] = tuple(round(float(o), 3) for o in np.arange(-0.06, 0.0601, 0.005))
 #: Shrinkage toward no calibration: the chosen values times n / (n + SHRINK).
-SHRINK = 4.0
+SHRINK = 10.0
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default 1e-3; fine-tuning with --init --curated: 1e-4)")
     p.add_argument("--steps", type=int, default=None,
-                   help="fine-tuning with --init --curated: optimiser steps (default 240; --epochs is not used)")
+                   help="fine-tuning with --init --curated: optimiser steps on top of the calibration "
+                        "(default 0: the starting weights, calibrated to the curated masks; --epochs is not used)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps")
     p.add_argument("--seed", type=int, default=0, help="random seed (split, init, augmentation)")

@@ -73,6 +73,8 @@ class FineTuneConfig:
     calibrate : bool
         Choose a calibration (:mod:`napari_recist_seg.calibration`) on the curated
         images after the weights are set, stored in the checkpoint's config.
+    calibration : {"offset", "bias", "both"}
+        Which knobs it may move: the boundary offset (default), the logit bias, both.
     batch_size : int
         Crops per step, curated + replay.
     replay_fraction : float
@@ -88,8 +90,9 @@ class FineTuneConfig:
 
     lr: float = 1e-4
     encoder_lr_scale: float = 0.1
-    steps: int = 240
+    steps: int = 0
     calibrate: bool = True
+    calibration: str = "offset"
     batch_size: int = 8
     replay_fraction: float = 0.5
     replay_target: str = "teacher"
@@ -108,6 +111,8 @@ class FineTuneConfig:
             raise ValueError(f"encoder_lr_scale must be >= 0, got {self.encoder_lr_scale}")
         if self.steps < 0 or self.batch_size < 2:
             raise ValueError("steps must be >= 0 and batch_size >= 2")
+        if self.calibration not in ("offset", "bias", "both"):
+            raise ValueError(f"calibration must be offset, bias or both, got {self.calibration!r}")
         if self.steps == 0 and not self.calibrate:
             raise ValueError("steps 0 without calibration would change nothing")
         if not 0.0 <= self.replay_fraction < 1.0:
@@ -330,7 +335,7 @@ def fine_tune(
     report = None
     if cfg.calibrate and not cancelled:
         report = _calibration(model, mcfg, clusters, init_checkpoint if cfg.steps == 0 else None,
-                              cur, device, progress, cancel)
+                              cur, device, cfg.calibration, progress, cancel)
         mcfg = replace(mcfg, logit_bias=report.calibration.logit_bias,
                        boundary_offset=report.calibration.boundary_offset)
     out = Path(out_dir)
@@ -354,13 +359,14 @@ def fine_tune(
 
 
 def _calibration(model: Any, mcfg: Any, clusters: Any, start: str | Path | None, cur: list[_Item],
-                 device: str, progress: ProgressCallback | None, cancel: CancelToken | None) -> Any:
+                 device: str, knobs: str, progress: ProgressCallback | None,
+                 cancel: CancelToken | None) -> Any:
     """The calibration of the final weights on the curated images (one case per image).
 
     ``start``: the starting checkpoint when the weights are its own (its stored ONNX
     graph is then used); else the tuned network is wrapped as it is.
     """
-    from napari_recist_seg.calibration import CalibrationCase, calibrate
+    from napari_recist_seg.calibration import BIASES, OFFSETS, CalibrationCase, calibrate
     from napari_recist_seg.predict import Predictor
 
     base = replace(mcfg, logit_bias=0.0, boundary_offset=0.0)
@@ -375,7 +381,9 @@ def _calibration(model: Any, mcfg: Any, clusters: Any, start: str | Path | None,
             cases[it.image] = CalibrationCase(it.image, it.plane, [], np.zeros(it.plane.shape[:2], bool))
         cases[it.image].mask |= it.target  # one lesion's mask, or the image's (all lesions)
         cases[it.image].recists.append(replace(it.recist, slice_index=None))  # on the plane
-    return calibrate(predictor, list(cases.values()), progress=progress, cancel=cancel)
+    return calibrate(predictor, list(cases.values()), progress=progress, cancel=cancel,
+                     biases=BIASES if knobs in ("bias", "both") else (0.0,),
+                     offsets=OFFSETS if knobs in ("offset", "both") else (0.0,))
 
 
 def _curated_and_replay(samples: Sequence[Any], replay: Sequence[Any] | None,
