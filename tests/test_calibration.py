@@ -151,20 +151,25 @@ def test_cli_fine_tune_on_a_tiny_curated_set_writes_the_calibration_and_report(
     (ds / "images").mkdir(parents=True)
     (ds / "masks").mkdir()
     p = Predictor.load(trained_ckpt, device="cpu")
+    rows = ["image,lesion,slice,long_x1,long_y1,long_x2,long_y2,short_x1,short_y1,short_x2,short_y2"]
     for stem, img, r in _cases(isic_dir, trained_eval_stems[:3]):
-        # The user's corrections: the model's masks drawn 5% of L looser.
+        # The user drew the RECIST on the lesion, then corrected the model's masks to
+        # outlines 5% of L looser (the clinic's style).
         m = _masks(p, [(stem, img, r)])[0]
         loose = ndimage.distance_transform_edt(~m) <= 0.05 * r.long_length
         shutil.copy(isic_dir / "images" / f"{stem}.jpg", ds / "images")
         Image.fromarray(loose.astype(np.uint8) * 255).save(ds / "masks" / f"{stem}_segmentation.png")
+        (a, b), (c, d) = r.long_axis, r.short_axis
+        rows.append(f"{stem}.jpg,1,,{a[1]},{a[0]},{b[1]},{b[0]},{c[1]},{c[0]},{d[1]},{d[0]}")
+    (ds / "recist.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "ft"
     code = main(["train", str(ds), "--init", str(trained_ckpt), "--curated", str(ds / "masks"),
                  "--out", str(out), "--device", "cpu"])
-    assert code == 0
     err = capsys.readouterr().err
-    assert "calibration on 3 curated image(s)" in err and "leave-one-image-out" in err
+    assert code == 0, err
+    assert "calibration on 3 curated image(s)" in err and "leave-one-image-out" in err, err
     model = json.loads((out / "config.json").read_text())["model"]
-    assert model["boundary_offset"] > 0.01 and "logit_bias" in model
+    assert model["boundary_offset"] >= 0.01 and "logit_bias" in model, err
     log = json.loads((out / "train_log.json").read_text())
     cal = log["calibration"]
     assert cal["applied"] and cal["n_images"] == 3 and len(cal["per_image"]) == 3
