@@ -160,7 +160,8 @@ class _SameInputs:
         self.out: Any = None
 
     def __call__(self, x: np.ndarray) -> Any:
-        key = hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest() + bytes(str(x.shape), "ascii")
+        key = hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest()
+        key += str(x.shape).encode()
         if key != self.key:
             self.key, self.out = key, self.runner(x)
         return self.out
@@ -255,7 +256,7 @@ def calibrate(
             j, k = choose(np.delete(table, i, axis=0), biases, offsets, shrink)
             cv[i] = table[i, j, k]
     j, k = choose(table, biases, offsets, shrink) if n >= 1 else (j0, k0)
-    chosen = Calibration(float(biases[j]), float(offsets[k]))
+    chosen = Calibration(float(biases[j]) + 0.0, float(offsets[k]) + 0.0)  # no -0.0
     gain = float(cv.mean() - before.mean()) if n else 0.0
     if n < 2:
         applied, reason = False, "fewer than 2 curated images: nothing to cross-validate"

@@ -41,11 +41,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from napari_recist_seg import targets
+from napari_recist_seg.calibration import BIASES, OFFSETS, CalibrationCase, calibrate
 from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.data.images import image_plane, read_image
 # masks.read_mask looked up at call time: the only mask reader here (tests record it).
 from napari_recist_seg.data import masks
 from napari_recist_seg.model import load_checkpoint, resolve_device, save_checkpoint
+from napari_recist_seg.predict import Predictor
 from napari_recist_seg.preprocess import CropBox, crop_box, extract_crop, make_input
 from napari_recist_seg.progress import CancelToken, ProgressCallback, ProgressTracker
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
@@ -366,9 +368,6 @@ def _calibration(model: Any, mcfg: Any, clusters: Any, start: str | Path | None,
     ``start``: the starting checkpoint when the weights are its own (its stored ONNX
     graph is then used); else the tuned network is wrapped as it is.
     """
-    from napari_recist_seg.calibration import BIASES, OFFSETS, CalibrationCase, calibrate
-    from napari_recist_seg.predict import Predictor
-
     base = replace(mcfg, logit_bias=0.0, boundary_offset=0.0)
     if start is not None:
         predictor = Predictor.load(start, device=device)
