@@ -147,7 +147,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--curated", type=Path, default=None,
                    help="folder of curated full masks to fine-tune on (with --init)")
     p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default 1e-3; fine-tuning with --init --curated: 1e-4)")
+                   help="peak learning rate (default 1e-3; fine-tuning with --init --curated --steps N: 1e-4)")
     p.add_argument("--steps", type=int, default=None,
                    help="fine-tuning with --init --curated: optimiser steps on top of the calibration "
                         "(default 0: the starting weights, calibrated to the curated masks; --epochs is not used)")
