@@ -62,6 +62,7 @@ LAYERS: dict[str, int] = {
     "intensity": 1,  # modality and windows: the readers and preprocessing use it
     "graph": 2,
     "refine": 3,
+    "calibration": 3,  # a clinic's annotation style from curated masks (Predictor + refine)
     "selftrain": 3,  # self-training targets: refine + GrabCut, numpy / OpenCV only
     "finetune": 3,  # fine-tuning on curated masks (beside training)
     "corrective": 3,  # corrective clicks: numpy / OpenCV only

@@ -197,3 +197,4 @@ class TrainResult:
     n_val: int = 0
     n_clusters: int = 0  # RECIST shape clusters (A1 keeps them too, without a head)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # lines to show the user (e.g. calibration)
