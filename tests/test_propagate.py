@@ -66,7 +66,7 @@ def test_lits_tumour_in_3d(lits_dir):
     r = recist_from_mask(tumour[z], slice_index=z)
     seg = predictor_segmenter(Predictor.load(None, device="cpu"), vol, modality="ct")
     seed = seg(z, r)
-    les = propagate_lesion(vol.shape, z, seed, seg, image=vol, intensity_tol=30.0)
+    les = propagate_lesion(vol.shape, z, seed, seg, image=vol)  # default StopRules
 
     def dice(a, b):
         return 2 * (a & b).sum() / (a.sum() + b.sum())

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -52,6 +51,7 @@ from napari_recist_seg.jobs.common import (
 )
 from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
 from napari_recist_seg.jobs.segment import MEASUREMENT_COLUMNS, MEASUREMENTS_CSV, measurement_row
+from napari_recist_seg.jobs.segment_commit import _fmt
 from napari_recist_seg.jobs.segment3d_store import clear_lesions, lesion_key, load_lesion, save_lesion
 from napari_recist_seg.jobs.segment_plan import SegmentItem, _check_collisions, _check_out, _plan
 from napari_recist_seg.propagate import StopRules, predictor_segmenter, propagate_lesion
@@ -66,12 +66,6 @@ MEASUREMENT_COLUMNS_3D: tuple[str, ...] = MEASUREMENT_COLUMNS + (
 
 def _labels_name(item: SegmentItem) -> str:
     return f"{item.stem}_labels.nii.gz"
-
-
-def _fmt(value: object) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _checked(r: Recist, lesion: int, vol: np.ndarray, plane_spacing: Any) -> Recist:
