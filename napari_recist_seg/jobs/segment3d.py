@@ -118,8 +118,7 @@ def _segment_volume(item: SegmentItem, predictor: Any, out: Path, report: JobRep
     modality = predictor.modality or detect_modality(vol, img.modality)
     seg = predictor_segmenter(predictor, vol, modality=modality)
     setup = _setup(predictor, modality)
-    labels = np.zeros(vol.shape, np.uint16)
-    rows = []
+    done_lesions: list[tuple[int, int, np.ndarray, dict[str, str]]] = []
     for lesion, r in item.lesions:
         try:
             r = _checked(r, lesion, vol, img.plane_spacing)
@@ -135,11 +134,39 @@ def _segment_volume(item: SegmentItem, predictor: Any, out: Path, report: JobRep
                                              item.image_path.name)
             _write(out, report, lambda: save_lesion(out, item.stem, key, mask, z_range, row))
             done = (mask, row)
-        labels[done[0] & (labels == 0)] = int(lesion)
-        rows.append(done[1])
-    if not rows:
+        done_lesions.append((int(lesion), int(r.slice_index), done[0], done[1]))
+    if not done_lesions:
         return None
+    labels = _paste_lesions(vol.shape, done_lesions)
+    rows = [_counted(row, labels == lesion, img.spacing) for lesion, _, _, row in done_lesions]
     return _commit(item, img, labels, rows, out, report)
+
+
+def _paste_lesions(shape: Sequence[int], lesions: Sequence[tuple[int, int, np.ndarray, Any]]) -> np.ndarray:
+    """One label image. Where two lesions' masks meet, a voxel goes to the lesion whose
+    RECIST slice is nearer in z (so each RECIST slice stays its own lesion's: the reader
+    measured it there); first come first served on ties."""
+    shape = tuple(int(v) for v in shape)
+    labels = np.zeros(shape, np.uint16)
+    dist = np.full(shape, np.iinfo(np.int32).max, np.int32)
+    for lesion, z0, mask, _ in lesions:
+        d = np.abs(np.arange(shape[0], dtype=np.int32) - z0)[:, None, None]
+        take = mask & (d < dist)
+        labels[take] = lesion
+        dist[take] = np.broadcast_to(d, shape)[take]
+    return labels
+
+
+def _counted(row: dict[str, str], mask: np.ndarray, spacing: Any) -> dict[str, str]:
+    """``row`` with the volume columns of the voxels the lesion holds in the labels."""
+    zs = np.nonzero(mask.any(axis=(1, 2)))[0]
+    voxels = int(mask.sum())
+    mm3 = None if spacing is None else float(voxels * np.prod(spacing))
+    extent = None if spacing is None or not len(zs) else float((zs[-1] - zs[0] + 1) * spacing[0])
+    new = dict(volume_voxels=voxels, volume_mm3=mm3, volume_ml=None if mm3 is None else mm3 / 1000.0,
+               z_first=int(zs[0]) if len(zs) else None, z_last=int(zs[-1]) if len(zs) else None,
+               n_slices=int(zs[-1] - zs[0] + 1) if len(zs) else 0, extent_mm=extent)
+    return {**row, **{k: _fmt(v) for k, v in new.items()}}
 
 
 def _write(out: Path, report: JobReport, fn: Any) -> None:

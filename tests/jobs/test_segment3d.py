@@ -178,3 +178,22 @@ def test_thick_slices(lits_dir, tmp_path):
     only[z] = pred[z]
     dice = lambda a: 2 * (a & big).sum() / (a.sum() + big.sum())  # noqa: E731
     assert dice(pred) > dice(only) + 0.15
+
+
+def test_touching_lesions_share_voxels_by_the_nearer_recist_slice():
+    # Lesion 1 (RECIST slice 1) propagates over slices 0..5 and covers lesion 2, whose
+    # RECIST is on slice 4: lesion 2 keeps slices 3..5 (nearer its own RECIST slice),
+    # lesion 1 keeps 0..2, and the volume columns count what each label holds. Before,
+    # the first lesion took every voxel and lesion 2 had a row but no label at all.
+    from napari_recist_seg.jobs.segment3d import _counted, _paste_lesions
+
+    a = np.zeros((6, 8, 8), bool)
+    a[:, 2:6, 2:6] = True
+    b = np.zeros_like(a)
+    b[2:6, 3:5, 3:5] = True
+    lab = _paste_lesions(a.shape, [(1, 1, a, {}), (2, 4, b, {})])
+    assert set(np.nonzero((lab == 2).any(axis=(1, 2)))[0]) == {3, 4, 5}
+    assert (lab[:3][a[:3]] == 1).all() and (lab[4][b[4]] == 2).all()
+    row = _counted({"lesion": "2"}, lab == 2, (2.0, 1.0, 1.0))
+    assert (row["volume_voxels"], row["z_first"], row["z_last"], row["n_slices"]) == ("12", "3", "5", "3")
+    assert row["volume_mm3"] == "24" and row["extent_mm"] == "6"
