@@ -205,13 +205,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=None, help="pickle of the traces (re-used if present)")
     ap.add_argument("--no-grid", action="store_true", help="skip the grid of rules")
+    ap.add_argument("--write-recist", default=None,
+                    help="write the CT's tumour RECIST as a CSV (lesion id = tumour id) and exit")
+    ap.add_argument("--score-labels", default=None,
+                    help="score a `segment --3d` labels file of the CT against the tumours and exit")
     args = ap.parse_args()
+    if args.write_recist or args.score_labels:
+        return cli_check(args)
     from napari_recist_seg.propagate import StopRules
 
     traces = load_traces(args)
     default = StopRules()
     out: dict = {"case": "lits_case117", "model": "shipped default (trained on ISIC dermoscopy only)",
-                 "settings": {k: v for k, v in vars(args).items() if k != "no_grid"},
+                 "settings": {k: v for k, v in vars(args).items()
+                              if k not in ("no_grid", "write_recist", "score_labels")},
                  "default_rules": asdict(default), "proxies": {}}
     for name in args.proxies:
         tr = traces[name]
@@ -227,6 +234,26 @@ def main() -> None:
     if not args.no_grid:
         out["grid"] = grid_search(traces, args.proxies)
     print(json.dumps(out, indent=1))
+
+
+def cli_check(args) -> None:
+    """The CLI on the CT: write its RECIST CSV, or score its ``<stem>_labels.nii.gz``."""
+    from napari_recist_seg.data import RecistRecord, write_recist_csv
+    from napari_recist_seg.data.images import read_image
+
+    tums = tumours(read_image(DATA / "labels.nii.gz").array, args.min_slices, args.min_area)
+    if args.write_recist:
+        write_recist_csv(args.write_recist,
+                         [RecistRecord(DATA / "ct.nii.gz", t["id"], t["recist"]) for t in tums])
+        log(f"{len(tums)} RECIST written to {args.write_recist}")
+        return
+    lab = read_image(args.score_labels).array
+    d = []
+    for t in tums:
+        pred = lab == t["id"]
+        d.append(2.0 * int((pred & t["mask3d"]).sum()) / (int(pred.sum()) + int(t["mask3d"].sum())))
+    print(json.dumps({"labels": str(args.score_labels), "n_tumours": len(tums),
+                      "dice3d": float(np.mean(d)), "per_tumour": [round(x, 4) for x in d]}, indent=1))
 
 
 def grid_search(traces: dict, proxies: list[str]) -> dict:
