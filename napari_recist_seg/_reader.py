@@ -72,13 +72,17 @@ def recist_shapes_layer(
     ndim: int,
     spacing: tuple[float, float] | None = None,
     layer_kwargs: dict[str, Any] | None = None,
+    statuses: Sequence[str | None] | None = None,
 ) -> LayerData:
     """A Shapes layer tuple with the two axes of each ``(lesion id, Recist)``.
 
-    Its features ``lesion`` / ``axis`` tell the annotator which lines pair up.
+    Its features ``lesion`` / ``axis`` tell the annotator which lines pair up;
+    ``status`` (``statuses``: the CSV's ``status`` per lesion, ``""`` = unknown) tells
+    it which lesions come in committed.
     """
-    lines, lesions, axes, labels, colours = [], [], [], [], []
-    for lesion, r in items:
+    lines, lesions, axes, labels, colours, states = [], [], [], [], [], []
+    statuses = list(statuses) if statuses is not None else [""] * len(items)
+    for (lesion, r), status in zip(items, statuses):
         long_line, short_line = r.to_lines(ndim)
         lengths = (_length_label(r.long_axis, spacing), _length_label(r.short_axis, spacing))
         text = f"#{lesion} L {lengths[0].split()[0]} × W {lengths[1]}"
@@ -88,6 +92,7 @@ def recist_shapes_layer(
             axes.append(axis)
             labels.append(text if axis == "long" else "")
             colours.append(_LINE_COLOURS[axis])
+            states.append(status or "")
     kwargs: dict[str, Any] = {
         "name": name,
         "ndim": ndim,
@@ -97,8 +102,9 @@ def recist_shapes_layer(
             "lesion": np.asarray(lesions, int),
             "axis": np.asarray(axes, object),
             "label": np.asarray(labels, object),
+            "status": np.asarray(states, object),
         },
-        "feature_defaults": {"lesion": -1, "axis": "", "label": ""},
+        "feature_defaults": {"lesion": -1, "axis": "", "label": "", "status": ""},
         "text": {"string": "{label}", "size": 10, "color": "white", "anchor": "upper_left"},
     }
     if colours:
@@ -145,7 +151,7 @@ def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[Lay
             problems.append(f"{image_path.name}: {exc}")
             continue
         ndim = 3 if img.is_volume else 2
-        items = []
+        items, statuses = [], []
         for rec in recs:
             if (rec.recist.slice_index is None) == (ndim == 3):
                 problems.append(
@@ -154,6 +160,7 @@ def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[Lay
                 )
                 continue
             items.append((rec.lesion, rec.recist))
+            statuses.append(rec.status or "")
         spacing = None
         if img.spacing is not None and not all(abs(s - 1.0) < 1e-12 for s in img.spacing):
             spacing = tuple(float(s) for s in img.spacing)
@@ -178,7 +185,8 @@ def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[Lay
         plane_spacing = None if spacing is None else (spacing[-2], spacing[-1])
         layers.append(
             recist_shapes_layer(
-                items, name=f"{stem} RECIST", ndim=ndim, spacing=plane_spacing, layer_kwargs=common
+                items, name=f"{stem} RECIST", ndim=ndim, spacing=plane_spacing,
+                layer_kwargs=common, statuses=statuses,
             )
         )
     if not layers:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from napari_recist_seg.annotation.lesions import Lesion, LineObs, SyncResult, _same
+from napari_recist_seg.annotation.lesions import INVALID, Lesion, LineObs, SyncResult, _same
 from napari_recist_seg.recist import MIN_AXIS_LENGTH_PX
 
 
@@ -225,6 +225,9 @@ class _LayerSync:
             self.lesions[les.id] = les
             # Stored measurements keep their recorded geometry (not re-snapped).
             self._apply_pair(les, la, lb, out, snap_second=False)
+            # A CSV exported with committed lesions opens with them committed (locked).
+            if all((o.status_hint or "").startswith("committed") for o in (a, b)):
+                les.committed = les.status != INVALID
             done_obs.update({id(a), id(b)})
         return done_obs
 

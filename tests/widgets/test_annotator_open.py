@@ -1,0 +1,66 @@
+"""Opening a RECIST CSV with ``viewer.open`` (the plugin's reader) in a real viewer (issue 13).
+
+A CSV exported with committed lesions opens with them committed (locked, green), whether
+the annotator dock was opened before or after the CSV.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")  # before Qt/OpenGL (see test_annotator.py)
+pytest.importorskip("segmentation_models_pytorch")
+
+from napari_recist_seg.annotation import ShapeSegmenter  # noqa: E402
+from napari_recist_seg.data import RecistRecord, write_recist_csv  # noqa: E402
+from napari_recist_seg.recist import Recist  # noqa: E402
+
+from .test_annotator import LONG1, LONG2, PLUGIN, SHORT1, SHORT2, idle, viewer  # noqa: F401,E402
+
+
+def _committed_csv(tmp_path):
+    grey = np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "scan.png")
+    records = [
+        RecistRecord(tmp_path / "scan.png", 1, Recist(LONG1, SHORT1), status="committed"),
+        RecistRecord(tmp_path / "scan.png", 2, Recist(LONG2, SHORT2), status="draft"),
+    ]
+    write_recist_csv(tmp_path / "scan_recist.csv", records)
+    return tmp_path / "scan_recist.csv"
+
+
+def _dock(viewer):
+    from napari_recist_seg._widgets.annotator import AnnotatorWidget
+
+    widget = AnnotatorWidget(viewer, segmenter=ShapeSegmenter("ellipse"))
+    viewer.window.add_dock_widget(widget)
+    return widget
+
+
+def _check_committed(qtbot, widget):
+    b = widget.binding
+    assert b is not None and b.name == "scan"
+    idle(qtbot, widget)
+    lesions = b.session.lesions
+    assert sorted(lesions) == [1, 2]
+    assert lesions[1].committed and not lesions[2].committed
+    feats = b.shapes.features
+    assert set(feats["state"][feats["lesion"] == 1]) == {"committed"}  # drawn locked
+    assert set(np.unique(np.asarray(b.labels.data))) == {0, 1, 2}  # both masks pasted
+
+
+def test_viewer_open_keeps_committed_lesions_committed(qtbot, viewer, tmp_path):
+    csv = _committed_csv(tmp_path)
+    viewer.open(str(csv), plugin=PLUGIN)
+    widget = _dock(viewer)
+    viewer.layers.selection.active = viewer.layers["scan"]
+    _check_committed(qtbot, widget)
+
+
+def test_viewer_open_after_the_dock_keeps_committed_lesions(qtbot, viewer, tmp_path):
+    widget = _dock(viewer)
+    viewer.open(str(_committed_csv(tmp_path)), plugin=PLUGIN)
+    viewer.layers.selection.active = viewer.layers["scan"]
+    _check_committed(qtbot, widget)
