@@ -169,10 +169,14 @@ class LesionTableMixin:
 
         labels = binding.labels
         if self._colour_by == "lesion":
-            if getattr(labels.colormap, "name", "") != "recist lesions":
-                labels.colormap = CyclicLabelColormap(
-                    colors=["transparent", *LESION_COLOURS], name="recist lesions"
-                )
+            # Each image starts further along the palette: its lesion 1 is not the
+            # previous image's lesion 1 colour.
+            start = self._colour_starts.setdefault(id(binding), len(self._colour_starts))
+            start %= len(LESION_COLOURS)
+            name = f"recist lesions {start}"
+            if getattr(labels.colormap, "name", "") != name:
+                palette = LESION_COLOURS[start:] + LESION_COLOURS[:start]
+                labels.colormap = CyclicLabelColormap(colors=["transparent", *palette], name=name)
             return
         colours: dict[Any, Any] = {None: "transparent", 0: "transparent"}
         for les in binding.session.lesions.values():

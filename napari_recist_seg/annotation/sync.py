@@ -43,6 +43,10 @@ class _LayerSync:
             if seen_order != self.order:
                 self.order = [lid for lid in seen_order]
                 out.rewrite = out.rewrite or bad_new > 0
+            if bad_new:
+                # The user drew something (a rectangle...) that was taken away at once:
+                # their Undo is for that, and must not undo the step before it.
+                self._push_undo({**before, "note": "the removed shape(s) stay removed"})
             return out
 
         owner = self._lesion_of_line()

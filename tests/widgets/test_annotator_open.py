@@ -64,3 +64,57 @@ def test_viewer_open_after_the_dock_keeps_committed_lesions(qtbot, viewer, tmp_p
     viewer.open(str(_committed_csv(tmp_path)), plugin=PLUGIN)
     viewer.layers.selection.active = viewer.layers["scan"]
     _check_committed(qtbot, widget)
+
+
+# -- item 7's smaller points, in a real viewer ------------------------------------------
+
+
+def _grey_annotator(viewer, name="img"):
+    grey = np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)
+    viewer.add_image(grey, name=name)
+    widget = _dock(viewer)
+    return widget, widget.binding
+
+
+def test_draw_recist_in_3d_display_says_why_and_goes_back_to_2d(qtbot, viewer):
+    vol = np.random.default_rng(1).integers(0, 255, (6, 64, 64), dtype=np.uint8)
+    viewer.add_image(vol, name="vol")
+    widget = _dock(viewer)
+    viewer.dims.ndisplay = 3
+    assert widget.last_message.startswith("3D display: lines cannot be drawn")
+    widget.activate_drawing()
+    assert viewer.dims.ndisplay == 2  # was: stayed in 3D, pan_zoom, no word
+    assert "2D display only" in widget.last_message
+    assert widget.binding.shapes.mode == "add_line"
+
+
+def test_undo_after_a_removed_rectangle_keeps_the_short_axis_and_its_mask(qtbot, viewer):
+    widget, b = _grey_annotator(viewer)
+    b.shapes.add_lines([LONG1])
+    idle(qtbot, widget)
+    b.shapes.add_lines([SHORT1])
+    idle(qtbot, widget)
+    assert b.session.lesions[1].short_id is not None and np.asarray(b.labels.data).any()
+    b.shapes.add_rectangles([np.array([[100.0, 100], [100.0, 100.0]])])  # degenerate
+    idle(qtbot, widget)
+    assert len(b.shapes.data) == 2  # taken away at once
+    widget.undo()
+    idle(qtbot, widget)
+    les = b.session.lesions[1]
+    assert les.short_id is not None and les.recist is not None  # was: short axis deleted
+    assert set(np.unique(np.asarray(b.labels.data))) == {0, 1}  # and its mask kept
+    assert "the removed shape(s) stay removed" in widget.last_message
+    widget.undo()  # the next Undo is the short axis, as before
+    idle(qtbot, widget)
+    assert b.session.lesions[1].short_id is None
+
+
+def test_each_image_first_lesion_gets_its_own_colour(qtbot, viewer):
+    widget, a = _grey_annotator(viewer, "first")
+    layer = viewer.add_image(np.zeros((256, 256), np.uint8), name="second")
+    b = widget.bind(layer)
+    for x in (a, b):
+        x.shapes.add_lines([LONG1, SHORT1])
+        idle(qtbot, widget)
+    assert not np.allclose(a.labels.get_color(1), b.labels.get_color(1))
+    assert np.allclose(a.labels.get_color(2), b.labels.get_color(1))  # next along the palette
