@@ -9,8 +9,8 @@ Bulk), opens a dermoscopy image of the sample data, draws a stray 1 px line, the
 and a short axis with real Qt mouse events on the canvas (press, drags, release), opens
 the CT sample, and saves at most 8 small PNGs (palette PNG, < 200 KB) in
 ``docs/screenshots/walkthrough/``. It prints a JSON summary (lesions, mask areas,
-messages, file sizes). The model-free ellipse segmenter is used when no default model
-ships, so the script runs anywhere; it downloads nothing.
+messages, file sizes). The annotator uses its default segmenter (the shipped model,
+on CPU); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _canvas_point(viewer: Any, world_rc: tuple[float, float]) -> Any:
     from qtpy.QtCore import QPoint
 
     canvas = viewer.window._qt_viewer.canvas.native
-    cam = viewer.camera
+    cam = viewer.scene.camera
     centre = cam.center[-2:]
     x = (world_rc[1] - centre[1]) * cam.zoom + canvas.width() / 2
     y = (world_rc[0] - centre[0]) * cam.zoom + canvas.height() / 2
@@ -156,8 +156,8 @@ def ct(viewer: Any, ann: Any, shots: list[dict[str, Any]]) -> dict[str, Any]:
     viewer.reset_view()
     viewer.dims.set_current_step(0, 4)
     shoot(viewer, "ct_sample", shots)
-    viewer.camera.center = (4, 30, 40)
-    viewer.camera.zoom = viewer.camera.zoom * 3
+    viewer.scene.camera.center = (4, 30, 40)
+    viewer.scene.camera.zoom = viewer.scene.camera.zoom * 2
     _pump(0.3)
     shoot(viewer, "ct_zoomed", shots)
     return {"lesions": len(b.session.lesions), "message": ann.last_message}
