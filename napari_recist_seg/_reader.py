@@ -124,6 +124,23 @@ def _side_by_side(img: Any, ndim: int, spacing: Any, start: float) -> tuple[tupl
     return (0.0,) * (ndim - 1) + (start,), start + width + max(width * 0.05, 8 * col_size)
 
 
+def _lesion_items(
+    image_path: Path, recs: Sequence[Any], ndim: int, problems: list[str]
+) -> tuple[list[tuple[int, Any]], list[str]]:
+    """``(lesion id, Recist)`` and CSV ``status`` of the records that fit the image."""
+    items, statuses = [], []
+    for rec in recs:
+        if (rec.recist.slice_index is None) == (ndim == 3):
+            problems.append(
+                f"{image_path.name} lesion {rec.lesion}: "
+                + ("no slice given for a volume" if ndim == 3 else "a slice given for a 2D image")
+            )
+            continue
+        items.append((rec.lesion, rec.recist))
+        statuses.append(rec.status or "")
+    return items, statuses
+
+
 def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[LayerData]:
     """Read a RECIST CSV into image + RECIST shapes layer tuples, one pair per image.
 
@@ -151,16 +168,7 @@ def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[Lay
             problems.append(f"{image_path.name}: {exc}")
             continue
         ndim = 3 if img.is_volume else 2
-        items, statuses = [], []
-        for rec in recs:
-            if (rec.recist.slice_index is None) == (ndim == 3):
-                problems.append(
-                    f"{image_path.name} lesion {rec.lesion}: "
-                    + ("no slice given for a volume" if ndim == 3 else "a slice given for a 2D image")
-                )
-                continue
-            items.append((rec.lesion, rec.recist))
-            statuses.append(rec.status or "")
+        items, statuses = _lesion_items(image_path, recs, ndim, problems)
         spacing = None
         if img.spacing is not None and not all(abs(s - 1.0) < 1e-12 for s in img.spacing):
             spacing = tuple(float(s) for s in img.spacing)
