@@ -7,7 +7,7 @@ Run under a 1366x768 X server::
 It opens napari at 1366x768 with the plugin's docks (RECIST annotator, Train, Evaluate,
 Bulk), opens a dermoscopy image of the sample data, draws a stray 1 px line, then a long
 and a short axis with real Qt mouse events on the canvas (press, drags, release), opens
-the CT sample, and saves at most 8 small PNGs (palette PNG, < 200 KB) in
+the CT sample and does the same on a tumour of slice 7, and saves at most 8 small PNGs (palette PNG, < 200 KB) in
 ``docs/screenshots/walkthrough/``. It prints a JSON summary (lesions, mask areas,
 messages, file sizes). The annotator uses its default segmenter (the shipped model,
 on CPU); nothing is downloaded.
@@ -146,7 +146,13 @@ def dermoscopy(viewer: Any, ann: Any, shots: list[dict[str, Any]]) -> dict[str, 
 
 
 def ct(viewer: Any, ann: Any, shots: list[dict[str, Any]]) -> dict[str, Any]:
-    """The CT sample with its RECIST lines and masks, whole and zoomed on the tumours."""
+    """The CT sample whole, then a stray line, a long and a short axis drawn on slice 7's
+    largest expert tumour (not in the sample's CSV), zoomed on it."""
+    from scipy import ndimage
+
+    from napari_recist_seg.data.masks import read_labels
+    from napari_recist_seg.recist import recist_from_mask
+
     viewer.layers.clear()  # the view then fits the CT slab
     viewer.open_sample(PLUGIN, "ct")
     image = next(lay for lay in viewer.layers if lay.name == "lits117_slab")
@@ -156,11 +162,29 @@ def ct(viewer: Any, ann: Any, shots: list[dict[str, Any]]) -> dict[str, Any]:
     viewer.reset_view()
     viewer.dims.set_current_step(0, 4)
     shoot(viewer, "ct_sample", shots)
-    viewer.scene.camera.center = (4, 30, 40)
-    viewer.scene.camera.zoom = viewer.scene.camera.zoom * 2
+    before = set(b.session.lesions)
+    tumours, _ = ndimage.label(read_labels(SAMPLES / "lits117_slab_labels.nii.gz")[7] == 2)
+    gt = tumours == np.argmax(np.bincount(tumours.ravel())[1:]) + 1
+    r = recist_from_mask(gt)
+    viewer.dims.set_current_step(0, 7)
+    cam = viewer.scene.camera
+    cam.center = (7.0, *np.argwhere(gt).mean(axis=0))
+    cam.zoom = cam.zoom * 2.5
+    ann.activate_drawing()
     _pump(0.3)
-    shoot(viewer, "ct_zoomed", shots)
-    return {"lesions": len(b.session.lesions), "message": ann.last_message}
+    centre = np.argwhere(gt).mean(axis=0)
+    drag_line(viewer, tuple(centre - 12), tuple(centre - 12 + 0.3))  # a stray 1 px drag
+    stray_message = ann.last_message
+    drag_line(viewer, tuple(r.long_axis[0]), tuple(r.long_axis[1]))
+    drag_line(viewer, tuple(r.short_axis[0]), tuple(r.short_axis[1]))
+    _wait_idle(ann)
+    shoot(viewer, "ct_drawn_slice7", shots)
+    new = sorted(set(b.session.lesions) - before)
+    mask = np.isin(np.asarray(b.labels.data)[7], new)
+    dice = 2 * (mask & gt).sum() / max(1, mask.sum() + gt.sum())
+    return {"lesions": len(b.session.lesions), "new": new, "stray_message": stray_message,
+            "area_px": int(mask.sum()), "dice_vs_expert": round(float(dice), 3),
+            "message": ann.last_message}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,10 +41,11 @@ TABLE_HEADERS = (
     "#", "slice", "L", "W", "L mask", "W mask", "Δ", "area", "cluster", "conf.", "status", "edited",
 )
 
-# Mask colours by lesion: bright, distinct on skin and on grey CT.
+# Mask colours by lesion: bright, distinct on skin and on grey CT, and none yellow or
+# orange: the long axis (yellow) drawn over such a mask could not be seen.
 LESION_COLOURS = (
-    "#00e5ff", "#ff4fd8", "#76ff03", "#ff9100", "#b388ff",
-    "#ffea00", "#448aff", "#ff5252", "#1de9b6", "#ffc400",
+    "#00e5ff", "#ff4fd8", "#76ff03", "#d500f9", "#b388ff",
+    "#f50057", "#448aff", "#ff5252", "#1de9b6", "#ff80ab",
 )
 
 TABLE_TIPS = (

@@ -80,3 +80,15 @@ def test_the_checkpoint_path_goes_under_the_model_choice(make_napari_viewer):
     picker = widget.model_b
     assert picker.choice() == "checkpoint"
     assert isinstance(picker.layout(), QVBoxLayout)  # was side by side: field cut to "ch…"
+
+
+def test_no_lesion_colour_hides_the_yellow_long_axis():
+    from napari_recist_seg._widgets.annotator_layers import COLOURS
+    from napari_recist_seg._widgets.annotator_ui import LESION_COLOURS
+
+    def rgb(h):
+        return np.array([int(h[i : i + 2], 16) for i in (1, 3, 5)], float)
+
+    # The walk-through's CT lesion 9 got an amber mask (#ffc400) under its yellow long axis.
+    far = [float(np.linalg.norm(rgb(c) - rgb(COLOURS["long"]))) for c in LESION_COLOURS]
+    assert min(far) > 120, dict(zip(LESION_COLOURS, far))
