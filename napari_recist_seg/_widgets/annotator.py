@@ -85,6 +85,8 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
         self._loader: Any = None
         self._load_generation = 0
         self._colour_by = "lesion"
+        #: id(binding) -> where its lesion colours start (images in order of annotation)
+        self._colour_starts: dict[int, int] = {}
         self._correctors: dict[int, Corrector] = {}
         self._updating = False
         self._follow_scheduled = False
@@ -101,6 +103,7 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
         if segmenter is not None:
             self.set_segmenter(segmenter, choice="custom")
         elif default_model_available():
@@ -238,9 +241,17 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
             binding.shapes.bind_key("Control-z", lambda _layer: binding.undo(), overwrite=True)
         self.bindings[key] = binding
         self._switch(binding)
-        if activate:
+        if activate and self.viewer.dims.ndisplay == 2:
             self.activate_drawing()
+        elif activate:
+            self._on_ndisplay()
         return binding
+
+    def _on_ndisplay(self, event: Any = None) -> None:
+        """In 3D display napari draws no lines: say so (Draw RECIST goes back to 2D)."""
+        if self.viewer.dims.ndisplay == 3 and self.binding is not None:
+            self._say("3D display: lines cannot be drawn here; Draw RECIST (Shift-D) or "
+                      "Click-to-segment switches back to 2D")
 
     def binding_for(self, layer: Any) -> ImageBinding | None:
         """The annotator's state for an image layer (or one of its own layers), if any."""
@@ -399,6 +410,8 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
         self._load_generation += 1  # a model still loading is no longer wanted
         unbind_keys(self.viewer, self._keys)
         self._keys = []
+        with contextlib.suppress(Exception):
+            self.viewer.dims.events.ndisplay.disconnect(self._on_ndisplay)
         for binding in self.bindings.values():
             binding.close()
         super().closeEvent(event)

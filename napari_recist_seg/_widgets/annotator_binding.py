@@ -201,6 +201,7 @@ class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, QObject):
         ids = column("line_id", -1)
         hints = column("lesion", -1)
         axes = column("axis", "")
+        states = column("status", "")
         types = list(self.shapes.shape_type)
         obs = []
         for i, coords in enumerate(self.shapes.data):
@@ -213,7 +214,8 @@ class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, QObject):
             except (TypeError, ValueError):
                 hint = -1
             axis = axes[i] if isinstance(axes[i], str) else ""
-            obs.append(LineObs(lid, np.asarray(coords, float), hint if lid < 0 else None, axis, types[i]))
+            status = states[i] if lid < 0 and isinstance(states[i], str) else None
+            obs.append(LineObs(lid, np.asarray(coords, float), hint if lid < 0 else None, axis, types[i], status))
         return obs
 
     def sync_now(self) -> None:

@@ -126,6 +126,18 @@ class LayersMixin:
         rows, cols = self.session.plane_shape
         return max(1.0, round(max(rows, cols) / 200.0, 1))
 
+    def _line_widths(self, views: list[Any], width: float) -> np.ndarray:
+        """Each line's width: ``width``, thinner on small lesions (a tenth of their short
+        axis, at least 0.3 px), so the lines do not hide a 5 px tumour."""
+        out = np.full(len(views), float(width))
+        for i, v in enumerate(views):
+            les = self.session.lesions.get(v.lesion_id)
+            if les is None or les.short_id is None or les.short_id not in self.session.lines:
+                continue
+            short = self.session._plane_coords(self.session.lines[les.short_id])
+            out[i] = min(float(width), max(0.3, 0.1 * float(np.linalg.norm(short[1] - short[0]))))
+        return out
+
     def _style_shapes(self, layer: Any) -> None:
         rows, cols = self.session.plane_shape
         layer.text = {
@@ -241,17 +253,19 @@ class LayersMixin:
             for c, v in zip(current, views)
         )
         same = same and all(t == "line" for t in self.shapes.shape_type)
+        width = self.shapes.current_edge_width
         with self._guard():
             if not same:
                 selected = set(self.shapes.selected_data)
                 mode = self.shapes.mode
-                width = self.shapes.current_edge_width
                 self.shapes.data = [(v.coords, "line") for v in views]
-                if views:  # napari gives shapes added this way width 1
-                    self.shapes.edge_width = width
                 if mode != self.shapes.mode:
                     self.shapes.mode = mode
                 self.shapes.selected_data = {i for i in selected if i < len(views)}
+            if views:  # napari gives shapes added this way width 1
+                widths = self._line_widths(views, width)
+                if not np.allclose(np.asarray(self.shapes.edge_width, float), widths, atol=1e-3):
+                    self.shapes.edge_width = list(widths)
             table = pd.DataFrame(
                 {
                     "line_id": pd.Series([v.line_id for v in views], dtype=int),

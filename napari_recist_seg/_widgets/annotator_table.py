@@ -44,7 +44,7 @@ def _row_values(row: dict[str, Any], status: str) -> list[str]:
         _fmt(row["area"], 0),
         _fmt(row["cluster"]),
         _fmt(row["confidence"], 2),
-        elide(status, 40),  # long "invalid: ..." texts: full text in the tooltip
+        elide(status, 18),  # long "invalid: ..." texts: full text in the tooltip
         "edited" if row.get("edited") else "",
     ]
 
@@ -86,6 +86,8 @@ class LesionTableMixin:
                         QItemSelectionModel.Select | QItemSelectionModel.Rows,
                     )
             self.table.setColumnHidden(1, self.binding is None or self.binding.ndim == 2)
+            # "edited" only once some lesion is hand-edited (room for the lengths).
+            self.table.setColumnHidden(11, not any(row.get("edited") for row in rows))
         finally:
             self.table.blockSignals(False)
 
@@ -93,8 +95,8 @@ class LesionTableMixin:
         area_unit = "mm²" if unit == "mm" else "px"
         self.table.setHorizontalHeaderLabels(
             [
-                "#", "slice", f"L ({unit})", f"W ({unit})", "L mask", "W mask", "Δ",
-                f"area ({area_unit})", "cluster", "conf.", "status", "edited",
+                "#", "slice", f"L ({unit})", f"W ({unit})", "L\nmask", "W\nmask", "Δ",
+                f"area\n({area_unit})", "cluster", "conf.", "status", "edited",
             ]
         )
         for j, tip in enumerate(TABLE_TIPS):
@@ -169,10 +171,14 @@ class LesionTableMixin:
 
         labels = binding.labels
         if self._colour_by == "lesion":
-            if getattr(labels.colormap, "name", "") != "recist lesions":
-                labels.colormap = CyclicLabelColormap(
-                    colors=["transparent", *LESION_COLOURS], name="recist lesions"
-                )
+            # Each image starts further along the palette: its lesion 1 is not the
+            # previous image's lesion 1 colour.
+            start = self._colour_starts.setdefault(id(binding), len(self._colour_starts))
+            start %= len(LESION_COLOURS)
+            name = f"recist lesions {start}"
+            if getattr(labels.colormap, "name", "") != name:
+                palette = LESION_COLOURS[start:] + LESION_COLOURS[:start]
+                labels.colormap = CyclicLabelColormap(colors=["transparent", *palette], name=name)
             return
         colours: dict[Any, Any] = {None: "transparent", 0: "transparent"}
         for les in binding.session.lesions.values():

@@ -49,12 +49,23 @@ class ToolsMixin:
             "covers skin / tissue"
         )
 
+    def _to_2d_display(self, what: str) -> None:
+        """napari cannot draw lines or add clicks in 3D display: go back to 2D, saying why."""
+        dims = self.viewer.dims
+        if dims.ndisplay == 3:
+            dims.ndisplay = 2
+            self._say(
+                f"{what} works in the 2D display only (napari draws no shapes in 3D): "
+                "switched back to 2D; lines go on the current slice"
+            )
+
     def activate_drawing(self) -> None:
-        """Select the RECIST layer in line-drawing mode."""
+        """Select the RECIST layer in line-drawing mode (in 2D display)."""
         self._end_correcting()
         if self.binding is None:
             self._say("select an image layer first", warn=True)
             return
+        self._to_2d_display("Draw RECIST")
         shapes = self.binding.shapes
         self.viewer.layers.selection.active = shapes
         with contextlib.suppress(Exception):
@@ -66,6 +77,7 @@ class ToolsMixin:
         if self.binding is None:
             self._say("select an image layer first", warn=True)
             return
+        self._to_2d_display("Click-to-segment")
         points = self.binding.ensure_points()
         self.viewer.layers.selection.active = points
         with contextlib.suppress(Exception):

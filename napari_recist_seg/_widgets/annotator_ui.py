@@ -41,10 +41,11 @@ TABLE_HEADERS = (
     "#", "slice", "L", "W", "L mask", "W mask", "Δ", "area", "cluster", "conf.", "status", "edited",
 )
 
-# Mask colours by lesion: bright, distinct on skin and on grey CT.
+# Mask colours by lesion: bright, distinct on skin and on grey CT, and none yellow or
+# orange: the long axis (yellow) drawn over such a mask could not be seen.
 LESION_COLOURS = (
-    "#00e5ff", "#ff4fd8", "#76ff03", "#ff9100", "#b388ff",
-    "#ffea00", "#448aff", "#ff5252", "#1de9b6", "#ffc400",
+    "#00e5ff", "#ff4fd8", "#76ff03", "#d500f9", "#b388ff",
+    "#f50057", "#448aff", "#ff5252", "#1de9b6", "#ff80ab",
 )
 
 TABLE_TIPS = (
@@ -185,8 +186,19 @@ def _table(w: Any) -> QTableWidget:
     table.setSelectionBehavior(QAbstractItemView.SelectRows)
     table.setEditTriggers(QAbstractItemView.NoEditTriggers)
     table.verticalHeader().setVisible(False)
-    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-    table.horizontalHeader().setStretchLastSection(True)
+    header = table.horizontalHeader()
+    header.setSectionResizeMode(QHeaderView.ResizeToContents)
+    header.setStretchLastSection(True)
+    # A 480 px dock (1366x768 screen) shows ~445 px of table: what a user reads first
+    # (status, edited) comes right after "#" (the columns keep their indices), and a
+    # slightly smaller font lets the lengths and area fit without scrolling.
+    header.moveSection(TABLE_HEADERS.index("status"), 1)
+    header.moveSection(TABLE_HEADERS.index("edited"), 2)
+    font = table.font()
+    if font.pointSizeF() > 8:
+        font.setPointSizeF(font.pointSizeF() - 1)
+        table.setFont(font)
+        header.setFont(font)
     table.itemSelectionChanged.connect(w._on_row_selected)
     table.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
     table.setMinimumHeight(140)
