@@ -14,7 +14,12 @@ Usage::
 
     python benchmarks/finetune_gain.py [--curated 0:20] [--eval 60:180] [--lr X]
         [--steps N] [--replay-target teacher|ellipse|grabcut] [--replay-fraction F]
-        [--encoder-lr-scale S] [--keep DIR]
+        [--encoder-lr-scale S] [--style none|tight|loose] [--style-frac 0.03]
+        [--no-calibrate] [--keep DIR]
+
+``--style``: the clinic's annotation style: its "expert" masks (the curated ones and
+the evaluation ground truth alike) are the expert masks eroded (``tight``) or dilated
+(``loose``) by ``--style-frac`` x the lesion's long axis, RECIST derived from them.
 
 Prints one JSON object on stdout.
 """
@@ -58,7 +63,7 @@ def dice_per_case(predictor, cases) -> dict[str, list[float]]:
     from napari_recist_seg.metrics import dice
     from napari_recist_seg.recist import RecistError
 
-    out: dict[str, list[float]] = {"exact": [], "jittered": [], "area": []}
+    out: dict[str, list[float]] = {"exact": [], "jittered": [], "area": [], "ratio": []}
     for _stem, image, gt, exact, jit in cases:
         out["area"].append(float(gt.mean()))
         for kind, r in (("exact", exact), ("jittered", jit)):
@@ -68,6 +73,8 @@ def dice_per_case(predictor, cases) -> dict[str, list[float]]:
             except RecistError:
                 pred = np.zeros_like(gt)
             out[kind].append(float(dice(pred, gt)))
+            if kind == "exact":
+                out["ratio"].append(float(pred.sum()) / max(1.0, float(gt.sum())))
     return out
 
 
@@ -86,8 +93,16 @@ def summarise(before: dict, after: dict) -> dict:
             "delta_per_size_fifth": [round(float(d[fifth == k].mean()), 4) for k in range(5)],
             "improved_share": round(float((d > 0).mean()), 3),
         }
+    res["area_ratio_median"] = {"before": round(float(np.median(before["ratio"])), 3),
+                                "after": round(float(np.median(after["ratio"])), 3)}
     res["size_fifth_area_upper_edges"] = [round(float(e), 3) for e in edges] + [round(float(area.max()), 3)]
     return res
+
+
+def _calibration_of(ft: Path) -> dict:
+    log = json.loads((ft / "train_log.json").read_text()) if (ft / "train_log.json").is_file() else {}
+    c = log.get("calibration") or {}
+    return {k: c.get(k) for k in ("calibration", "chosen", "applied", "reason", "dice_before", "dice_cv")}
 
 
 def _boot_ci(d: np.ndarray, n: int = 2000) -> tuple[float, float]:
@@ -107,6 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--replay-target", default=None)
     ap.add_argument("--replay-fraction", type=float, default=None)
     ap.add_argument("--encoder-lr-scale", type=float, default=None)
+    ap.add_argument("--style", choices=("none", "tight", "loose"), default="none")
+    ap.add_argument("--style-frac", type=float, default=0.03)
+    ap.add_argument("--no-calibrate", action="store_true", help="weights only (the old recipe)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", default=None, help="keep the dataset and model here")
@@ -127,12 +145,15 @@ def main(argv: list[str] | None = None) -> dict:
     ds, ft = work / "ds", work / "ft"
     t0 = time.perf_counter()
     # Each image gets its own camera (seeded by its position in the split).
-    cur_cases = list(load_cases(cur_ids, args.render, args.seed))
+    style = {"none": 0.0, "tight": -args.style_frac, "loose": args.style_frac}[args.style]
+    cur_cases = list(load_cases(cur_ids, args.render, args.seed, style))
     if not ds.is_dir():
         write_dataset(ds, cur_cases)
     over = {k: v for k, v in (("lr", args.lr), ("steps", args.steps), ("replay_target", args.replay_target),
                               ("replay_fraction", args.replay_fraction),
                               ("encoder_lr_scale", args.encoder_lr_scale)) if v is not None}
+    if args.no_calibrate:
+        over["calibrate"] = False
     ftc = FineTuneConfig(seed=args.seed, device="cpu", **over)
     failures = "reused"
     if not (ft / "config.json").is_file():  # --keep DIR of an earlier run: evaluate only
@@ -140,13 +161,14 @@ def main(argv: list[str] | None = None) -> dict:
                                        curated=ds / "masks", finetune_config=ftc)
         failures = report.failures
     t_train = time.perf_counter() - t0
-    ev_cases = list(load_cases(ev_ids, args.render, args.seed + 1))
+    ev_cases = list(load_cases(ev_ids, args.render, args.seed + 1, style))
     before = dice_per_case(Predictor.load(args.model, device="cpu"), ev_cases)
     after = dice_per_case(Predictor.load(ft, device="cpu"), ev_cases)
     out = {
         "benchmark": "finetune_gain",
         "curated_ids": f"test[{args.curated}]", "eval_ids": f"test[{args.eval}]",
-        "render": args.render, "finetune_config": {k: v for k, v in vars(ftc).items()},
+        "render": args.render, "style": args.style, "style_frac": style,
+        "calibration": _calibration_of(ft), "finetune_config": {k: v for k, v in vars(ftc).items()},
         "n_curated": len(cur_ids), "n_eval": len(ev_ids), "failures": failures,
         **summarise(before, after),
         "train_seconds": round(t_train, 1), "seconds": round(time.perf_counter() - t0, 1),

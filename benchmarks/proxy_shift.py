@@ -101,8 +101,28 @@ def jitter_recist(recist, shape: tuple[int, int], rng: np.random.Generator, sd: 
     return recist
 
 
-def load_cases(stems: list[str], render: str, seed: int):
-    """Yield ``(stem, image, expert mask, exact RECIST, jittered RECIST)``."""
+def annotation_style(mask: np.ndarray, frac: float) -> np.ndarray:
+    """The expert mask as a clinic that draws looser (``frac > 0``: dilated) or tighter
+    (eroded) outlines would have it: moved by ``|frac|`` x its long axis (exact
+    Euclidean distance, scipy)."""
+    from scipy import ndimage
+
+    from napari_recist_seg.recist import recist_from_mask
+
+    if frac == 0 or not mask.any():
+        return mask
+    d = abs(frac) * recist_from_mask(mask).long_length
+    if frac > 0:
+        return ndimage.distance_transform_edt(~mask) <= d
+    out = ndimage.distance_transform_edt(mask) > d
+    return out if out.any() else mask
+
+
+def load_cases(stems: list[str], render: str, seed: int, style: float = 0.0):
+    """Yield ``(stem, image, expert mask, exact RECIST, jittered RECIST)``.
+
+    ``style``: :func:`annotation_style` of the expert mask (RECIST derived from it).
+    """
     from PIL import Image
 
     from napari_recist_seg.recist import recist_from_mask
@@ -113,6 +133,7 @@ def load_cases(stems: list[str], render: str, seed: int):
         gt = np.asarray(Image.open(ISIC / "masks" / f"{stem}_segmentation.png")) > 0
         if render == "clinic":
             image, gt = render_clinic(image, gt, rng)
+        gt = annotation_style(gt, style)
         exact = recist_from_mask(gt)
         yield stem, image, gt, exact, jitter_recist(exact, gt.shape, rng)
 

@@ -97,6 +97,14 @@ def evaluate(model_dir: Path, stems: list[str], threads: int) -> dict:
     return out
 
 
+def _target_path(folder: Path | None, stem: str) -> Path | None:
+    """The prebuilt weak target of ``stem`` (``--target-dir``), if there is one."""
+    if folder is None:
+        return None
+    path = folder / f"{stem}_target.png"
+    return path if path.is_file() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
@@ -121,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", type=Path, default=None,
                    help="start from this checkpoint (e.g. the shipped default) for a shorter schedule")
+    p.add_argument("--target-dir", type=Path, default=None,
+                   help="weak targets <stem>_target.png built beforehand (benchmarks/selftrain_targets.py: "
+                        "a self-training round); replaces --target for every id that has one")
     p.add_argument("--shift-aug", type=float, default=0.0,
                    help="probability of each blur / JPEG / colour-balance augmentation (0: off)")
     args = p.parse_args(argv)
@@ -151,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                     TrainSample(
                         image=img_path,
                         recist=recist_from_mask(gt),
+                        weak_mask=_target_path(args.target_dir, stem),
                         # Reporting only (val_gt_dice); never a target, never selection.
                         gt_mask=gt if which == "val" else None,
                         group=stem,
@@ -176,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             on_epoch=lambda e: print(json.dumps(e.__dict__), file=sys.stderr, flush=True),
             extra={"command": "python benchmarks/train_default_model.py " + " ".join(argv or sys.argv[1:]),
                    "dataset": "isic2017_train256", "split_seed": SPLIT_SEED,
-                   "supervision": f"RECIST derived from masks -> {args.target} targets; masks never used as targets"},
+                   "supervision": (f"RECIST derived from masks -> {args.target} targets"
+                                   + (f" / self-training targets from {args.target_dir}" if args.target_dir else "")
+                                   + "; masks never used as targets")},
         )
         result_info = {"best_epoch": res.best_epoch, "best_val_dice": res.best_val_dice,
                        "epochs_run": res.epochs_run, "train_wall_s": res.wall_time_s,

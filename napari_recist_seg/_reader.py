@@ -72,13 +72,17 @@ def recist_shapes_layer(
     ndim: int,
     spacing: tuple[float, float] | None = None,
     layer_kwargs: dict[str, Any] | None = None,
+    statuses: Sequence[str | None] | None = None,
 ) -> LayerData:
     """A Shapes layer tuple with the two axes of each ``(lesion id, Recist)``.
 
-    Its features ``lesion`` / ``axis`` tell the annotator which lines pair up.
+    Its features ``lesion`` / ``axis`` tell the annotator which lines pair up;
+    ``status`` (``statuses``: the CSV's ``status`` per lesion, ``""`` = unknown) tells
+    it which lesions come in committed.
     """
-    lines, lesions, axes, labels, colours = [], [], [], [], []
-    for lesion, r in items:
+    lines, lesions, axes, labels, colours, states = [], [], [], [], [], []
+    statuses = list(statuses) if statuses is not None else [""] * len(items)
+    for (lesion, r), status in zip(items, statuses):
         long_line, short_line = r.to_lines(ndim)
         lengths = (_length_label(r.long_axis, spacing), _length_label(r.short_axis, spacing))
         text = f"#{lesion} L {lengths[0].split()[0]} × W {lengths[1]}"
@@ -88,6 +92,7 @@ def recist_shapes_layer(
             axes.append(axis)
             labels.append(text if axis == "long" else "")
             colours.append(_LINE_COLOURS[axis])
+            states.append(status or "")
     kwargs: dict[str, Any] = {
         "name": name,
         "ndim": ndim,
@@ -97,8 +102,9 @@ def recist_shapes_layer(
             "lesion": np.asarray(lesions, int),
             "axis": np.asarray(axes, object),
             "label": np.asarray(labels, object),
+            "status": np.asarray(states, object),
         },
-        "feature_defaults": {"lesion": -1, "axis": "", "label": ""},
+        "feature_defaults": {"lesion": -1, "axis": "", "label": "", "status": ""},
         "text": {"string": "{label}", "size": 10, "color": "white", "anchor": "upper_left"},
     }
     if colours:
@@ -116,6 +122,23 @@ def _side_by_side(img: Any, ndim: int, spacing: Any, start: float) -> tuple[tupl
     col_size = 1.0 if spacing is None else float(spacing[-1])
     width = float(img.array.shape[-2 if img.is_rgb else -1]) * col_size
     return (0.0,) * (ndim - 1) + (start,), start + width + max(width * 0.05, 8 * col_size)
+
+
+def _lesion_items(
+    image_path: Path, recs: Sequence[Any], ndim: int, problems: list[str]
+) -> tuple[list[tuple[int, Any]], list[str]]:
+    """``(lesion id, Recist)`` and CSV ``status`` of the records that fit the image."""
+    items, statuses = [], []
+    for rec in recs:
+        if (rec.recist.slice_index is None) == (ndim == 3):
+            problems.append(
+                f"{image_path.name} lesion {rec.lesion}: "
+                + ("no slice given for a volume" if ndim == 3 else "a slice given for a 2D image")
+            )
+            continue
+        items.append((rec.lesion, rec.recist))
+        statuses.append(rec.status or "")
+    return items, statuses
 
 
 def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[LayerData]:
@@ -145,15 +168,7 @@ def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[Lay
             problems.append(f"{image_path.name}: {exc}")
             continue
         ndim = 3 if img.is_volume else 2
-        items = []
-        for rec in recs:
-            if (rec.recist.slice_index is None) == (ndim == 3):
-                problems.append(
-                    f"{image_path.name} lesion {rec.lesion}: "
-                    + ("no slice given for a volume" if ndim == 3 else "a slice given for a 2D image")
-                )
-                continue
-            items.append((rec.lesion, rec.recist))
+        items, statuses = _lesion_items(image_path, recs, ndim, problems)
         spacing = None
         if img.spacing is not None and not all(abs(s - 1.0) < 1e-12 for s in img.spacing):
             spacing = tuple(float(s) for s in img.spacing)
@@ -178,7 +193,8 @@ def read_recist_layers(path: str | os.PathLike[str] | Sequence[str]) -> list[Lay
         plane_spacing = None if spacing is None else (spacing[-2], spacing[-1])
         layers.append(
             recist_shapes_layer(
-                items, name=f"{stem} RECIST", ndim=ndim, spacing=plane_spacing, layer_kwargs=common
+                items, name=f"{stem} RECIST", ndim=ndim, spacing=plane_spacing,
+                layer_kwargs=common, statuses=statuses,
             )
         )
     if not layers:

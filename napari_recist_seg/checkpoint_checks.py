@@ -10,7 +10,8 @@ allocation, a network access or, worst, a model that loads and gives empty masks
   version supports (:func:`check_format_version`);
 - every model setting has its type and a sane range (:func:`model_config_problem`):
   ``decoder_channels`` 8..1024, ``input_size`` 16..1024 and a multiple of the encoder
-  output stride, ``threshold`` strictly between 0 and 1, finite ``mean``, ``std > 0``,
+  output stride, ``threshold`` strictly between 0 and 1, the optional calibration
+  ``logit_bias`` in [-4, 4] and ``boundary_offset`` in [-0.2, 0.2], finite ``mean``, ``std > 0``,
   and an ``encoder`` that builds offline (a segmentation-models-pytorch encoder or
   ``tu-<timm model>``; never ``tu-hf-hub:...``, which fetches code from the network);
 - the weights file is a plain name inside the checkpoint folder (:func:`weights_path`);
@@ -40,7 +41,9 @@ __all__ = [
     "CheckpointError",
     "MAX_DECODER_CHANNELS",
     "MAX_INPUT_SIZE",
+    "MAX_BOUNDARY_OFFSET",
     "MAX_JSON_DEPTH",
+    "MAX_LOGIT_BIAS",
     "check_checkpoint",
     "check_format_version",
     "check_weights",
@@ -56,6 +59,10 @@ MAX_DECODER_CHANNELS = 1024
 MAX_INPUT_SIZE = 1024
 #: Deepest nesting of ``config.json`` accepted (the real one has 4 levels).
 MAX_JSON_DEPTH = 16
+#: Calibration limits (``logit_bias`` in logits, ``boundary_offset`` in long axes):
+#: beyond them a calibration is not a correction of annotation style but a broken model.
+MAX_LOGIT_BIAS = 4.0
+MAX_BOUNDARY_OFFSET = 0.2
 _MAX_CLUSTERS = 64
 
 
@@ -173,6 +180,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "encoder_output_stride": (lambda v: _is_int(v) and v in (8, 16), "8 or 16"),
     "aux_dropout": (lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)"),
     "threshold": (lambda v: _is_real(v) and 0 < v < 1, "a number strictly between 0 and 1"),
+    "logit_bias": (lambda v: _is_real(v) and abs(v) <= MAX_LOGIT_BIAS, f"a number in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]"),
+    "boundary_offset": (lambda v: _is_real(v) and abs(v) <= MAX_BOUNDARY_OFFSET,
+                        f"a number in [-{MAX_BOUNDARY_OFFSET:g}, {MAX_BOUNDARY_OFFSET:g}] (fraction of the long axis)"),
     "input_size": _int_in(16, MAX_INPUT_SIZE),
     "crop_factor": (lambda v: _is_real(v) and 0 < v <= 100, "a number in (0, 100]"),
     "min_crop": _int_in(2, 65536),

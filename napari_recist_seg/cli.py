@@ -147,9 +147,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--curated", type=Path, default=None,
                    help="folder of curated full masks to fine-tune on (with --init)")
     p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default 1e-3; fine-tuning with --init --curated: 1e-4)")
+                   help="peak learning rate (default 1e-3; fine-tuning with --init --curated --steps N: 1e-4)")
     p.add_argument("--steps", type=int, default=None,
-                   help="fine-tuning with --init --curated: optimiser steps (default 240; --epochs is not used)")
+                   help="fine-tuning with --init --curated: optimiser steps on top of the calibration "
+                        "(default 0: the starting weights, calibrated to the curated masks; --epochs is not used)")
     p.add_argument("--device", default="auto",
                    help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps")
     p.add_argument("--seed", type=int, default=0, help="random seed (split, init, augmentation)")
@@ -236,6 +237,8 @@ def _run(args: argparse.Namespace, cancel: CancelToken) -> int:
     if os.environ.get("RANK", "0") != "0":
         return report.exit_code  # under torchrun only rank 0 reports
     print(report.summary(), file=sys.stderr)
+    for line in report.notes:
+        print(line, file=sys.stderr)
     for file, reason in report.failures[:20]:
         print(f"  failed: {file}: {reason}", file=sys.stderr)
     if len(report.failures) > 20:

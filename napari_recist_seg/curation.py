@@ -16,9 +16,10 @@ Workflow of "fine-tune on curated annotations"
    identical content is accepted as is, different content raises
    :class:`CurationConflict` unless ``overwrite=True``.
 3. :func:`split_holdout` keeps some curated images out of fine-tuning;
-   :func:`fine_tune` trains from the active model on the curated masks (full
-   supervision) plus the RECIST of the other images (weak targets), and scores the
-   model before and after on the held-out curated images (:class:`FineTuneResult`).
+   :func:`fine_tune` adapts the active model to the curated masks with the recipe of
+   ``recist-seg train --init --curated`` (:func:`napari_recist_seg.finetune.fine_tune`),
+   and scores the model before and after on the held-out curated images
+   (:class:`FineTuneResult`).
 
 Examples
 --------
@@ -165,13 +166,14 @@ class FineTuneResult:
         return _mean(self.before, "dice"), _mean(self.after, "dice")
 
     def summary(self) -> str:
+        notes = "\n".join(self.train.notes) + "\n" if self.train is not None and self.train.notes else ""
         if not self.holdout:
-            return ("no curated image held out (mark at least two images curated to "
-                    "measure the model before and after)")
+            return notes + ("no curated image held out (mark at least two images curated to "
+                            "measure the model before and after)")
         b, a = self.dice_before_after()
         after = f"{a:.3f}" if math.isfinite(a) else "n/a (no checkpoint)"
-        return (f"Dice on {len(self.holdout)} held-out curated image(s): "
-                f"before {b:.3f}, after {after}")
+        return notes + (f"Dice on {len(self.holdout)} held-out curated image(s): "
+                        f"before {b:.3f}, after {after}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -202,15 +204,20 @@ def fine_tune(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     on_epoch: Callable[[Any], None] | None = None,
+    finetune_config: Any = None,
 ) -> FineTuneResult:
     """Fine-tune a model on curated masks plus RECIST, scored before and after.
 
     Steps: save the curation (:func:`save_curated`, *first*, into ``curated_dir`` or
     ``out_dir/curated``); hold out curated images (:func:`split_holdout`); score the
-    starting model on them; train from ``init_checkpoint`` (``None``: the shipped
-    default model) on the curated masks of the others (full supervision) and the
-    RECIST of the uncurated images (weak targets), validating on a seeded share of the
-    uncurated images; score the best checkpoint on the held-out images.
+    starting model on them; fine-tune ``init_checkpoint`` (``None``: the shipped
+    default model) on the curated masks of the others with
+    :func:`napari_recist_seg.finetune.fine_tune`, the recipe of ``recist-seg train
+    --init --curated`` (calibration to the curated masks, cross-validated; the
+    uncurated images are its replay images); score the result on the held-out images.
+    ``config`` gives the seed and device; ``finetune_config`` the recipe (default:
+    ``FineTuneConfig()``); ``on_epoch`` is accepted for the dock and not called (the
+    recipe has no epochs).
 
     Raises
     ------
@@ -219,7 +226,8 @@ def fine_tune(
     CurationConflict
         From :func:`save_curated` (nothing is trained then).
     """
-    from napari_recist_seg.training import split_groups, train
+    from napari_recist_seg.finetune import FineTuneConfig
+    from napari_recist_seg.finetune import fine_tune as tune_on_curated
 
     if not any(im.curated for im in images):
         raise InputError("no curated image: correct some masks and mark them curated first")
@@ -233,21 +241,21 @@ def fine_tune(
     init_checkpoint = Path(init_checkpoint)
     tune, held = split_holdout(images, holdout_fraction, config.seed)
     tune = [im for im in tune if im.recists]
-    if not tune:
+    if not any(im.curated for im in tune):
         raise InputError("nothing left to fine-tune on after holding out curated images")
     result = FineTuneResult(saved, None, [im.name for im in held], init_checkpoint=init_checkpoint)
     if held:
         result.before = holdout_scores(init_checkpoint, held, device=config.device,
                                        progress=progress, cancel=cancel, label="before:")
-    # Validation (model selection) only on uncurated images: the curated ones are
-    # either trained on or held out for the before / after comparison.
-    weak = sorted(im.name for im in tune if not im.curated)
-    val = split_groups(weak, config.val_fraction, config.seed) if len(weak) >= 2 else set()
-    samples = training_samples(tune, split=lambda im: "val" if im.name in val else "train")
-    result.train = train(config, samples, out_dir, init_checkpoint=init_checkpoint,
-                         progress=progress, cancel=cancel, on_epoch=on_epoch,
-                         extra={"fine_tune": {"curated_folder": str(saved.folder),
-                                              "holdout": result.holdout}})
+    # The recipe of ``recist-seg train --init --curated`` (napari_recist_seg.finetune):
+    # the curated masks of ``tune``; the other images are its replay images.
+    ft = finetune_config or FineTuneConfig(seed=config.seed, device=config.device)
+    try:
+        result.train = tune_on_curated(
+            training_samples(tune), init_checkpoint, out_dir, ft, progress=progress, cancel=cancel,
+            extra={"fine_tune": {"curated_folder": str(saved.folder), "holdout": result.holdout}})
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
     if held and result.train.checkpoint is not None and not result.train.cancelled:
         result.after = holdout_scores(result.train.checkpoint, held, device=config.device,
                                       progress=progress, cancel=cancel, label="after:")

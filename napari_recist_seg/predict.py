@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -137,6 +136,9 @@ class Predictor:
         self.path = path
         self.preprocess = config.preprocess
         self.threshold = float(getattr(config, "threshold", 0.5))
+        #: Calibration to a clinic's style (napari_recist_seg.calibration): logits + bias, outline moved.
+        self.logit_bias = float(getattr(config, "logit_bias", 0.0))
+        self.boundary_offset = float(getattr(config, "boundary_offset", 0.0))
         # Post-processing of the probability (napari_recist_seg.refine.METHODS).
         self.refine = DEFAULT_REFINE
         #: Intensity rule (napari_recist_seg.intensity): ``None`` = decided per image
@@ -331,7 +333,8 @@ class Predictor:
         # Resize logits (smoother than resizing probabilities), then sigmoid.
         offset, logits = paste_back(logits_crop, box, plane_shape)
         # paste_back's output is a fresh array (or a slice of the batch output, unused).
-        prob = _sigmoid_inplace(np.asarray(logits, dtype=np.float32))
+        logits = np.asarray(logits, dtype=np.float32)
+        prob = _sigmoid_inplace(logits + np.float32(self.logit_bias) if self.logit_bias else logits)
         mask = prob > self.threshold
         if postprocess and mask.any():
             mask = postprocess_mask(mask, r.transformed(offset, 1.0))
@@ -345,18 +348,13 @@ class Predictor:
         return LesionResult(r, offset, mask, prob, cluster, confidence, measure_mask(mask, offset, r))
 
     def _refined(self, res: LesionResult, plane: np.ndarray, postprocess: bool) -> LesionResult:
-        """Apply ``self.refine`` (a :mod:`~napari_recist_seg.refine` method) to a result."""
-        if self.refine == "none" or not res.mask.any():
+        """Apply ``self.refine`` (a :mod:`~napari_recist_seg.refine` method), then ``boundary_offset``."""
+        if (self.refine == "none" and not self.boundary_offset) or not res.mask.any():
             return res
-        from napari_recist_seg.refine import refine_mask
+        from napari_recist_seg.refine import refine_result
 
-        (r0, c0), (h, w) = res.offset, res.mask.shape
-        local = res.recist.transformed(res.offset, 1.0)
-        crop = plane[r0 : r0 + h, c0 : c0 + w]
-        mask = refine_mask(self.refine, res.probability, local, crop, threshold=self.threshold)
-        if postprocess and mask.any():
-            mask = postprocess_mask(mask, local)
-        return replace(res, mask=mask, measured=measure_mask(mask, res.offset, res.recist))
+        return refine_result(res, plane, self.refine, threshold=self.threshold,
+                             boundary_offset=self.boundary_offset, postprocess=postprocess)
 
     def _modality(self, image: np.ndarray, given: str | None) -> str | None:
         """What the intensity rule needs for ``image``: the given modality, else the

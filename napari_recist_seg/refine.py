@@ -25,14 +25,18 @@ named by its ``refine`` attribute.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import cv2
 import numpy as np
 from scipy import ndimage
 
+from napari_recist_seg.postprocess import measure_mask, postprocess_mask
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
 from napari_recist_seg.targets import grabcut_mask
 
-__all__ = ["METHODS", "THRESHOLDS", "recist_error", "refine_mask"]
+__all__ = ["METHODS", "THRESHOLDS", "offset_mask", "recist_error", "refine_mask", "refine_result"]
 
 METHODS = ("none", "recist", "fused", "recist_fused", "recist_gc")
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -79,6 +83,28 @@ def recist_error(mask: np.ndarray, recist_local: Recist) -> float:
     return abs(m.long_length - recist_local.long_length) / recist_local.long_length + abs(
         m.short_length - recist_local.short_length
     ) / recist_local.short_length
+
+
+def offset_mask(mask: np.ndarray, pixels: float) -> np.ndarray:
+    """``mask`` with its outline moved outwards by ``pixels`` (inwards when negative).
+
+    The calibration's ``boundary_offset`` (a clinic that draws looser or tighter
+    outlines): pixels whose Euclidean distance to the mask is at most ``pixels`` are
+    added, or those within ``-pixels`` of the background removed.
+
+    Examples
+    --------
+    >>> m = np.zeros((21, 21), bool); m[5:16, 5:16] = True
+    >>> int(offset_mask(m, 2).sum()), int(offset_mask(m, -2).sum()), int(offset_mask(m, 0).sum())
+    (213, 49, 121)
+    """
+    if pixels == 0 or not mask.any():
+        return mask
+    if pixels > 0:
+        return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5) <= pixels
+    grown = np.pad(mask, 1, mode="edge")  # the crop's edge is not the lesion's edge
+    inside = cv2.distanceTransform(grown.astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    return inside > -pixels
 
 
 def _signed(mask: np.ndarray) -> np.ndarray:
@@ -199,3 +225,22 @@ def refine_mask(
         if err < best_err - 1e-9:
             best, best_err = cand, err
     return best
+
+
+def refine_result(res: Any, plane: np.ndarray, method: str, *, threshold: float = 0.5,
+                  boundary_offset: float = 0.0, postprocess: bool = False) -> Any:
+    """A :class:`~napari_recist_seg.postprocess.LesionResult` refined by ``method``, its
+    outline then moved by ``boundary_offset`` x the long axis (:func:`offset_mask`, the
+    calibration), then post-processed; measured again.
+
+    ``plane`` is the image plane the result's offset refers to.
+    """
+    (r0, c0), (h, w) = res.offset, res.mask.shape
+    local = res.recist.transformed(res.offset, 1.0)
+    crop = plane[r0 : r0 + h, c0 : c0 + w]
+    mask = refine_mask(method, res.probability, local, crop, threshold=threshold)
+    if boundary_offset and mask.any():
+        mask = offset_mask(mask, boundary_offset * local.long_length)
+    if postprocess and mask.any():
+        mask = postprocess_mask(mask, local)
+    return replace(res, mask=mask, measured=measure_mask(mask, res.offset, res.recist))

@@ -98,6 +98,24 @@ def test_non_crossing_second_line_is_reported_not_guessed():
     assert s.lesions[1].status == "pending" and len(out.segment) == 1 and 2 not in s.lesions
 
 
+def test_an_invalid_pair_shows_no_lengths():
+    """#13: an invalid pair's label read as a measurement ("L 115.2 × W 282.2 px")."""
+    s = AnnotationSession((100, 100))
+    add_pair(s, line([50, 20], [50, 80]), line([30, 50], [70, 50]))
+    les = s.lesions[1]
+    labels = lambda: [v.label for v in s.layer_lines() if v.label]  # noqa: E731
+    assert labels() == ["#1 L 60.0 × W 40.0 px"]
+    # The short axis moved off the long one: the pair is invalid, its lines stay paired.
+    s.sync(observe(s, edit={les.short_id: line([10, 90], [40, 90])}))
+    assert les.status == "invalid" and les.short_id is not None
+    assert labels() == ["#1 invalid"]
+    # A stored pair on two slices: invalid, no lengths either.
+    v = AnnotationSession((128, 128), n_slices=9)
+    v.sync([LineObs(-1, line([4, 40, 20], [4, 40, 80]), 1, "long"),
+            LineObs(-1, line([5, 20, 50], [5, 60, 50]), 1, "short")])
+    assert [x.label for x in v.layer_lines() if x.label] == ["#1 invalid"]
+
+
 def test_pairs_on_different_slices_are_invalid_and_slices_are_kept():
     s = AnnotationSession((128, 128), n_slices=9)
     # Stored pairs (with lesion hints) whose axes lie on two slices are refused.

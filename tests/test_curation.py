@@ -171,12 +171,13 @@ def test_save_refuses_clashing_names_and_bad_label_shapes(tmp_path):
 
 def test_fine_tune_saves_the_curation_before_training(isic, tmp_path, monkeypatch):
     """If training fails, the curated masks are already on disk."""
+    import napari_recist_seg.finetune as finetune
     import napari_recist_seg.training as training
 
     def broken_train(*args, **kwargs):
         raise RuntimeError("out of memory (simulated)")
 
-    monkeypatch.setattr(training, "train", broken_train)
+    monkeypatch.setattr(finetune, "fine_tune", broken_train)
     monkeypatch.setattr(curation, "holdout_scores", lambda *a, **k: [])
     images = [_annotated(STEMS[0], True), _annotated(STEMS[1], True), _annotated(STEMS[2], False)]
     with pytest.raises(RuntimeError, match="simulated"):

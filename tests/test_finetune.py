@@ -63,7 +63,7 @@ def test_curated_mask_is_the_target_and_gt_of_replay_never_read(isic_dir, tmp_pa
         TrainSample(image=img2, recist=recist_from_mask(gt2), gt_mask=missing, name="rep"),
     ]
     failures: list = []
-    cfg = FineTuneConfig(jitter=0.0, scale_jitter=0.0, flips=False, colour_jitter=0.0)
+    cfg = FineTuneConfig(steps=10, jitter=0.0, scale_jitter=0.0, flips=False, colour_jitter=0.0)
     cur, rep = finetune._prepare(samples, cfg, failures)
     assert failures == []  # reading ``missing`` would have failed
     assert [c.name for c in cur] == ["cur"] and [p.name for p in rep] == ["rep"]
@@ -81,7 +81,7 @@ def test_curated_mask_is_the_target_and_gt_of_replay_never_read(isic_dir, tmp_pa
     assert x.shape == (4, 64, 64)
     assert np.array_equal(t, want) and not np.array_equal(t, not_gt)
 
-    weak = FineTuneConfig(replay_target="ellipse")
+    weak = FineTuneConfig(steps=10, replay_target="ellipse")
     _, rep_e = finetune._prepare(samples, weak, failures)
     assert failures == [] and rep_e[0].target is not None and rep_e[0].target.sum() > 0
 

@@ -61,6 +61,20 @@ def test_a_model_fitting_the_recist_worse_than_grabcut_gives_grabcut(scene):
     np.testing.assert_array_equal(out, gc)
 
 
+def test_a_slightly_worse_fit_within_the_tolerance_keeps_the_model(scene):
+    # GrabCut fits the RECIST by construction; a model mask a little off the axes is
+    # still kept (tolerance), and replaced by GrabCut only without one.
+    img, truth, d, r = scene
+    gc = d < 20
+    prob = 1 / (1 + np.exp(-(20.8 - d) / 0.3))  # about 4 % too large at every threshold
+    kept = self_training_target(prob, img, r, grabcut=gc, blend=0.0)
+    assert not np.array_equal(kept, gc) and kept.sum() > gc.sum()
+    strict = self_training_target(prob, img, r, grabcut=gc, blend=0.0, tolerance=0.0)
+    np.testing.assert_array_equal(strict, gc)
+    with pytest.raises(ValueError, match="tolerance"):
+        self_training_target(prob, img, r, tolerance=-1.0)
+
+
 def test_empty_model_falls_back_to_grabcut_and_bad_input_is_refused(scene):
     img, truth, d, r = scene
     gc = grabcut_mask(img, r)
@@ -69,3 +83,23 @@ def test_empty_model_falls_back_to_grabcut_and_bad_input_is_refused(scene):
         self_training_target(np.zeros((10, 10)), img, r)
     with pytest.raises(ValueError, match="blend"):
         self_training_target(np.zeros(truth.shape), img, r, blend=2.0)
+
+
+def test_weak_mask_of_a_sample_is_its_training_target_not_a_curated_one(scene):
+    # A prebuilt self-training target replaces the ellipse and is not counted as curated.
+    from napari_recist_seg.preprocess import PreprocessConfig, crop_box, extract_crop
+    from napari_recist_seg.training import TrainSample
+    from napari_recist_seg.training.samples import _prepare_one
+
+    img, truth, _d, r = scene
+    pcfg = PreprocessConfig(input_size=32)
+    square = np.zeros(truth.shape, bool)
+    square[40:56, 36:52] = True  # nothing like the RECIST ellipse
+    box = crop_box(r, pcfg)
+    want = extract_crop(square.astype(np.uint8), box, 32, pad_mode="constant") > 0.5
+    _, val = _prepare_one(TrainSample(img, r, weak_mask=square), pcfg, "ellipse", True, 0)
+    assert np.array_equal(val.target, want)
+    _, plain = _prepare_one(TrainSample(img, r), pcfg, "ellipse", True, 0)
+    assert not np.array_equal(plain.target, want)  # without it: the ellipse
+    prep, _ = _prepare_one(TrainSample(img, r, weak_mask=square), pcfg, "ellipse", False, 0)
+    assert not prep.curated

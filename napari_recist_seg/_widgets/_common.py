@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLineEdit,
     QPushButton,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -133,10 +134,12 @@ class ModelPicker(QWidget):
             "A model folder written by training (config.json + weights); type a path to "
             "a .safetensors / .pt file if the weights are a single file"
         )
-        layout = QHBoxLayout(self)
+        # The path goes under the choice: side by side in a 480 px dock the path
+        # field was squeezed to a few letters ("ch…").
+        layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.combo)
-        layout.addWidget(self.picker, 1)
+        layout.addWidget(self.picker)
         self.combo.currentIndexChanged.connect(self._update)
         self.picker.changed.connect(lambda _: self.changed.emit())
         self._update()

@@ -3,6 +3,7 @@
 - :func:`scroll_layout`: a dock's contents in a vertical scroll area, so that its
   minimum height is small and napari can stack docks on a laptop screen (the contents
   keep their natural size and scroll when the dock is shorter);
+- :func:`set_row_visible`: a form row shown or hidden with its label;
 - :func:`elide`: a long message cut to one readable line (the full text goes in the
   tooltip), so that a table column or a label cannot push the rest out of view.
 """
@@ -10,9 +11,17 @@
 from __future__ import annotations
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
-__all__ = ["elide", "scroll_layout"]
+__all__ = ["elide", "scroll_layout", "set_row_visible"]
+
+
+def set_row_visible(form: QFormLayout, field: QWidget, visible: bool) -> None:
+    """Show or hide a form row: its field and its label (a label alone looks broken)."""
+    field.setVisible(visible)
+    label = form.labelForField(field)
+    if label is not None:
+        label.setVisible(visible)
 
 
 def scroll_layout(widget: QWidget) -> QVBoxLayout:

@@ -43,7 +43,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_recist_seg._widgets._layout import elide, scroll_layout  # noqa: F401
+from napari_recist_seg._widgets._layout import elide, scroll_layout, set_row_visible  # noqa: F401
 from napari_recist_seg._widgets._common import (
     DeviceCombo,
     ModelPicker,
@@ -126,7 +126,7 @@ class EvaluateWidget(QWidget):
         self.run_button = QPushButton("Evaluate")
         self.run_button.clicked.connect(self.start)
 
-        form = QFormLayout()
+        form = self._form = QFormLayout()
         form.addRow("Model A", self.model_a)
         form.addRow("", self.compare)
         form.addRow("Model B", self.model_b)
@@ -203,8 +203,8 @@ class EvaluateWidget(QWidget):
     def _mode_changed(self, *_args: object) -> None:
         """Existing predictions: their folders instead of the models, device and output."""
         scoring = self.use_predictions.isChecked()
-        self.pred_a.setVisible(scoring)
-        self.pred_b.setVisible(scoring and self.compare.isChecked())
+        set_row_visible(self._form, self.pred_a, scoring)
+        set_row_visible(self._form, self.pred_b, scoring and self.compare.isChecked())
         for w in (self.model_a, self.device, self.output):
             w.setEnabled(not scoring)
         self.model_b.setEnabled(self.compare.isChecked() and not scoring)

@@ -20,6 +20,7 @@ plot; the best checkpoint and its ``train_log.json`` are written by the core, an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from pathlib import Path
@@ -28,31 +29,15 @@ from typing import Any
 import napari
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QButtonGroup,
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QMessageBox,
     QPushButton,
-    QRadioButton,
-    QSpinBox,
-    QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
-from napari_recist_seg._widgets._layout import elide, scroll_layout  # noqa: F401
 from napari_recist_seg._widgets._common import (
-    DeviceCombo,
-    ModelPicker,
-    PathPicker,
     annotated_image,
     curated_flag,
     find_annotator,
@@ -63,15 +48,24 @@ from napari_recist_seg._widgets._common import (
     set_curated_flag,
 )
 from napari_recist_seg._widgets._jobs import JobPanel
+from napari_recist_seg._widgets._layout import scroll_layout
 from napari_recist_seg._widgets._plot import PlotStyle, TrainingPlot
+from napari_recist_seg._widgets.train_jobs import (  # noqa: F401 - warm_up / warmed_up re-exported
+    _fine_tune_job,
+    _train_folder_job,
+    _train_layers_job,
+    warm_up,
+    warmed_up,
+)
+from napari_recist_seg._widgets.train_ui import ENCODERS, data_box, settings_box  # noqa: F401
+from napari_recist_seg.annotation import free_path
+from napari_recist_seg.curation import FineTuneResult, curation_conflicts, epoch_dict
 from napari_recist_seg.jobs.common import InputError
 
 __all__ = ["TrainWidget"]
 
 PLUGIN = "napari-recist-seg"
 ANNOTATOR = "RECIST annotator"
-ENCODERS = ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "efficientnet-b0",
-            "timm-mobilenetv3_small_100")
 
 
 class TrainWidget(QWidget):
@@ -87,8 +81,8 @@ class TrainWidget(QWidget):
         self._use_choice: dict[str, bool] = {}  # "use" ticks the user changed
 
         layout = scroll_layout(self)  # fits a 1366 x 768 screen (scrolls)
-        layout.addWidget(self._data_box())
-        layout.addWidget(self._settings_box())
+        layout.addWidget(data_box(self))
+        layout.addWidget(settings_box(self))
         buttons = QHBoxLayout()
         self.train_button = QPushButton("Train")
         self.train_button.setToolTip("Train on the RECIST of the data (weak supervision)")
@@ -128,107 +122,6 @@ class TrainWidget(QWidget):
         QTimer.singleShot(0, warm_up)
 
     # -- UI -------------------------------------------------------------------------------
-    def _data_box(self) -> QGroupBox:
-        box = QGroupBox("Data")
-        v = QVBoxLayout(box)
-        row = QHBoxLayout()
-        self.from_folder = QRadioButton("Folder")
-        self.from_layers = QRadioButton("Layers in the viewer")
-        group = QButtonGroup(self)
-        group.addButton(self.from_folder)
-        group.addButton(self.from_layers)
-        self.from_folder.setChecked(True)
-        self.from_folder.toggled.connect(self._source_changed)
-        row.addWidget(self.from_folder)
-        row.addWidget(self.from_layers)
-        row.addStretch(1)
-        self.refresh_button = QPushButton("↻")
-        self.refresh_button.setToolTip("Re-read the layers (RECIST drawn since, new lesions layers)")
-        self.refresh_button.setFixedWidth(32)
-        self.refresh_button.clicked.connect(self.refresh_layers)
-        row.addWidget(self.refresh_button)
-        v.addLayout(row)
-        self.folder = PathPicker("dir", placeholder="dataset folder: images/, recist.csv or masks/")
-        v.addWidget(self.folder)
-        self.layer_table = QTableWidget(0, 4)
-        self.layer_table.setHorizontalHeaderLabels(["use", "image", "RECIST", "curated"])
-        self.layer_table.verticalHeader().setVisible(False)
-        self.layer_table.setSelectionMode(QAbstractItemView.NoSelection)
-        hh = self.layer_table.horizontalHeader()
-        hh.setSectionResizeMode(1, QHeaderView.Stretch)
-        for c in (0, 2, 3):
-            hh.setSectionResizeMode(c, QHeaderView.ResizeToContents)
-        self.layer_table.setMinimumHeight(110)
-        self.layer_table.setMaximumHeight(170)
-        self.layer_table.setToolTip(
-            "curated: the image's lesions layer was corrected by hand (paint / erase) and "
-            "is trained on as ground truth"
-        )
-        self.layer_table.itemChanged.connect(self._table_item_changed)
-        v.addWidget(self.layer_table)
-        self.use_curated = QCheckBox("Train on curated masks where marked (else RECIST only)")
-        self.use_curated.setChecked(True)
-        v.addWidget(self.use_curated)
-        return box
-
-    def _settings_box(self) -> QGroupBox:
-        box = QGroupBox("Model and training")
-        form = QFormLayout(box)
-        self.init_model = ModelPicker(("scratch", "active", "default", "checkpoint"))
-        self.init_model.setToolTip("Train a new network, or fine-tune an existing model")
-        self.mode = QComboBox()
-        self.mode.addItem("A1+L (multi-task: + RECIST cluster head)", "a1l")
-        self.mode.addItem("A1 (segmentation only)", "a1")
-        self.encoder = QComboBox()
-        self.encoder.setEditable(True)
-        self.encoder.addItems(ENCODERS)
-        self.encoder.setToolTip("Any segmentation-models-pytorch encoder name")
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 1000)
-        self.epochs.setValue(30)
-        self.clusters = QComboBox()
-        self.clusters.addItem("auto (silhouette)", None)
-        for k in range(2, 11):
-            self.clusters.addItem(str(k), k)
-        self.aux_weight = QDoubleSpinBox()
-        self.aux_weight.setRange(0.0, 10.0)
-        self.aux_weight.setSingleStep(0.1)
-        self.aux_weight.setValue(0.5)
-        self.aux_weight.setToolTip("lambda: weight of the cluster loss (A1+L)")
-        self.target = QComboBox()
-        self.target.addItem("Ellipse", "ellipse")
-        self.target.addItem("GrabCut", "grabcut")
-        self.val_fraction = QDoubleSpinBox()
-        self.val_fraction.setRange(0.0, 0.9)
-        self.val_fraction.setSingleStep(0.05)
-        self.val_fraction.setValue(0.1)
-        self.val_fraction.setToolTip("Fraction of the images held out for validation")
-        self.input_size = QSpinBox()
-        self.input_size.setRange(32, 512)
-        self.input_size.setSingleStep(32)
-        self.input_size.setValue(128)
-        self.input_size.setToolTip("Network input size (px) of a new model")
-        self.batch_size = QSpinBox()
-        self.batch_size.setRange(1, 512)
-        self.batch_size.setValue(16)
-        self.device = DeviceCombo()
-        self.output = PathPicker("dir", placeholder="model folder to write (checkpoint + log)")
-        form.addRow("Start from", self.init_model)
-        form.addRow("Mode", self.mode)
-        form.addRow("Encoder", self.encoder)
-        form.addRow("Epochs", self.epochs)
-        form.addRow("Clusters K", self.clusters)
-        form.addRow("Lambda", self.aux_weight)
-        form.addRow("Weak target", self.target)
-        form.addRow("Validation", self.val_fraction)
-        form.addRow("Input size", self.input_size)
-        form.addRow("Batch size", self.batch_size)
-        form.addRow("Device", self.device)
-        form.addRow("Output", self.output)
-        self.mode.currentIndexChanged.connect(self._mode_changed)
-        self.init_model.changed.connect(self._init_changed)
-        self._init_changed()
-        return box
 
     def _init_changed(self) -> None:
         # Training from a model keeps its architecture, crop rule and clusters.
@@ -438,9 +331,6 @@ class TrainWidget(QWidget):
         asked (``overwrite`` answers that question in scripts and tests; ``False``
         saves into a new folder).
         """
-        from napari_recist_seg.annotation import free_path
-        from napari_recist_seg.curation import curation_conflicts
-
         try:
             config = self.train_settings()
             init = self.init_checkpoint(required=True)
@@ -488,14 +378,10 @@ class TrainWidget(QWidget):
     # -- results ---------------------------------------------------------------------------
     def _on_job_event(self, name: str, payload: Any) -> None:
         if name == "epoch":
-            from napari_recist_seg.curation import epoch_dict
-
             log = epoch_dict(payload)
             self.plot.add_epoch(log)
 
     def _show_result(self, result: Any) -> None:
-        from napari_recist_seg.curation import FineTuneResult
-
         self.result = result
         train = result.train if isinstance(result, FineTuneResult) else result
         lines = []
@@ -532,104 +418,19 @@ class TrainWidget(QWidget):
         if annotator is None:
             _, annotator = self.viewer.window.add_plugin_dock_widget(PLUGIN, ANNOTATOR)
         path = str(self.checkpoint)
-        self.summary.setText(self.summary.text() + f"\nLoading {self.checkpoint.name} into the annotator…")
-        # The annotator's last load request wins, even over its own default-model load.
-        return annotator.load_segmenter("checkpoint", path)
+        loading = f"Loading {self.checkpoint.name} into the annotator…"
+        self.summary.setText(self.summary.text() + f"\n{loading}")
+        # The annotator's last load request wins, even over its own default-model load;
+        # the "Loading…" line gives way to the outcome.
+        ended = functools.partial(self._model_loaded, Path(path), loading)
+        return annotator.load_segmenter("checkpoint", path, on_done=ended)
 
+    def _model_loaded(self, path: Path, loading: str, loaded: bool) -> None:
+        """Replace the "Loading…" line by what came of it."""
+        if loaded:
+            outcome = f"The annotator now uses {path.name}."
+        else:
+            outcome = f"{path.name} was not loaded into the annotator (see its message)."
+        with contextlib.suppress(RuntimeError):  # the dock may be gone
+            self.summary.setText(self.summary.text().replace(loading, outcome))
 
-_warm_up_state: dict[str, Any] = {"worker": None, "done": False}
-
-
-def _import_training_stack() -> None:
-    import numpy as np
-    import segmentation_models_pytorch  # noqa: F401 - model.build_model imports it lazily
-    import torch._dynamo  # noqa: F401 - torch optimisers import it on creation
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score  # noqa: F401
-
-    import napari_recist_seg.curation  # noqa: F401
-    import napari_recist_seg.predict  # noqa: F401 - before / after scoring of fine-tuning
-    import napari_recist_seg.targets  # noqa: F401
-    import napari_recist_seg.training  # noqa: F401
-
-    # scikit-learn's first k-means inspects every loaded native library (threadpoolctl,
-    # about a second with Qt + torch loaded, holding the GIL); it caches the result.
-    KMeans(n_clusters=2, n_init=1, random_state=0).fit(np.arange(8.0).reshape(4, 2))
-
-
-def warm_up():
-    """Import torch, segmentation-models-pytorch and ``torch._dynamo`` in a worker, once.
-
-    Loading these (C extensions, sympy, ...) holds Python's GIL for up to a few
-    hundred milliseconds at a time, which freezes the viewer's event loop. Done when
-    the dock opens, the stalls fall while the user fills in the form instead of during
-    training. Returns the worker (``None`` when already done or running).
-    """
-    from napari.qt.threading import create_worker
-
-    if _warm_up_state["done"] or _warm_up_state["worker"] is not None:
-        return None
-    prepare_torch()
-    worker = create_worker(_import_training_stack, _start_thread=False)
-
-    def finished() -> None:
-        _warm_up_state["worker"] = None
-        _warm_up_state["done"] = True
-
-    worker.finished.connect(finished)
-    _warm_up_state["worker"] = worker
-    worker.start()
-    return worker
-
-
-def warmed_up() -> bool:
-    """Whether the training stack has been imported (see :func:`warm_up`)."""
-    return bool(_warm_up_state["done"])
-
-
-# -- worker side (no Qt) --------------------------------------------------------------
-
-
-def _config(settings: dict[str, Any]):
-    from napari_recist_seg.training import TrainConfig
-
-    return TrainConfig(**settings)
-
-
-def _resolve_init(init: Path | str | None) -> Path | None:
-    if init == "default":
-        from napari_recist_seg.predict import DEFAULT_MODEL_DIR
-
-        return DEFAULT_MODEL_DIR
-    return None if init is None else Path(init)
-
-
-def _train_layers_job(images, out, settings, init, on_epoch, use_curated, *, progress=None,
-                      cancel=None):
-    from napari_recist_seg.curation import training_samples
-    from napari_recist_seg.training import train
-
-    config = _config(settings)
-    samples = training_samples(images, use_curated_masks=use_curated)
-    return train(config, samples, out, init_checkpoint=_resolve_init(init), progress=progress,
-                 cancel=cancel, on_epoch=on_epoch)
-
-
-def _train_folder_job(folder, out, settings, init, on_epoch, *, progress=None, cancel=None):
-    from napari_recist_seg.jobs.train import train_from_dataset
-
-    report, result = train_from_dataset(folder, out, _config(settings), init=_resolve_init(init),
-                                        progress=progress, cancel=cancel, on_epoch=on_epoch)
-    # The panel lists result.failures: dataset problems (unreadable files, no RECIST)
-    # are in the job report.
-    result.failures = list(report.failures)
-    return result
-
-
-def _fine_tune_job(images, out, settings, init, curated_dir, overwrite, on_epoch, *,
-                   progress=None, cancel=None):
-    from napari_recist_seg.curation import fine_tune
-
-    return fine_tune(images, out, _config(settings), init_checkpoint=_resolve_init(init),
-                     curated_dir=curated_dir, overwrite=overwrite, progress=progress,
-                     cancel=cancel, on_epoch=on_epoch)

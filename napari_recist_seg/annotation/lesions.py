@@ -44,7 +44,9 @@ class LineObs:
 
     ``line_id`` is the id the session gave it (``-1`` for a new shape);
     ``lesion_hint`` / ``axis_hint`` pair lines that arrive with known roles (a reader
-    or an import sets them); ``shape_type`` other than ``"line"`` is refused.
+    or an import sets them); ``status_hint`` is the RECIST CSV's ``status`` of such a
+    line (a pair whose two lines say ``committed...`` comes in committed);
+    ``shape_type`` other than ``"line"`` is refused.
     """
 
     line_id: int
@@ -52,6 +54,7 @@ class LineObs:
     lesion_hint: int | None = None
     axis_hint: str | None = None
     shape_type: str = "line"
+    status_hint: str | None = None
 
 
 @dataclass

@@ -288,6 +288,9 @@ class AnnotationSession(_LayerSync, _SessionViews, _LesionGeometry):
             out.messages.append("nothing to undo")
             return out
         snap_ = self._undo.pop()
+        if "note" in snap_:  # a step that changed no lesion (a removed non-line shape)
+            out.messages.append(f"nothing else undone: {snap_['note']}")
+            return out
         current = self.lesions
         restored: dict[int, Lesion] = snap_["lesions"]
         for les_id, les in current.items():

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from napari_recist_seg.annotation.lesions import Lesion, LineObs, SyncResult, _same
+from napari_recist_seg.annotation.lesions import INVALID, Lesion, LineObs, SyncResult, _same
 from napari_recist_seg.recist import MIN_AXIS_LENGTH_PX
 
 
@@ -43,6 +43,10 @@ class _LayerSync:
             if seen_order != self.order:
                 self.order = [lid for lid in seen_order]
                 out.rewrite = out.rewrite or bad_new > 0
+            if bad_new:
+                # The user drew something (a rectangle...) that was taken away at once:
+                # their Undo is for that, and must not undo the step before it.
+                self._push_undo({**before, "note": "the removed shape(s) stay removed"})
             return out
 
         owner = self._lesion_of_line()
@@ -225,6 +229,9 @@ class _LayerSync:
             self.lesions[les.id] = les
             # Stored measurements keep their recorded geometry (not re-snapped).
             self._apply_pair(les, la, lb, out, snap_second=False)
+            # A CSV exported with committed lesions opens with them committed (locked).
+            if all((o.status_hint or "").startswith("committed") for o in (a, b)):
+                les.committed = les.status != INVALID
             done_obs.update({id(a), id(b)})
         return done_obs
 

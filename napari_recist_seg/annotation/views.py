@@ -22,13 +22,42 @@ from napari_recist_seg.recist import Recist
 class _SessionViews:
     """The read-only views of :class:`AnnotationSession` (see there)."""
 
-    def _lesion_label(self, les: Lesion) -> str:
+    def _label_anchor(self, les: Lesion) -> np.ndarray:
+        """Where napari puts a lesion's label: its long axis's upper-left corner (row, col)."""
+        return self._plane_coords(self.lines[les.long_id]).min(axis=0)
+
+    def _crowded_lesions(self) -> set[int]:
+        """Lesions whose long label would run into another lesion's label on their slice.
+
+        A label is ~40 % of the plane wide and ~6 % high at the zoom that shows the whole
+        image (napari draws text at a fixed screen size): those get only ``"#id"`` (the
+        table has their lengths), e.g. the tumours of the CT sample.
+        """
+        size = float(max(self.plane_shape))
+        anchors = {les.id: (les.slice_index, self._label_anchor(les)) for les in self.lesions.values()}
+        crowded: set[int] = set()
+        for a, (sl_a, pa) in anchors.items():
+            for b, (sl_b, pb) in anchors.items():
+                if a != b and sl_a == sl_b:
+                    d = np.abs(pa - pb)
+                    if d[0] < 0.06 * size and d[1] < 0.4 * size:
+                        crowded.add(a)
+                        break
+        return crowded
+
+    def _lesion_label(self, les: Lesion, crowded: bool = False) -> str:
         """``"#3 L 27.7 × W 22.0 mm"``: one label per lesion, on its long axis.
 
         Both lengths sit in one label next to the long axis (two labels per lesion
         collide on small lesions: napari places every label at the same corner of its
-        line's bounding box).
+        line's bounding box). An invalid pair (its axes do not cross, lie on two slices,
+        ...) shows no lengths: they would read as a measurement (``"#3 invalid"``; the
+        table's status says why). A ``crowded`` lesion shows ``"#3"`` only.
         """
+        if les.short_id is not None and les.status == INVALID:
+            return f"#{les.id} invalid"
+        if crowded:
+            return f"#{les.id}"
         long_px, long_mm = _segment_length(self._plane_coords(self.lines[les.long_id]), self.spacing)
         unit = self.unit
         long_v = long_mm if long_mm is not None else long_px
@@ -41,6 +70,7 @@ class _SessionViews:
     def layer_lines(self) -> list[LineView]:
         """The lines as the layer should show them, in layer order."""
         owner = self._lesion_of_line()
+        crowded = self._crowded_lesions()
         views = []
         for lid in self.order:
             coords = self.lines[lid]
@@ -49,7 +79,7 @@ class _SessionViews:
                 views.append(LineView(lid, coords.copy(), -1, "", "", OPEN))
                 continue
             axis = "" if les.short_id is None else ("long" if lid == les.long_id else "short")
-            label = self._lesion_label(les) if axis != "short" else ""
+            label = self._lesion_label(les, les.id in crowded) if axis != "short" else ""
             if les.committed:
                 state = "committed"
             elif les.status in (INVALID, FAILED, OPEN):

@@ -50,6 +50,7 @@ class JobReport:
     failures: list[tuple[str, str]] = field(default_factory=list)
     cancelled: bool = False
     outputs: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # printed after the summary
 
     def fail(self, file: str | Path, reason: str) -> None:
         self.failures.append((str(file), reason))

@@ -196,6 +196,7 @@ def train_from_dataset(
         report.fail(f, reason)
     report.processed = result.n_train + result.n_val
     report.cancelled = result.cancelled
+    report.notes.extend(getattr(result, "notes", []))
     out_p = Path(out)
     if result.checkpoint is not None:
         report.outputs.append(out_p / "config.json")

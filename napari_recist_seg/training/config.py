@@ -136,6 +136,10 @@ class TrainSample:
     curated_mask : ndarray of bool or path, optional
         A mask corrected by hand (plane shape, or the volume's): the target instead
         of the weak one (fine-tuning).
+    weak_mask : ndarray of bool or path, optional
+        A RECIST-derived target built beforehand (a self-training round,
+        :mod:`napari_recist_seg.selftrain`): used instead of ``TrainConfig.target``;
+        unlike ``curated_mask`` it is not a correction and is not counted as curated.
     gt_mask : ndarray of bool or path, optional
         Ground truth for the validation report only; never a training target. A path
         is read only if the sample lands in the validation split.
@@ -151,6 +155,7 @@ class TrainSample:
     image: Any
     recist: Recist
     curated_mask: Any = None
+    weak_mask: Any = None
     gt_mask: Any = None
     group: str | None = None
     split: str | None = None
@@ -192,3 +197,4 @@ class TrainResult:
     n_val: int = 0
     n_clusters: int = 0  # RECIST shape clusters (A1 keeps them too, without a head)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # lines to show the user (e.g. calibration)

@@ -131,7 +131,11 @@ def _prepare_one(
     recist = sample.recist.validate(shape)
     curated = _mask_plane(sample.curated_mask, recist, shape, "curated mask")
     gt = _mask_plane(sample.gt_mask, recist, shape, "ground-truth mask") if want_val else None
-    target_full = curated if curated is not None else _weak_target(plane, recist, target_kind)
+    weak = _mask_plane(sample.weak_mask, recist, shape, "weak target mask") if curated is None else None
+    if curated is not None:
+        target_full = curated
+    else:
+        target_full = weak if weak is not None else _weak_target(plane, recist, target_kind)
     box = crop_box(recist, pcfg)
     if want_val:
         x, _ = make_input(plane, recist, pcfg, box=box)

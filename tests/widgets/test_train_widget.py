@@ -225,7 +225,10 @@ def test_fine_tune_on_two_curated_images(widget, qtbot, tiny_a1_ckpt, tmp_path, 
     before, after = result.dice_before_after()
     assert 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0
     assert "before" in widget.summary.text() and "after" in widget.summary.text()
-    assert widget.plot.epochs == [1, 2]
+    # The recipe of `recist-seg train --init --curated` (finetune.fine_tune): no epochs,
+    # a calibration to the curated masks (here 1 image: nothing to cross-validate).
+    assert widget.plot.epochs == []
+    assert "calibration on 1 curated image(s): none" in widget.summary.text()
     log = json.loads((Path(result.checkpoint) / "train_log.json").read_text())
     assert log["n_curated"] == 1  # the non-held-out curated image, full supervision
     assert log["init_checkpoint"] == str(tiny_a1_ckpt)

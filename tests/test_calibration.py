@@ -1,0 +1,177 @@
+"""Calibration to a clinic's annotation style (napari_recist_seg.calibration): chosen on
+curated masks, stored in the checkpoint, applied by the Predictor.
+
+Whether it *helps* on other images is measured by benchmarks/finetune_gain.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from napari_recist_seg.calibration import CalibrationCase, calibrate, choose
+from napari_recist_seg.model import CheckpointError
+from napari_recist_seg.predict import Predictor
+from napari_recist_seg.recist import recist_from_mask
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _cases(isic_dir: Path, stems) -> list[tuple[str, np.ndarray, object]]:
+    out = []
+    for stem in stems:
+        img = np.asarray(Image.open(isic_dir / "images" / f"{stem}.jpg").convert("RGB"))
+        gt = np.asarray(Image.open(isic_dir / "masks" / f"{stem}_segmentation.png")) > 0
+        out.append((stem, img, recist_from_mask(gt)))
+    return out
+
+
+def _with_model_keys(src: Path, dst: Path, **keys) -> Path:
+    """A copy of checkpoint ``src`` whose config.json model section has ``keys`` set
+    (value None: removed, as in a checkpoint written before the keys existed)."""
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / "config.json").read_text())
+    for k, v in keys.items():
+        if v is None:
+            doc["model"].pop(k, None)
+        else:
+            doc["model"][k] = v
+    (dst / "config.json").write_text(json.dumps(doc))
+    return dst
+
+
+def _masks(predictor, cases) -> list[np.ndarray]:
+    return [predictor.segment(img, [r])[0].full_mask(img.shape[:2]) for _, img, r in cases]
+
+
+def test_a_known_logit_bias_is_recovered(trained_ckpt, trained_eval_stems, isic_dir):
+    cases = _cases(isic_dir, trained_eval_stems[:4])
+    p = Predictor.load(trained_ckpt, device="cpu")
+    p.refine = "none"
+    p.logit_bias = 1.0
+    styled = _masks(p, cases)  # a "clinic" whose masks are the model's at bias +1
+    p.logit_bias = 0.0
+    plain = _masks(p, cases)
+    assert sum(m.sum() for m in styled) > sum(m.sum() for m in plain)
+    cc = [CalibrationCase(s, img, [r], m) for (s, img, r), m in zip(cases, styled)]
+    rep = calibrate(p, cc, offsets=(0.0,), shrink=0.0)
+    assert rep.applied and rep.calibration.logit_bias == pytest.approx(1.0)
+    assert rep.dice_in_sample == pytest.approx(1.0) and rep.dice_cv > rep.dice_before
+    assert p.logit_bias == 0.0  # the predictor is left as it was
+    # Shrunk toward 0 for a small set: 4 images, shrink 4 -> half of it.
+    assert calibrate(p, cc, offsets=(0.0,), shrink=4.0).calibration.logit_bias == pytest.approx(0.5)
+
+
+def test_a_known_boundary_offset_is_recovered(trained, trained_eval_stems, isic_dir):
+    cases = _cases(isic_dir, trained_eval_stems[:4])
+    plain = _masks(trained, cases)
+    # A clinic that draws 4% of the long axis outside the model's outline (exact
+    # Euclidean dilation, not the calibration's own code).
+    styled = [ndimage.distance_transform_edt(~m) <= 0.04 * r.long_length
+              for m, (_, _, r) in zip(plain, cases)]
+    cc = [CalibrationCase(s, img, [r], m) for (s, img, r), m in zip(cases, styled)]
+    rep = calibrate(trained, cc, biases=(0.0,), shrink=0.0)
+    assert rep.applied and rep.calibration.boundary_offset == pytest.approx(0.04, abs=0.0051)
+    assert rep.dice_cv > rep.dice_before + 0.02
+
+
+def test_no_gain_no_calibration(trained, trained_eval_stems, isic_dir):
+    cases = _cases(isic_dir, trained_eval_stems[:3])
+    own = _masks(trained, cases)  # the curated masks are the model's own: nothing to fix
+    cc = [CalibrationCase(s, img, [r], m) for (s, img, r), m in zip(cases, own)]
+    rep = calibrate(trained, cc)
+    assert not rep.applied and rep.calibration.is_identity and rep.dice_before == pytest.approx(1.0)
+    one = calibrate(trained, cc[:1])
+    assert not one.applied and "fewer than 2" in one.reason
+
+
+def test_choose_ties_go_to_no_change():
+    table = np.ones((3, 3, 3))
+    assert choose(table, (-1.0, 0.0, 1.0), (-0.01, 0.0, 0.01)) == (1, 1)
+
+
+def test_predictor_applies_the_stored_calibration(trained_ckpt, trained_eval_stems, isic_dir, tmp_path):
+    [(_, img, r)] = _cases(isic_dir, trained_eval_stems[:1])
+    # The bias acts before the refinement (which picks a threshold per lesion, not
+    # monotone in the bias), the offset after it: compare each without / with it.
+    for name, keys, grows, refine in (("grow", {"boundary_offset": 0.05}, True, "recist"),
+                                      ("shrink", {"boundary_offset": -0.05}, False, "recist"),
+                                      ("bias_up", {"logit_bias": 2.0}, True, "none"),
+                                      ("bias_down", {"logit_bias": -2.0}, False, "none")):
+        p0 = Predictor.load(trained_ckpt, device="cpu")
+        p0.refine = refine
+        base = _masks(p0, [("", img, r)])[0]
+        assert base.any()
+        ckpt = _with_model_keys(trained_ckpt, tmp_path / name, **keys)
+        for kw in ({}, {"optimize": False}):  # the stored ONNX graph, and eager PyTorch
+            p = Predictor.load(ckpt, device="cpu", **kw)
+            assert p.logit_bias == keys.get("logit_bias", 0.0)
+            assert p.boundary_offset == keys.get("boundary_offset", 0.0)
+            p.refine = refine
+            m = _masks(p, [("", img, r)])[0]
+            if grows:
+                assert m.sum() > base.sum() * 1.05 and not (base & ~m).any(), (name, kw)
+            else:
+                assert m.sum() < base.sum() * 0.95 and not (m & ~base).any(), (name, kw)
+
+
+def test_old_checkpoint_without_the_keys_predicts_identically(trained_ckpt, trained_eval_stems, isic_dir,
+                                                               tmp_path):
+    cases = _cases(isic_dir, trained_eval_stems[:3])
+    old = _with_model_keys(trained_ckpt, tmp_path / "old", logit_bias=None, boundary_offset=None)
+    assert "logit_bias" not in json.loads((old / "config.json").read_text())["model"]
+    p_old = Predictor.load(old, device="cpu")
+    p_new = Predictor.load(_with_model_keys(trained_ckpt, tmp_path / "zero", logit_bias=0.0,
+                                            boundary_offset=0.0), device="cpu")
+    assert p_old.logit_bias == 0.0 and p_old.boundary_offset == 0.0
+    for _, img, r in cases:
+        [a], [b] = p_old.segment(img, [r]), p_new.segment(img, [r])
+        assert np.array_equal(a.mask, b.mask) and np.array_equal(a.probability, b.probability)
+
+
+@pytest.mark.parametrize("key, value", [("logit_bias", 9.0), ("boundary_offset", -0.5),
+                                        ("logit_bias", "1"), ("boundary_offset", float("nan"))])
+def test_checkpoint_checks_refuse_an_out_of_range_calibration(trained_ckpt, tmp_path, key, value):
+    bad = _with_model_keys(trained_ckpt, tmp_path / "bad", **{key: value})
+    with pytest.raises(CheckpointError, match=key):
+        Predictor.load(bad, device="cpu")
+
+
+def test_cli_fine_tune_on_a_tiny_curated_set_writes_the_calibration_and_report(
+        trained_ckpt, trained_eval_stems, isic_dir, tmp_path, capsys):
+    from napari_recist_seg.cli import main
+
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "masks").mkdir()
+    p = Predictor.load(trained_ckpt, device="cpu")
+    rows = ["image,lesion,slice,long_x1,long_y1,long_x2,long_y2,short_x1,short_y1,short_x2,short_y2"]
+    for stem, img, r in _cases(isic_dir, trained_eval_stems[:3]):
+        # The user drew the RECIST on the lesion, then corrected the model's masks to
+        # outlines 5% of L looser (the clinic's style).
+        m = _masks(p, [(stem, img, r)])[0]
+        loose = ndimage.distance_transform_edt(~m) <= 0.05 * r.long_length
+        shutil.copy(isic_dir / "images" / f"{stem}.jpg", ds / "images")
+        Image.fromarray(loose.astype(np.uint8) * 255).save(ds / "masks" / f"{stem}_segmentation.png")
+        (a, b), (c, d) = r.long_axis, r.short_axis
+        rows.append(f"{stem}.jpg,1,,{a[1]},{a[0]},{b[1]},{b[0]},{c[1]},{c[0]},{d[1]},{d[0]}")
+    (ds / "recist.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "ft"
+    code = main(["train", str(ds), "--init", str(trained_ckpt), "--curated", str(ds / "masks"),
+                 "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "calibration on 3 curated image(s)" in err and "leave-one-image-out" in err, err
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert model["boundary_offset"] >= 0.01 and "logit_bias" in model, err
+    log = json.loads((out / "train_log.json").read_text())
+    cal = log["calibration"]
+    assert cal["applied"] and cal["n_images"] == 3 and len(cal["per_image"]) == 3
+    assert cal["dice_cv"] > cal["dice_before"]
+    assert cal["calibration"]["boundary_offset"] == pytest.approx(model["boundary_offset"])
