@@ -20,6 +20,8 @@ Usage::
 ``--style``: the clinic's annotation style: its "expert" masks (the curated ones and
 the evaluation ground truth alike) are the expert masks eroded (``tight``) or dilated
 (``loose``) by ``--style-frac`` x the lesion's long axis, RECIST derived from them.
+``--style tight --style-frac 0.04`` is the clinic of issue #10 (the default model's
+median area 1.09x the expert's there; 1.09x on this proxy too, 0.03 gives 1.06x).
 
 Prints one JSON object on stdout.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -174,7 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
         "train_seconds": round(t_train, 1), "seconds": round(time.perf_counter() - t0, 1),
         "work_dir": str(work),
     }
-    print(json.dumps(out, indent=2, default=str))
+    # Lists of numbers on one line (the CIs and size fifths read as rows).
+    text = json.dumps(out, indent=2, default=str)
+    print(re.sub(r"\[\s+([-0-9.,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text))
     return out
 
 

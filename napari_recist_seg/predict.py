@@ -139,6 +139,7 @@ class Predictor:
         #: Calibration to a clinic's style (napari_recist_seg.calibration): logits + bias, outline moved.
         self.logit_bias = float(getattr(config, "logit_bias", 0.0))
         self.boundary_offset = float(getattr(config, "boundary_offset", 0.0))
+        self.recist_fit = float(getattr(config, "recist_fit", 0.0))
         # Post-processing of the probability (napari_recist_seg.refine.METHODS).
         self.refine = DEFAULT_REFINE
         #: Intensity rule (napari_recist_seg.intensity): ``None`` = decided per image
@@ -349,12 +350,13 @@ class Predictor:
 
     def _refined(self, res: LesionResult, plane: np.ndarray, postprocess: bool) -> LesionResult:
         """Apply ``self.refine`` (a :mod:`~napari_recist_seg.refine` method), then ``boundary_offset``."""
-        if (self.refine == "none" and not self.boundary_offset) or not res.mask.any():
+        if (self.refine == "none" and not self.boundary_offset and not self.recist_fit) or not res.mask.any():
             return res
         from napari_recist_seg.refine import refine_result
 
         return refine_result(res, plane, self.refine, threshold=self.threshold,
-                             boundary_offset=self.boundary_offset, postprocess=postprocess)
+                             boundary_offset=self.boundary_offset, recist_fit=self.recist_fit,
+                             postprocess=postprocess)
 
     def _modality(self, image: np.ndarray, given: str | None) -> str | None:
         """What the intensity rule needs for ``image``: the given modality, else the
