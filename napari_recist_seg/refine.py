@@ -43,6 +43,7 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 # GrabCut runs on the crop shrunk to this side (speed; the boundary is then smoothed).
 _GRABCUT_SIDE = 160
 _MEASURE_SIDE = 160
+_MAX_GAP = 0.1  # axis_gap's bound, in long axes
 
 
 def _keep_at(mask: np.ndarray, recist_local: Recist) -> np.ndarray:
@@ -110,11 +111,15 @@ def offset_mask(mask: np.ndarray, pixels: float) -> np.ndarray:
 def axis_gap(mask: np.ndarray, recist_local: Recist) -> float:
     """How far (pixels) the outline of ``mask`` must move for its axes to match the drawn
     RECIST: ``((L - L_m) + (W - W_m)) / 4`` (moving the outline by ``d`` changes both
-    measured axes by ``2 d``); 0 for an empty or degenerate mask.
+    measured axes by ``2 d``), at most ``_MAX_GAP`` x L either way; 0 for an empty or
+    degenerate mask.
 
     Measured on the mask shrunk to at most ``_MEASURE_SIDE`` (as the thresholds are
     compared), the component at the RECIST crossing. The calibration's ``recist_fit``
-    moves the outline by that fraction of it.
+    moves the outline by that fraction of it. The bound keeps a measurement gone wrong
+    (a fragment at the crossing, the rest of the mask elsewhere) from moving the whole
+    outline far (on the proxy clinic, 200 ids, no gap reached it: at most 0.07 L with
+    exact RECIST, 0.099 L with jittered ones).
 
     Examples
     --------
@@ -140,7 +145,8 @@ def axis_gap(mask: np.ndarray, recist_local: Recist) -> float:
     except RecistError:
         return 0.0
     gap = (r_small.long_length - m.long_length) + (r_small.short_length - m.short_length)
-    return float(gap / (4.0 * f))
+    bound = _MAX_GAP * recist_local.long_length
+    return float(np.clip(gap / (4.0 * f), -bound, bound))
 
 
 def _signed(mask: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from scipy import ndimage
 from napari_recist_seg.calibration import CalibrationCase, calibrate, choose
 from napari_recist_seg.model import CheckpointError
 from napari_recist_seg.predict import Predictor
-from napari_recist_seg.recist import recist_from_mask
+from napari_recist_seg.recist import Recist, recist_from_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -209,3 +209,15 @@ def test_cli_fine_tune_on_a_tiny_curated_set_writes_the_calibration_and_report(
     assert cal["applied"] and cal["n_images"] == 3 and len(cal["per_image"]) == 3
     assert cal["dice_cv"] > cal["dice_before"]
     assert cal["calibration"]["boundary_offset"] == pytest.approx(model["boundary_offset"])
+
+
+def test_the_fit_moves_an_outline_at_most_a_tenth_of_the_long_axis():
+    from napari_recist_seg.refine import axis_gap
+
+    # A 4 px fragment under a 160 px RECIST (a measurement gone wrong): the whole
+    # outline would move about 68 px; it moves 0.1 L = 16 px.
+    m = np.zeros((200, 200), bool)
+    m[98:102, 98:102] = True
+    r = Recist([[100, 20], [100, 180]], [[40, 100], [160, 100]])
+    assert axis_gap(m, r) == pytest.approx(16.0)
+    assert axis_gap(np.zeros_like(m), r) == 0.0  # nothing to measure: no move
