@@ -34,8 +34,8 @@ fifths -0.005 to -0.008). So the default is ``steps=0``: the starting weights, a
   checkpoint's config. Proxy, 120 held-out images, two curated splits, exact RECIST:
   no style +0.005 / +0.005, tight (3% of L) +0.009 / +0.011, tight 4% (the issue's
   1.08x over-segmentation) +0.017 / +0.017, loose +0.013 / +0.011; no lesion-size
-  fifth below +0.002 (the offset alone: 0 / 0, +0.004 / +0.002, -, +0.009); see
-  docs/RESULTS.md. It cannot forget: the weights are the starting model's.
+  fifth below +0.002 (the offset alone: 0 / 0, +0.004 / +0.002, +0.008 / +0.002,
+  +0.009 / +0.009); see docs/RESULTS.md. It cannot forget: the weights are the starting model's.
 
 :func:`fine_tune` takes :class:`~napari_recist_seg.training.TrainSample` and writes a
 normal checkpoint (same format) plus ``train_log.json``.
