@@ -15,11 +15,13 @@ Usage::
     python benchmarks/finetune_gain.py [--curated 0:20] [--eval 60:180] [--lr X]
         [--steps N] [--replay-target teacher|ellipse|grabcut] [--replay-fraction F]
         [--encoder-lr-scale S] [--style none|tight|loose] [--style-frac 0.03]
-        [--no-calibrate] [--keep DIR]
+        [--no-calibrate] [--calibration offset+fit|offset|fit|...] [--keep DIR]
 
 ``--style``: the clinic's annotation style: its "expert" masks (the curated ones and
 the evaluation ground truth alike) are the expert masks eroded (``tight``) or dilated
 (``loose``) by ``--style-frac`` x the lesion's long axis, RECIST derived from them.
+``--style tight --style-frac 0.04`` is closest to the clinic of issue #10 (the default
+model's median area 1.09x the expert's there; 1.08x on this proxy, 0.03 gives 1.06x).
 
 Prints one JSON object on stdout.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--style", choices=("none", "tight", "loose"), default="none")
     ap.add_argument("--style-frac", type=float, default=0.03)
     ap.add_argument("--no-calibrate", action="store_true", help="weights only (the old recipe)")
+    ap.add_argument("--calibration", default=None,
+                    help="knobs of the calibration (FineTuneConfig.calibration; default offset+fit)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", default=None, help="keep the dataset and model here")
@@ -151,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
         write_dataset(ds, cur_cases)
     over = {k: v for k, v in (("lr", args.lr), ("steps", args.steps), ("replay_target", args.replay_target),
                               ("replay_fraction", args.replay_fraction),
-                              ("encoder_lr_scale", args.encoder_lr_scale)) if v is not None}
+                              ("encoder_lr_scale", args.encoder_lr_scale),
+                              ("calibration", args.calibration)) if v is not None}
     if args.no_calibrate:
         over["calibrate"] = False
     ftc = FineTuneConfig(seed=args.seed, device="cpu", **over)
@@ -174,7 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
         "train_seconds": round(t_train, 1), "seconds": round(time.perf_counter() - t0, 1),
         "work_dir": str(work),
     }
-    print(json.dumps(out, indent=2, default=str))
+    # Lists of numbers on one line (the CIs and size fifths read as rows).
+    text = json.dumps(out, indent=2, default=str)
+    print(re.sub(r"\[\s+([-0-9.,\s]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text))
     return out
 
 

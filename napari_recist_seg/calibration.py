@@ -9,12 +9,21 @@ touching the weights (so nothing can be forgotten):
 - ``logit_bias``: added to the network's logits before the threshold (a global
   threshold shift; :data:`BIASES`);
 - ``boundary_offset``: the final mask's outline moved outwards (> 0) or inwards by
-  this fraction of the lesion's RECIST long axis (:data:`OFFSETS`).
+  this fraction of the lesion's RECIST long axis (:data:`OFFSETS`);
+- ``recist_fit``: the outline moved, per lesion, by this fraction of the gap between
+  the mask's measured axes and the drawn RECIST (:func:`~napari_recist_seg.refine.axis_gap`,
+  :data:`FITS`; 1 = the axes match). The RECIST is drawn on the clinic's own outline:
+  how far the model's outline is from it varies per lesion, which one offset in units
+  of L cannot follow (on the proxy a tight style wanted -0.015 L on small lesions and
+  none on others); the per-lesion RECIST threshold of ``refine="recist"`` moves in
+  steps of 0.1 of probability and leaves part of the gap.
 
-:func:`calibrate` segments the curated images with the starting model once per bias
-and scores every (bias, offset) pair against the curated masks (a Dice table). The
-calibration is the pair of best mean Dice, shrunk toward (0, 0) by ``n / (n + shrink)``
-for ``n`` curated images (small sets move less) and rounded to the grid. Whether it
+Both outline moves are applied together, after the refinement: ``boundary_offset x L
++ recist_fit x gap`` pixels. :func:`calibrate` segments the curated images with the
+starting model once per bias and scores every (bias, fit, offset) triple against the
+curated masks (a Dice table). The calibration is the triple of best mean Dice, each
+shrunk toward 0 by ``n / (n + shrink)`` for ``n`` curated images (small sets move
+less) and rounded to the grid. Whether it
 helps is estimated by leave-one-image-out cross-validation of that whole rule (each
 image scored with the calibration chosen on the others); a calibration whose
 cross-validated gain is not positive is not applied. Both knobs are stored in the
@@ -33,15 +42,17 @@ import numpy as np
 
 from napari_recist_seg.progress import CancelToken, ProgressCallback, ProgressTracker
 from napari_recist_seg.recist import Recist
-from napari_recist_seg.refine import offset_mask
+from napari_recist_seg.refine import axis_gap
 
-__all__ = ["BIASES", "OFFSETS", "Calibration", "CalibrationCase", "CalibrationReport",
+__all__ = ["BIASES", "FITS", "OFFSETS", "Calibration", "CalibrationCase", "CalibrationReport",
            "calibrate", "choose", "dice_table"]
 
 #: Logit biases searched (0.25 steps; +-2 moves the 0.5 threshold to 0.12 / 0.88).
 BIASES: tuple[float, ...] = tuple(round(float(b), 2) for b in np.arange(-2.0, 2.001, 0.25))
 #: Boundary offsets searched, in fractions of the long axis (0.5% steps, +-6%).
 OFFSETS: tuple[float, ...] = tuple(round(float(o), 3) for o in np.arange(-0.06, 0.0601, 0.005))
+#: RECIST fits searched, in fractions of the axis gap.
+FITS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: Shrinkage toward no calibration: the chosen values times n / (n + SHRINK).
 SHRINK = 10.0
 
@@ -52,10 +63,11 @@ class Calibration:
 
     logit_bias: float = 0.0
     boundary_offset: float = 0.0
+    recist_fit: float = 0.0
 
     @property
     def is_identity(self) -> bool:
-        return self.logit_bias == 0 and self.boundary_offset == 0
+        return self.logit_bias == 0 and self.boundary_offset == 0 and self.recist_fit == 0
 
 
 @dataclass
@@ -98,6 +110,7 @@ class CalibrationReport:
         c = self.calibration
         head = (f"calibration on {self.n_images} curated image(s): "
                 + (f"logit bias {c.logit_bias:+.2f}, boundary offset {c.boundary_offset:+.3f} x long axis"
+                   f", RECIST fit {c.recist_fit:.2f} x axis gap"
                    if self.applied else f"none ({self.reason})"))
         tail = "" if self.applied else "; not applied"
         return (f"{head}\n  Dice on the curated images, leave-one-image-out: before "
@@ -124,29 +137,33 @@ def _distances(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return outside, inside[1:-1, 1:-1]
 
 
-def _dice_at(results: Sequence[Any], recists: Sequence[Recist], gt: np.ndarray, gt_sum: float,
-             offsets: Sequence[float]) -> list[float]:
-    """Dice of the union of the lesions' masks, each outline moved by each offset
-    (as :func:`~napari_recist_seg.refine.offset_mask` moves it).
+def _dice_at(results: Sequence[Any], gt: np.ndarray, gt_sum: float, fits: Sequence[float],
+             offsets: Sequence[float]) -> np.ndarray:
+    """Dice ``(n_fits, n_offsets)`` of the union of the lesions' masks, each outline
+    moved by ``offset x L + fit x axis gap`` pixels (as
+    :func:`~napari_recist_seg.refine.refine_result` moves it).
 
     Computed inside the window of the crops (nothing is predicted outside it);
     ``gt_sum`` is the curated mask's whole area.
     """
     if not results:
-        return [1.0 if gt_sum == 0 else 0.0] * len(offsets)
+        return np.full((len(fits), len(offsets)), 1.0 if gt_sum == 0 else 0.0)
     rows, cols = _window(results)
     g = gt[rows, cols]
     dist = [_distances(res.mask) if res.mask.any() else None for res in results]
-    out = []
-    for o in offsets:
-        pred = np.zeros(g.shape, bool)
-        for r, res, d in zip(recists, results, dist):
-            px = o * r.long_length
-            m = res.mask if d is None or px == 0 else (d[0] <= px if px > 0 else d[1] > -px)
-            a, b = res.offset[0] - rows.start, res.offset[1] - cols.start
-            pred[a:a + m.shape[0], b:b + m.shape[1]] |= m
-        denom = float(pred.sum()) + gt_sum
-        out.append(1.0 if denom == 0 else 2.0 * float(np.logical_and(pred, g).sum()) / denom)
+    local = [res.recist.transformed(res.offset, 1.0) for res in results]
+    gaps = [axis_gap(res.mask, r) if any(fits) and res.mask.any() else 0.0 for res, r in zip(results, local)]
+    out = np.zeros((len(fits), len(offsets)))
+    for a_f, fit in enumerate(fits):
+        for a_o, o in enumerate(offsets):
+            pred = np.zeros(g.shape, bool)
+            for r, res, d, gap in zip(local, results, dist, gaps):
+                px = o * r.long_length + (fit * gap if fit else 0.0)
+                m = res.mask if d is None or px == 0 else (d[0] <= px if px > 0 else d[1] > -px)
+                a, b = res.offset[0] - rows.start, res.offset[1] - cols.start
+                pred[a:a + m.shape[0], b:b + m.shape[1]] |= m
+            denom = float(pred.sum()) + gt_sum
+            out[a_f, a_o] = 1.0 if denom == 0 else 2.0 * float(np.logical_and(pred, g).sum()) / denom
     return out
 
 
@@ -173,19 +190,21 @@ def dice_table(
     biases: Sequence[float] = BIASES,
     offsets: Sequence[float] = OFFSETS,
     *,
+    fits: Sequence[float] = (0.0,),
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> np.ndarray:
-    """Dice ``(n_cases, n_biases, n_offsets)`` of the predictor on each curated image.
+    """Dice ``(n_cases, n_biases, n_fits, n_offsets)`` of the predictor on each curated image.
 
     The predictor's own calibration is replaced while scoring, then restored.
     """
-    saved = (predictor.logit_bias, predictor.boundary_offset, predictor._runner)
-    table = np.zeros((len(cases), len(biases), len(offsets)))
+    saved = (predictor.logit_bias, predictor.boundary_offset, getattr(predictor, "recist_fit", 0.0),
+             predictor._runner)
+    table = np.zeros((len(cases), len(biases), len(fits), len(offsets)))
     tracker = ProgressTracker(len(cases) * len(biases), progress)
     predictor._runner = _SameInputs(predictor._runner)
     try:
-        predictor.boundary_offset = 0.0
+        predictor.boundary_offset = predictor.recist_fit = 0.0
         for i, case in enumerate(cases):
             gt = np.asarray(case.mask, bool)
             gt_sum = float(gt.sum())
@@ -194,10 +213,10 @@ def dice_table(
                     cancel.raise_if_cancelled()
                 predictor.logit_bias = float(b)
                 results = predictor.segment(case.image, case.recists)
-                table[i, j] = _dice_at(results, case.recists, gt, gt_sum, offsets)
+                table[i, j] = _dice_at(results, gt, gt_sum, fits, offsets)
                 tracker.step(f"calibrating on {case.name}")
     finally:
-        predictor.logit_bias, predictor.boundary_offset, predictor._runner = saved
+        predictor.logit_bias, predictor.boundary_offset, predictor.recist_fit, predictor._runner = saved
     return table
 
 
@@ -206,19 +225,27 @@ def _nearest(values: Sequence[float], v: float) -> int:
 
 
 def choose(table: np.ndarray, biases: Sequence[float] = BIASES, offsets: Sequence[float] = OFFSETS,
-           shrink: float = SHRINK) -> tuple[int, int]:
-    """Grid indices of the calibration for the images of ``table`` (see module notes).
+           shrink: float = SHRINK, fits: Sequence[float] = (0.0,)) -> tuple[int, int, int]:
+    """Grid indices ``(bias, fit, offset)`` of the calibration for the images of
+    ``table`` (``(n, n_biases, n_fits, n_offsets)``, see module notes).
 
-    The best mean Dice (ties: the smaller change), both values times
+    The best mean Dice (ties: the smaller change), every value times
     ``n / (n + shrink)``, rounded to the grid.
+
+    Examples
+    --------
+    >>> choose(np.ones((3, 3, 1, 3)), (-1.0, 0.0, 1.0), (-0.01, 0.0, 0.01))  # a tie: no change
+    (1, 0, 1)
     """
     n = table.shape[0]
-    b, o = np.asarray(biases, float), np.asarray(offsets, float)
-    size = np.abs(b)[:, None] / max(1e-9, np.abs(b).max()) + np.abs(o)[None, :] / max(1e-9, np.abs(o).max())
+    grids = [np.asarray(g, float) for g in (biases, fits, offsets)]
+    size = sum(np.abs(g).reshape([-1 if a == i else 1 for a in range(3)]) / max(1e-9, np.abs(g).max())
+               for i, g in enumerate(grids))
     score = table.mean(axis=0) - 1e-7 * size  # a tie goes to the smaller change
-    j, k = np.unravel_index(int(np.argmax(score)), score.shape)
+    best = np.unravel_index(int(np.argmax(score)), score.shape)
     f = n / (n + shrink) if shrink > 0 else 1.0
-    return _nearest(b, b[j] * f), _nearest(o, o[k] * f)
+    j, m, k = (_nearest(g, g[i] * f) for g, i in zip(grids, best))
+    return j, m, k
 
 
 def calibrate(
@@ -227,6 +254,7 @@ def calibrate(
     *,
     biases: Sequence[float] = BIASES,
     offsets: Sequence[float] = OFFSETS,
+    fits: Sequence[float] = FITS,
     shrink: float = SHRINK,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
@@ -239,24 +267,23 @@ def calibrate(
         The starting model (its ``refine`` as it will be used).
     cases : sequence of CalibrationCase
         Curated images; at least 2 for any calibration (1 cannot be cross-validated).
-    biases, offsets : sequence of float
+    biases, offsets, fits : sequence of float
         The grid (each must contain 0); a one-value grid ``(0.0,)`` turns a knob off.
     shrink : float
         See :func:`choose`.
     """
-    if 0.0 not in biases or 0.0 not in offsets:
+    if 0.0 not in biases or 0.0 not in offsets or 0.0 not in fits:
         raise ValueError("the calibration grid must contain 0 (no change)")
-    table = dice_table(predictor, cases, biases, offsets, progress=progress, cancel=cancel)
+    table = dice_table(predictor, cases, biases, offsets, fits=fits, progress=progress, cancel=cancel)
     n = len(cases)
-    j0, k0 = list(biases).index(0.0), list(offsets).index(0.0)
-    before = table[:, j0, k0]
+    idx0 = (list(biases).index(0.0), list(fits).index(0.0), list(offsets).index(0.0))
+    before = table[(slice(None), *idx0)]
     cv = before.copy()
     if n >= 2:
         for i in range(n):
-            j, k = choose(np.delete(table, i, axis=0), biases, offsets, shrink)
-            cv[i] = table[i, j, k]
-    j, k = choose(table, biases, offsets, shrink) if n >= 1 else (j0, k0)
-    chosen = Calibration(float(biases[j]) + 0.0, float(offsets[k]) + 0.0)  # no -0.0
+            cv[i] = table[(i, *choose(np.delete(table, i, axis=0), biases, offsets, shrink, fits))]
+    j, m, k = choose(table, biases, offsets, shrink, fits) if n >= 1 else idx0
+    chosen = Calibration(float(biases[j]) + 0.0, float(offsets[k]) + 0.0, float(fits[m]) + 0.0)  # no -0.0
     gain = float(cv.mean() - before.mean()) if n else 0.0
     if n < 2:
         applied, reason = False, "fewer than 2 curated images: nothing to cross-validate"
@@ -274,5 +301,5 @@ def calibrate(
         reason=reason, n_images=n,
         dice_before=float(before.mean()) if n else nan,
         dice_cv=float(cv.mean()) if n else nan,
-        dice_in_sample=float(table[:, j, k].mean()) if n else nan, per_image=rows,
+        dice_in_sample=float(table[:, j, m, k].mean()) if n else nan, per_image=rows,
     )

@@ -137,8 +137,8 @@ class Predictor:
         self.preprocess = config.preprocess
         self.threshold = float(getattr(config, "threshold", 0.5))
         #: Calibration to a clinic's style (napari_recist_seg.calibration): logits + bias, outline moved.
-        self.logit_bias = float(getattr(config, "logit_bias", 0.0))
-        self.boundary_offset = float(getattr(config, "boundary_offset", 0.0))
+        self.logit_bias, self.boundary_offset, self.recist_fit = (
+            float(getattr(config, k, 0.0)) for k in ("logit_bias", "boundary_offset", "recist_fit"))
         # Post-processing of the probability (napari_recist_seg.refine.METHODS).
         self.refine = DEFAULT_REFINE
         #: Intensity rule (napari_recist_seg.intensity): ``None`` = decided per image
@@ -348,13 +348,13 @@ class Predictor:
         return LesionResult(r, offset, mask, prob, cluster, confidence, measure_mask(mask, offset, r))
 
     def _refined(self, res: LesionResult, plane: np.ndarray, postprocess: bool) -> LesionResult:
-        """Apply ``self.refine`` (a :mod:`~napari_recist_seg.refine` method), then ``boundary_offset``."""
-        if (self.refine == "none" and not self.boundary_offset) or not res.mask.any():
+        """Apply ``self.refine`` (a :mod:`~napari_recist_seg.refine` method), then the outline moves."""
+        if (self.refine == "none" and not self.boundary_offset and not self.recist_fit) or not res.mask.any():
             return res
         from napari_recist_seg.refine import refine_result
 
-        return refine_result(res, plane, self.refine, threshold=self.threshold,
-                             boundary_offset=self.boundary_offset, postprocess=postprocess)
+        return refine_result(res, plane, self.refine, threshold=self.threshold, postprocess=postprocess,
+                             boundary_offset=self.boundary_offset, recist_fit=self.recist_fit)
 
     def _modality(self, image: np.ndarray, given: str | None) -> str | None:
         """What the intensity rule needs for ``image``: the given modality, else the
