@@ -135,19 +135,24 @@ def tumours(labels: np.ndarray, min_slices: int, min_area: int) -> list[dict]:
 
 def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> dict:
     """Seed, context and the two capped walks of every tumour of one proxy."""
-    from napari_recist_seg.propagate import predictor_segmenter, seed_context, trace
+    from napari_recist_seg.propagate import intensity_refiner, predictor_segmenter, seed_context, trace
 
     vol, lab, spacing, modality = make_proxy(name, ct, labels)
     seg = predictor_segmenter(pred, vol, modality=modality)
+    blend = _blend(args)
     rows = []
     for tum in tumours(lab, args.min_slices, args.min_area):
+        if args.fold is not None and tum["id"] % 2 != args.fold:
+            continue
         z, (z_lo, z_hi) = tum["z"], tum["zs"]
         seed = seg(z, tum["recist"])
         ctx = seed_context(seed, spacing=spacing, image=vol, z0=z)
+        refine = intensity_refiner(vol, ctx, blend) if blend is not None else None
         walks = []
         for step, end in ((-1, z_lo), (+1, z_hi)):
             cap = abs(end - z) + args.cap
-            walks.append(list(trace(vol.shape[0], z, step, seed, seg, image=vol, max_steps=cap)))
+            walks.append(list(trace(vol.shape[0], z, step, seed, seg, image=vol, max_steps=cap,
+                                    refine=refine)))
         gt = tum["mask3d"]
         rows.append({
             "id": tum["id"], "z": z, "ctx": ctx, "gt_voxels": int(gt.sum()),
@@ -162,6 +167,20 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
     return {"modality": modality, "spacing": spacing, "rows": rows}
 
 
+def _blend(args):
+    """The :class:`IntensityBlend` of the run (``None`` with ``--no-blend``)."""
+    from napari_recist_seg.propagate import IntensityBlend
+
+    if args.no_blend:
+        return None
+    return IntensityBlend(level=args.level, weight=args.weight)
+
+
+def _trace_key(args) -> tuple:
+    """What the traces depend on (a cache of other settings is not re-used)."""
+    return (args.min_slices, args.min_area, args.cap, args.fold, repr(_blend(args)))
+
+
 def _strip(step):
     from dataclasses import replace
 
@@ -173,7 +192,7 @@ def load_traces(args) -> dict:
     if cache is not None and cache.exists():
         with gzip.open(cache, "rb") as fh:
             traces = pickle.load(fh)
-        if all(p in traces for p in args.proxies):
+        if traces.get("key") == _trace_key(args) and all(p in traces for p in args.proxies):
             log(f"traces from {cache}")
             return traces
     import torch
@@ -185,7 +204,7 @@ def load_traces(args) -> dict:
     ct = read_image(DATA / "ct.nii.gz").array
     labels = read_image(DATA / "labels.nii.gz").array
     pred = Predictor.load(None, device="cpu")
-    traces = {}
+    traces: dict = {"key": _trace_key(args)}
     for name in args.proxies:
         t0 = time.perf_counter()
         traces[name] = trace_proxy(name, ct, labels, pred, args)
@@ -205,11 +224,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=None, help="pickle of the traces (re-used if present)")
     ap.add_argument("--no-grid", action="store_true", help="skip the grid of rules")
+    ap.add_argument("--no-blend", action="store_true",
+                    help="off-slice masks as the model gives them (no IntensityBlend)")
+    ap.add_argument("--level", type=float, default=None, help="IntensityBlend.level (default: the library's)")
+    ap.add_argument("--weight", type=float, default=None, help="IntensityBlend.weight (default: the library's)")
+    ap.add_argument("--fold", type=int, choices=(0, 1), default=None,
+                    help="trace only the tumours with an even (0) / odd (1) id")
     ap.add_argument("--write-recist", default=None,
                     help="write the CT's tumour RECIST as a CSV (lesion id = tumour id) and exit")
     ap.add_argument("--score-labels", default=None,
                     help="score a `segment --3d` labels file of the CT against the tumours and exit")
     args = ap.parse_args()
+    from napari_recist_seg.propagate import IntensityBlend
+
+    args.level = IntensityBlend().level if args.level is None else args.level
+    args.weight = IntensityBlend().weight if args.weight is None else args.weight
     if args.write_recist or args.score_labels:
         return cli_check(args)
     from napari_recist_seg.propagate import StopRules
@@ -219,7 +248,8 @@ def main() -> None:
     out: dict = {"case": "lits_case117", "model": "shipped default (trained on ISIC dermoscopy only)",
                  "settings": {k: v for k, v in vars(args).items()
                               if k not in ("no_grid", "write_recist", "score_labels")},
-                 "default_rules": asdict(default), "proxies": {}}
+                 "default_rules": asdict(default),
+                 "blend": None if _blend(args) is None else asdict(_blend(args)), "proxies": {}}
     for name in args.proxies:
         tr = traces[name]
         ev = evaluate(tr["rows"], default, per_tumour=True)
