@@ -5,7 +5,11 @@ slices whose largest axial cross-section (the RECIST slice) has >= ``--min-area`
 (28 px gives the issue's 35 tumours on the CT as shipped). Each gets one RECIST
 (``recist_from_mask`` of its largest 2D component on that slice). The shipped default
 model segments the RECIST slice; :func:`propagate_lesion`'s walk
-(:func:`napari_recist_seg.propagate.trace`) grows it through the neighbouring slices.
+(:func:`napari_recist_seg.propagate.trace`) grows it through the neighbouring slices,
+each off-slice mask blended with the lesion's intensity region
+(:class:`~napari_recist_seg.propagate.IntensityBlend`, the library's default; ``--level``
+/ ``--weight`` to try others, ``--no-blend`` for the model's masks alone, ``--fold`` to
+trace only even / odd tumour ids, as the blend's defaults were chosen on ``--fold 0``).
 The model was trained on ISIC dermoscopy only (never on this case).
 
 Proxies of scanners we do not have (``--proxies``), all made from case 117:
@@ -44,7 +48,7 @@ import json
 import pickle
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +151,11 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
         z, (z_lo, z_hi) = tum["z"], tum["zs"]
         seed = seg(z, tum["recist"])
         ctx = seed_context(seed, spacing=spacing, image=vol, z0=z)
-        refine = intensity_refiner(vol, ctx, blend) if blend is not None else None
+        refine = None
+        if blend is not None:  # as propagate_lesion does with the drawn RECIST
+            seed = blend.seed(vol[z], seed, tum["recist"], ctx.band, ctx.shift_px)
+            ctx = replace(ctx, area0=int(seed.sum()))
+            refine = intensity_refiner(vol, ctx, blend)
         walks = []
         for step, end in ((-1, z_lo), (+1, z_hi)):
             cap = abs(end - z) + args.cap
@@ -173,7 +181,8 @@ def _blend(args):
 
     if args.no_blend:
         return None
-    return IntensityBlend(level=args.level, weight=args.weight)
+    return IntensityBlend(level=args.level, weight=args.weight,
+                          seed_weight=None if args.no_seed_blend else IntensityBlend().seed_weight)
 
 
 def _trace_key(args) -> tuple:
@@ -182,8 +191,6 @@ def _trace_key(args) -> tuple:
 
 
 def _strip(step):
-    from dataclasses import replace
-
     return replace(step, mask=np.zeros((0, 0), bool))
 
 
@@ -226,6 +233,8 @@ def main() -> None:
     ap.add_argument("--no-grid", action="store_true", help="skip the grid of rules")
     ap.add_argument("--no-blend", action="store_true",
                     help="off-slice masks as the model gives them (no IntensityBlend)")
+    ap.add_argument("--no-seed-blend", action="store_true",
+                    help="the RECIST slice keeps the model's mask (IntensityBlend.seed_weight None)")
     ap.add_argument("--level", type=float, default=None, help="IntensityBlend.level (default: the library's)")
     ap.add_argument("--weight", type=float, default=None, help="IntensityBlend.weight (default: the library's)")
     ap.add_argument("--fold", type=int, choices=(0, 1), default=None,

@@ -284,6 +284,7 @@ def propagate_lesion(
     image: np.ndarray | None = None,
     rules: StopRules | None = None,
     blend: IntensityBlend | None = IntensityBlend(),
+    recist: Recist | None = None,
 ) -> Lesion3D:
     """Grow a RECIST-slice mask into a 3D lesion, slice by slice both ways.
 
@@ -307,6 +308,10 @@ def propagate_lesion(
     blend : IntensityBlend or None
         How off-slice masks are corrected by the lesion's intensity (needs
         ``image``); ``None`` keeps the model's masks as they are.
+    recist : Recist, optional
+        The drawn RECIST on ``z0``: with ``blend`` and ``image``, the RECIST slice's
+        mask may be replaced by its intensity blend when that matches the drawn axes
+        better (:meth:`IntensityBlend.seed`); the lesion's mask on ``z0`` is then that.
 
     Returns
     -------
@@ -324,6 +329,10 @@ def propagate_lesion(
         return Lesion3D(out, (z0, z0), _spacing(spacing), ("empty", "empty"))
     rules = rules or StopRules()
     ctx = seed_context(seed, spacing=spacing, image=image, z0=z0)
+    if recist is not None and blend is not None and ctx.band is not None and image is not None:
+        seed = blend.seed(image[z0], seed, recist, ctx.band, ctx.shift_px)
+        out[z0] = seed
+        ctx = replace(ctx, area0=int(seed.sum()))
     refine = intensity_refiner(image, ctx, blend) if image is not None and blend else None
     ends, stops = [z0, z0], ["", ""]
     for i, step in enumerate((-1, +1)):

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
+
 __all__ = ["IntensityBand", "IntensityBlend"]
 
 
@@ -93,17 +95,23 @@ class IntensityBlend:
     sigma : float
         Gaussian smoothing of the slice before the level is applied, in pixels
         (noise, Rician MR background).
+    seed_weight : float or None
+        On the RECIST slice: the model's mask blended with the region (within twice
+        the reach) at this weight is kept instead of the model's when its measured
+        axes match the drawn RECIST better (:meth:`seed`); ``None``: the model's mask.
     """
 
     level: float = 0.4
     weight: float = 1.0
     reach: float = 1.0
     sigma: float = 1.0
+    seed_weight: float | None = 2.0
 
     def region(self, plane: np.ndarray, prev: np.ndarray, band: IntensityBand,
-               shift_px: float) -> np.ndarray:
-        """The lesion-like pixels of ``plane`` near ``prev`` (holes filled)."""
-        reach = max(1.0, self.reach * float(shift_px))
+               shift_px: float, reach: float | None = None) -> np.ndarray:
+        """The lesion-like pixels of ``plane`` within ``reach`` slices' drift of
+        ``prev`` (default :attr:`reach`), holes filled, touching ``prev``."""
+        reach = max(1.0, (self.reach if reach is None else reach) * float(shift_px))
         box = _box(prev, int(math.ceil(reach + 3 * self.sigma)) + 2)
         sub = np.asarray(plane[box], np.float32)
         smooth = ndi.gaussian_filter(sub, self.sigma) if self.sigma > 0 else sub
@@ -127,12 +135,44 @@ class IntensityBlend:
         region = self.region(plane, prev, band, shift_px)
         if not region.any():
             return region
-        both = mask | region
-        box = _box(both, 2)
-        sd = _signed(mask[box]) + self.weight * _signed(region[box])
-        out = np.zeros(mask.shape, bool)
-        out[box] = sd > 0
-        return out
+        return _blend(mask, region, self.weight)
+
+    def seed(self, plane: np.ndarray, mask: np.ndarray, recist: Recist,
+             band: IntensityBand, shift_px: float) -> np.ndarray:
+        """The RECIST slice's mask: the model's ``mask``, or its blend with the region
+        when that blend's measured axes are nearer the drawn ``recist``."""
+        if self.seed_weight is None or not mask.any():
+            return mask
+        region = self.region(plane, mask, band, shift_px, reach=2.0 * self.reach)
+        if not region.any():
+            return mask
+        blended = _blend(mask, region, self.seed_weight)
+        lab, n = ndi.label(blended)
+        if n:  # what touches the model's mask
+            touch = np.unique(lab[ndi.binary_dilation(mask) & (lab > 0)])
+            blended = np.isin(lab, touch[touch > 0])
+        if blended.any() and _axis_error(blended, recist) < _axis_error(mask, recist):
+            return blended
+        return mask
+
+
+def _blend(mask: np.ndarray, region: np.ndarray, weight: float) -> np.ndarray:
+    """Where the weighted mean of the two signed distances is positive."""
+    box = _box(mask | region, 2)
+    sd = _signed(mask[box]) + weight * _signed(region[box])
+    out = np.zeros(mask.shape, bool)
+    out[box] = sd > 0
+    return out
+
+
+def _axis_error(mask: np.ndarray, recist: Recist) -> float:
+    """``|L_m - L| / L + |W_m - W| / W`` of the mask's measured RECIST (inf if none)."""
+    try:
+        m = recist_from_mask(mask)
+    except (RecistError, ValueError):
+        return math.inf
+    return (abs(m.long_length - recist.long_length) / recist.long_length
+            + abs(m.short_length - recist.short_length) / max(recist.short_length, 1e-9))
 
 
 def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
