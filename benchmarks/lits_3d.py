@@ -25,7 +25,8 @@ Proxies of scanners we do not have (``--proxies``), all made from case 117:
 - ``mr_t2_thick3``: ``mr_t2`` of the thick-slice volume (like 6.5 mm MR slices).
 
 Each direction's walk is traced once without stop rules (capped ``--cap`` slices past
-the tumour's true end) and replayed under the rules (:func:`first_stop`, the same
+the tumour's true end; the default runs to the volume's edge, so the replay scores a
+walk that runs on as ``segment --3d`` would) and replayed under the rules (:func:`first_stop`, the same
 code as ``propagate_lesion``), so a grid of rules costs no model call. Reported per
 proxy: RECIST-slice Dice, 3D Dice of the slice-only output, of the old stop rules
 (area 0.15, growth 1.2, overlap 0.3, 30 HU on CT only), of the library's default
@@ -227,7 +228,9 @@ def main() -> None:
     ap.add_argument("--min-slices", type=int, default=3)
     ap.add_argument("--min-area", type=int, default=28)
     ap.add_argument("--proxies", nargs="+", default=list(PROXIES), choices=PROXIES)
-    ap.add_argument("--cap", type=int, default=8, help="slices traced past the true end")
+    ap.add_argument("--cap", type=int, default=128,
+                    help="slices traced past the true end (128: to the volume edge, so a walk that "
+                         "runs on is scored as the CLI would run it; 8 before the blend)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=None, help="pickle of the traces (re-used if present)")
     ap.add_argument("--no-grid", action="store_true", help="skip the grid of rules")

@@ -11,7 +11,8 @@ terms rather than as a constant of one scanner:
   fewer than ``min_area`` pixels): the lesion has ended;
 - **growth**: the mask is more than ``max_growth`` times the previous one: the RECIST
   slice is the lesion's largest cross-section, so a mask that grows has left it;
-- **intensity**: the mean intensity inside the mask leaves the lesion's band, measured
+- **intensity** (off by default since the intensity blend below does its work): the
+  mean intensity inside the mask leaves the lesion's band, measured
   on the RECIST slice in the volume's units: centred on the median inside the seed
   mask, half-width ``contrast`` times the lesion-to-surround difference (median of a
   ring around the seed) or ``spread`` robust standard deviations of the lesion's
@@ -31,8 +32,9 @@ between the ring's and the lesion's median on the RECIST slice (so brighter and
 darker lesions alike, any units), within one slice's boundary drift of the previous
 mask, holes filled; the slice's mask is where the mean of the two signed distances is
 positive. Where no lesion-like pixel is left next to the previous mask, the lesion has
-ended. On the LiTS case and its proxies this lifts the 3D Dice by 0.04-0.08
-(docs/RESULTS.md).
+ended. On the RECIST slice the model's mask gives way to its blend with the region
+only when that matches the drawn RECIST's axes better (``propagate_lesion(recist=)``).
+On the LiTS case and its proxies this lifts the 3D Dice by 0.03-0.15 (docs/RESULTS.md).
 
 The walk itself (:func:`trace`) only ends when nothing is segmented; the rules decide
 where the lesion ends, so a benchmark can replay one trace under many rules
@@ -156,16 +158,19 @@ class StopRules:
     intensity rule off.
 
     The defaults are the grid point of ``benchmarks/lits_3d.py`` whose worst proxy
-    (CT, thick slices, low dose, MR-like remaps of the LiTS case) scores best; both
-    halves of a 2-fold split by tumour pick the same rules (docs/RESULTS.md).
+    (CT, thick slices, low dose, MR-like remaps of the LiTS case) scores best, traced
+    with the default :class:`IntensityBlend`. With the blend the intensity rule is off
+    by default: the blend itself ends a lesion whose slice has no lesion-like pixel
+    left near the previous mask. The two halves of a 2-fold split by tumour do not
+    agree on these rules (docs/RESULTS.md): the margins between grid points are small.
     """
 
     min_fraction: float = 0.05
     min_area: int = 4
-    max_growth: float = 1.5
-    contrast: float | None = 0.75
-    spread: float = 0.5
-    min_overlap: float = 0.3
+    max_growth: float = 1.1
+    contrast: float | None = None
+    spread: float = 0.0
+    min_overlap: float = 0.7
     max_slope: float = 0.5
 
     def reason(self, step: SliceStep, ctx: SeedContext) -> str | None:

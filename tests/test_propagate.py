@@ -171,7 +171,7 @@ def test_without_the_intensity_rule_the_walk_runs_on():
     zs = np.nonzero(lesion.any(axis=(1, 2)))[0]
     assert les.z_range[1] - zs[-1] > 1 or zs[0] - les.z_range[0] > 1
     with_band = propagate_lesion(vol.shape, zc, seed, segment, spacing=(3.0, 1.0, 1.0),
-                                 image=vol, blend=None)
+                                 image=vol, blend=None, rules=StopRules(contrast=0.75, spread=0.5))
     assert "intensity" in with_band.stops
     # The intensity blend (on by default) ends the walk by itself: past the lesion's
     # end no lesion-like pixel is left next to the previous mask.
@@ -190,6 +190,6 @@ def test_overlap_rule_follows_the_slice_spacing():
     seed[(yy - 20) ** 2 + (xx - 20) ** 2 <= 16] = True
     moved = np.roll(seed, 5, axis=1)
     step = SliceStep(1, moved, int(moved.sum()), int(seed.sum()), int((moved & seed).sum()), None)
-    rules = StopRules()
+    rules = StopRules(min_overlap=0.3)  # the rule's scaling, not the default's level
     assert rules.reason(step, seed_context(seed, spacing=(1.0, 1.0, 1.0))) == "overlap"
     assert rules.reason(step, seed_context(seed, spacing=(5.0, 1.0, 1.0))) is None
