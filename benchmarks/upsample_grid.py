@@ -38,7 +38,7 @@ def _dice_in_box(pred: np.ndarray, offset: tuple[int, int], gt: np.ndarray) -> f
     return 2.0 * inter / total if total else 1.0
 
 
-def run_grid(predictor, cases, settings: list[tuple[float, float, bool, str]]) -> dict:
+def run_grid(predictor, cases, settings: list[tuple[float, float, bool, str, float]]) -> dict:
     """``{kind: {setting: [dice per case]}}`` and filter times."""
     from napari_recist_seg.preprocess import crop_box
     from napari_recist_seg.recist import snap
@@ -62,16 +62,17 @@ def run_grid(predictor, cases, settings: list[tuple[float, float, bool, str]]) -
                 plain = refine_mask(method, res.probability, local, crop, threshold=predictor.threshold)
                 dice.setdefault(kind, {}).setdefault("none", []).append(
                     _dice_in_box(plain, res.offset, gt))
-                for radius, eps, colour, order in settings:
+                for radius, eps, colour, order, smooth in settings:
                     key = f"{order[:2]}_{'c' if colour else ''}r{radius:g}_e{eps:g}"
+                    key += f"_s{smooth:g}" if smooth else ""
                     t0 = time.perf_counter()
                     if order == "pre":  # filter the probability, then refine
                         prob = guided_upsample(res.probability, crop, scale, radius=radius,
-                                               eps=eps, colour=colour)
+                                               eps=eps, colour=colour, smooth=smooth)
                         mask = refine_mask(method, prob, local, crop, threshold=predictor.threshold)
                     else:  # refine, then filter the chosen mask
                         soft = guided_upsample(plain.astype(np.float32), crop, scale, radius=radius,
-                                               eps=eps, colour=colour)
+                                               eps=eps, colour=colour, smooth=smooth)
                         mask = soft > 0.5
                     ms.setdefault(key, []).append(1000 * (time.perf_counter() - t0))
                     dice[kind].setdefault(key, []).append(_dice_in_box(mask, res.offset, gt))
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guide", choices=("grey", "colour", "both"), default="grey")
     parser.add_argument("--order", choices=("pre", "post", "both"), default="pre",
                         help="filter the probability before the refinement, or its mask after")
+    parser.add_argument("--smooth", default="0", help="guide blur, x scale / 2 (sensor noise)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -121,8 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
     predictor, info = load_predictor(args.model, "cpu")
     stems = split_ids(predictor, args.ids)[: args.n]
     orders = ["pre", "post"] if args.order == "both" else [args.order]
-    settings = [(float(r), float(e), c, o) for o in orders for c in args.guides
-                for r in args.radius.split(",") for e in args.eps.split(",")]
+    settings = [(float(r), float(e), c, o, float(sm)) for o in orders for c in args.guides
+                for r in args.radius.split(",") for e in args.eps.split(",")
+                for sm in args.smooth.split(",")]
     t0 = time.perf_counter()
     out = run_grid(predictor, load_cases(stems, args.render, args.seed), settings)
     result = {

@@ -40,10 +40,12 @@ __all__ = [
 #: ``"none"``: the bilinear probability as is; ``"guided"``: :func:`guided_upsample`.
 METHODS = ("none", "guided")
 
-#: Window radius in network-output pixels (x the box's scale in image pixels).
-UPSAMPLE_RADIUS = 2.0
-#: Ridge on the guide's slope (guide normalised to 0..1 per crop).
-UPSAMPLE_EPS = 1e-2
+#: Window radius in network-output pixels (x the box's scale in image pixels) and the
+#: ridge on the guide's slope (guide channels normalised to 0..1 per crop): chosen on
+#: 60 validation ids of the default model's split, renders clinic / none / hires of
+#: benchmarks/proxy_shift.py (benchmarks/upsample_grid.py; docs/RESULTS.md).
+UPSAMPLE_RADIUS = 6.0
+UPSAMPLE_EPS = 1e-3
 # Below this box side / input size the bilinear boundary is already fine: no filtering.
 _MIN_SCALE = 1.5
 
@@ -206,7 +208,8 @@ def guided_upsample(
     *,
     radius: float = UPSAMPLE_RADIUS,
     eps: float = UPSAMPLE_EPS,
-    colour: bool = False,
+    colour: bool = True,
+    smooth: float = 0.0,
 ) -> np.ndarray:
     """The probability of a crop box made to follow the full-resolution image's edges.
 
@@ -223,6 +226,13 @@ def guided_upsample(
         Window radius in network-output pixels (image pixels: ``radius * scale``).
     eps : float
         Ridge on the slope, guide in 0..1.
+    colour : bool
+        Colour guide (:func:`colour_guided_filter`; a grey crop is its own guide);
+        ``False``: the luminance (:func:`guided_filter`, ~4 x cheaper, a little
+        less accurate on the proxy).
+    smooth : float
+        Blur the guide by ``smooth * scale / 2`` px first (against sensor noise;
+        0 = off, measured no better on the noisy ``hires`` proxy).
 
     Returns
     -------
@@ -239,12 +249,11 @@ def guided_upsample(
         return prob
     # The coefficients at about the network's resolution: finer adds nothing to
     # what the probability knows and costs scale^2 more.
-    if colour:
-        q = colour_guided_filter(colour_guide(image_crop), prob, int(round(radius * scale)), eps,
-                                 subsample=scale / 2.0)
-    else:
-        q = guided_filter(guide_image(image_crop), prob, int(round(radius * scale)), eps,
-                          subsample=scale / 2.0)
+    guide = colour_guide(image_crop) if colour else guide_image(image_crop)
+    if smooth > 0:  # sensor noise: the last step q = a I + b would copy it into q
+        guide = cv2.GaussianBlur(guide, (0, 0), smooth * scale / 2.0)
+    filt = colour_guided_filter if colour else guided_filter
+    q = filt(guide, prob, int(round(radius * scale)), eps, subsample=scale / 2.0)
     return np.clip(q, 0.0, 1.0, out=q)
 
 

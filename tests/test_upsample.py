@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_recist_seg.preprocess import PreprocessConfig, crop_box
-from napari_recist_seg.recist import recist_from_mask, snap
+from napari_recist_seg.predict import DEFAULT_MODEL_DIR, Predictor
+from napari_recist_seg.recist import recist_from_mask
 from napari_recist_seg.upsample import (
     colour_guided_filter, guide_image, guided_filter, guided_upsample, upsample_box,
 )
@@ -35,35 +36,28 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
 
 
-def _coarse(gt: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int], float]:
-    """The expert mask as a network of ``side`` px input would return it: the crop box
-    (2x the RECIST long axis) shrunk to ``side`` and resized back (bilinear), then
-    blurred by one network pixel (no network's boundary is a step)."""
-    box = crop_box(snap(recist_from_mask(gt)), PreprocessConfig(input_size=side))
-    rs, cs = box.clipped(gt.shape)
-    crop = gt[rs, cs].astype(np.float32)
-    scale = box.side / side
-    small = cv2.resize(crop, None, fx=1 / scale, fy=1 / scale, interpolation=cv2.INTER_AREA)
-    small = cv2.GaussianBlur(small, (0, 0), 1.0)
-    prob = cv2.resize(small, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return prob, (rs.start, cs.start), scale
+def _val_ids(n: int) -> list[str]:
+    split = DEFAULT_MODEL_DIR / "split.json"
+    if not split.is_file():
+        pytest.skip(f"no default model at {DEFAULT_MODEL_DIR}")
+    return json.loads(split.read_text())["val"][:n]
 
 
-@pytest.mark.parametrize("colour", [False, True])
-def test_guided_upsampling_recovers_the_boundary_a_coarse_probability_lost(colour):
-    # On real lesions at 3x resolution, a probability known only at 64 px of its
-    # crop box (the network's view) comes closer to the expert outline once it
-    # follows the full-resolution image (which carries the lesion's edge).
-    gains = []
-    for stem in ("ISIC_0000000", "ISIC_0000001", "ISIC_0000013"):
+def test_guided_upsampling_brings_the_default_models_masks_closer_to_the_experts():
+    # Real lesions at 3x resolution (validation ids: never trained on), exact RECIST:
+    # the probability known at 128 px of a ~2-5x larger crop box, made to follow the
+    # full-resolution image, gives masks closer to the expert outline on average.
+    predictor = Predictor.load(None, device="cpu")
+    plain, sharp = [], []
+    for stem in _val_ids(8):
         image, gt = _clinic(stem)
-        prob, (r0, c0), scale = _coarse(gt, 64)
-        h, w = prob.shape
-        sharp = guided_upsample(prob, image[r0 : r0 + h, c0 : c0 + w], scale, colour=colour)
-        assert sharp.shape == prob.shape and sharp.min() >= 0 and sharp.max() <= 1
-        box_gt = gt[r0 : r0 + h, c0 : c0 + w]
-        gains.append(_dice(sharp > 0.5, box_gt) - _dice(prob > 0.5, box_gt))
-    assert np.mean(gains) > 0.003, gains
+        r = recist_from_mask(gt)
+        for method, out in (("none", plain), ("guided", sharp)):
+            predictor.upsample = method
+            [res] = predictor.segment(image, [r])
+            out.append(_dice(res.full_mask(gt.shape), gt))
+    gains = np.subtract(sharp, plain)
+    assert gains.mean() > 0.002 and (gains > 0).sum() >= 5, gains.round(4)  # 0.0056, 6 of 8
 
 
 def test_colour_filter_reduces_to_the_grey_one_on_a_grey_guide():
