@@ -35,6 +35,45 @@ def _dice(res, gt: np.ndarray) -> float:
     return 2.0 * float((m & gt).sum()) / float(m.sum() + gt.sum())
 
 
+def contrast_variants(feats, origin, mask, offset, width: int) -> dict:
+    """Alternative scores of how a mask stands out (same window as ``_region_contrast``):
+    ``ring``: mean difference over the ring's spread only; ``band``: the band just
+    inside the outline against the ring; ``edge``: mean feature gradient on the outline
+    over its mean in the window."""
+    import cv2
+
+    fh, fw = feats.shape[:2]
+    r0, c0 = offset[0] - origin[0], offset[1] - origin[1]
+    a0, b0 = max(0, r0 - width), max(0, c0 - width)
+    a1, b1 = min(fh, r0 + mask.shape[0] + width), min(fw, c0 + mask.shape[1] + width)
+    local = np.zeros((a1 - a0, b1 - b0), np.uint8)
+    mr0, mc0 = r0 - a0, c0 - b0
+    sub = mask[max(0, -mr0): local.shape[0] - mr0, max(0, -mc0): local.shape[1] - mc0]
+    local[max(0, mr0): max(0, mr0) + sub.shape[0], max(0, mc0): max(0, mc0) + sub.shape[1]] = sub
+    inside = local.astype(bool)
+    dout = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, 3)
+    din = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 3)
+    ring = (dout > 0) & (dout <= width)
+    band = inside & (din <= width)
+    win = feats[a0:a1, b0:b1]
+    if not ring.any() or not band.any():
+        return {"ring": 0.0, "band": 0.0, "edge": 0.0}
+    fin, fout, fband = win[inside], win[ring], win[band]
+    diff = float(np.linalg.norm(fin.mean(0) - fout.mean(0)))
+    sd_out = float(np.sqrt(fout.var(0).sum()))
+    bdiff = float(np.linalg.norm(fband.mean(0) - fout.mean(0)))
+    sd_band = float(np.sqrt(fband.var(0).sum()))
+    sm = cv2.GaussianBlur(np.ascontiguousarray(win), (0, 0), max(1.0, width / 4))
+    if sm.ndim == 2:
+        sm = sm[..., None]
+    gx = np.stack([cv2.Sobel(np.ascontiguousarray(sm[..., k]), cv2.CV_32F, 1, 0) for k in range(sm.shape[2])], 2)
+    gy = np.stack([cv2.Sobel(np.ascontiguousarray(sm[..., k]), cv2.CV_32F, 0, 1) for k in range(sm.shape[2])], 2)
+    grad = np.sqrt((gx ** 2 + gy ** 2).sum(2))
+    outline = (din > 0) & (din <= 1.5)
+    edge = float(grad[outline].mean() / (grad.mean() + 1e-6)) if outline.any() else 0.0
+    return {"ring": diff / (sd_out + 1e-6), "band": bdiff / (sd_band + sd_out + 1e-6), "edge": edge}
+
+
 def case_figures(predictor, image: np.ndarray, gt: np.ndarray, point) -> dict:
     """Candidates and their first rounds for one click (see module notes)."""
     from napari_recist_seg import click as C
@@ -60,6 +99,7 @@ def case_figures(predictor, image: np.ndarray, gt: np.ndarray, point) -> dict:
                 leak=C._border_leak(res.probability, res.recist, predictor.preprocess,
                                     image.shape[:2]),
                 mean_prob=float(res.probability[res.mask].mean()),
+                **contrast_variants(feats, origin, res.mask, res.offset, max(2, int(round(0.1 * d)))),
             )
             try:
                 firsts.append(snap(res.measured))
@@ -83,6 +123,7 @@ def case_figures(predictor, image: np.ndarray, gt: np.ndarray, point) -> dict:
                     shift=C.recist_shift(first, res.measured),
                     shift_self=C.recist_shift(res.recist, res.measured),
                     mean_prob=float(res.probability[res.mask].mean()),
+                    **contrast_variants(feats, origin, res.mask, res.offset, width),
                 )
     return {"candidates": rows}
 
