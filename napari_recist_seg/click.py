@@ -32,8 +32,9 @@ _CLICK_BORDER_LIMIT = 0.05
 CLICK_ROUNDS = 3
 #: First round: the best candidates (by contrast) whose RECIST round is compared.
 CLICK_TOP_K = 4
-#: Weight of the RECIST shift against the contrast when comparing first rounds.
-CLICK_SHIFT_WEIGHT = 2.0
+#: Weight of the RECIST shift against the contrast when comparing first rounds (0:
+#: the ring contrast alone chooses; 2 with the two-sided contrast before issue 10fr).
+CLICK_SHIFT_WEIGHT = 0.0
 #: The iteration has converged when no endpoint of the measured RECIST moved by more
 #: than this fraction of its long axis.
 CLICK_RECIST_TOLERANCE = 0.02
@@ -238,7 +239,10 @@ def _first_round(
     def score(pair: tuple[LesionResult, LesionResult]) -> float:
         cand, res = pair
         width = max(2, int(round(0.1 * res.measured.long_length)))
-        contrast = _region_contrast(feats, origin, res.mask, res.offset, width)
+        # Spread of the ring only: a whole lesion with a dark core and a lighter rim
+        # is as distinct from the skin around it as its core alone, but its inside
+        # varies more (the two-sided contrast chose the core too often).
+        contrast = _region_contrast(feats, origin, res.mask, res.offset, width, ring_only=True)
         return contrast - CLICK_SHIFT_WEIGHT * recist_shift(cand.measured, res.measured)
 
     return max(held, key=score)[1]
@@ -376,12 +380,15 @@ def _region_contrast(
     mask: np.ndarray,
     mask_offset: tuple[int, int],
     width: int,
+    *,
+    ring_only: bool = False,
 ) -> float:
     """How much a mask stands out from the ``width`` px ring of image around it.
 
     ``|mean inside - mean in the ring| / (sd inside + sd in the ring)`` of the image
-    features: high when the mask's boundary separates lesion from background, low
-    when mask and ring both lie in the lesion (too small) or both in skin/tissue.
+    features (``ring_only``: ``/ sd in the ring``): high when the mask's boundary
+    separates lesion from background, low when mask and ring both lie in the lesion
+    (too small) or both in skin/tissue.
     """
     fh, fw = feats.shape[:2]
     r0 = mask_offset[0] - feats_offset[0]
@@ -404,7 +411,9 @@ def _region_contrast(
     window = feats[a0:a1, b0:b1]
     fin, fout = window[inside], window[ring]
     diff = float(np.linalg.norm(fin.mean(axis=0) - fout.mean(axis=0)))
-    spread = float(np.sqrt(fin.var(axis=0).sum())) + float(np.sqrt(fout.var(axis=0).sum()))
+    spread = float(np.sqrt(fout.var(axis=0).sum()))
+    if not ring_only:
+        spread += float(np.sqrt(fin.var(axis=0).sum()))
     return diff / (spread + 1e-6)
 
 
