@@ -32,8 +32,10 @@ _CLICK_BORDER_LIMIT = 0.05
 CLICK_ROUNDS = 3
 #: First round: the best candidates (by contrast) whose RECIST round is compared.
 CLICK_TOP_K = 4
-#: Weight of the RECIST shift against the contrast when comparing first rounds (0:
-#: the ring contrast alone chooses; 2 with the two-sided contrast before issue 10fr).
+#: First rounds are compared by their contrast over the ring's spread only
+#: (:func:`_region_contrast` ``ring_only``) less this weight x their RECIST shift;
+#: before issue 10fr: the two-sided contrast, weight 2.
+CLICK_RING_ONLY = True
 CLICK_SHIFT_WEIGHT = 0.0
 #: The iteration has converged when no endpoint of the measured RECIST moved by more
 #: than this fraction of its long axis.
@@ -242,7 +244,8 @@ def _first_round(
         # Spread of the ring only: a whole lesion with a dark core and a lighter rim
         # is as distinct from the skin around it as its core alone, but its inside
         # varies more (the two-sided contrast chose the core too often).
-        contrast = _region_contrast(feats, origin, res.mask, res.offset, width, ring_only=True)
+        contrast = _region_contrast(feats, origin, res.mask, res.offset, width,
+                                    ring_only=CLICK_RING_ONLY)
         return contrast - CLICK_SHIFT_WEIGHT * recist_shift(cand.measured, res.measured)
 
     return max(held, key=score)[1]
