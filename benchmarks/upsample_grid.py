@@ -38,7 +38,8 @@ def _dice_in_box(pred: np.ndarray, offset: tuple[int, int], gt: np.ndarray) -> f
     return 2.0 * inter / total if total else 1.0
 
 
-def run_grid(predictor, cases, settings: list[tuple[float, float, bool, str, float]]) -> dict:
+def run_grid(predictor, cases, settings: list[tuple[float, float, bool, str, float]],
+             args_detail: float = 2.0) -> dict:
     """``{kind: {setting: [dice per case]}}`` and filter times."""
     from napari_recist_seg.preprocess import crop_box
     from napari_recist_seg.recist import snap
@@ -68,7 +69,8 @@ def run_grid(predictor, cases, settings: list[tuple[float, float, bool, str, flo
                     t0 = time.perf_counter()
                     if order == "pre":  # filter the probability, then refine
                         prob = guided_upsample(res.probability, crop, scale, radius=radius,
-                                               eps=eps, colour=colour, smooth=smooth)
+                                               eps=eps, colour=colour, smooth=smooth,
+                                               detail=args_detail)
                         mask = refine_mask(method, prob, local, crop, threshold=predictor.threshold)
                     else:  # refine, then filter the chosen mask
                         soft = guided_upsample(plain.astype(np.float32), crop, scale, radius=radius,
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--order", choices=("pre", "post", "both"), default="pre",
                         help="filter the probability before the refinement, or its mask after")
     parser.add_argument("--smooth", default="0", help="guide blur, x scale / 2 (sensor noise)")
+    parser.add_argument("--detail", type=float, default=2.0,
+                        help="coefficients at DETAIL x the network's resolution")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for r in args.radius.split(",") for e in args.eps.split(",")
                 for sm in args.smooth.split(",")]
     t0 = time.perf_counter()
-    out = run_grid(predictor, load_cases(stems, args.render, args.seed), settings)
+    out = run_grid(predictor, load_cases(stems, args.render, args.seed), settings, args.detail)
     result = {
         "benchmark": "upsample_grid",
         "ids": f"{args.ids} split, first {len(stems)}",

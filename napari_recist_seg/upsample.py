@@ -210,6 +210,7 @@ def guided_upsample(
     eps: float = UPSAMPLE_EPS,
     colour: bool = True,
     smooth: float = 0.0,
+    detail: float = 2.0,
 ) -> np.ndarray:
     """The probability of a crop box made to follow the full-resolution image's edges.
 
@@ -233,6 +234,9 @@ def guided_upsample(
     smooth : float
         Blur the guide by ``smooth * scale / 2`` px first (against sensor noise;
         0 = off, measured no better on the noisy ``hires`` proxy).
+    detail : float
+        The coefficients are computed at ``detail`` x the network's output
+        resolution (the fast guided filter's subsampling is ``scale / detail``).
 
     Returns
     -------
@@ -253,7 +257,7 @@ def guided_upsample(
     if smooth > 0:  # sensor noise: the last step q = a I + b would copy it into q
         guide = cv2.GaussianBlur(guide, (0, 0), smooth * scale / 2.0)
     filt = colour_guided_filter if colour else guided_filter
-    q = filt(guide, prob, int(round(radius * scale)), eps, subsample=scale / 2.0)
+    q = filt(guide, prob, int(round(radius * scale)), eps, subsample=scale / max(detail, 1e-3))
     return np.clip(q, 0.0, 1.0, out=q)
 
 
