@@ -9,8 +9,10 @@ guide makes the probability follow the image's own edges where the image has the
 leaves it smooth where it has none: inside every ``(2 radius + 1)`` window the output
 is a linear function of the guide, ``q = a I + b``, fitted to the probability with a
 ridge ``eps`` on ``a``. Computed in the "fast" form (He and Sun 2015): the
-coefficients at the resolution of the network's output (where the probability has its
-information), then resized to the box and applied to the full-resolution guide.
+coefficients at twice the resolution of the network's output (where the probability
+has its information), then resized to the box and applied to the full-resolution guide.
+:class:`~napari_recist_seg.predict.Predictor` applies it when ``upsample = "guided"``
+(off by default: on the proxy it gains with exact RECIST only, ``docs/RESULTS.md``).
 
 Only ``cv2.boxFilter`` / ``cv2.resize`` (no opencv-contrib); pure numpy otherwise.
 
