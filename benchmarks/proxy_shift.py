@@ -20,7 +20,8 @@ model's ``split.json``; ``--ids val`` for the validation ids, the ones to tune o
 For each method it prints the DESIGN.md section-6 metrics (``metrics.evaluate_case``:
 Dice, IoU, HD95, AVD) averaged over images, the median area ratio to the expert mask,
 and how many RECIST were refused. Methods: the default ``Predictor`` as shipped
-(``model``), its raw thresholded probability (``model_raw``), GrabCut and the
+(``model``), with ``Predictor.upsample = "guided"`` (``model_guided``), its raw
+thresholded probability (``model_raw``), GrabCut and the
 quadrant ellipse from the same RECIST, the refinements of
 :mod:`napari_recist_seg.refine`, and ``Predictor.segment_click`` from one click
 (``click``: as shipped; ``click_single``: one pass, no RECIST refinement;
@@ -29,8 +30,8 @@ median wall time of one call (image already in memory).
 
 Usage::
 
-    python benchmarks/proxy_shift.py [--model DIR] [--n 50] [--ids test|val]
-        [--render clinic|none] [--methods model,grabcut,...] [--seed 0]
+    python benchmarks/proxy_shift.py [--model DIR] [--n 50] [--skip 0] [--ids test|val]
+        [--render clinic|none|hires] [--methods model,grabcut,...] [--seed 0]
 
 Prints one JSON object on stdout.
 """
@@ -77,6 +78,37 @@ def render_clinic(
     )
     buf.seek(0)
     return np.asarray(Image.open(buf).convert("RGB")), m
+
+
+#: ``--render`` choices: see :func:`render_case`.
+RENDERS = ("clinic", "none", "hires")
+HIRES_SHAPE = (960, 1280)  # rows, cols: 3.75x / 5x the 256-px image (4:3)
+
+
+def render_hires(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A harder proxy: 1280 x 960 (5x the columns), fine detail a real sensor adds.
+
+    The 256-px image is up-scaled (bicubic) and sharpened (unsharp mask, amount
+    0.5-1.5 at sigma 2 px: the edges a high-resolution optic keeps), given
+    sensor noise (Gaussian, sd 1-3 % of full scale per pixel and channel, plus
+    the 2x2-correlated part a Bayer demosaic leaves), then the clinic camera of
+    :func:`render_clinic` (blur 0.5-1.5 px, colour, gamma, JPEG 60-95).
+    """
+    import cv2
+
+    size = (int(HIRES_SHAPE[1]), int(HIRES_SHAPE[0]))
+    up = cv2.resize(image, size, interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255.0
+    soft = cv2.GaussianBlur(up, (0, 0), 2.0)
+    up = up + float(rng.uniform(0.5, 1.5)) * (up - soft)
+    sd = float(rng.uniform(0.01, 0.03))
+    noise = rng.normal(0, sd, up.shape).astype(np.float32)
+    coarse = rng.normal(0, sd, (up.shape[0] // 2, up.shape[1] // 2, 3)).astype(np.float32)
+    noise += cv2.resize(coarse, size, interpolation=cv2.INTER_NEAREST)
+    up = (np.clip(up + noise, 0, 1) * 255 + 0.5).astype(np.uint8)
+    m = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) > 0.5
+    return render_clinic(up, m, rng, shape=HIRES_SHAPE)
 
 
 def jitter_recist(recist, shape: tuple[int, int], rng: np.random.Generator, sd: float = JITTER_SD):
@@ -133,6 +165,8 @@ def load_cases(stems: list[str], render: str, seed: int, style: float = 0.0):
         gt = np.asarray(Image.open(ISIC / "masks" / f"{stem}_segmentation.png")) > 0
         if render == "clinic":
             image, gt = render_clinic(image, gt, rng)
+        elif render == "hires":
+            image, gt = render_hires(image, gt, rng)
         gt = annotation_style(gt, style)
         exact = recist_from_mask(gt)
         yield stem, image, gt, exact, jitter_recist(exact, gt.shape, rng)
@@ -181,8 +215,18 @@ def methods_for(predictor, names: list[str]) -> dict[str, Callable]:
             predictor.refine = saved
         return res.full_mask(image.shape[:2])
 
+    def guided(image, r):
+        saved = predictor.upsample
+        predictor.upsample = "guided"
+        try:
+            [res] = predictor.segment(image, [r])
+        finally:
+            predictor.upsample = saved
+        return res.full_mask(image.shape[:2])
+
     table: dict[str, Callable] = {
         "model": model,
+        "model_guided": guided,
         "model_raw": raw,
         "grabcut": lambda image, r: targets.grabcut_mask(image, r),
         "ellipse": lambda image, r: targets.ellipse_mask(r, image.shape, mode="quadrant"),
@@ -268,10 +312,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first SKIP ids")
     parser.add_argument("--ids", choices=("test", "val"), default="test")
-    parser.add_argument("--render", choices=("clinic", "none"), default="clinic")
+    parser.add_argument("--render", choices=RENDERS, default="clinic")
     parser.add_argument("--methods", default="model,model_raw,grabcut,ellipse")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--upsample", default=None, help="set Predictor.upsample (none|guided)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--per-case", action="store_true", help="also print per-case Dice")
     args = parser.parse_args(argv)
@@ -280,17 +326,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     predictor, info = load_predictor(args.model, "cpu")
-    stems = split_ids(predictor, args.ids)[: args.n]
+    if args.upsample is not None:
+        predictor.upsample = args.upsample
+    stems = split_ids(predictor, args.ids)[args.skip : args.skip + args.n]
     methods = methods_for(predictor, [m for m in args.methods.split(",") if m])
     t0 = time.perf_counter()
     res = evaluate(predictor, methods, load_cases(stems, args.render, args.seed), args.seed)
     out = {
         "benchmark": "proxy_shift",
-        "ids": f"{args.ids} split, first {len(stems)}",
+        "ids": f"{args.ids} split, {len(stems)} from {args.skip}",
         "render": args.render,
         "seed": args.seed,
         "model": info,
         "predictor_refine_default": predictor.refine,
+        "predictor_upsample": predictor.upsample,
         "metrics": res["metrics"],
         "seconds": round(time.perf_counter() - t0, 1),
         "machine": machine_info(predictor.device),

@@ -63,6 +63,7 @@ from napari_recist_seg.runtime import make_runner
 from napari_recist_seg.stored_graph import (  # noqa: F401
     _graph_device, _graph_predictor, _nvidia_driver_present,
 )
+from napari_recist_seg.upsample import upsample_box
 
 __all__ = ["DEFAULT_MODEL_DIR", "LesionResult", "Predictor", "click_scales", "postprocess_mask"]
 
@@ -71,6 +72,8 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 #: Refinement a Predictor applies by default (see napari_recist_seg.refine; chosen on
 #: the validation ids of the default model's split with benchmarks/proxy_shift.py).
 DEFAULT_REFINE = "recist"
+#: Probability upsampling before the threshold (napari_recist_seg.upsample.METHODS).
+DEFAULT_UPSAMPLE = "none"
 
 
 class Predictor:
@@ -141,6 +144,7 @@ class Predictor:
             float(getattr(config, k, 0.0)) for k in ("logit_bias", "boundary_offset", "recist_fit"))
         # Post-processing of the probability (napari_recist_seg.refine.METHODS).
         self.refine = DEFAULT_REFINE
+        self.upsample = DEFAULT_UPSAMPLE  # edge-aware: napari_recist_seg.upsample
         #: Intensity rule (napari_recist_seg.intensity): ``None`` = decided per image
         #: (DICOM tag / HU range); a CT ``window`` preset or (level, width) override.
         self.modality: str | None = None
@@ -237,10 +241,8 @@ class Predictor:
 
     def __repr__(self) -> str:
         c = self.config
-        return (
-            f"Predictor({c.mode}, encoder={c.encoder}, input={c.input_size}px, "
-            f"K={c.n_clusters}, device={self.device}, path={self.path})"
-        )
+        return (f"Predictor({c.mode}, encoder={c.encoder}, input={c.input_size}px, "
+                f"K={c.n_clusters}, device={self.device}, path={self.path})")
 
     # -- internals -------------------------------------------------------------------
     def _forward(self, batch: np.ndarray, batch_size: int, tta: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -308,10 +310,10 @@ class Predictor:
         for image, recists in pairs:
             results = []
             for r in recists:
-                plane_shape = _plane(image, r).shape[:2]
+                plane = _plane(image, r)
                 res = self._finish(r, boxes[k], seg[k], None if aux is None else aux[k],
-                                   plane_shape, postprocess)
-                results.append(self._refined(res, _plane(image, r), postprocess))
+                                   plane.shape[:2], postprocess, plane)
+                results.append(self._refined(res, plane, postprocess))
                 k += 1
             out.append(results)
         t3 = time.perf_counter()
@@ -328,13 +330,16 @@ class Predictor:
         cluster_probs: np.ndarray | None,
         plane_shape: tuple[int, int],
         postprocess: bool,
+        plane: np.ndarray | None = None,
     ) -> LesionResult:
-        """Network output of one crop -> LesionResult in image coordinates."""
-        # Resize logits (smoother than resizing probabilities), then sigmoid.
+        """Network output of one crop -> LesionResult in image coordinates (``plane``: guide)."""
+        # Resize logits (smoother than resizing probabilities), then sigmoid; paste_back's
+        # output is a fresh array (or a slice of the batch output, unused).
         offset, logits = paste_back(logits_crop, box, plane_shape)
-        # paste_back's output is a fresh array (or a slice of the batch output, unused).
         logits = np.asarray(logits, dtype=np.float32)
         prob = _sigmoid_inplace(logits + np.float32(self.logit_bias) if self.logit_bias else logits)
+        if self.upsample != "none" and plane is not None:
+            prob = upsample_box(self.upsample, prob, plane, offset, box.side / self.preprocess.input_size)
         mask = prob > self.threshold
         if postprocess and mask.any():
             mask = postprocess_mask(mask, r.transformed(offset, 1.0))
@@ -489,10 +494,7 @@ class Predictor:
         refine: bool = True,
         rounds: int | None = None,
     ) -> LesionResult:
-        """Segment the lesion under one click, without a drawn RECIST.
-
-        See :func:`napari_recist_seg.click.segment_click` (this predictor is its
-        ``predictor``) for the method, the parameters and the errors.
-        """
+        """Segment the lesion under one click, without a drawn RECIST: see
+        :func:`napari_recist_seg.click.segment_click` (this predictor is its ``predictor``)."""
         return segment_click(self, image, point, slice_index=slice_index, spacing=spacing,
                              scales=scales, refine=refine, rounds=rounds)

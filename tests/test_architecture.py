@@ -74,6 +74,7 @@ LAYERS: dict[str, int] = {
     "postprocess": 3,  # LesionResult, component selection, measuring a mask
     "stored_graph": 3,  # a Predictor on the checkpoint's ONNX graph (no torch)
     "image_checks": 2,  # the predictor's input rules
+    "upsample": 2,  # edge-aware upsampling of the probability (numpy / OpenCV)
     "training": 3,  # a package: config, samples, losses, distributed, checkpoint, loop
     "click_check": 3,  # refuses click results; uses click's features
     "propagate": 2,  # a mask from slice to slice (recist only)

@@ -61,10 +61,25 @@ def test_iterated_click_beats_the_single_pass(predictor):
         many = predictor.segment_click(image, centre)
         single.append(_dice(one.full_mask(mask.shape), mask))
         iterated.append(_dice(many.full_mask(mask.shape), mask))
-    assert all(b > a for a, b in zip(single, iterated)), (single, iterated)
-    # One refinement round of the best-contrast candidate (the earlier click mode)
-    # gained 0.028 here; the ranked first round and later rounds gain ~0.05.
-    assert np.mean(iterated) > np.mean(single) + 0.04, (single, iterated)
+    # These four were picked as examples of the two-sided contrast rule (+0.05 here);
+    # the ring-only rule (chosen on 80 other val ids, +0.04 there on the 3x clinic
+    # proxy) gains 0.022 on them, one case -0.008.
+    assert all(b > a - 0.02 for a, b in zip(single, iterated)), (single, iterated)
+    assert np.mean(iterated) > np.mean(single) + 0.015, (single, iterated)
+
+
+def test_first_round_is_judged_against_the_skin_around_it(predictor, monkeypatch):
+    # A val lesion with a dark core inside a lighter rim: the two-sided contrast
+    # (mean difference over inside + ring spreads) prefers the core, whose inside is
+    # uniform; judged by the ring's spread alone the whole lesion wins.
+    stem = "ISIC_0003728"
+    assert stem in json.loads((DEFAULT_MODEL_DIR / "split.json").read_text())["val"]
+    image, mask, centre = _case(stem)
+    new = _dice(predictor.segment_click(image, centre).full_mask(mask.shape), mask)
+    monkeypatch.setattr(click_mod, "CLICK_RING_ONLY", False)
+    monkeypatch.setattr(click_mod, "CLICK_SHIFT_WEIGHT", 2.0)
+    old = _dice(predictor.segment_click(image, centre).full_mask(mask.shape), mask)
+    assert old < 0.3 and new > 0.6, (old, new)  # 0.11 -> 0.68
 
 
 def test_the_iteration_stops_when_the_recist_converges(predictor, monkeypatch):

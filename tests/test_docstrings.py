@@ -33,6 +33,7 @@ CORE_MODULES = [
     "napari_recist_seg.data.raster",
     "napari_recist_seg.curation_images",
     "napari_recist_seg.measurements",
+    "napari_recist_seg.upsample",  # issue 10fr: the guided filter of the probability
 ]
 
 
