@@ -199,7 +199,8 @@ class Predictor:
         device : str
             ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
         **kwargs
-            ``postprocess``, ``tta``, ``optimize``, ``backend``: see :class:`Predictor`.
+            ``postprocess``, ``tta``, ``optimize``, ``backend``: see :class:`Predictor`;
+            ``precision`` (``"auto"``, ``"int8"``, ``"fp32"``): see :mod:`~napari_recist_seg.stored_graph`.
 
         Notes
         -----

@@ -176,6 +176,7 @@ def run_segment(
     cancel: CancelToken | None = None,
     window: object = None,
     modality: str | None = None,
+    precision: str = "auto",
 ) -> JobReport:
     """Segment every RECIST of a dataset folder or a list of image files.
 
@@ -205,6 +206,9 @@ def run_segment(
     window, modality
         Intensity rule (:mod:`napari_recist_seg.intensity`): a CT window preset or
         ``(level, width)``, and ``"ct"`` / another modality to override detection.
+    precision : str
+        ``"auto"``, ``"int8"`` or ``"fp32"`` for the loaded model (see
+        :mod:`napari_recist_seg.stored_graph`); unused with ``predictor``.
 
     Returns
     -------
@@ -239,7 +243,7 @@ def run_segment(
         if todo and predictor is None:
             from napari_recist_seg.predict import Predictor
 
-            predictor = Predictor.load(model, device=device)
+            predictor = Predictor.load(model, device=device, precision=precision)
         if predictor is not None and (window is not None or modality is not None):
             predictor.window, predictor.modality = window, modality
         try:
