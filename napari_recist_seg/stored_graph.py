@@ -8,6 +8,7 @@ where the graph may run (``None``: use PyTorch).
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import sys
@@ -64,10 +65,8 @@ def _int8_graph(path: Path, dev: str, precision: str) -> bytes | None:
     if precision == "fp32":
         return None
     data = None
-    if dev == "cpu":
-        from napari_recist_seg.checkpoint import read_checkpoint_config
-
-        data = read_int8_graph(path, read_checkpoint_config(path))
+    if dev == "cpu":  # the config was read and checked with the float graph
+        data = read_int8_graph(path, json.loads((path / "config.json").read_text()))
     if data is None and precision == "int8":
         where = "this checkpoint has no valid INT8 graph" if dev == "cpu" else f"INT8 runs on the CPU only, not {dev}"
         raise ValueError(f"{path}: {where}; use precision 'fp32' or 'auto'")
