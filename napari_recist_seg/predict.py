@@ -310,8 +310,8 @@ class Predictor:
             results = []
             for r in recists:
                 plane_shape = _plane(image, r).shape[:2]
-                res = self._finish(r, boxes[k], seg[k], None if aux is None else aux[k],
-                                   plane_shape, postprocess)
+                res = self._finish(r, boxes[k], seg[k], None if aux is None else aux[k], plane_shape,
+                                   postprocess, measure=self.refine == "none" and not self.boundary_offset)
                 results.append(self._refined(res, _plane(image, r), postprocess))
                 k += 1
             out.append(results)
@@ -328,7 +328,7 @@ class Predictor:
         logits_crop: np.ndarray,
         cluster_probs: np.ndarray | None,
         plane_shape: tuple[int, int],
-        postprocess: bool,
+        postprocess: bool, measure: bool = True,  # False: a refinement measures its mask
     ) -> LesionResult:
         """Network output of one crop -> LesionResult in image coordinates."""
         # Resize logits (smoother than resizing probabilities), then sigmoid.
@@ -346,7 +346,8 @@ class Predictor:
             cluster = int(np.argmax(cluster_probs))
             confidence = float(cluster_probs[cluster])
         offset = (int(offset[0]), int(offset[1]))
-        return LesionResult(r, offset, mask, prob, cluster, confidence, measure_mask(mask, offset, r))
+        measured = measure_mask(mask, offset, r) if measure else None
+        return LesionResult(r, offset, mask, prob, cluster, confidence, measured)
 
     def _refined(self, res: LesionResult, plane: np.ndarray, postprocess: bool) -> LesionResult:
         """Apply ``self.refine`` (a :mod:`~napari_recist_seg.refine` method), then ``boundary_offset``."""

@@ -299,6 +299,6 @@ def refine_result(res: Any, plane: np.ndarray, method: str, *, threshold: float 
         mask = offset_mask(mask, boundary_offset * local.long_length)
     if postprocess and mask.any():
         mask = postprocess_mask(mask, local)
-    if mask.shape == res.mask.shape and np.array_equal(mask, res.mask):
+    if res.measured is not None and mask.shape == res.mask.shape and np.array_equal(mask, res.mask):
         return replace(res, mask=mask)  # the fixed threshold kept: already measured
     return replace(res, mask=mask, measured=measure_mask(mask, res.offset, res.recist))
