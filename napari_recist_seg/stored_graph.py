@@ -79,10 +79,12 @@ def _graph_predictor(cls: type, path: Path, device: str, kwargs: dict,
 
     ``load_checkpoint_graph`` is :func:`napari_recist_seg.model.load_checkpoint_graph`
     (the caller has imported that module; it is slow to import). ``kwargs`` are
-    :meth:`Predictor.load`'s; their ``precision`` is taken out of them here (the
-    PyTorch path has none): ``"auto"`` (default) runs the INT8 graph on CPU when the
-    checkpoint stores one, ``"int8"`` insists on it, ``"fp32"`` runs the float graph."""
+    :meth:`Predictor.load`'s; their ``precision`` and ``threads`` are taken out of them
+    here (the PyTorch path has neither). ``precision``: ``"auto"`` (default) runs the
+    INT8 graph on CPU when the checkpoint stores one, ``"int8"`` insists on it,
+    ``"fp32"`` runs the float graph; ``threads``: ONNX Runtime's intra-op threads."""
     precision = check_precision(kwargs.pop("precision", "auto"))
+    threads = kwargs.pop("threads", None)  # ONNX Runtime intra-op threads (default: the cores)
     if kwargs.get("optimize") is False or kwargs.get("backend") not in (None, "auto", "onnxruntime"):
         if precision == "int8":
             raise ValueError("precision 'int8' runs the stored ONNX graph only (no PyTorch backend)")
@@ -98,14 +100,14 @@ def _graph_predictor(cls: type, path: Path, device: str, kwargs: dict,
     int8 = _int8_graph(path, dev, precision)
     if int8 is not None:
         try:
-            runner = runner_from_graph(int8, dev, precision="int8")
+            runner = runner_from_graph(int8, dev, threads, precision="int8")
         except Exception as exc:  # noqa: BLE001 - e.g. an ONNX Runtime without its kernels
             if precision == "int8":
                 raise ValueError(f"{path}: cannot run the INT8 graph ({exc})") from None
             logger.warning("%s: cannot run the INT8 graph (%s); using the float graph", path, exc)
     if runner is None:
         try:
-            runner = runner_from_graph(graph, dev)
+            runner = runner_from_graph(graph, dev, threads)
         except Exception as exc:  # noqa: BLE001 - e.g. an ONNX Runtime too old for the graph
             logger.warning("%s: cannot run the stored graph (%s); using PyTorch", path, exc)
             return None
