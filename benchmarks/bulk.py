@@ -52,6 +52,10 @@ REPO = Path(__file__).resolve().parents[1]
 GOAL_LESIONS_PER_S = 150.0
 
 
+class _Done(Exception):
+    """``--cli-only``: the CLI variants are measured, skip the rest."""
+
+
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -62,6 +66,8 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "fp32": (["--precision", "fp32"], {}),  # the float graph, same pipeline
     "serial": ([], {"RECIST_SEG_SERIAL": "1"}),  # the plain loop, INT8
     "cv1": ([], {"OPENCV_FOR_THREADS_NUM": "1"}),  # OpenCV without its own threads
+    "cv1blas1": ([], {"OPENCV_FOR_THREADS_NUM": "1", "OPENBLAS_NUM_THREADS": "1"}),
+    "seg1": ([], {"RECIST_SEG_SEGMENTERS": "1"}),  # the pipeline with one segmenter
 }
 
 
@@ -146,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads-sweep", action="store_true",
                         help="forward rate for intra-op threads x parallel batches")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--cli-only", action="store_true", help="skip the stages and the floor")
     args = parser.parse_args(argv)
     if not (ISIC / "images").is_dir():
         sys.exit(f"real ISIC data not found at {ISIC}")
@@ -179,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
         out["cli_peak_rss_mb"] = round(
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
 
+        if args.cli_only:
+            raise _Done
         from napari_recist_seg.predict import Predictor
         from napari_recist_seg.jobs.segment import plan_segment
 
@@ -203,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "key": "intra-op threads x parallel sessions, batch size: lesions/s",
                 **{f"{t}x{p} b{b}": forward_rate(graph, x, t, p, b)
                    for t, p, b in ((1, 1, 32), (2, 1, 32), (1, 2, 32), (2, 1, 8), (1, 2, 8))}}
+    except _Done:
+        pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out["loadavg_after"] = _load()

@@ -105,7 +105,7 @@ _CHUNK_IMAGES = 8
 _CHUNK_BYTES = 64 << 20
 # Chunks segmented at once by the pipelined run (one in the network while the other
 # is prepared or post-processed in Python; jobs/pipeline.py).
-_SEGMENTERS = 2
+_SEGMENTERS = max(1, int(os.environ.get("RECIST_SEG_SEGMENTERS", "2") or 2))
 
 
 # -- the job ---------------------------------------------------------------------------
