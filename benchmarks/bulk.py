@@ -2,11 +2,14 @@
 
 One run reports, as one JSON object on stdout:
 
-- ``cli``: wall time of a fresh ``python -m napari_recist_seg segment DS --out OUT -q``
-  process (interpreter start, imports, model load, reading, inference, writing every
-  mask and ``measurements.csv``): lesions/s *including start-up*, and its peak RSS;
+- ``cli_<variant>``: wall time of a fresh ``python -m napari_recist_seg segment DS --out
+  OUT -q`` process (interpreter start, imports, model load, reading, inference, writing
+  every mask and ``measurements.csv``): lesions/s *including start-up*, its CPU time,
+  for each of ``--variants`` (:data:`VARIANTS`; run in turn ``--repeat`` times, medians),
+  and the peak RSS of them all;
 - ``floor``: the compute floor measured in the same run: the network's forward pass
-  alone over the same lesions' inputs (prepared beforehand), in batches;
+  alone over the same lesions' inputs (prepared beforehand), in batches, for the float
+  and the INT8 graph;
 - ``stages``: where the time goes, each stage timed alone in process (reading the
   JPEGs, preprocessing, forward, postprocessing, writing the masks);
 - ``threads``: forward-pass throughput for ONNX Runtime intra-op threads x parallel
@@ -19,7 +22,8 @@ The dataset (symlinks + ``recist.csv`` with RECIST derived from the expert masks
 
 Usage::
 
-    python benchmarks/bulk.py [--n 1000] [--serial] [--threads-sweep]
+    python benchmarks/bulk.py [--n 1000] [--variants pipelined,fp32,serial,cv1] [--repeat 3]
+        [--threads-sweep]
 
 Goal (issue 14): >= 150 lesions/s including start-up on 2 CPU cores.
 """
@@ -48,22 +52,39 @@ REPO = Path(__file__).resolve().parents[1]
 GOAL_LESIONS_PER_S = 150.0
 
 
+class _Done(Exception):
+    """``--cli-only``: the CLI variants are measured, skip the rest."""
+
+
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run_cli(ds: Path, out: Path, serial: bool) -> dict:
-    """Time one fresh CLI process end to end (its peak RSS from rusage)."""
-    env = dict(os.environ)
-    if serial:
-        env["RECIST_SEG_SERIAL"] = "1"
-    cmd = [sys.executable, "-m", "napari_recist_seg", "segment", str(ds), "--out", str(out), "-q"]
+#: ``--variants``: name -> (extra CLI arguments, extra environment).
+VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "pipelined": ([], {}),  # the default: INT8 graph, reader / 2 segmenters / writer threads
+    "fp32": (["--precision", "fp32"], {}),  # the float graph, same pipeline
+    "serial": ([], {"RECIST_SEG_SERIAL": "1"}),  # the plain loop, INT8
+    "cv1": ([], {"OPENCV_FOR_THREADS_NUM": "1"}),  # OpenCV without its own threads
+    "cv1blas1": ([], {"OPENCV_FOR_THREADS_NUM": "1", "OPENBLAS_NUM_THREADS": "1"}),
+    "seg1": ([], {"RECIST_SEG_SEGMENTERS": "1"}),  # the pipeline with one segmenter
+}
+
+
+def run_cli(ds: Path, out: Path, variant: str) -> dict:
+    """Time one fresh CLI process end to end (its CPU time from rusage)."""
+    extra, env_extra = VARIANTS[variant]
+    env = dict(os.environ, **env_extra)
+    cmd = [sys.executable, "-m", "napari_recist_seg", "segment", str(ds), "--out", str(out), "-q", *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"segment failed (rc {proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return {"seconds": round(seconds, 3), "rc": proc.returncode}
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"seconds": round(seconds, 3), "cpu_s": round(cpu, 2), "rc": proc.returncode}
 
 
 def stage_times(items, predictor, batch: int) -> tuple[dict, "object"]:
@@ -125,11 +146,13 @@ def forward_rate(graph: bytes, x, threads: int, parallel: int, batch: int) -> fl
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="number of images")
-    parser.add_argument("--serial", action="store_true",
-                        help="also time the serial loop (RECIST_SEG_SERIAL=1)")
+    parser.add_argument("--variants", default="pipelined,fp32",
+                        help=f"CLI variants timed in turn, comma-separated: {', '.join(VARIANTS)}")
+    parser.add_argument("--repeat", type=int, default=1, help="times each variant is run (median)")
     parser.add_argument("--threads-sweep", action="store_true",
                         help="forward rate for intra-op threads x parallel batches")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--cli-only", action="store_true", help="skip the stages and the floor")
     args = parser.parse_args(argv)
     if not (ISIC / "images").is_dir():
         sys.exit(f"real ISIC data not found at {ISIC}")
@@ -139,17 +162,32 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         n_lesions = make_dataset(tmp / "ds", args.n)
         out["lesions"] = n_lesions
-        runs = {"pipelined": False} | ({"serial": True} if args.serial else {})
-        for name, serial in runs.items():
-            res = run_cli(tmp / "ds", tmp / f"out_{name}", serial)
-            written = len(list((tmp / f"out_{name}").glob("*.png")))
-            res.update(masks_written=written,
-                       lesions_per_s=round(n_lesions / res["seconds"], 1),
-                       within_goal=n_lesions / res["seconds"] >= GOAL_LESIONS_PER_S)
-            out[f"cli_{name}"] = res
+        names = [v for v in args.variants.split(",") if v]
+        for name in names:
+            if name not in VARIANTS:
+                sys.exit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        runs: dict[str, list[dict]] = {name: [] for name in names}
+        for _ in range(max(1, args.repeat)):  # interleaved: the load hits every variant alike
+            for name in names:
+                res = run_cli(tmp / "ds", tmp / f"out_{name}", name)
+                res["masks_written"] = len(list((tmp / f"out_{name}").glob("*.png")))
+                shutil.rmtree(tmp / f"out_{name}", ignore_errors=True)
+                runs[name].append(res)
+        for name, results in runs.items():
+            secs = sorted(r["seconds"] for r in results)
+            median = secs[len(secs) // 2]
+            out[f"cli_{name}"] = {
+                "seconds_median": median, "seconds_all": [r["seconds"] for r in results],
+                "cpu_s_median": sorted(r["cpu_s"] for r in results)[len(results) // 2],
+                "masks_written": results[0]["masks_written"],
+                "lesions_per_s": round(n_lesions / median, 1),
+                "within_goal": n_lesions / median >= GOAL_LESIONS_PER_S,
+            }
         out["cli_peak_rss_mb"] = round(
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
 
+        if args.cli_only:
+            raise _Done
         from napari_recist_seg.predict import Predictor
         from napari_recist_seg.jobs.segment import plan_segment
 
@@ -158,17 +196,24 @@ def main(argv: list[str] | None = None) -> dict:
         out["stages"], x = stage_times(items, predictor, args.batch_size)
         from napari_recist_seg.model import load_checkpoint_graph
 
+        from napari_recist_seg.quantize import read_int8_graph
+
         graph = load_checkpoint_graph(predictor.path)[0]
+        int8 = read_int8_graph(predictor.path, json.loads((predictor.path / "config.json").read_text()))
         threads = int(os.environ.get("OMP_NUM_THREADS", 0)) or len(os.sched_getaffinity(0))
-        floor = forward_rate(graph, x, threads, 1, args.batch_size)
         out["floor"] = {"what": "forward pass alone, ONNX Runtime, batches of "
-                        f"{args.batch_size}, {threads} intra-op threads",
-                        "lesions_per_s": floor}
+                        f"{args.batch_size}, {threads} intra-op threads: lesions/s",
+                        "fp32": forward_rate(graph, x, threads, 1, args.batch_size)}
+        if int8 is not None:
+            out["floor"]["int8"] = forward_rate(int8, x, threads, 1, args.batch_size)
+        out["stages"]["precision"] = predictor._runner.precision
         if args.threads_sweep:
             out["threads"] = {
                 "key": "intra-op threads x parallel sessions, batch size: lesions/s",
                 **{f"{t}x{p} b{b}": forward_rate(graph, x, t, p, b)
                    for t, p, b in ((1, 1, 32), (2, 1, 32), (1, 2, 32), (2, 1, 8), (1, 2, 8))}}
+    except _Done:
+        pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out["loadavg_after"] = _load()

@@ -91,6 +91,7 @@ def _describe(p) -> dict:
         "recist_channel": c.recist_channel,
         "n_clusters": c.n_clusters,
         "backend": p.backend,
+        "precision": getattr(p._runner, "precision", "fp32"),
     }
 
 

@@ -193,7 +193,8 @@ def save_checkpoint(
         if old.name != weights_name:
             with contextlib.suppress(OSError):
                 old.unlink()
-    for old in out.glob("graph-*.onnx"):
+    for old in [*out.glob("graph-*.onnx"), *out.glob("int8-*.onnx")]:
+        # New weights: an INT8 graph of the old ones is stale (napari_recist_seg.quantize).
         if old.name != doc.get("graph"):
             with contextlib.suppress(OSError):
                 old.unlink()

@@ -134,14 +134,14 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_graph(out: Path, graph: bytes) -> tuple[str, str]:
-    """Write ``graph`` into checkpoint folder ``out`` as ``graph-<sha16>.onnx``.
+def write_graph(out: Path, graph: bytes, prefix: str = GRAPH_PREFIX) -> tuple[str, str]:
+    """Write ``graph`` into checkpoint folder ``out`` as ``<prefix><sha16>.onnx``.
 
     Atomic (temp file + rename) and content-addressed, so the file the current
     config names is never overwritten. Returns ``(file name, sha256)``.
     """
     digest = _sha256_bytes(graph)
-    name = f"{GRAPH_PREFIX}{digest[:16]}{GRAPH_SUFFIX}"
+    name = f"{prefix}{digest[:16]}{GRAPH_SUFFIX}"
     fd, tmp_name = tempfile.mkstemp(prefix=".graph.", suffix=GRAPH_SUFFIX, dir=out)
     tmp = Path(tmp_name)
     try:

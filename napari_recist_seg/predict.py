@@ -8,13 +8,10 @@ image. Only the crop boxes of the image are ever read or allocated: a ``(Z, H, W
 volume is segmented on the view ``volume[slice_index]`` and a 3000x2000 photograph is
 never copied, so memory is bounded by the crop, not the image.
 
-The mask is the probability above ``config.threshold`` (0.5). Optional post-processing
-(``postprocess=True``) keeps the lesion the RECIST points at (the connected component
-containing the crossing point of the axes, else the largest component overlapping the
-RECIST quadrilateral) and fills holes. It is off by default because it changed no mask
-of 200 held-out ISIC images and one of 254 LiTS tumours (the network already returns
-one filled blob; ``benchmarks/README.md``); click mode always applies it, since a click
-is a weaker prompt.
+The mask is the probability above ``config.threshold``, refined per lesion against the
+RECIST (``refine``, :mod:`~napari_recist_seg.refine`). ``postprocess=True`` also keeps
+the component the RECIST points at and fills holes (off by default: it changed no mask
+of 200 held-out ISIC images, ``benchmarks/README.md``; click mode always applies it).
 
 Examples
 --------
@@ -43,26 +40,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-# Re-exported: ``from napari_recist_seg.predict import X`` keeps working for the names
-# that moved to click, postprocess, image_checks and stored_graph.
-from napari_recist_seg.click import (  # noqa: F401
-    _CLICK_BORDER_LIMIT, _border_leak, _circle, _click_features, _region_contrast,
-    click_scales, segment_click,
-)
-from napari_recist_seg.image_checks import (  # noqa: F401
-    _as_uint8_rgb, _check_image, _check_plane_values, _is_volume, _plane,
-)
+from napari_recist_seg.click import click_scales, segment_click
+from napari_recist_seg.image_checks import _check_image, _check_plane_values, _plane
 from napari_recist_seg.intensity import detect_modality
-from napari_recist_seg.postprocess import (  # noqa: F401
-    _STRUCT8, MEASURE_MAX_PIXELS, LesionResult, _largest, _lazy_module, _sigmoid_inplace,
-    _softmax, measure_mask, ndimage, postprocess_mask, recist_cluster_probs,
+from napari_recist_seg.postprocess import (
+    LesionResult, _sigmoid_inplace, _softmax, measure_mask, postprocess_mask, recist_cluster_probs,
 )
 from napari_recist_seg.preprocess import make_input, paste_back
 from napari_recist_seg.recist import Recist, RecistError, snap
 from napari_recist_seg.runtime import make_runner
-from napari_recist_seg.stored_graph import (  # noqa: F401
-    _graph_device, _graph_predictor, _nvidia_driver_present,
-)
+from napari_recist_seg.stored_graph import _graph_predictor
 from napari_recist_seg.upsample import upsample_box
 
 __all__ = ["DEFAULT_MODEL_DIR", "LesionResult", "Predictor", "click_scales", "postprocess_mask"]
@@ -203,7 +190,8 @@ class Predictor:
         device : str
             ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
         **kwargs
-            ``postprocess``, ``tta``, ``optimize``, ``backend``: see :class:`Predictor`.
+            ``postprocess``, ``tta``, ``optimize``, ``backend``: see :class:`Predictor`;
+            ``precision`` (``"auto"``, ``"int8"``, ``"fp32"``): see :mod:`~napari_recist_seg.stored_graph`.
 
         Notes
         -----
@@ -311,8 +299,8 @@ class Predictor:
             results = []
             for r in recists:
                 plane = _plane(image, r)
-                res = self._finish(r, boxes[k], seg[k], None if aux is None else aux[k],
-                                   plane.shape[:2], postprocess, plane)
+                res = self._finish(r, boxes[k], seg[k], None if aux is None else aux[k], plane.shape[:2],
+                                   postprocess, plane, measure=not self._refines)
                 results.append(self._refined(res, plane, postprocess))
                 k += 1
             out.append(results)
@@ -331,6 +319,7 @@ class Predictor:
         plane_shape: tuple[int, int],
         postprocess: bool,
         plane: np.ndarray | None = None,
+        measure: bool = True,  # False: the refinement measures its own mask
     ) -> LesionResult:
         """Network output of one crop -> LesionResult in image coordinates (``plane``: guide)."""
         # Resize logits (smoother than resizing probabilities), then sigmoid; paste_back's
@@ -350,11 +339,16 @@ class Predictor:
             cluster = int(np.argmax(cluster_probs))
             confidence = float(cluster_probs[cluster])
         offset = (int(offset[0]), int(offset[1]))
-        return LesionResult(r, offset, mask, prob, cluster, confidence, measure_mask(mask, offset, r))
+        measured = measure_mask(mask, offset, r) if measure or not mask.any() else None
+        return LesionResult(r, offset, mask, prob, cluster, confidence, measured)
+
+    @property
+    def _refines(self) -> bool:  # True: _refined replaces (and measures) a non-empty mask
+        return self.refine != "none" or bool(self.boundary_offset or self.recist_fit)
 
     def _refined(self, res: LesionResult, plane: np.ndarray, postprocess: bool) -> LesionResult:
         """Apply ``self.refine`` (a :mod:`~napari_recist_seg.refine` method), then the outline moves."""
-        if (self.refine == "none" and not self.boundary_offset and not self.recist_fit) or not res.mask.any():
+        if not self._refines or not res.mask.any():
             return res
         from napari_recist_seg.refine import refine_result
 

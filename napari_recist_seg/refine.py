@@ -34,6 +34,7 @@ from scipy import ndimage
 
 from napari_recist_seg.postprocess import measure_mask, postprocess_mask
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
+from napari_recist_seg.recist_geometry import _component_axes
 from napari_recist_seg.targets import grabcut_mask
 
 __all__ = ["METHODS", "THRESHOLDS", "axis_gap", "offset_mask", "recist_error", "refine_mask", "refine_result"]
@@ -92,6 +93,76 @@ def recist_error(mask: np.ndarray, recist_local: Recist) -> float:
     return abs(m.long_length - recist_local.long_length) / recist_local.long_length + abs(
         m.short_length - recist_local.short_length
     ) / recist_local.short_length
+
+
+def _fill_holes(comp: np.ndarray) -> np.ndarray:
+    """``comp`` (0/1 ``uint8``) with its holes filled, as ``ndimage.binary_fill_holes``
+    (background 4-connected to the border stays), by one flood fill from a padded corner."""
+    h, w = comp.shape
+    work = np.zeros((h + 2, w + 2), np.uint8)
+    work[1:-1, 1:-1] = comp
+    cv2.floodFill(work, None, (0, 0), 2, flags=4)
+    return (work[1:-1, 1:-1] != 2).view(np.uint8)
+
+
+def _threshold_error(mask: np.ndarray, recist_local: Recist) -> float:
+    """``recist_error(_keep_at(mask, r), r)``, computed on the kept component alone.
+
+    The component at the crossing is flood-filled (8-connected, as ``_keep_at``
+    labels) and measured in its bounding box, where ``recist_from_mask`` of the kept
+    mask would measure it (same crop, same offset: the same axes to the last bit);
+    when the crossing misses the mask the general path picks the largest component.
+    """
+    try:
+        r, c = (int(round(v)) for v in recist_local.crossing)
+    except RecistError:
+        r, c = (int(round(v)) for v in recist_local.centre)
+    if not (0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]) or not mask[r, c]:
+        return recist_error(_keep_at(mask, recist_local), recist_local)
+    work = mask.astype(np.uint8)
+    _, _, _, (x, y, w, h) = cv2.floodFill(work, None, (c, r), 2, flags=8)
+    comp = _fill_holes((work[y : y + h, x : x + w] == 2).view(np.uint8))
+    if int(np.count_nonzero(comp)) < 4:  # recist_from_mask's min_area
+        return float("inf")
+    try:
+        long_axis, short_axis = _component_axes(comp, (y, x))
+    except RecistError:
+        return float("inf")
+    m = Recist(long_axis, short_axis)
+    return abs(m.long_length - recist_local.long_length) / recist_local.long_length + abs(
+        m.short_length - recist_local.short_length
+    ) / recist_local.short_length
+
+
+def _best_threshold(prob: np.ndarray, recist_local: Recist, threshold: float) -> tuple[np.ndarray, float]:
+    """The ``"recist"`` choice: of ``threshold`` and :data:`THRESHOLDS`, the full-size
+    mask whose kept component's axes best match the drawn ones, and its error.
+
+    The thresholds are compared on the probability shrunk to at most _MEASURE_SIDE
+    (the relative axis error does not depend on scale; full resolution costs ~180 ms
+    per lesion at 768 x 576, shrunk ~10 ms). The masks of the thresholds are nested,
+    so two with the same pixel count are the same mask: it is measured once (same
+    error, and a tie never replaces the earlier choice).
+    """
+    f = min(1.0, _MEASURE_SIDE / max(prob.shape))
+    small, r_small = prob, recist_local
+    if f < 1.0:
+        size = (max(2, int(round(prob.shape[1] * f))), max(2, int(round(prob.shape[0] * f))))
+        small = cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
+        r_small = recist_local.transformed((0.0, 0.0), (size[1] / prob.shape[0], size[0] / prob.shape[1]))
+    base = small > threshold
+    best_t, best_err = threshold, (_threshold_error(base, r_small) if base.any() else float("inf"))
+    seen = {int(np.count_nonzero(base))}
+    for t in THRESHOLDS:
+        cand = small > t
+        n = int(np.count_nonzero(cand))
+        if n == 0 or n in seen:
+            continue
+        seen.add(n)
+        err = _threshold_error(cand, r_small)
+        if err < best_err - 1e-9:
+            best_t, best_err = t, err
+    return prob > best_t, best_err
 
 
 def offset_mask(mask: np.ndarray, pixels: float) -> np.ndarray:
@@ -254,22 +325,7 @@ def refine_mask(
             return base
     if method == "fused":
         return base
-    # The thresholds are compared on the probability shrunk to at most _MEASURE_SIDE
-    # (the relative axis error does not depend on scale; full resolution costs ~180 ms
-    # per lesion at 768 x 576, shrunk ~10 ms).
-    f = min(1.0, _MEASURE_SIDE / max(prob.shape))
-    small, r_small = prob, recist_local
-    if f < 1.0:
-        size = (max(2, int(round(prob.shape[1] * f))), max(2, int(round(prob.shape[0] * f))))
-        small = cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
-        r_small = recist_local.transformed((0.0, 0.0), (size[1] / prob.shape[0], size[0] / prob.shape[1]))
-    best, best_err = base, recist_error(_keep_at(small > threshold, r_small), r_small)
-    for t in THRESHOLDS:
-        cand = small > t
-        if cand.any():
-            err = recist_error(_keep_at(cand, r_small), r_small)
-            if err < best_err - 1e-9:
-                best, best_err = prob > t, err
+    best, best_err = _best_threshold(prob, recist_local, threshold)
     for cand in candidates:  # full-resolution GrabCut candidates
         err = recist_error(_keep_at(cand, recist_local), recist_local)
         if err < best_err - 1e-9:
@@ -296,4 +352,6 @@ def refine_result(res: Any, plane: np.ndarray, method: str, *, threshold: float 
         mask = offset_mask(mask, px + recist_fit * axis_gap(mask, local) if recist_fit else px)
     if postprocess and mask.any():
         mask = postprocess_mask(mask, local)
+    if res.measured is not None and mask.shape == res.mask.shape and np.array_equal(mask, res.mask):
+        return replace(res, mask=mask)  # the fixed threshold kept: already measured
     return replace(res, mask=mask, measured=measure_mask(mask, res.offset, res.recist))

@@ -51,11 +51,15 @@ class NetworkRunner:
     backend : str
         ``"onnxruntime"``, ``"torchscript"`` or ``"eager"``.
     device : str
+    precision : str
+        ``"fp32"``, or ``"int8"`` for a checkpoint's quantised graph
+        (:mod:`napari_recist_seg.quantize`).
     """
 
     backend: str
     device: str
     _run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+    precision: str = "fp32"
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -191,9 +195,10 @@ def onnx_session_runner(
     return run
 
 
-def runner_from_graph(graph: bytes, device: str = "cpu", threads: int | None = None) -> NetworkRunner:
+def runner_from_graph(graph: bytes, device: str = "cpu", threads: int | None = None,
+                      precision: str = "fp32") -> NetworkRunner:
     """A :class:`NetworkRunner` for a stored (already verified) ONNX graph; no torch."""
-    return NetworkRunner("onnxruntime", str(device), onnx_session_runner(graph, threads, device))
+    return NetworkRunner("onnxruntime", str(device), onnx_session_runner(graph, threads, device), precision)
 
 
 def _onnxruntime(

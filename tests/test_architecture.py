@@ -61,6 +61,7 @@ LAYERS: dict[str, int] = {
     "checkpoint_checks": 1,  # imports nothing of the package; model raises its errors
     "intensity": 1,  # modality and windows: the readers and preprocessing use it
     "graph": 2,
+    "quantize": 2,  # the INT8 copy of the stored graph (onnxruntime.quantization at build time)
     "refine": 3,
     "calibration": 3,  # a clinic's annotation style from curated masks (Predictor + refine)
     "selftrain": 3,  # self-training targets: refine + GrabCut, numpy / OpenCV only

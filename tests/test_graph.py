@@ -87,7 +87,7 @@ def test_default_model_segments_without_importing_torch():
 def test_default_model_onnx_masks_equal_pytorch_masks_on_isic():
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():
         pytest.skip("default model not shipped in this checkout")
-    onnx = Predictor.load(device="cpu")
+    onnx = Predictor.load(device="cpu", precision="fp32")  # the float graph (INT8: test_quantize)
     eager = Predictor.load(device="cpu", optimize=False)
     assert onnx.backend == "onnxruntime" and eager.backend == "eager"
     _assert_same_results(onnx, eager, STEMS)

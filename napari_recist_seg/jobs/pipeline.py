@@ -5,20 +5,23 @@ forward passes, then writes each image's outputs; the cores idle on the network 
 a JPEG is decoded or a PNG encoded. :func:`run_pipelined` overlaps the three:
 
 - one reader thread loads the next images (at most ``read_ahead`` in flight);
-- the calling thread groups loaded images into chunks and runs the network (ONNX
-  Runtime, like Pillow's codecs, releases the GIL);
-- one writer thread commits images in order (masks, then the record) while the next
-  chunk is being segmented; at most one chunk's commits wait for it.
+- the calling thread groups loaded images into chunks and hands each to one of
+  ``segmenters`` threads (default 2): while one chunk is in the network (ONNX
+  Runtime, like Pillow's codecs and OpenCV, releases the GIL) the next one is
+  prepared or post-processed in Python, so both cores work;
+- one writer thread commits images in order (masks, then the record) while later
+  chunks are being segmented; at most one chunk's commits wait for it.
 
 What a caller sees is the serial loop's: the same calls of ``failed`` and ``done`` in
 the same order (so ``failures.csv`` and the tables are byte-identical), each image
 committed on its own and reported right after (``done`` / ``failed`` of written images
 run in the writer thread, never at the same time as the caller's own calls), cancel
 honoured between images, and a fatal error (full disk) stopping the writer before
-the next image. Memory holds at most three chunks
-(the one read ahead, the one segmented, the one being written).
+the next image. Memory holds at most ``segmenters + 2`` chunks (the one read ahead,
+those being segmented, the one being written).
 
-The module knows nothing about segmentation: the job passes its steps as callables.
+The module knows nothing about segmentation: the job passes its steps as callables
+(``segment`` must be safe to call from two threads at once).
 """
 
 from __future__ import annotations
@@ -167,6 +170,7 @@ def run_pipelined(
     max_images: int,
     max_bytes: int,
     read_ahead: int | None = None,
+    segmenters: int = 2,
 ) -> None:
     """Run ``todo`` through load -> segment (chunks) -> commit, overlapped.
 
@@ -184,21 +188,44 @@ def run_pipelined(
         ``max_images`` images or ``max_bytes`` of pixels (the serial loop's rule).
     read_ahead : int, optional
         Images read ahead of the chunk being formed (default ``max_images``).
+    segmenters : int
+        Chunks segmented at the same time (threads calling ``steps.segment``).
     """
     pipe = _Pipeline(todo, steps, max(1, int(read_ahead or max_images)))
     limits = (max_lesions, max_images, max_bytes)
+    pool = ThreadPoolExecutor(max(1, int(segmenters)), thread_name_prefix="recist-segment")
+    flight: deque[tuple[list[Any], list[Callable[[], None]], Future]] = deque()
+
+    def settle() -> bool:
+        """The oldest chunk in flight: its results to the writer, in order (False:
+        cancelled, stop)."""
+        chunk, events, fut = flight.popleft()
+        results = fut.result()
+        pipe.drain()  # the chunks before were written while this one was segmented
+        steps.tick()  # (the writer is idle: the records are not being changed)
+        if steps.cancelled():
+            return False
+        for event in events:  # then this chunk's read failures: the serial order
+            event()
+        pipe.submit(chunk, results)
+        return True
+
     try:
         pipe.read_more()
-        while pipe.reads and not pipe.cancelled:
+        going = True
+        while going and pipe.reads and not pipe.cancelled:
             chunk, events = pipe.chunk(limits)
-            results = steps.segment(chunk) if chunk and not pipe.cancelled else []
-            pipe.drain()  # the previous chunk was written while this one was segmented
-            steps.tick()  # (the writer is idle: the records are not being changed)
-            if steps.cancelled():
-                break
-            for event in events:  # then this chunk's read failures: the serial order
-                event()
-            pipe.submit(chunk, results)
+            if chunk and not pipe.cancelled:
+                fut = pool.submit(steps.segment, chunk)
+            else:
+                fut = Future()
+                fut.set_result([])
+            flight.append((chunk, events, fut))
+            if len(flight) >= max(1, int(segmenters)):
+                going = settle()
+        while going and flight:
+            going = settle()
         pipe.drain()
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         pipe.close()

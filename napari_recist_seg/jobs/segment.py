@@ -89,6 +89,7 @@ from napari_recist_seg.jobs.segment_plan import (  # noqa: F401
 # re-exported here, where the bulk job and its callers import them.
 from napari_recist_seg.measurements import MEASUREMENT_COLUMNS, measurement_row  # noqa: F401
 from napari_recist_seg.recist import Recist, RecistError, snap
+from napari_recist_seg.runtime import default_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_recist_seg.predict import LesionResult, Predictor
@@ -102,6 +103,9 @@ _CSV_FLUSH_SECONDS = 2.0
 # their pixels take this many bytes (a chunk of large photographs stays small).
 _CHUNK_IMAGES = 8
 _CHUNK_BYTES = 64 << 20
+# Chunks segmented at once by the pipelined run (one in the network while the other
+# is prepared or post-processed in Python; jobs/pipeline.py).
+_SEGMENTERS = max(1, int(os.environ.get("RECIST_SEG_SEGMENTERS", "2") or 2))
 
 
 # -- the job ---------------------------------------------------------------------------
@@ -176,6 +180,7 @@ def run_segment(
     cancel: CancelToken | None = None,
     window: object = None,
     modality: str | None = None,
+    precision: str = "auto",
 ) -> JobReport:
     """Segment every RECIST of a dataset folder or a list of image files.
 
@@ -205,6 +210,9 @@ def run_segment(
     window, modality
         Intensity rule (:mod:`napari_recist_seg.intensity`): a CT window preset or
         ``(level, width)``, and ``"ct"`` / another modality to override detection.
+    precision : str
+        ``"auto"``, ``"int8"`` or ``"fp32"`` for the loaded model (see
+        :mod:`napari_recist_seg.stored_graph`); unused with ``predictor``.
 
     Returns
     -------
@@ -236,15 +244,18 @@ def run_segment(
             else:
                 todo.append(item)
         ours = _claim_outputs(out, todo, overwrite)
+        # Overlapped read / segment / write unless RECIST_SEG_SERIAL=1 (same outputs).
+        serial = os.environ.get("RECIST_SEG_SERIAL") == "1"
         if todo and predictor is None:
             from napari_recist_seg.predict import Predictor
 
-            predictor = Predictor.load(model, device=device)
+            # Pipelined, _SEGMENTERS chunks run at once: the cores are shared between them.
+            threads = None if serial else max(1, default_threads() // _SEGMENTERS)
+            predictor = Predictor.load(model, device=device, precision=precision, threads=threads)
         if predictor is not None and (window is not None or modality is not None):
             predictor.window, predictor.modality = window, modality
         try:
-            # Overlapped read / segment / write unless RECIST_SEG_SERIAL=1 (same outputs).
-            run = _segment_all if os.environ.get("RECIST_SEG_SERIAL") == "1" else _segment_pipelined
+            run = _segment_all if serial else _segment_pipelined
             run(todo, out, predictor, batch_size, report, records, ours,
                 ProgressTracker(len(todo), progress), cancel)
         except BaseException:
@@ -382,7 +393,7 @@ def _segment_pipelined(
         fatal=(MemoryError, KeyboardInterrupt, OutputWriteError),
     )
     run_pipelined(todo, steps, max_lesions=batch_size, max_images=_CHUNK_IMAGES,
-                  max_bytes=_CHUNK_BYTES)
+                  max_bytes=_CHUNK_BYTES, segmenters=_SEGMENTERS)
 
 
 def _reason(exc: BaseException, path: Path) -> str:

@@ -252,6 +252,7 @@ def run_segment3d(
     modality: str | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    precision: str = "auto",
 ) -> JobReport:
     """Segment every RECIST of the volumes in 3D (see the module notes).
 
@@ -276,7 +277,7 @@ def run_segment3d(
         if todo and predictor is None:
             from napari_recist_seg.predict import Predictor
 
-            predictor = Predictor.load(model, device=device)
+            predictor = Predictor.load(model, device=device, precision=precision)
         if predictor is not None and (window is not None or modality is not None):
             predictor.window, predictor.modality = window, modality
         try:

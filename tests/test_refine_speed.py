@@ -1,0 +1,135 @@
+"""The fast ``"recist"`` refinement and mask measurement choose exactly what the plain
+definitions choose, on the default model's probabilities of real ISIC images."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from napari_recist_seg import recist_geometry
+from napari_recist_seg.predict import DEFAULT_MODEL_DIR, Predictor
+from napari_recist_seg.recist import recist_from_mask
+from napari_recist_seg.refine import THRESHOLDS, _MEASURE_SIDE, _keep_at, recist_error, refine_mask
+
+
+def _reference_recist_choice(prob, r, threshold=0.5):
+    """The ``"recist"`` rule as first written: every threshold's kept component
+    measured by ``recist_from_mask`` (through ``recist_error``) on the shrunk map."""
+    f = min(1.0, _MEASURE_SIDE / max(prob.shape))
+    small, r_small = prob, r
+    if f < 1.0:
+        size = (max(2, int(round(prob.shape[1] * f))), max(2, int(round(prob.shape[0] * f))))
+        small = cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
+        r_small = r.transformed((0.0, 0.0), (size[1] / prob.shape[0], size[0] / prob.shape[1]))
+    best, best_err = prob > threshold, recist_error(_keep_at(small > threshold, r_small), r_small)
+    for t in THRESHOLDS:
+        if (small > t).any():
+            err = recist_error(_keep_at(small > t, r_small), r_small)
+            if err < best_err - 1e-9:
+                best, best_err = prob > t, err
+    return best
+
+
+def _all_pixel_axes(comp, offset):
+    """``_component_axes`` measuring the slabs on every pixel (the definition)."""
+    a, b = recist_geometry._max_feret_pair(recist_geometry._hull_points(comp))
+    length = float(np.linalg.norm(b - a))
+    if length < recist_geometry.MIN_AXIS_LENGTH_PX:
+        raise recist_geometry.RecistError("single pixel")
+    d = (b - a) / length
+    normal = np.array([-d[1], d[0]])
+    rows, cols = np.nonzero(comp)
+    s = (rows - a[0]) * d[0] + (cols - a[1]) * d[1]
+    p = (rows - a[0]) * normal[0] + (cols - a[1]) * normal[1]
+    bins = np.round(s).astype(np.int64)
+    bin0 = int(bins.min())
+    bins -= bin0
+    pmin = np.full(bins.max() + 1, np.inf)
+    pmax = np.full(bins.max() + 1, -np.inf)
+    np.minimum.at(pmin, bins, p)
+    np.maximum.at(pmax, bins, p)
+    width = pmax - pmin
+    width[~np.isfinite(width) | ~((pmin <= 0.5) & (pmax >= -0.5))] = -1
+    k = int(np.argmax(width))
+    if width[k] < recist_geometry.MIN_AXIS_LENGTH_PX:
+        raise recist_geometry.RecistError("thin line")
+    base = a + float(np.clip(k + bin0, 0.0, length)) * d
+    lo, hi = min(float(pmin[k]), 0.0), max(float(pmax[k]), 0.0)
+    short = np.vstack([base + lo * normal, base + hi * normal])
+    shift = np.asarray(offset, dtype=float)
+    return np.vstack([a, b]) + shift, short + shift
+
+
+@pytest.fixture(scope="module")
+def val_probabilities(isic_dir):
+    """(probability, RECIST in crop coordinates) of 40 validation ids of the default
+    model, unrefined (the model's own held-out images, never its test ids)."""
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        pytest.skip(f"no default model at {DEFAULT_MODEL_DIR}")
+    from PIL import Image
+
+    predictor = Predictor.load(None, device="cpu")
+    predictor.refine = "none"
+    stems = json.loads((DEFAULT_MODEL_DIR / "split.json").read_text())["val"][:40]
+    pairs = []
+    for stem in stems:
+        image = np.asarray(Image.open(isic_dir / "images" / f"{stem}.jpg").convert("RGB"))
+        gt = np.asarray(Image.open(isic_dir / "masks" / f"{stem}_segmentation.png")) > 0
+        pairs.append((image, [recist_from_mask(gt)]))
+    out = []
+    for [res] in predictor.segment_many(pairs):
+        out.append((res.probability, res.recist.transformed(res.offset, 1.0)))
+    return out
+
+
+def test_fast_recist_refinement_chooses_the_reference_mask(val_probabilities):
+    chosen_other = 0
+    for prob, r in val_probabilities:
+        # The model's map, and a sharper and a flatter one (other choices win there).
+        for p in (prob, prob**2, np.sqrt(prob)):
+            ref = _reference_recist_choice(p, r)
+            assert np.array_equal(refine_mask("recist", p, r), ref)
+            chosen_other += not np.array_equal(ref, p > 0.5)
+    assert chosen_other >= 20  # the test exercises thresholds other than 0.5
+
+
+def test_border_pixel_slabs_equal_all_pixel_slabs(val_probabilities):
+    rng = np.random.default_rng(0)
+    masks = [prob > t for prob, _ in val_probabilities for t in (0.3, 0.6)]
+    masks += [rng.random((int(h), int(w))) < 0.6 for h, w in rng.integers(3, 60, (100, 2))]
+    compared = 0
+    for mask in masks:
+        u8 = mask.view(np.uint8)
+        if not u8.any():
+            continue
+        try:
+            expected = _all_pixel_axes(u8, (3, 5))
+        except recist_geometry.RecistError:
+            with pytest.raises(recist_geometry.RecistError):
+                recist_geometry._component_axes(u8, (3, 5))
+            continue
+        got = recist_geometry._component_axes(u8, (3, 5))
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+        compared += 1
+    assert compared >= 150
+
+
+def test_fast_recist_refinement_on_maps_with_holes_and_several_blobs():
+    # Smoothed noise: many components, diagonal contacts, holes, crossings outside.
+    from napari_recist_seg.recist import Recist
+
+    rng = np.random.default_rng(1)
+    chosen_other = 0
+    for _ in range(60):
+        side = int(rng.integers(40, 220))
+        noise = cv2.GaussianBlur(rng.random((side, side)).astype(np.float32), (0, 0), 3)
+        prob = np.clip((noise - noise.min()) / np.ptp(noise), 0, 1).astype(np.float32)
+        c, half = rng.uniform(0.3, 0.7, 2) * side, rng.uniform(0.1, 0.3) * side
+        r = Recist([[c[0], c[1] - half], [c[0], c[1] + half]], [[c[0] - half / 2, c[1]], [c[0] + half / 2, c[1]]])
+        ref = _reference_recist_choice(prob, r)
+        assert np.array_equal(refine_mask("recist", prob, r), ref)
+        chosen_other += not np.array_equal(ref, prob > 0.5)
+    assert chosen_other >= 10
