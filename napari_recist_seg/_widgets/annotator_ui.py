@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 from napari_recist_seg import annotation as ann
 from napari_recist_seg._widgets._layout import scroll_layout
 from napari_recist_seg._widgets.annotator_keys import KEYS, help_text, shown
+from napari_recist_seg._widgets.annotator_volume import WINDOW_LABELS
 
 SEGMENTER_LABELS = {
     "default": "Default model",
@@ -187,8 +188,6 @@ def _spacing(w: Any) -> QLayout:
 
 def _radiology(w: Any) -> QLayout:
     """CT window presets (shown for CT images only) and the "3D lesion" option."""
-    from napari_recist_seg._widgets.annotator_volume import WINDOW_LABELS
-
     row = QHBoxLayout()
     w.window_label = QLabel("CT window")
     w.window_combo = QComboBox()
@@ -232,6 +231,9 @@ def _table(w: Any) -> QTableWidget:
     # slightly smaller font lets the lengths and area fit without scrolling.
     header.moveSection(TABLE_HEADERS.index("status"), 1)
     header.moveSection(TABLE_HEADERS.index("edited"), 2)
+    # A 3D lesion's volume and extent next: what a radiologist reads (hidden in 2D).
+    header.moveSection(TABLE_HEADERS.index("volume"), 3)
+    header.moveSection(TABLE_HEADERS.index("slices"), 4)
     font = table.font()
     if font.pointSizeF() > 8:
         font.setPointSizeF(font.pointSizeF() - 1)
