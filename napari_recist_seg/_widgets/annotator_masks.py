@@ -122,6 +122,9 @@ class MasksMixin:
                 les.status = "done" if les.recist is not None else les.status
                 self.apply(out)
                 made.append(lesion_id)
+                if len(slices) > 1:  # e.g. segment --3d labels: a 3D lesion, volume measured
+                    self._volumes.add(lesion_id)
+                    self._measure_volume(lesion_id)
         return made
 
     def import_masks(self, labels: np.ndarray) -> list[int]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from napari_recist_seg import annotation as ann
 from napari_recist_seg.intensity import DEFAULT_WINDOW
-from napari_recist_seg.progress import Cancelled, CancelToken
+from napari_recist_seg.progress import CancelToken, Cancelled
 from napari_recist_seg._widgets.annotator_layers import image_array
 
 WINDOW_LABELS = {"soft_tissue": "soft tissue", "liver": "liver", "lung": "lung", "bone": "bone"}
@@ -257,8 +257,8 @@ class RadiologyDockMixin:
 
     def _on_volume_progress(self, text: str) -> None:
         sender = self.sender()
-        if sender is not None and sender is not self.binding and text:
-            return
+        if sender is not None and sender is not self.binding:
+            return  # another image's propagation: its own line when it is shown
         self.volume_status.setText(text)
         self.volume_cancel_button.setVisible(bool(text))
 
