@@ -5,7 +5,11 @@ slices whose largest axial cross-section (the RECIST slice) has >= ``--min-area`
 (28 px gives the issue's 35 tumours on the CT as shipped). Each gets one RECIST
 (``recist_from_mask`` of its largest 2D component on that slice). The shipped default
 model segments the RECIST slice; :func:`propagate_lesion`'s walk
-(:func:`napari_recist_seg.propagate.trace`) grows it through the neighbouring slices.
+(:func:`napari_recist_seg.propagate.trace`) grows it through the neighbouring slices,
+each off-slice mask blended with the lesion's intensity region
+(:class:`~napari_recist_seg.propagate.IntensityBlend`, the library's default; ``--level``
+/ ``--weight`` to try others, ``--no-blend`` for the model's masks alone, ``--fold`` to
+trace only even / odd tumour ids, as the blend's defaults were chosen on ``--fold 0``).
 The model was trained on ISIC dermoscopy only (never on this case).
 
 Proxies of scanners we do not have (``--proxies``), all made from case 117:
@@ -21,7 +25,8 @@ Proxies of scanners we do not have (``--proxies``), all made from case 117:
 - ``mr_t2_thick3``: ``mr_t2`` of the thick-slice volume (like 6.5 mm MR slices).
 
 Each direction's walk is traced once without stop rules (capped ``--cap`` slices past
-the tumour's true end) and replayed under the rules (:func:`first_stop`, the same
+the tumour's true end; the default runs to the volume's edge, so the replay scores a
+walk that runs on as ``segment --3d`` would) and replayed under the rules (:func:`first_stop`, the same
 code as ``propagate_lesion``), so a grid of rules costs no model call. Reported per
 proxy: RECIST-slice Dice, 3D Dice of the slice-only output, of the old stop rules
 (area 0.15, growth 1.2, overlap 0.3, 30 HU on CT only), of the library's default
@@ -44,7 +49,7 @@ import json
 import pickle
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -135,19 +140,28 @@ def tumours(labels: np.ndarray, min_slices: int, min_area: int) -> list[dict]:
 
 def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> dict:
     """Seed, context and the two capped walks of every tumour of one proxy."""
-    from napari_recist_seg.propagate import predictor_segmenter, seed_context, trace
+    from napari_recist_seg.propagate import intensity_refiner, predictor_segmenter, seed_context, trace
 
     vol, lab, spacing, modality = make_proxy(name, ct, labels)
     seg = predictor_segmenter(pred, vol, modality=modality)
+    blend = _blend(args)
     rows = []
     for tum in tumours(lab, args.min_slices, args.min_area):
+        if args.fold is not None and tum["id"] % 2 != args.fold:
+            continue
         z, (z_lo, z_hi) = tum["z"], tum["zs"]
         seed = seg(z, tum["recist"])
         ctx = seed_context(seed, spacing=spacing, image=vol, z0=z)
+        refine = None
+        if blend is not None:  # as propagate_lesion does with the drawn RECIST
+            seed = blend.seed(vol[z], seed, tum["recist"], ctx.band, ctx.shift_px)
+            ctx = replace(ctx, area0=int(seed.sum()))
+            refine = intensity_refiner(vol, ctx, blend)
         walks = []
         for step, end in ((-1, z_lo), (+1, z_hi)):
             cap = abs(end - z) + args.cap
-            walks.append(list(trace(vol.shape[0], z, step, seed, seg, image=vol, max_steps=cap)))
+            walks.append(list(trace(vol.shape[0], z, step, seed, seg, image=vol, max_steps=cap,
+                                    refine=refine)))
         gt = tum["mask3d"]
         rows.append({
             "id": tum["id"], "z": z, "ctx": ctx, "gt_voxels": int(gt.sum()),
@@ -162,9 +176,22 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
     return {"modality": modality, "spacing": spacing, "rows": rows}
 
 
-def _strip(step):
-    from dataclasses import replace
+def _blend(args):
+    """The :class:`IntensityBlend` of the run (``None`` with ``--no-blend``)."""
+    from napari_recist_seg.propagate import IntensityBlend
 
+    if args.no_blend:
+        return None
+    return IntensityBlend(level=args.level, weight=args.weight,
+                          seed_weight=None if args.no_seed_blend else IntensityBlend().seed_weight)
+
+
+def _trace_key(args) -> tuple:
+    """What the traces depend on (a cache of other settings is not re-used)."""
+    return (args.min_slices, args.min_area, args.cap, args.fold, repr(_blend(args)))
+
+
+def _strip(step):
     return replace(step, mask=np.zeros((0, 0), bool))
 
 
@@ -173,7 +200,7 @@ def load_traces(args) -> dict:
     if cache is not None and cache.exists():
         with gzip.open(cache, "rb") as fh:
             traces = pickle.load(fh)
-        if all(p in traces for p in args.proxies):
+        if traces.get("key") == _trace_key(args) and all(p in traces for p in args.proxies):
             log(f"traces from {cache}")
             return traces
     import torch
@@ -185,7 +212,7 @@ def load_traces(args) -> dict:
     ct = read_image(DATA / "ct.nii.gz").array
     labels = read_image(DATA / "labels.nii.gz").array
     pred = Predictor.load(None, device="cpu")
-    traces = {}
+    traces: dict = {"key": _trace_key(args)}
     for name in args.proxies:
         t0 = time.perf_counter()
         traces[name] = trace_proxy(name, ct, labels, pred, args)
@@ -201,15 +228,29 @@ def main() -> None:
     ap.add_argument("--min-slices", type=int, default=3)
     ap.add_argument("--min-area", type=int, default=28)
     ap.add_argument("--proxies", nargs="+", default=list(PROXIES), choices=PROXIES)
-    ap.add_argument("--cap", type=int, default=8, help="slices traced past the true end")
+    ap.add_argument("--cap", type=int, default=128,
+                    help="slices traced past the true end (128: to the volume edge, so a walk that "
+                         "runs on is scored as the CLI would run it; 8 before the blend)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", default=None, help="pickle of the traces (re-used if present)")
     ap.add_argument("--no-grid", action="store_true", help="skip the grid of rules")
+    ap.add_argument("--no-blend", action="store_true",
+                    help="off-slice masks as the model gives them (no IntensityBlend)")
+    ap.add_argument("--no-seed-blend", action="store_true",
+                    help="the RECIST slice keeps the model's mask (IntensityBlend.seed_weight None)")
+    ap.add_argument("--level", type=float, default=None, help="IntensityBlend.level (default: the library's)")
+    ap.add_argument("--weight", type=float, default=None, help="IntensityBlend.weight (default: the library's)")
+    ap.add_argument("--fold", type=int, choices=(0, 1), default=None,
+                    help="trace only the tumours with an even (0) / odd (1) id")
     ap.add_argument("--write-recist", default=None,
                     help="write the CT's tumour RECIST as a CSV (lesion id = tumour id) and exit")
     ap.add_argument("--score-labels", default=None,
                     help="score a `segment --3d` labels file of the CT against the tumours and exit")
     args = ap.parse_args()
+    from napari_recist_seg.propagate import IntensityBlend
+
+    args.level = IntensityBlend().level if args.level is None else args.level
+    args.weight = IntensityBlend().weight if args.weight is None else args.weight
     if args.write_recist or args.score_labels:
         return cli_check(args)
     from napari_recist_seg.propagate import StopRules
@@ -219,7 +260,8 @@ def main() -> None:
     out: dict = {"case": "lits_case117", "model": "shipped default (trained on ISIC dermoscopy only)",
                  "settings": {k: v for k, v in vars(args).items()
                               if k not in ("no_grid", "write_recist", "score_labels")},
-                 "default_rules": asdict(default), "proxies": {}}
+                 "default_rules": asdict(default),
+                 "blend": None if _blend(args) is None else asdict(_blend(args)), "proxies": {}}
     for name in args.proxies:
         tr = traces[name]
         ev = evaluate(tr["rows"], default, per_tumour=True)

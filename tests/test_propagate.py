@@ -74,7 +74,13 @@ def test_lits_tumour_in_3d(lits_dir):
     only = np.zeros(vol.shape, bool)
     only[z] = seed
     assert dice(only, tumour) < 0.25
-    assert dice(les.mask, tumour) > 0.65
+    # Off the RECIST slice the model, prompted with the previous (larger) slice's
+    # RECIST, over-segments; the intensity blend brings its outline back to this
+    # slice's lesion: 0.76 -> 0.85 on this tumour.
+    model_only = propagate_lesion(vol.shape, z, seed, seg, image=vol, blend=None)
+    assert dice(model_only.mask, tumour) < 0.80
+    assert dice(les.mask, tumour) > 0.82
+    assert les.voxels < model_only.voxels
     gt = np.nonzero(areas)[0]
     span = gt[-1] - gt[0] + 1
     # The tumour's thin ends may be dropped, it is never overshot far.
@@ -159,13 +165,19 @@ def test_without_the_intensity_rule_the_walk_runs_on():
 
     vol, lesion, _, zc, segment = _synthetic_liver(3.0, "mr")
     seed = segment(zc, recist_from_mask(lesion[zc], slice_index=zc))
+    no_band = StopRules(contrast=None, spread=0.0)
     les = propagate_lesion(vol.shape, zc, seed, segment, spacing=(3.0, 1.0, 1.0), image=vol,
-                           rules=StopRules(contrast=None, spread=0.0))
+                           rules=no_band, blend=None)
     zs = np.nonzero(lesion.any(axis=(1, 2)))[0]
     assert les.z_range[1] - zs[-1] > 1 or zs[0] - les.z_range[0] > 1
     with_band = propagate_lesion(vol.shape, zc, seed, segment, spacing=(3.0, 1.0, 1.0),
-                                 image=vol)
+                                 image=vol, blend=None, rules=StopRules(contrast=0.75, spread=0.5))
     assert "intensity" in with_band.stops
+    # The intensity blend (on by default) ends the walk by itself: past the lesion's
+    # end no lesion-like pixel is left next to the previous mask.
+    blended = propagate_lesion(vol.shape, zc, seed, segment, spacing=(3.0, 1.0, 1.0),
+                               image=vol, rules=no_band)
+    assert abs(blended.z_range[0] - zs[0]) <= 1 and abs(blended.z_range[1] - zs[-1]) <= 1
 
 
 def test_overlap_rule_follows_the_slice_spacing():
@@ -178,6 +190,6 @@ def test_overlap_rule_follows_the_slice_spacing():
     seed[(yy - 20) ** 2 + (xx - 20) ** 2 <= 16] = True
     moved = np.roll(seed, 5, axis=1)
     step = SliceStep(1, moved, int(moved.sum()), int(seed.sum()), int((moved & seed).sum()), None)
-    rules = StopRules()
+    rules = StopRules(min_overlap=0.3)  # the rule's scaling, not the default's level
     assert rules.reason(step, seed_context(seed, spacing=(1.0, 1.0, 1.0))) == "overlap"
     assert rules.reason(step, seed_context(seed, spacing=(5.0, 1.0, 1.0))) is None

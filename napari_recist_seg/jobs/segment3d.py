@@ -2,9 +2,10 @@
 
 For each volume: every RECIST is segmented on its slice by the model and propagated
 through the neighbouring slices (:func:`napari_recist_seg.propagate.propagate_lesion`
-with its default :class:`~napari_recist_seg.propagate.StopRules`, the same for every
-modality: the intensity band is measured on the RECIST slice in the volume's own
-units, the overlap rule follows the slice spacing). Outputs in ``OUT``:
+with its default :class:`~napari_recist_seg.propagate.StopRules` and
+:class:`~napari_recist_seg.propagate.IntensityBlend`, the same for every modality: the
+intensity band is measured on the RECIST slice in the volume's own units, the overlap
+rule follows the slice spacing). Outputs in ``OUT``:
 
 - ``<stem>_labels.nii.gz``: lesion id = the CSV's lesion id on every slice it spans
   (also for a single lesion), with the input's affine (orientation and origin kept);
@@ -55,7 +56,8 @@ from napari_recist_seg.jobs.segment import (
 from napari_recist_seg.jobs.segment_commit import _fmt
 from napari_recist_seg.jobs.segment3d_store import clear_lesions, lesion_key, load_lesion, save_lesion
 from napari_recist_seg.jobs.segment_plan import SegmentItem, _check_collisions, _check_out, _plan
-from napari_recist_seg.propagate import StopRules, predictor_segmenter, propagate_lesion
+from napari_recist_seg.postprocess import measure_mask
+from napari_recist_seg.propagate import IntensityBlend, StopRules, predictor_segmenter, propagate_lesion
 from napari_recist_seg.recist import Recist, RecistError, snap
 
 __all__ = ["MEASUREMENT_COLUMNS_3D", "run_segment3d"]
@@ -85,11 +87,15 @@ def _one_lesion(predictor: Any, seg: Any, img: Any, r: Recist, lesion: int,
     vol = img.array
     res = predictor.segment(vol, [r], modality=modality)[0]
     seed = res.full_mask(vol.shape[1:])
-    les = propagate_lesion(vol.shape, int(r.slice_index), seed, seg, spacing=img.spacing,
-                           image=vol, rules=StopRules())
+    z0 = int(r.slice_index)
+    les = propagate_lesion(vol.shape, z0, seed, seg, spacing=img.spacing, image=vol,
+                           rules=StopRules(), blend=IntensityBlend(), recist=res.recist)
+    measured, area = res.measured, res.area_px
+    if not np.array_equal(les.mask[z0], seed):  # the intensity blend matched the RECIST better
+        measured, area = measure_mask(les.mask[z0], (0, 0), res.recist), int(les.mask[z0].sum())
     row = measurement_row(
-        name, lesion, res.recist, res.measured, cluster=res.cluster,
-        confidence=res.confidence, area_px=res.area_px, spacing=img.plane_spacing)
+        name, lesion, res.recist, measured, cluster=res.cluster,
+        confidence=res.confidence, area_px=area, spacing=img.plane_spacing)
     row.update(volume_voxels=les.voxels, volume_mm3=les.volume_mm3, volume_ml=les.volume_ml,
                z_first=les.z_range[0], z_last=les.z_range[1], n_slices=les.n_slices,
                extent_mm=les.extent_mm)
@@ -100,7 +106,8 @@ def _setup(predictor: Any, modality: str | None) -> str:
     """What a lesion's checkpoint depends on besides its RECIST."""
     attrs = ("path", "window", "refine", "threshold", "postprocess", "tta")
     return repr((type(predictor).__name__, [str(getattr(predictor, a, None)) for a in attrs],
-                 modality, sorted(asdict(StopRules()).items())))
+                 modality, sorted(asdict(StopRules()).items()),
+                 sorted(asdict(IntensityBlend()).items())))
 
 
 def _segment_volume(item: SegmentItem, predictor: Any, out: Path, report: JobReport,
