@@ -93,3 +93,32 @@ def test_ct_windows_only_for_ct_and_the_segmenter_reads_each_image_by_its_modali
     crop = slab[4, 20:70, 30:80]  # HU, below -200: the old rule would call it CT
     assert ct._ct_window(crop) == (400.0, 1800.0) and mr._ct_window(crop) is None
     assert ann.window_limits("liver") == (-20.0, 140.0)
+
+
+def test_the_annotator_grows_the_same_3d_lesion_as_segment_3d(slab, tmp_path):
+    """Same model, same RECIST (lesion 2 of the CT sample, whose RECIST-slice mask the
+    intensity blend replaces): the annotator's 3D label is the one ``recist-seg segment
+    --3d`` writes (one core path)."""
+    from napari_recist_seg.data import read_recist_csv
+    from napari_recist_seg.data.masks import read_labels
+    from napari_recist_seg.jobs.segment3d import run_segment3d
+    from napari_recist_seg.predict import Predictor
+    from napari_recist_seg.recist import snap
+
+    pytest.importorskip("onnxruntime")
+    predictor = Predictor.load()
+    csv = tmp_path / "one.csv"
+    lines = (SAMPLES / "ct_recist.csv").read_text().splitlines()
+    csv.write_text("\n".join([lines[0], lines[2]]).replace("lits117_slab.nii.gz", str(SAMPLES / "lits117_slab.nii.gz")) + "\n")
+    report = run_segment3d([SAMPLES / "lits117_slab.nii.gz"], tmp_path / "out", recist_csv=csv,
+                           predictor=predictor)
+    assert report.processed == 1, report.failures
+    cli = read_labels(tmp_path / "out" / "lits117_slab_labels.nii.gz") == 2
+    r = snap(read_recist_csv(csv)[0].recist)
+    seg = ann.with_intensity(predictor, "ct")
+    res = seg.segment(slab, [r])[0]
+    req = ann.VolumeRequest(1, 0, 0, 4, res.full_mask(slab.shape[1:]), res.recist)
+    les = ann.propagate_request(seg, slab, req, spacing=read_image(SAMPLES / "lits117_slab.nii.gz").spacing)
+    assert cli.sum() > 0 and np.flatnonzero(cli.any(axis=(1, 2))).size > 1
+    assert not np.array_equal(les.mask[4], req.seed)  # the seed's blend won here
+    np.testing.assert_array_equal(les.mask, cli)

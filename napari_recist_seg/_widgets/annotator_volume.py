@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from napari_recist_seg import annotation as ann
+from napari_recist_seg.hand_edits import measure_lesion
 from napari_recist_seg.intensity import DEFAULT_WINDOW
 from napari_recist_seg.progress import CancelToken, Cancelled
 from napari_recist_seg._widgets.annotator_layers import image_array
@@ -135,6 +136,9 @@ class VolumeMixin:
                 self.labels.data_setitem(clear, 0)
             if paste[0].size:
                 self.labels.data_setitem(paste, request.lesion_id)
+        if not np.array_equal(lesion.mask[request.z0], request.seed):  # the seed's blend won
+            m = measure_lesion(self.labels.data, request.lesion_id, request.z0, self.session.spacing)
+            self.session.set_slice_measure(request.lesion_id, m.area_px, m.measured, m.box)
         self._volumes.add(request.lesion_id)
         self._measure_volume(request.lesion_id)
         v = self.session.lesions[request.lesion_id].volume or {}

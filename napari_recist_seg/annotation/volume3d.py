@@ -108,13 +108,19 @@ def volume_spacing(scale: Sequence[float]) -> tuple[float, float, float] | None:
 @dataclass(frozen=True)
 class VolumeRequest:
     """Propagate lesion ``lesion_id`` from its mask ``seed`` on slice ``z0``; valid while
-    the lesion's ``generation`` (lines, slice mask) and ``volume_generation`` hold."""
+    the lesion's ``generation`` (lines, slice mask) and ``volume_generation`` hold.
+
+    ``recist`` (the drawn RECIST, for a mask the user has not edited) lets the RECIST
+    slice's mask be replaced by its intensity blend where that matches the drawn axes
+    better, as ``segment --3d`` does; a hand-edited seed is kept as painted (``None``).
+    """
 
     lesion_id: int
     generation: int
     volume_generation: int
     z0: int
     seed: np.ndarray = field(compare=False, repr=False)
+    recist: Recist | None = None
 
 
 def propagate_request(
@@ -146,8 +152,8 @@ def propagate_request(
             progress(int(z), done[0])
         return mask
 
-    return propagate_lesion(volume.shape, request.z0, request.seed, segment,
-                            spacing=spacing, image=volume, rules=StopRules())
+    return propagate_lesion(volume.shape, request.z0, request.seed, segment, spacing=spacing,
+                            image=volume, rules=StopRules(), recist=request.recist)
 
 
 def volume_paste_indices(labels: np.ndarray, lesion_id: int, mask: np.ndarray
@@ -186,12 +192,20 @@ class _SessionVolumes:
             return None
         les.volume_generation += 1
         return VolumeRequest(les.id, les.generation, les.volume_generation,
-                             int(les.slice_index), seed)
+                             int(les.slice_index), seed, None if les.edited else les.recist)
 
     def is_volume_current(self, request: VolumeRequest) -> bool:
         les = self.lesions.get(request.lesion_id)
         return (les is not None and les.committed and les.generation == request.generation
                 and les.volume_generation == request.volume_generation)
+
+    def set_slice_measure(self, lesion_id: int, area_px: int, measured: Recist | None,
+                          box: Any) -> None:
+        """The RECIST slice's area / mask L, W after a 3D result replaced its mask (the
+        intensity blend of ``segment --3d``; not a hand edit)."""
+        les = self.lesions.get(int(lesion_id))
+        if les is not None:
+            les.area_px, les.measured, les.box = int(area_px), measured, box
 
     def set_volume(self, lesion_id: int, values: dict[str, Any] | None) -> None:
         """Store (or with ``None`` drop) a lesion's volume columns."""
