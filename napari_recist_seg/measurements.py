@@ -23,7 +23,14 @@ from napari_recist_seg.data.masks import read_mask
 from napari_recist_seg.progress import CancelToken, describe_error
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
 
-__all__ = ["MEASUREMENT_COLUMNS", "add_recist_errors", "measurement_row", "recist_errors"]
+__all__ = [
+    "MEASUREMENT_COLUMNS",
+    "VOLUME_COLUMNS",
+    "add_recist_errors",
+    "measurement_row",
+    "recist_errors",
+    "volume_values",
+]
 
 MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "image",
@@ -42,6 +49,43 @@ MEASUREMENT_COLUMNS: tuple[str, ...] = (
     "measured_long_mm",
     "measured_short_mm",
 )
+
+
+#: The 3D columns of ``measurements.csv`` (``segment --3d`` and the annotator's "3D
+#: lesion"), computed by :func:`volume_values` from the lesion's label voxels.
+VOLUME_COLUMNS: tuple[str, ...] = (
+    "volume_voxels", "volume_mm3", "volume_ml", "z_first", "z_last", "n_slices", "extent_mm",
+)
+
+
+def volume_values(mask: np.ndarray, spacing: Sequence[float] | None) -> dict[str, Any]:
+    """The :data:`VOLUME_COLUMNS` of one lesion's ``(Z, H, W)`` mask.
+
+    ``spacing`` is ``(z_mm, row_mm, col_mm)``; ``None`` (unknown) leaves the mm / mL
+    columns empty. The extent is the number of slices from the first to the last one
+    holding the lesion, times the slice spacing.
+
+    >>> m = np.zeros((5, 4, 4), bool); m[1:4, :2, :2] = True
+    >>> v = volume_values(m, (2.0, 0.5, 0.5))
+    >>> v["volume_voxels"], v["volume_mm3"], v["z_first"], v["n_slices"], v["extent_mm"]
+    (12, 6.0, 1, 3, 6.0)
+    >>> volume_values(m, None)["volume_mm3"] is None
+    True
+    """
+    mask = np.asarray(mask, bool)
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    voxels = int(np.count_nonzero(mask))
+    mm3 = None if spacing is None else float(voxels * np.prod([float(s) for s in spacing]))
+    n = int(zs[-1] - zs[0] + 1) if len(zs) else 0
+    return {
+        "volume_voxels": voxels,
+        "volume_mm3": mm3,
+        "volume_ml": None if mm3 is None else mm3 / 1000.0,
+        "z_first": int(zs[0]) if len(zs) else None,
+        "z_last": int(zs[-1]) if len(zs) else None,
+        "n_slices": n,
+        "extent_mm": None if spacing is None or not n else float(n * float(spacing[0])),
+    }
 
 
 def measurement_row(

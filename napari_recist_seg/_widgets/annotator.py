@@ -17,6 +17,7 @@ Its rooms:
 - :mod:`.annotator_tools`: the draw / click / correct tools, quick mode, spacing;
 - :mod:`.annotator_table`: the lesion table, selection and mask colours;
 - :mod:`.annotator_files`: export / import and their file dialogs;
+- :mod:`.annotator_volume`: CT window presets and the "3D lesion" option;
 - :mod:`.annotator_binding`: one image's layers, session and segmentation worker.
 """
 
@@ -45,6 +46,7 @@ from napari_recist_seg._widgets.annotator_table import LesionTableMixin
 from napari_recist_seg._widgets.annotator_tools import ToolsMixin
 from napari_recist_seg._widgets.annotator_torch import prepare_ml_imports
 from napari_recist_seg._widgets.annotator_ui import CLUSTER_COLOURS, build_ui
+from napari_recist_seg._widgets.annotator_volume import RadiologyDockMixin
 
 __all__ = ["AnnotatorWidget", "CLUSTER_COLOURS"]
 
@@ -57,7 +59,8 @@ BUSY_REFRESH_DELAY_MS = 300
 BUSY_LABEL_DELAY_MS = 250
 
 
-class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, QWidget):
+class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, RadiologyDockMixin,
+                      QWidget):
     """RECIST annotator dock widget.
 
     Parameters
@@ -237,6 +240,7 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
         binding.changed.connect(self._on_binding_changed)
         binding.message.connect(self._on_binding_message)
         binding.busy_changed.connect(self._on_busy)
+        binding.volume_progress.connect(self._on_volume_progress)
         with contextlib.suppress(Exception):
             binding.shapes.bind_key("Control-z", lambda _layer: binding.undo(), overwrite=True)
         self.bindings[key] = binding
@@ -268,6 +272,7 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
         self._apply_colour(binding)
         self._refresh_table()
         self._show_spacing()
+        self._show_radiology()
         unit = binding.session.unit
         self._say(
             f"{binding.name}: draw the long axis, then the short axis across it "

@@ -51,10 +51,11 @@ from napari_recist_seg._widgets.annotator_layers import (  # noqa: F401 - re-exp
     unwrap,
 )
 from napari_recist_seg._widgets.annotator_masks import MasksMixin
+from napari_recist_seg._widgets.annotator_volume import VolumeMixin
 from napari_recist_seg._widgets.annotator_worker import SegmentationMixin
 
 
-class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, QObject):
+class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, VolumeMixin, QObject):
     """The annotator's state for one image layer (see the module docstring).
 
     Parameters
@@ -73,6 +74,8 @@ class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, QObject):
     message = Signal(str, bool)
     #: Segmentation started (True) / all done (False).
     busy_changed = Signal(bool)
+    #: "3D: lesion 2, slice 7 (4 slices)" while a lesion is propagated, "" when done.
+    volume_progress = Signal(str)
 
     def __init__(
         self,
@@ -108,6 +111,7 @@ class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, QObject):
         self._closed = False
         #: lesion id -> (offset, probability) of its last segmentation (corrective clicks)
         self._probabilities: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
+        self._init_volumes()
         self.shapes = self._adopt_or_create_shapes()
         self.labels = self._adopt_or_create_labels()
         self.points: Any = None
@@ -133,12 +137,14 @@ class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, QObject):
                 layer.scale = self.image.scale
                 layer.translate = self.image.translate
         self.session.spacing = spacing_from_scale(self.image.scale)
+        self.remeasure_volumes()
         self._write_shapes()
         self.changed.emit()
 
     def close(self) -> None:
         """Disconnect from the layers (they stay in the viewer)."""
         self._closed = True
+        self._close_volumes()
         self._release_canvas()
         with contextlib.suppress(Exception):
             self.image.events.scale.disconnect(self._on_image_scale)
@@ -262,7 +268,10 @@ class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, QObject):
         self.apply(self.session.undo())
 
     def commit(self, ids: list[int] | None = None) -> None:
+        before = {i for i, les in self.session.lesions.items() if les.committed}
         self.apply(self.session.commit(ids))
+        now = [i for i, les in self.session.lesions.items() if les.committed and i not in before]
+        self.start_volumes(now)  # "3D lesion" on a volume: propagate them
 
     def uncommit(self, ids: list[int] | None = None) -> None:
         self.apply(self.session.uncommit(ids))

@@ -25,6 +25,8 @@ class MasksMixin:
     """The binding's Labels layer: pasted results and hand edits."""
 
     def _clear_mask(self, lesion_id: int, box: Any) -> None:
+        if self._clear_volume(lesion_id):  # a 3D lesion: every slice it spans
+            return
         idx = clear_indices(self.labels.data, lesion_id, box)
         if idx[0].size:
             with self._guard():  # not a hand edit
@@ -93,6 +95,7 @@ class MasksMixin:
                 adopted.append(lesion_id)
         if adopted:
             self._adopt_masks(adopted)
+        self.remeasure_volumes(ids)  # a 3D label edited by hand: its volume as painted
         self.message.emit(
             f"lesion(s) {', '.join(map(str, ids))}: mask edited by hand; area and mask L / W updated",
             False,
@@ -119,6 +122,9 @@ class MasksMixin:
                 les.status = "done" if les.recist is not None else les.status
                 self.apply(out)
                 made.append(lesion_id)
+                if len(slices) > 1:  # e.g. segment --3d labels: a 3D lesion, volume measured
+                    self._volumes.add(lesion_id)
+                    self._measure_volume(lesion_id)
         return made
 
     def import_masks(self, labels: np.ndarray) -> list[int]:

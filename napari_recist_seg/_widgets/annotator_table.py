@@ -21,6 +21,7 @@ from napari_recist_seg import annotation as ann
 from napari_recist_seg._widgets._layout import elide
 from napari_recist_seg._widgets.annotator_binding import ImageBinding
 from napari_recist_seg._widgets.annotator_ui import CLUSTER_COLOURS, LESION_COLOURS, TABLE_TIPS
+from napari_recist_seg._widgets.annotator_volume import extent_cell, volume_cell
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -46,6 +47,8 @@ def _row_values(row: dict[str, Any], status: str) -> list[str]:
         _fmt(row["confidence"], 2),
         elide(status, 18),  # long "invalid: ..." texts: full text in the tooltip
         "edited" if row.get("edited") else "",
+        volume_cell(row),
+        extent_cell(row),
     ]
 
 
@@ -88,6 +91,9 @@ class LesionTableMixin:
             self.table.setColumnHidden(1, self.binding is None or self.binding.ndim == 2)
             # "edited" only once some lesion is hand-edited (room for the lengths).
             self.table.setColumnHidden(11, not any(row.get("edited") for row in rows))
+            is_3d = any(row.get("volume_unit") for row in rows)  # a 3D lesion, or pending
+            for j in (12, 13):
+                self.table.setColumnHidden(j, not is_3d)
         finally:
             self.table.blockSignals(False)
 
@@ -96,7 +102,7 @@ class LesionTableMixin:
         self.table.setHorizontalHeaderLabels(
             [
                 "#", "slice", f"L ({unit})", f"W ({unit})", "L\nmask", "W\nmask", "Δ",
-                f"area\n({area_unit})", "cluster", "conf.", "status", "edited",
+                f"area\n({area_unit})", "cluster", "conf.", "status", "edited", "volume", "slices",
             ]
         )
         for j, tip in enumerate(TABLE_TIPS):

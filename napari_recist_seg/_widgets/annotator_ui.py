@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 from napari_recist_seg import annotation as ann
 from napari_recist_seg._widgets._layout import scroll_layout
 from napari_recist_seg._widgets.annotator_keys import KEYS, help_text, shown
+from napari_recist_seg._widgets.annotator_volume import WINDOW_LABELS
 
 SEGMENTER_LABELS = {
     "default": "Default model",
@@ -39,6 +40,7 @@ SEGMENTER_LABELS = {
 
 TABLE_HEADERS = (
     "#", "slice", "L", "W", "L mask", "W mask", "Δ", "area", "cluster", "conf.", "status", "edited",
+    "volume", "slices",
 )
 
 # Mask colours by lesion: bright, distinct on skin and on grey CT, and none yellow or
@@ -63,6 +65,9 @@ TABLE_TIPS = (
     "open: waiting for the second axis; invalid / failed: see the message",
     "the mask was painted / erased / filled by hand (or imported): kept, never re-segmented "
     "unless you select the lesion and press Re-segment",
+    "3D lesion: volume of its label over every slice (mL when the spacing is known, else "
+    "voxels); … while it is propagated",
+    "3D lesion: first and last slice it spans",
 )
 
 # Cluster colours for "colour by cluster" (tab10).
@@ -88,6 +93,7 @@ def build_ui(w: Any) -> None:
     layout.addLayout(_tools(w))
     layout.addLayout(_quick(w))
     layout.addLayout(_spacing(w))
+    layout.addLayout(_radiology(w))
     layout.addWidget(_table(w), 1)
     layout.addLayout(_actions(w))
     layout.addLayout(_colour_row(w))
@@ -180,6 +186,37 @@ def _spacing(w: Any) -> QLayout:
     return spacing
 
 
+def _radiology(w: Any) -> QLayout:
+    """CT window presets (shown for CT images only) and the "3D lesion" option."""
+    row = QHBoxLayout()
+    w.window_label = QLabel("CT window")
+    w.window_combo = QComboBox()
+    for key, text in WINDOW_LABELS.items():
+        w.window_combo.addItem(text, key)
+    w.window_combo.setToolTip(
+        "CT window preset (HU): the image's contrast and the model's input windowing "
+        "(as --window in the CLI). Offered for CT only: MR and other images never get one"
+    )
+    w.window_combo.activated.connect(w._on_window_combo)
+    w.volume_check = QCheckBox("3D lesion")
+    w.volume_check.setToolTip(
+        "Volumes: a committed lesion is propagated through the neighbouring slices "
+        "(one label over every slice it spans; its volume in the table)"
+    )
+    w.volume_check.toggled.connect(w._on_volume_check)
+    w.volume_status = QLabel("")
+    w.volume_cancel_button = _button("Cancel 3D", lambda: w.cancel_volumes(),
+                                     "Stop the 3D propagation (the slice masks are kept)")
+    for item in (w.window_label, w.window_combo, w.volume_check, w.volume_status):
+        row.addWidget(item)
+    row.addWidget(w.volume_cancel_button)
+    row.addStretch(1)
+    for item in (w.window_label, w.window_combo, w.volume_cancel_button):
+        item.setVisible(False)
+    w.volume_check.setEnabled(False)
+    return row
+
+
 def _table(w: Any) -> QTableWidget:
     w.table = table = QTableWidget(0, len(TABLE_HEADERS))
     table.setHorizontalHeaderLabels(TABLE_HEADERS)
@@ -194,6 +231,9 @@ def _table(w: Any) -> QTableWidget:
     # slightly smaller font lets the lengths and area fit without scrolling.
     header.moveSection(TABLE_HEADERS.index("status"), 1)
     header.moveSection(TABLE_HEADERS.index("edited"), 2)
+    # A 3D lesion's volume and extent next: what a radiologist reads (hidden in 2D).
+    header.moveSection(TABLE_HEADERS.index("volume"), 3)
+    header.moveSection(TABLE_HEADERS.index("slices"), 4)
     font = table.font()
     if font.pointSizeF() > 8:
         font.setPointSizeF(font.pointSizeF() - 1)

@@ -34,6 +34,8 @@ class SegmentationMixin:
             or self._click_scheduled
             or self._worker is not None
             or bool(self._pending)
+            or self._volume_worker is not None
+            or bool(self._volume_queue)
         )
 
     def enqueue(self, requests: list[SegmentRequest | ClickRequest]) -> None:
@@ -46,7 +48,7 @@ class SegmentationMixin:
         """Start a worker for the pending requests if none is running and a segmenter is ready."""
         if self._worker is not None or not self._pending or self._closed:
             return
-        segmenter = self._segmenter()
+        segmenter = self.segmenter_for_image()  # this image's modality and CT window
         if segmenter is None:
             return
         from napari.qt.threading import create_worker
@@ -107,6 +109,7 @@ class SegmentationMixin:
                 self.message.emit(f"lesion {req.lesion_id}: could not paste the mask ({exc})", True)
             else:
                 self.message.emit(self.describe(req.lesion_id), False)
+                self._after_mask(req.lesion_id)  # a committed "3D lesion" waits for it
         self.changed.emit()
 
     def describe(self, lesion_id: int) -> str:

@@ -18,7 +18,8 @@ Rooms: :mod:`~.units` (spacing, lengths), :mod:`~.segmenters` (:class:`ShapeSegm
 :func:`load_segmenter`), :mod:`~.requests` (requests, :func:`run_requests`),
 :mod:`~.paste` (masks into the label image), :mod:`~.lesions` (the session's records),
 :mod:`~.session` (:class:`AnnotationSession`, with :mod:`~.geometry`, :mod:`~.sync` and
-:mod:`~.views` as its steps) and :mod:`~.export` (files). Every public name is
+:mod:`~.views` as its steps), :mod:`~.volume3d` (the "3D lesion" option and CT
+windows) and :mod:`~.export` (files). Every public name is
 re-exported here: ``from napari_recist_seg.annotation import ...`` is the API.
 
 Segmentation itself is done by a *segmenter*: anything with
@@ -91,6 +92,17 @@ from napari_recist_seg.annotation.segmenters import (
 )
 from napari_recist_seg.annotation.session import AnnotationSession
 from napari_recist_seg.annotation.units import format_length, spacing_from_scale
+from napari_recist_seg.annotation.volume3d import (
+    VolumeRequest,
+    image_modality,
+    measure_volume,
+    propagate_request,
+    volume_paste_indices,
+    volume_spacing,
+    window_choices,
+    window_limits,
+    with_intensity,
+)
 
 __all__ = [
     "DEFAULT_QUICK_RATIO",
@@ -122,4 +134,13 @@ __all__ = [
     "restore_states",
     "run_requests",
     "spacing_from_scale",
+    "VolumeRequest",
+    "image_modality",
+    "measure_volume",
+    "propagate_request",
+    "volume_paste_indices",
+    "volume_spacing",
+    "window_choices",
+    "window_limits",
+    "with_intensity",
 ]

@@ -14,7 +14,7 @@ from napari_recist_seg.annotation.lesions import SyncResult
 from napari_recist_seg.annotation.session import AnnotationSession
 from napari_recist_seg.data import RecistRecord, write_labels, write_recist_csv
 from napari_recist_seg.data.atomic import atomic_path, atomic_write_text
-from napari_recist_seg.measurements import MEASUREMENT_COLUMNS
+from napari_recist_seg.measurements import MEASUREMENT_COLUMNS, VOLUME_COLUMNS
 
 __all__ = [
     "MEASUREMENT_FIELDS",
@@ -247,6 +247,9 @@ def export_masks(
 # The bulk job's measurements.csv columns, plus the annotator's per-lesion state, so a
 # table exported from the viewer reads like one written by `recist-seg segment`.
 MEASUREMENT_FIELDS: tuple[str, ...] = MEASUREMENT_COLUMNS + ("status", "committed", "edited")
+#: With a 3D lesion among the rows: the volume columns of ``segment --3d`` as well.
+MEASUREMENT_FIELDS_3D: tuple[str, ...] = MEASUREMENT_COLUMNS + VOLUME_COLUMNS + (
+    "status", "committed", "edited")
 
 
 def export_measurements(
@@ -255,7 +258,9 @@ def export_measurements(
     """Write measurement rows (:meth:`AnnotationSession.measurement_rows`) as CSV."""
     target = _target(path, if_exists)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(MEASUREMENT_FIELDS), extrasaction="ignore")
+    is_3d = any(row.get("volume_voxels") not in (None, "") for row in rows)
+    fields = MEASUREMENT_FIELDS_3D if is_3d else MEASUREMENT_FIELDS
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else (f"{v:.4f}" if isinstance(v, float) else v)) for k, v in row.items()})

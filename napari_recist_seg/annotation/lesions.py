@@ -91,6 +91,12 @@ class Lesion:
     #: The mask was painted / erased / filled by hand (or imported): it is the truth
     #: and is never replaced by a segmentation without the user asking.
     edited: bool = False
+    #: "3D lesion": propagate once committed; the volume columns of the label
+    #: (:data:`~napari_recist_seg.measurements.VOLUME_COLUMNS`) once it is 3D; a counter
+    #: that drops 3D results computed for an older mask.
+    want_volume: bool = False
+    volume: dict | None = None
+    volume_generation: int = 0
 
     @property
     def line_ids(self) -> list[int]:
@@ -137,6 +143,11 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "committed",
     "unit",
     "edited",
+    "volume",
+    "volume_unit",
+    "z_first",
+    "z_last",
+    "n_slices",
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from napari_recist_seg import targets
+from napari_recist_seg.intensity import is_ct, resolve_window
 from napari_recist_seg.predict import DEFAULT_MODEL_DIR, LesionResult, Predictor, measure_mask
 from napari_recist_seg.recist import Recist, RecistError
 
@@ -77,6 +78,10 @@ class ShapeSegmenter:
         self.method = method
         self.margin = float(margin)
         self.name = "Ellipse (no model)" if method == "ellipse" else "GrabCut (no model)"
+        #: Intensity rule for GrabCut (:mod:`napari_recist_seg.intensity`): ``None`` =
+        #: CT when a signed image goes below -200 HU; a CT ``window`` preset or pair.
+        self.modality: str | None = None
+        self.window: Any = None
 
     def __repr__(self) -> str:
         return f"ShapeSegmenter({self.method!r})"
@@ -101,9 +106,7 @@ class ShapeSegmenter:
         else:
             r0, c0, r1, c1 = self._box(recist, plane.shape[:2])
             crop = np.asarray(plane[r0:r1, c0:c1])
-            window = None
-            if crop.ndim == 2 and np.issubdtype(crop.dtype, np.signedinteger) and crop.min() < -200:
-                window = (40.0, 400.0)  # CT in HU: the soft-tissue reading window
+            window = self._ct_window(crop)
             mask = np.asarray(
                 targets.grabcut_mask(crop, recist.transformed((r0, c0), 1.0), window=window), bool
             )
@@ -116,6 +119,16 @@ class ShapeSegmenter:
             probability=mask.astype(np.float32),
             measured=measure_mask(mask, offset, recist),
         )
+
+    def _ct_window(self, crop: np.ndarray) -> tuple[float, float] | None:
+        """The CT window GrabCut reads ``crop`` through, ``None`` for other images."""
+        if crop.ndim != 2:
+            return None
+        if self.modality is not None:
+            return resolve_window(self.window) if is_ct(self.modality) else None
+        if np.issubdtype(crop.dtype, np.signedinteger) and crop.min() < -200:
+            return resolve_window(self.window)  # CT in HU: soft tissue unless chosen
+        return None
 
     def segment(self, image: np.ndarray, recists: Sequence[Recist]) -> list[ShapeResult]:
         return [self.segment_one(image, r) for r in recists]

@@ -24,12 +24,13 @@ from napari_recist_seg.annotation.paste import Box
 from napari_recist_seg.annotation.requests import SegmentRequest
 from napari_recist_seg.annotation.sync import _LayerSync
 from napari_recist_seg.annotation.views import _SessionViews
+from napari_recist_seg.annotation.volume3d import _SessionVolumes
 from napari_recist_seg.recist import MIN_AXIS_LENGTH_PX, Recist
 
 __all__ = ["AnnotationSession"]
 
 
-class AnnotationSession(_LayerSync, _SessionViews, _LesionGeometry):
+class AnnotationSession(_LayerSync, _SessionViews, _SessionVolumes, _LesionGeometry):
     """The lesions drawn on one image: pairing, snapping, edits, undo and results.
 
     Parameters
@@ -138,6 +139,7 @@ class AnnotationSession(_LayerSync, _SessionViews, _LesionGeometry):
         if les is None:
             return False
         les.edited = True
+        les.volume_generation += 1  # a 3D result in flight was grown from the old mask
         les.area_px = int(area_px)
         les.measured = measured
         les.box = box
@@ -311,6 +313,7 @@ class AnnotationSession(_LayerSync, _SessionViews, _LesionGeometry):
                 old.generation = max(old.generation, cur.generation) + 1
                 old.edited, old.status, old.message = True, cur.status, cur.message
                 old.measured, old.area_px, old.box = cur.measured, cur.area_px, cur.box
+                old.volume, old.volume_generation = cur.volume, cur.volume_generation
                 if old.recist is None:
                     old.status = OPEN if old.short_id is None else INVALID
                 continue
@@ -320,6 +323,7 @@ class AnnotationSession(_LayerSync, _SessionViews, _LesionGeometry):
                 old.status, old.message, old.generation = cur.status, cur.message, cur.generation
                 old.cluster, old.confidence = cur.cluster, cur.confidence
                 old.measured, old.area_px, old.box = cur.measured, cur.area_px, cur.box
+                old.volume, old.volume_generation = cur.volume, cur.volume_generation
                 continue
             # Never reuse a generation a worker may still answer to.
             old.generation = max(old.generation, cur.generation if cur else 0)

@@ -134,6 +134,7 @@ class _SessionViews:
                     "committed": les.committed,
                     "unit": self.unit,
                     "edited": les.edited,
+                    **_volume_cells(les),
                 }
             )
         return rows
@@ -164,6 +165,20 @@ class _SessionViews:
                 area_px=les.area_px, spacing=self.spacing,
             )
             rows.append(
-                {**row, "status": les.status, "committed": les.committed, "edited": les.edited}
+                {**row, **(les.volume or {}), "status": les.status, "committed": les.committed,
+                 "edited": les.edited}
             )
         return rows
+
+
+def _volume_cells(les: Lesion) -> dict[str, Any]:
+    """The table's 3D cells: volume in mm^3 when the spacing is known, else voxels;
+    ``"pending"`` while the lesion is being propagated."""
+    v = les.volume
+    if v is None:
+        return {"volume": None, "volume_unit": "pending" if les.want_volume else "",
+                "z_first": None, "z_last": None, "n_slices": None}
+    mm3 = v.get("volume_mm3")
+    return {"volume": float(mm3) if mm3 is not None else int(v["volume_voxels"]),
+            "volume_unit": "mm3" if mm3 is not None else "voxels",
+            "z_first": v.get("z_first"), "z_last": v.get("z_last"), "n_slices": v.get("n_slices")}

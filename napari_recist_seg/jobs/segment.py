@@ -87,7 +87,12 @@ from napari_recist_seg.jobs.segment_plan import (  # noqa: F401
 )
 # The columns and the row builder live in measurements (the annotator uses them too);
 # re-exported here, where the bulk job and its callers import them.
-from napari_recist_seg.measurements import MEASUREMENT_COLUMNS, measurement_row  # noqa: F401
+from napari_recist_seg.measurements import (  # noqa: F401
+    MEASUREMENT_COLUMNS,
+    VOLUME_COLUMNS,
+    measurement_row,
+    volume_values,
+)
 from napari_recist_seg.recist import Recist, RecistError, snap
 from napari_recist_seg.runtime import default_threads
 

@@ -51,7 +51,8 @@ from napari_recist_seg.jobs.common import (
     ProgressTracker,
 )
 from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
-from napari_recist_seg.jobs.segment import MEASUREMENT_COLUMNS, MEASUREMENTS_CSV, measurement_row
+from napari_recist_seg.jobs.segment import (
+    MEASUREMENT_COLUMNS, MEASUREMENTS_CSV, VOLUME_COLUMNS, measurement_row, volume_values)
 from napari_recist_seg.jobs.segment_commit import _fmt
 from napari_recist_seg.jobs.segment3d_store import clear_lesions, lesion_key, load_lesion, save_lesion
 from napari_recist_seg.jobs.segment_plan import SegmentItem, _check_collisions, _check_out, _plan
@@ -61,9 +62,7 @@ from napari_recist_seg.recist import Recist, RecistError, snap
 
 __all__ = ["MEASUREMENT_COLUMNS_3D", "run_segment3d"]
 
-MEASUREMENT_COLUMNS_3D: tuple[str, ...] = MEASUREMENT_COLUMNS + (
-    "volume_voxels", "volume_mm3", "volume_ml", "z_first", "z_last", "n_slices", "extent_mm",
-)
+MEASUREMENT_COLUMNS_3D: tuple[str, ...] = MEASUREMENT_COLUMNS + VOLUME_COLUMNS
 
 
 def _labels_name(item: SegmentItem) -> str:
@@ -166,14 +165,7 @@ def _paste_lesions(shape: Sequence[int], lesions: Sequence[tuple[int, int, np.nd
 
 def _counted(row: dict[str, str], mask: np.ndarray, spacing: Any) -> dict[str, str]:
     """``row`` with the volume columns of the voxels the lesion holds in the labels."""
-    zs = np.nonzero(mask.any(axis=(1, 2)))[0]
-    voxels = int(mask.sum())
-    mm3 = None if spacing is None else float(voxels * np.prod(spacing))
-    extent = None if spacing is None or not len(zs) else float((zs[-1] - zs[0] + 1) * spacing[0])
-    new = dict(volume_voxels=voxels, volume_mm3=mm3, volume_ml=None if mm3 is None else mm3 / 1000.0,
-               z_first=int(zs[0]) if len(zs) else None, z_last=int(zs[-1]) if len(zs) else None,
-               n_slices=int(zs[-1] - zs[0] + 1) if len(zs) else 0, extent_mm=extent)
-    return {**row, **{k: _fmt(v) for k, v in new.items()}}
+    return {**row, **{k: _fmt(v) for k, v in volume_values(mask, spacing).items()}}
 
 
 def _write(out: Path, report: JobReport, fn: Any) -> None:
