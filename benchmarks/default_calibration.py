@@ -15,7 +15,8 @@ smaller change). A RECIST the predictor refuses scores 0 in every setting (as in
 Usage::
 
     python benchmarks/default_calibration.py [--model DIR] [--ids val|test] [--n 200]
-        [--renders clinic,none] [--threads 1] [--out table.npz]
+        [--renders clinic,none] [--threads 1] [--out table.npz] [--latency-n 30]
+    python benchmarks/default_calibration.py --renders '' --fit 0.75 --latency-n 30  # timing only
 
 Prints one JSON object on stdout.
 """
@@ -98,6 +99,23 @@ def summarise(tables: dict[str, np.ndarray], tol: float) -> dict:
     return out
 
 
+def latency(predictor, stems: list[str], fit: float, offset: float, seed: int = 0) -> dict:
+    """Median ms of one ``Predictor.segment`` call (one lesion, clinic render, exact
+    RECIST) without and with ``(fit, offset)``, the two timed alternately per image."""
+    times: dict[str, list[float]] = {"uncalibrated": [], "calibrated": []}
+    saved = predictor.recist_fit, predictor.boundary_offset
+    try:
+        for _, image, _, exact, _ in load_cases(stems, "clinic", seed):
+            for name, (f, o) in (("uncalibrated", (0.0, 0.0)), ("calibrated", (fit, offset))):
+                predictor.recist_fit, predictor.boundary_offset = f, o
+                t0 = time.perf_counter()
+                predictor.segment(image, [exact])
+                times[name].append(1000 * (time.perf_counter() - t0))
+    finally:
+        predictor.recist_fit, predictor.boundary_offset = saved
+    return {k: round(float(np.median(v)), 1) for k, v in times.items()} | {"n": len(stems)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
@@ -107,6 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tol", type=float, default=0.001)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--latency-n", type=int, default=0,
+                        help="also time the chosen setting on this many images (clinic render)")
+    parser.add_argument("--fit", type=float, default=None, help="with --renders '': time this fit")
+    parser.add_argument("--offset", type=float, default=0.0, help="with --fit: time this offset")
     parser.add_argument("--out", default=None, help="save the per-image tables (.npz)")
     args = parser.parse_args(argv)
 
@@ -126,8 +148,12 @@ def main(argv: list[str] | None = None) -> dict:
         np.savez_compressed(args.out, fits=FITS, offsets=OFFSETS, ids=stems, **tables)
     out = {"benchmark": "default_calibration", "ids": f"{args.ids} split, first {len(stems)}",
            "seed": args.seed, "tol": args.tol, "model": info, "refine": predictor.refine,
-           **summarise(tables, args.tol), "seconds": round(time.perf_counter() - t0, 1),
-           "machine": machine_info(predictor.device)}
+           **(summarise(tables, args.tol) if tables else {"chosen": None}),
+           "seconds": round(time.perf_counter() - t0, 1), "machine": machine_info(predictor.device)}
+    chosen = out["chosen"] or ({"recist_fit": args.fit, "boundary_offset": args.offset} if args.fit else None)
+    if args.latency_n and chosen:
+        out["ms_per_lesion_median"] = latency(predictor, stems[: args.latency_n], chosen["recist_fit"],
+                                              chosen["boundary_offset"], args.seed)
     print(json.dumps(out, indent=2))
     return out
 
