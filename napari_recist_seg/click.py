@@ -104,7 +104,26 @@ def segment_click(
     ------
     RecistError
         If the point lies outside the image, or no candidate mask contains it.
+
+    Notes
+    -----
+    A calibration's ``recist_fit`` (the shipped default has 0.75) is off here: it
+    fits the outline to a *drawn* RECIST, and a click has none (fitting each
+    candidate to its circle lost 0.024 Dice on 40 val ids of the clinic proxy);
+    ``logit_bias`` and ``boundary_offset`` (the clinic's style) apply.
     """
+    fit = getattr(predictor, "recist_fit", 0.0)
+    predictor.recist_fit = 0.0
+    try:
+        return _segment_click(predictor, image, point, slice_index, spacing, scales, refine, rounds)
+    finally:
+        predictor.recist_fit = fit
+
+
+def _segment_click(predictor: Any, image: np.ndarray, point: Sequence[float], slice_index: int | None,
+                   spacing: tuple[float, float] | None, scales: Sequence[float] | None,
+                   refine: bool, rounds: int | None) -> LesionResult:
+    """:func:`segment_click` with the predictor's calibration as it is."""
     arr = _check_image(image)
     slice_index, h, w = _click_slice(arr, slice_index)
     p = _click_point(point, h, w)
