@@ -109,7 +109,8 @@ def segment_click(
     -----
     A calibration's ``recist_fit`` (the shipped default has 0.75) is off here: it
     fits the outline to a *drawn* RECIST, and a click has none (fitting each
-    candidate to its circle lost 0.024 Dice on 40 val ids of the clinic proxy);
+    candidate to its circle, and each round to its own measured RECIST, lost 0.024 Dice
+    on 40 val ids of the clinic proxy);
     ``logit_bias`` and ``boundary_offset`` (the clinic's style) apply.
     """
     fit = getattr(predictor, "recist_fit", 0.0)
