@@ -366,9 +366,10 @@ def fine_tune(
     if cfg.calibrate and not cancelled:
         report = _calibration(model, mcfg, clusters, init_checkpoint if cfg.steps == 0 else None,
                               cur, device, cfg.calibration, progress, cancel)
-        mcfg = replace(mcfg, logit_bias=report.calibration.logit_bias,
-                       boundary_offset=report.calibration.boundary_offset,
-                       recist_fit=report.calibration.recist_fit)
+        if report.applied:  # else the starting checkpoint's own calibration stays (a default may carry one)
+            mcfg = replace(mcfg, logit_bias=report.calibration.logit_bias,
+                           boundary_offset=report.calibration.boundary_offset,
+                           recist_fit=report.calibration.recist_fit)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"finetune_config": asdict(cfg), "init_checkpoint": str(init_checkpoint),

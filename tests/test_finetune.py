@@ -173,3 +173,25 @@ def test_cli_lr_reaches_the_fine_tuning(monkeypatch, isic_dir, tiny_ckpt, tmp_pa
     with pytest.raises(InputError, match="--lr"):
         run_train(build_parser().parse_args(["train", str(ds), "--out", str(tmp_path / "o"), "--init",
                                              str(tiny_ckpt), "--curated", str(ds / "masks"), "--lr", "-1"]))
+
+
+def test_a_starting_calibration_is_kept_when_the_curated_images_choose_none(isic_dir, tiny_ckpt, tmp_path):
+    # The shipped default carries recist_fit 0.75: a fine-tune whose curated images give
+    # no calibration (here: 1 image, nothing to cross-validate) must not drop it.
+    import json
+    import shutil
+
+    start = tmp_path / "start"
+    shutil.copytree(tiny_ckpt, start)
+    doc = json.loads((start / "config.json").read_text())
+    doc["model"].update(recist_fit=0.75, boundary_offset=-0.005)
+    (start / "config.json").write_text(json.dumps(doc))
+    img, gt = _real(isic_dir, STEMS[0])
+    out = tmp_path / "ft"
+    res = fine_tune([TrainSample(image=img, recist=recist_from_mask(gt), curated_mask=gt, name=STEMS[0])],
+                    start, out, FineTuneConfig(steps=0, device="cpu"))
+    assert res.checkpoint is not None
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["calibration"]["applied"] is False
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert model["recist_fit"] == 0.75 and model["boundary_offset"] == -0.005
