@@ -22,8 +22,9 @@ Both outline moves are applied together, after the refinement: ``boundary_offset
 + recist_fit x gap`` pixels. :func:`calibrate` segments the curated images with the
 starting model once per bias and scores every (bias, fit, offset) triple against the
 curated masks (a Dice table). The calibration is the triple of best mean Dice, each
-shrunk toward 0 by ``n / (n + shrink)`` for ``n`` curated images (small sets move
-less) and rounded to the grid. Whether it
+moved from the starting model's own calibration (0 for most checkpoints; the default
+model ships a fit) by ``n / (n + shrink)`` of the way for ``n`` curated images (small
+sets move less), rounded to the grid; "before" is the starting model as it is. Whether it
 helps is estimated by leave-one-image-out cross-validation of that whole rule (each
 image scored with the calibration chosen on the others); a calibration whose
 cross-validated gain is not positive is not applied. Both knobs are stored in the
@@ -225,12 +226,14 @@ def _nearest(values: Sequence[float], v: float) -> int:
 
 
 def choose(table: np.ndarray, biases: Sequence[float] = BIASES, offsets: Sequence[float] = OFFSETS,
-           shrink: float = SHRINK, fits: Sequence[float] = (0.0,)) -> tuple[int, int, int]:
+           shrink: float = SHRINK, fits: Sequence[float] = (0.0,),
+           origin: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
     """Grid indices ``(bias, fit, offset)`` of the calibration for the images of
     ``table`` (``(n, n_biases, n_fits, n_offsets)``, see module notes).
 
-    The best mean Dice (ties: the smaller change), every value times
-    ``n / (n + shrink)``, rounded to the grid.
+    The best mean Dice (ties: the smaller change), every value moved from the
+    ``origin`` (grid indices of the starting calibration; default: the values
+    nearest 0) by ``n / (n + shrink)`` of the way, rounded to the grid.
 
     Examples
     --------
@@ -239,13 +242,22 @@ def choose(table: np.ndarray, biases: Sequence[float] = BIASES, offsets: Sequenc
     """
     n = table.shape[0]
     grids = [np.asarray(g, float) for g in (biases, fits, offsets)]
-    size = sum(np.abs(g).reshape([-1 if a == i else 1 for a in range(3)]) / max(1e-9, np.abs(g).max())
-               for i, g in enumerate(grids))
+    start = [g[i] for g, i in zip(grids, origin)] if origin is not None else [0.0, 0.0, 0.0]
+    size = sum(np.abs(g - s0).reshape([-1 if a == i else 1 for a in range(3)]) / max(1e-9, np.ptp(g))
+               for i, (g, s0) in enumerate(zip(grids, start)))
     score = table.mean(axis=0) - 1e-7 * size  # a tie goes to the smaller change
     best = np.unravel_index(int(np.argmax(score)), score.shape)
     f = n / (n + shrink) if shrink > 0 else 1.0
-    j, m, k = (_nearest(g, g[i] * f) for g, i in zip(grids, best))
+    j, m, k = (_nearest(g, s0 + (g[i] - s0) * f) for g, i, s0 in zip(grids, best, start))
     return j, m, k
+
+
+def _with_start(grid: Sequence[float], value: float) -> tuple[float, ...]:
+    """``grid`` with the starting ``value`` in it; a knob that is off keeps ``value``."""
+    value = float(value) + 0.0
+    if len(grid) == 1:
+        return (value,)
+    return tuple(sorted({float(g) for g in grid} | {value}))
 
 
 def calibrate(
@@ -256,6 +268,7 @@ def calibrate(
     offsets: Sequence[float] = OFFSETS,
     fits: Sequence[float] = FITS,
     shrink: float = SHRINK,
+    start: Calibration | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> CalibrationReport:
@@ -271,23 +284,32 @@ def calibrate(
         The grid (each must contain 0); a one-value grid ``(0.0,)`` turns a knob off.
     shrink : float
         See :func:`choose`.
+    start : Calibration, optional
+        The starting model's own calibration (default: the predictor's). "Before" is
+        the model with it, the choice shrinks toward it, and it stays when nothing
+        better is found (a default model may ship one). A knob that is off (a grid of
+        0 alone) keeps its starting value.
     """
     if 0.0 not in biases or 0.0 not in offsets or 0.0 not in fits:
         raise ValueError("the calibration grid must contain 0 (no change)")
+    start = start if start is not None else Calibration(
+        predictor.logit_bias, predictor.boundary_offset, getattr(predictor, "recist_fit", 0.0))
+    biases, fits, offsets = (_with_start(g, v) for g, v in (
+        (biases, start.logit_bias), (fits, start.recist_fit), (offsets, start.boundary_offset)))
     table = dice_table(predictor, cases, biases, offsets, fits=fits, progress=progress, cancel=cancel)
     n = len(cases)
-    idx0 = (list(biases).index(0.0), list(fits).index(0.0), list(offsets).index(0.0))
+    idx0 = (biases.index(start.logit_bias), fits.index(start.recist_fit), offsets.index(start.boundary_offset))
     before = table[(slice(None), *idx0)]
     cv = before.copy()
     if n >= 2:
         for i in range(n):
-            cv[i] = table[(i, *choose(np.delete(table, i, axis=0), biases, offsets, shrink, fits))]
-    j, m, k = choose(table, biases, offsets, shrink, fits) if n >= 1 else idx0
+            cv[i] = table[(i, *choose(np.delete(table, i, axis=0), biases, offsets, shrink, fits, idx0))]
+    j, m, k = choose(table, biases, offsets, shrink, fits, idx0) if n >= 1 else idx0
     chosen = Calibration(float(biases[j]) + 0.0, float(offsets[k]) + 0.0, float(fits[m]) + 0.0)  # no -0.0
     gain = float(cv.mean() - before.mean()) if n else 0.0
     if n < 2:
         applied, reason = False, "fewer than 2 curated images: nothing to cross-validate"
-    elif chosen.is_identity:
+    elif chosen == start:
         applied, reason = False, "the starting model is already best on the curated images"
     elif gain <= 0:
         applied, reason = False, f"no cross-validated gain ({gain:+.4f} Dice)"
@@ -297,7 +319,7 @@ def calibrate(
              "dice_cv": round(float(cv[i]), 4)} for i, c in enumerate(cases)]
     nan = float("nan")
     return CalibrationReport(
-        calibration=chosen if applied else Calibration(), chosen=chosen, applied=applied,
+        calibration=chosen if applied else start, chosen=chosen, applied=applied,
         reason=reason, n_images=n,
         dice_before=float(before.mean()) if n else nan,
         dice_cv=float(cv.mean()) if n else nan,

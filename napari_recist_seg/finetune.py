@@ -398,12 +398,9 @@ def _calibration(model: Any, mcfg: Any, clusters: Any, start: str | Path | None,
     ``start``: the starting checkpoint when the weights are its own (its stored ONNX
     graph is then used); else the tuned network is wrapped as it is.
     """
-    base = replace(mcfg, logit_bias=0.0, boundary_offset=0.0, recist_fit=0.0)
-    if start is not None:
-        predictor = Predictor.load(start, device=device)
-        predictor.logit_bias = predictor.boundary_offset = predictor.recist_fit = 0.0
-    else:
-        predictor = Predictor(model, base, clusters, device)
+    # The starting checkpoint's own calibration is the "before" and what the choice
+    # shrinks toward (calibrate reads it from the predictor).
+    predictor = Predictor.load(start, device=device) if start is not None else Predictor(model, mcfg, clusters, device)
     cases: dict[str, CalibrationCase] = {}
     for it in cur:
         if it.image not in cases:

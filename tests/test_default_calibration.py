@@ -83,3 +83,24 @@ def test_click_mode_never_changes_the_shared_predictor(default, monkeypatch):
     with pytest.raises(RuntimeError, match="stop here"):
         default.segment_click(np.zeros((64, 64, 3), np.uint8), (32, 32))
     assert seen == [(0.0, 0.75)]
+
+
+def test_fine_tune_calibration_starts_from_the_default_own_fit(default, isic_dir):
+    # "Before" must be the default as users get it (with its fit), and a curated set that
+    # finds nothing better keeps that fit (it used to report the unfitted model as
+    # "before" and shrink the choice toward no fit).
+    from napari_recist_seg.calibration import CalibrationCase, calibrate
+    from napari_recist_seg.metrics import dice
+
+    cases, own = [], []
+    for stem in ("ISIC_0000387", "ISIC_0003728", "ISIC_0000048"):
+        image = np.asarray(Image.open(isic_dir / "images" / f"{stem}.jpg").convert("RGB"))
+        gt = np.asarray(Image.open(isic_dir / "masks" / f"{stem}_segmentation.png")) > 0
+        r = recist_from_mask(gt)
+        cases.append(CalibrationCase(stem, image, [r], gt))
+        own.append(dice(default.segment(image, [r])[0].full_mask(gt.shape), gt))
+    report = calibrate(default, cases, biases=(0.0,), offsets=(0.0,))
+    assert report.dice_before == pytest.approx(float(np.mean(own)), abs=1e-3)
+    assert default.recist_fit == 0.75  # restored after scoring
+    if not report.applied:
+        assert report.calibration.recist_fit == 0.75
