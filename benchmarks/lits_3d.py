@@ -31,12 +31,16 @@ code as ``propagate_lesion``), so a grid of rules costs no model call. Reported 
 proxy: RECIST-slice Dice, 3D Dice of the slice-only output, of the old stop rules
 (area 0.15, growth 1.2, overlap 0.3, 30 HU on CT only), of the library's default
 :class:`StopRules`, of the best stop per tumour (oracle, an upper bound), and the
-robust choice over the grid: the rules whose worst proxy is best (maximin), with a
-2-fold split by tumour (choose on one half, score the other) as an honest figure.
+robust choice over the grid: the rules whose worst proxy is best (maximin; ties broken
+by the next worst proxy, leximin), with a 2-fold split by tumour (choose on one half,
+score the other) as an honest figure. ``--grid round1`` is the blend round's grid;
+``--grid run_on`` adds the regrowth and seed-overlap rules (walks that run on into a
+neighbouring structure) and reports the best point of each family of them.
 
 Run from the repository root::
 
-    nice -n 10 python3 benchmarks/lits_3d.py --threads 1 --cache /tmp/lits3d_traces.pkl
+    nice -n 10 python3 benchmarks/lits_3d.py --threads 1 --cache /tmp/lits3d_traces.pkl \
+        --grid run_on
 
 Prints one JSON object.
 """
@@ -188,7 +192,8 @@ def _blend(args):
 
 def _trace_key(args) -> tuple:
     """What the traces depend on (a cache of other settings is not re-used)."""
-    return (args.min_slices, args.min_area, args.cap, args.fold, repr(_blend(args)))
+    # "steps v2": steps carry seed_overlap (older caches would replay that rule as off)
+    return ("steps v2", args.min_slices, args.min_area, args.cap, args.fold, repr(_blend(args)))
 
 
 def _strip(step):
