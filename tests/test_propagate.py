@@ -229,3 +229,31 @@ def test_lits_tumour_that_ran_on_stops_at_its_end(lits_dir):
     assert les.n_slices <= span and les.z_range[1] < old.z_range[1]
     assert les.stops[1] in ("regrowth", "seed_overlap")
     assert dice(old.mask, tumour) < 0.775 < 0.785 < dice(les.mask, tumour)
+
+
+def _discs(radii, shifts, size=60):
+    yy, xx = np.mgrid[:size, :size]
+    c = size // 2
+    return np.stack([(yy - c) ** 2 + (xx - c - dx) ** 2 <= r ** 2 if r > 0 else np.zeros_like(yy, bool)
+                     for r, dx in zip(radii, shifts)])
+
+
+@pytest.mark.parametrize("radii, shifts, why, last", [
+    # shrinks to r 5, then grows again slowly (< 1.1x a slice, > 1.15x the smallest)
+    ([0, 8, 7, 6, 5, 5.2, 5.6, 6.0, 6.4], [0] * 9, "regrowth", 5),
+    # same size, drifting 2 px a slice out of the RECIST slice's projection
+    ([0, 8, 8, 8, 8, 8], [0, 0, 2, 4, 6, 8], "seed_overlap", 2),
+])
+def test_run_on_rules_end_a_walk_that_left_the_lesion(radii, shifts, why, last):
+    from napari_recist_seg.propagate import StopRules
+
+    vol = _discs(radii, shifts)
+
+    def seg(z, r):  # a perfect segmenter that follows whatever is there
+        return vol[z]
+
+    les = propagate_lesion(vol.shape, 1, vol[1], seg, spacing=(1.0, 1.0, 1.0))
+    assert les.stops[1] == why and les.z_range == (1, last)
+    off = StopRules(max_regrowth=None, min_seed_overlap=None)
+    ran_on = propagate_lesion(vol.shape, 1, vol[1], seg, spacing=(1.0, 1.0, 1.0), rules=off)
+    assert ran_on.z_range[1] > last
