@@ -21,13 +21,29 @@ GRID: dict[str, list] = {
 }
 
 
-def grid_rules() -> list[StopRules]:
+#: Round 2 (run-on): the new regrowth and seed-overlap rules (None = off) crossed with
+#: the neighbourhood of round 1's choice (``--grid run_on``).
+GRID_RUN_ON: dict[str, list] = {
+    "min_fraction": [0.05, 0.1, 0.15],
+    "max_growth": [1.1, 1.25, 1.5],
+    "contrast": [None, 0.5],
+    "spread": [0.0],
+    "min_overlap": [0.5, 0.7],
+    "max_slope": [0.5, 1.0],
+    "max_regrowth": [None, 1.1, 1.15, 1.25, 1.5],
+    "min_seed_overlap": [None, 0.5, 0.7, 0.8, 0.9],
+}
+GRIDS = {"round1": GRID, "run_on": GRID_RUN_ON}
+
+
+def grid_rules(grid: dict[str, list] | None = None) -> list[StopRules]:
+    grid = GRID if grid is None else grid
     out = []
-    for mf, mg, c, s, mo, ms in itertools.product(*GRID.values()):
-        if c is None and s != GRID["spread"][0]:
+    for values in itertools.product(*grid.values()):
+        kw = dict(zip(grid, values))
+        if kw.get("contrast") is None and kw.get("spread", 0.0) != grid["spread"][0]:
             continue  # spread means nothing without the intensity rule
-        out.append(StopRules(min_fraction=mf, max_growth=mg, contrast=c, spread=s,
-                             min_overlap=mo, max_slope=ms))
+        out.append(StopRules(**kw))
     return out
 
 
@@ -43,7 +59,7 @@ class LegacyRules:
     def bind(self, row: dict) -> "LegacyRules":
         return replace(self, seed_mean=row.get("seed_mean"))
 
-    def reason(self, step: SliceStep, ctx: SeedContext) -> str | None:
+    def reason(self, step: SliceStep, ctx: SeedContext, smallest: int | None = None) -> str | None:
         if step.area < max(4, 0.15 * ctx.area0):
             return "area"
         if step.area > 1.2 * step.prev_area:
@@ -103,4 +119,4 @@ def evaluate(rows: list[dict], rules, per_tumour: bool = False) -> dict:
     return res
 
 
-__all__ = ["GRID", "LegacyRules", "evaluate", "grid_rules"]
+__all__ = ["GRID", "GRIDS", "GRID_RUN_ON", "LegacyRules", "evaluate", "grid_rules"]

@@ -22,7 +22,13 @@ terms rather than as a constant of one scanner:
   two equal discs (of the smaller mask's area) keep when shifted by the largest drift
   a lesion boundary can make between two slices, ``max_slope`` times the slice
   spacing over the pixel size (1 px per slice when the spacing is not known). Thick
-  slices, or small cross-sections, therefore allow a smaller overlap.
+  slices, or small cross-sections, therefore allow a smaller overlap;
+- **regrowth** (``max_regrowth``, off when ``None``): the mask is more than that
+  many times the smallest mask of the walk so far: a lesion that has shrunk and
+  grows again, even slowly, has usually run into a neighbouring structure;
+- **seed_overlap** (``min_seed_overlap``, off when ``None``): less than that
+  fraction of the mask lies within the RECIST slice's mask: the RECIST slice is the
+  largest cross-section, so a mask that has left its projection is something else.
 
 Off the RECIST slice the model tends to over-segment: it is prompted with the RECIST of
 the previous, larger cross-section. Each off-slice mask is therefore blended with the
@@ -141,6 +147,7 @@ class SliceStep:
     prev_area: int
     overlap: int  # pixels shared with the previous slice's mask
     mean: float | None  # mean intensity inside the mask (None without an image)
+    seed_overlap: int = -1  # pixels shared with the RECIST slice's mask (-1: not known)
 
 
 @dataclass(frozen=True)
@@ -158,11 +165,14 @@ class StopRules:
     intensity rule off.
 
     The defaults are the grid point of ``benchmarks/lits_3d.py`` whose worst proxy
-    (CT, thick slices, low dose, MR-like remaps of the LiTS case) scores best, traced
-    with the default :class:`IntensityBlend`. With the blend the intensity rule is off
-    by default: the blend itself ends a lesion whose slice has no lesion-like pixel
-    left near the previous mask. The two halves of a 2-fold split by tumour do not
-    agree on these rules (docs/RESULTS.md): the margins between grid points are small.
+    (CT, thick slices, low dose, MR-like remaps of the LiTS case) scores best, ties
+    broken by the next worst (leximin), traced with the default
+    :class:`IntensityBlend`. With the blend the intensity rule is off by default: the
+    blend itself ends a lesion whose slice has no lesion-like pixel left near the
+    previous mask. The regrowth and seed-overlap rules (against walks that run on into
+    a neighbouring structure) were added in a second round (``--grid run_on``); both
+    halves of a 2-fold split by tumour choose the seed overlap 0.7 with a regrowth
+    rule (docs/RESULTS.md).
     """
 
     min_fraction: float = 0.05
@@ -172,13 +182,26 @@ class StopRules:
     spread: float = 0.0
     min_overlap: float = 0.7
     max_slope: float = 0.5
+    max_regrowth: float | None = 1.15
+    min_seed_overlap: float | None = 0.7
 
-    def reason(self, step: SliceStep, ctx: SeedContext) -> str | None:
-        """The rule that ``step`` fails, or ``None`` when the lesion goes on."""
+    def reason(self, step: SliceStep, ctx: SeedContext,
+               smallest: int | None = None) -> str | None:
+        """The rule that ``step`` fails, or ``None`` when the lesion goes on.
+
+        ``smallest`` is the smallest area of the walk so far (the RECIST slice's
+        included), for the regrowth rule; :func:`first_stop` passes it.
+        """
         if step.area < max(self.min_area, self.min_fraction * ctx.area0):
             return "area"
         if step.area > self.max_growth * step.prev_area:
             return "growth"
+        if (self.max_regrowth is not None and smallest is not None
+                and step.area > self.max_regrowth * smallest):
+            return "regrowth"
+        if (self.min_seed_overlap is not None and step.seed_overlap >= 0
+                and step.seed_overlap < self.min_seed_overlap * step.area):
+            return "seed_overlap"
         if self.contrast is not None and ctx.band is not None and step.mean is not None:
             band = ctx.band
             if abs(step.mean - band.inside) > band.half_width(self.contrast, self.spread):
@@ -232,7 +255,8 @@ def trace(
     ``refine(z, mask, prev)`` when given (e.g. :func:`intensity_refiner`); no stop rule
     is applied (see :func:`first_stop`).
     """
-    prev, z, n = np.asarray(seed, bool), z0 + step, 0
+    seed = np.asarray(seed, bool)
+    prev, z, n = seed, z0 + step, 0
     while 0 <= z < n_slices and (max_steps is None or n < max_steps):
         try:
             prompt = recist_from_mask(prev, slice_index=z)
@@ -246,7 +270,8 @@ def trace(
         if area == 0:
             return
         mean = float(np.mean(image[z][m])) if image is not None else None
-        yield SliceStep(z, m, area, int(prev.sum()), int((m & prev).sum()), mean)
+        yield SliceStep(z, m, area, int(prev.sum()), int((m & prev).sum()), mean,
+                        int((m & seed).sum()))
         prev, z, n = m, z + step, n + 1
 
 
@@ -271,8 +296,10 @@ def first_stop(
     """The steps kept before the first one that fails ``rules``, and why it ended
     (a rule name, or ``"end"`` when the trace ran out)."""
     kept: list[SliceStep] = []
+    smallest: int | None = None
     for s in steps:
-        why = rules.reason(s, ctx)
+        smallest = s.prev_area if smallest is None else min(smallest, s.prev_area)
+        why = rules.reason(s, ctx, smallest=smallest)
         if why is not None:
             return kept, why
         kept.append(s)

@@ -193,3 +193,67 @@ def test_overlap_rule_follows_the_slice_spacing():
     rules = StopRules(min_overlap=0.3)  # the rule's scaling, not the default's level
     assert rules.reason(step, seed_context(seed, spacing=(1.0, 1.0, 1.0))) == "overlap"
     assert rules.reason(step, seed_context(seed, spacing=(5.0, 1.0, 1.0))) is None
+
+
+def test_lits_tumour_that_ran_on_stops_at_its_end(lits_dir):
+    # Tumour 16 of the LiTS case (65 slices): above its RECIST slice the walk shrank to
+    # the tumour's tip, then followed tumour-like liver tissue beside it for ~13 slices
+    # more (70 slices kept, 3D Dice 0.766). The regrowth / seed-overlap rules end it
+    # where the mask leaves the RECIST slice's projection.
+    from napari_recist_seg.data.images import read_image
+    from napari_recist_seg.predict import Predictor
+    from napari_recist_seg.propagate import StopRules
+
+    vol = read_image(lits_dir / "ct.nii.gz").array
+    labels = read_image(lits_dir / "labels.nii.gz").array
+    lab3, _ = ndi.label(labels == 2, structure=np.ones((3, 3, 3), bool))
+    tumour = lab3 == 16
+    areas = tumour.sum(axis=(1, 2))
+    z = int(np.argmax(areas))
+    lab2, _ = ndi.label(tumour[z])
+    big = lab2 == (np.argmax(np.bincount(lab2.ravel())[1:]) + 1)
+    r = recist_from_mask(big, slice_index=z)
+    seg = predictor_segmenter(Predictor.load(None, device="cpu"), vol, modality="ct")
+    seed = seg(z, r)
+    kw = dict(spacing=(1.0, 1.0, 1.0), image=vol, recist=r)
+    old = propagate_lesion(vol.shape, z, seed, seg, rules=StopRules(
+        max_regrowth=None, min_seed_overlap=None), **kw)
+    les = propagate_lesion(vol.shape, z, seed, seg, **kw)  # default StopRules
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    gt = np.nonzero(areas)[0]
+    span = gt[-1] - gt[0] + 1
+    assert span == 65 and old.n_slices > span  # ran on past the tumour's end
+    assert les.n_slices <= span and les.z_range[1] < old.z_range[1]
+    assert les.stops[1] in ("regrowth", "seed_overlap")
+    assert dice(old.mask, tumour) < 0.775 < 0.785 < dice(les.mask, tumour)
+
+
+def _discs(radii, shifts, size=60):
+    yy, xx = np.mgrid[:size, :size]
+    c = size // 2
+    return np.stack([(yy - c) ** 2 + (xx - c - dx) ** 2 <= r ** 2 if r > 0 else np.zeros_like(yy, bool)
+                     for r, dx in zip(radii, shifts)])
+
+
+@pytest.mark.parametrize("radii, shifts, why, last", [
+    # shrinks to r 5, then grows again slowly (< 1.1x a slice, > 1.15x the smallest)
+    ([0, 8, 7, 6, 5, 5.2, 5.6, 6.0, 6.4], [0] * 9, "regrowth", 5),
+    # same size, drifting 2 px a slice out of the RECIST slice's projection
+    ([0, 8, 8, 8, 8, 8], [0, 0, 2, 4, 6, 8], "seed_overlap", 2),
+])
+def test_run_on_rules_end_a_walk_that_left_the_lesion(radii, shifts, why, last):
+    from napari_recist_seg.propagate import StopRules
+
+    vol = _discs(radii, shifts)
+
+    def seg(z, r):  # a perfect segmenter that follows whatever is there
+        return vol[z]
+
+    les = propagate_lesion(vol.shape, 1, vol[1], seg, spacing=(1.0, 1.0, 1.0))
+    assert les.stops[1] == why and les.z_range == (1, last)
+    off = StopRules(max_regrowth=None, min_seed_overlap=None)
+    ran_on = propagate_lesion(vol.shape, 1, vol[1], seg, spacing=(1.0, 1.0, 1.0), rules=off)
+    assert ran_on.z_range[1] > last
