@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import cv2
 import numpy as np
 
-from napari_recist_seg.data.atomic import atomic_write_text
+from napari_recist_seg.data.atomic import atomic_write_bytes, atomic_write_text
 from napari_recist_seg.data.masks import write_labels, write_mask
 from napari_recist_seg.jobs import outdir
 from napari_recist_seg.jobs.common import JobReport
@@ -28,6 +29,20 @@ from napari_recist_seg.recist import Recist
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_recist_seg.predict import LesionResult
+
+
+# 2D masks: zlib level 1 with its run-length strategy: 8-bit grey PNGs with the same
+# pixels as before, encoded in less CPU and smaller than zlib's default (256 px ISIC
+# masks: 0.35 vs 0.42 ms, 0.9 vs 1.2 kB).
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    """A 2D uint8 image as an 8-bit grey PNG, atomically."""
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image), _PNG_PARAMS)
+    if not ok:  # pragma: no cover - OpenCV encodes any 2D uint8 array
+        raise ValueError(f"{path}: OpenCV could not encode the mask")
+    atomic_write_bytes(path, encoded)
 
 
 # -- measurements.csv ------------------------------------------------------------------
@@ -127,8 +142,10 @@ def _commit(
     out: Path,
     report: JobReport,
     ours: set[str],
+    journal: "outdir.Journal | None" = None,
 ) -> dict:
-    """Commit one image: its masks (atomically), then its record (files + rows).
+    """Commit one image: its masks (atomically), then its record (files + rows), a
+    line of ``journal`` (else a record file).
 
     Until the record exists the image counts as not done, so a crash in between
     only means the image is redone. ``ours`` are the names the tool claimed in
@@ -153,13 +170,18 @@ def _commit(
     outputs = [mask_path.name] + ([labels_path.name] if labels is not None else [])
     try:
         # An old record must not vouch for the new masks while they are half done.
-        outdir.remove_record(out, item.stem)
-        if labels is not None:
+        outdir.remove_record(out, item.stem, journal)
+        if labels is not None and not volume and labels.dtype == np.uint8:
+            _write_png(labels_path, labels)
+        elif labels is not None:
             write_labels(labels_path, labels, spacing=out_spacing, affine=out_affine)
         elif labels_path.name in ours and labels_path.exists():
             labels_path.unlink()  # from an earlier run with more lesions (overwrite)
-        write_mask(mask_path, union > 0, spacing=out_spacing, affine=out_affine)
-        outdir.write_record(out, item.stem, outputs, rows)
+        if volume:
+            write_mask(mask_path, union > 0, spacing=out_spacing, affine=out_affine)
+        else:
+            _write_png(mask_path, union)  # 0 / 255 already
+        outdir.write_record(out, item.stem, outputs, rows, journal=journal)
     except OSError as exc:
         raise OutputWriteError(
             f"cannot write into {out}: {describe_os_error(exc)}; {report.processed} image(s) "
