@@ -208,8 +208,8 @@ class Journal:
 
     Opening repairs a torn last line (a crash or a full disk mid-append): the file is
     cut back to its last complete line, so that the next line starts on a line of
-    its own. ``known`` are the stems with a record (from :func:`read_records`);
-    ``files`` those whose record is a ``records/<stem>.json`` file.
+    its own. ``known`` are the stems whose last journal line is a record;
+    ``files`` those with a ``records/<stem>.json`` file.
 
     Examples
     --------
@@ -219,7 +219,7 @@ class Journal:
     >>> write_record(d, "a", ["a.png"], [{"lesion": "1"}], journal=j); j.close()
     >>> with open(d / ".recist-seg" / "journal.jsonl", "ab") as fh:
     ...     _ = fh.write(b'{"stem": "b", "outp')  # a crash mid-append
-    >>> sorted(read_records(d)), Journal(d, set(read_records(d))).close()
+    >>> sorted(read_records(d)), open_journal(d)[1].close()
     (['a'], None)
     >>> (d / ".recist-seg" / "journal.jsonl").read_bytes().endswith(b"]}\\n")
     True
@@ -310,12 +310,12 @@ def write_record(out: Path, stem: str, outputs: list[str], rows: list[dict[str, 
 
 def remove_record(out: Path, stem: str, journal: Journal | None = None) -> None:
     """Un-commit ``stem`` (before its masks are rewritten): a ``drop`` line in
-    ``journal`` (only if it has a record) and / or its record file."""
+    ``journal`` if a line vouches for it, and its record file if it has one (with a
+    journal: only then, no system call for the rest)."""
     if journal is not None:
-        if stem not in journal.known:
-            return  # nothing vouches for it: no line, no system call
-        journal.append({"stem": stem, "drop": True})
-        journal.known.discard(stem)
+        if stem in journal.known:
+            journal.append({"stem": stem, "drop": True})
+            journal.known.discard(stem)
         if stem not in journal.files:
             return
         journal.files.discard(stem)
@@ -355,35 +355,49 @@ def open_journal(out: Path) -> tuple[dict[str, dict], Journal]:
     """Every committed image's record (:func:`read_records`) and the journal, repaired
     and open for appending (call while holding the lock)."""
     files = read_record_files(out)
-    records = read_records(out, files)
+    entries = _journal_entries(out)
+    records = _replay(files, entries)
+    # The stems a drop line must un-commit: those whose last journal entry is a record.
+    in_journal = set(_replay({}, entries))
     try:
-        return records, Journal(out, set(records), set(files))
+        return records, Journal(out, in_journal, set(files))
     except OSError as exc:
         raise OutputWriteError(f"cannot write into {out}: {describe_os_error(exc)}") from None
 
 
-def read_records(out: Path, files: dict[str, dict] | None = None) -> dict[str, dict]:
-    """``{stem: record}`` of every committed image: the record files (``files`` if
-    already read), then the journal's lines in order (the last per stem wins, a
-    ``drop`` removes it). Unreadable records and lines, a torn last line among them,
-    are ignored (their images are redone)."""
-    records = dict(read_record_files(out) if files is None else files)
+def _journal_entries(out: Path) -> list[tuple[str, dict | None]]:
+    """The journal's readable lines in order; a torn or unreadable line is left out."""
     try:
         data = (state_dir(out) / _JOURNAL).read_bytes()
     except OSError:
-        return records
+        return []
+    entries = []
     for line in data.split(b"\n"):
         if not line.strip():
             continue
         try:
-            stem, rec = _parse_record(json.loads(line))
+            entries.append(_parse_record(json.loads(line)))
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
+    return entries
+
+
+def _replay(files: dict[str, dict], entries: list[tuple[str, dict | None]]) -> dict[str, dict]:
+    records = dict(files)
+    for stem, rec in entries:
         if rec is None:
             records.pop(stem, None)
         else:
             records[stem] = rec
     return records
+
+
+def read_records(out: Path) -> dict[str, dict]:
+    """``{stem: record}`` of every committed image: the record files, then the
+    journal's lines in order (the last per stem wins, a ``drop`` removes it).
+    Unreadable records and lines, a torn last line among them, are ignored (their
+    images are redone)."""
+    return _replay(read_record_files(out), _journal_entries(out))
 
 
 def committed(out: Path, record: dict | None) -> bool:
