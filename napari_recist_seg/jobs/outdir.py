@@ -59,6 +59,9 @@ _LOCK = "lock"
 # The journal is fsync'd at most this often (and when closed): a power cut loses at
 # most the last few seconds of records (those images are redone), never the file.
 _JOURNAL_FSYNC_SECONDS = 2.0
+# A journal is rewritten with its live records alone once it holds twice as many
+# lines, and this many more.
+_COMPACT_SLACK = 256
 
 
 class OutputWriteError(InputError):
@@ -259,7 +262,7 @@ class Journal:
     def append(self, entry: dict) -> None:
         """One line, one ``write``; on a short write the file is cut back to its
         previous end (else the next run does it) and the error raised."""
-        data = (json.dumps(entry, separators=(",", ":")) + "\n").encode("utf-8")
+        data = _line(entry).encode("utf-8")
         end = os.fstat(self._fd).st_size  # one writer: the lock is held
         try:
             if os.write(self._fd, data) != len(data):
@@ -294,6 +297,10 @@ class Journal:
         finally:
             os.close(self._fd)
             self._fd = -1
+
+
+def _line(entry: dict) -> str:
+    return json.dumps(entry, separators=(",", ":")) + "\n"
 
 
 def write_record(out: Path, stem: str, outputs: list[str], rows: list[dict[str, str]],
@@ -358,9 +365,13 @@ def open_journal(out: Path) -> tuple[dict[str, dict], Journal]:
     entries = _journal_entries(out)
     records = _replay(files, entries)
     # The stems a drop line must un-commit: those whose last journal entry is a record.
-    in_journal = set(_replay({}, entries))
+    live = _replay({}, entries)
     try:
-        return records, Journal(out, in_journal, set(files))
+        if len(entries) > 2 * len(live) + _COMPACT_SLACK:
+            # Runs with --overwrite append two lines per image: keep the live ones.
+            atomic_write_text(state_dir(out) / _JOURNAL, "".join(
+                _line({"stem": stem, **rec}) for stem, rec in live.items()))
+        return records, Journal(out, set(live), set(files))
     except OSError as exc:
         raise OutputWriteError(f"cannot write into {out}: {describe_os_error(exc)}") from None
 

@@ -315,3 +315,33 @@ def test_overwrite_drops_the_journal_record_before_rewriting_the_masks(dataset, 
     monkeypatch.setattr(segment_commit, "_write_png", real)
     again = run_segment(dataset, out, predictor=dark)
     assert again.processed == 1 and again.skipped == len(STEMS) - 1
+
+
+def test_the_jobs_png_holds_the_same_pixels_as_the_general_mask_writer(dataset, tmp_path):
+    from napari_recist_seg.data.masks import read_mask, write_mask
+    from napari_recist_seg.jobs.segment_commit import _write_png
+
+    gt = np.asarray(Image.open(dataset / "masks" / "ISIC_0000002_segmentation.png")) > 0
+    _write_png(tmp_path / "fast.png", gt.astype(np.uint8) * 255)
+    write_mask(tmp_path / "general.png", gt)
+    fast, general = Image.open(tmp_path / "fast.png"), Image.open(tmp_path / "general.png")
+    assert fast.mode == general.mode == "L" and fast.size == general.size
+    np.testing.assert_array_equal(np.asarray(fast), np.asarray(general))
+    np.testing.assert_array_equal(read_mask(tmp_path / "fast.png"), gt)
+    labels = gt.astype(np.uint8) * 7
+    labels[:40, :40] = 3
+    _write_png(tmp_path / "labels.png", labels)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "labels.png")), labels)
+
+
+def test_a_journal_of_many_overwrite_runs_is_compacted(dataset, dark, tmp_path, monkeypatch):
+    monkeypatch.setattr(outdir, "_COMPACT_SLACK", 0)
+    out = tmp_path / "out"
+    run_segment(dataset, out, predictor=dark)
+    want = outdir.read_records(out)
+    run_segment(dataset, out, predictor=dark, overwrite=True)  # a drop and a record each
+    assert len(_journal(out).read_text().splitlines()) == 3 * len(STEMS)
+    again = run_segment(dataset, out, predictor=dark)  # opens, compacts, skips every image
+    assert again.skipped == len(STEMS)
+    assert len(_journal(out).read_text().splitlines()) == len(STEMS)
+    assert outdir.read_records(out) == want
