@@ -17,9 +17,10 @@ Outputs, all written atomically into ``OUT``:
 - ``failures.csv`` when some files or RECIST could not be processed.
 
 Each image is committed on its own (:mod:`napari_recist_seg.jobs.outdir`): its masks
-are written atomically, then a record of its files and measurement rows
-(``OUT/.recist-seg/records/<stem>.json``); ``measurements.csv`` is rebuilt from all
-records, during and at the end of every run. So a crash, ``kill -9`` or full disk at
+are written atomically, then a record of its files and measurement rows (one line
+appended to ``OUT/.recist-seg/journal.jsonl``; a torn last line is cut off by the next
+run); ``measurements.csv`` is rebuilt from all records, during and at the end of
+every run. So a crash, ``kill -9`` or full disk at
 any moment leaves a state from which a re-run gives exactly the outputs of a clean
 run. An image whose record and masks exist is skipped (resume) unless ``overwrite``.
 One run at a time writes into an ``OUT`` (a lock; a second run refuses). Before
