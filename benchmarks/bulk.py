@@ -14,8 +14,12 @@ One run reports, as one JSON object on stdout:
   JPEGs, preprocessing, forward, postprocessing, writing the masks);
 - ``threads``: forward-pass throughput for ONNX Runtime intra-op threads x parallel
   batches (with ``--threads-sweep``);
+- ``before_<variant>`` (with ``--before DIR``): the same variants from another
+  checkout (``git archive main | tar -x -C DIR``), interleaved with this one's, so
+  that before and after see the same load;
 - the load average before and after, and this process's nice value: the machine is
-  shared, so the figures are only as good as the load allows.
+  shared, so the figures are only as good as the load allows. ``cpu_ms_per_lesion``
+  (the child's user + sys, start-up included) is steadier than wall time.
 
 The dataset (symlinks + ``recist.csv`` with RECIST derived from the expert masks,
 ``benchmarks/throughput.py``'s helper) is prepared before any timing.
@@ -23,7 +27,7 @@ The dataset (symlinks + ``recist.csv`` with RECIST derived from the expert masks
 Usage::
 
     python benchmarks/bulk.py [--n 1000] [--variants pipelined,fp32,serial,cv1] [--repeat 3]
-        [--threads-sweep]
+        [--threads-sweep] [--before DIR]
 
 Goal (issue 14): >= 150 lesions/s including start-up on 2 CPU cores.
 """
@@ -71,14 +75,15 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
 }
 
 
-def run_cli(ds: Path, out: Path, variant: str) -> dict:
-    """Time one fresh CLI process end to end (its CPU time from rusage)."""
+def run_cli(ds: Path, out: Path, variant: str, repo: Path = REPO) -> dict:
+    """Time one fresh CLI process of checkout ``repo`` end to end (its CPU time from
+    rusage)."""
     extra, env_extra = VARIANTS[variant]
-    env = dict(os.environ, **env_extra)
+    env = dict(os.environ, **env_extra, PYTHONPATH=str(repo))
     cmd = [sys.executable, "-m", "napari_recist_seg", "segment", str(ds), "--out", str(out), "-q", *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -92,7 +97,8 @@ def stage_times(items, predictor, batch: int) -> tuple[dict, "object"]:
     import numpy as np
 
     from napari_recist_seg.data.images import read_image
-    from napari_recist_seg.data.masks import write_mask
+    from napari_recist_seg.jobs import outdir
+    from napari_recist_seg.jobs.segment_commit import _write_png
     from napari_recist_seg.preprocess import make_input
     from napari_recist_seg.recist import snap
 
@@ -110,12 +116,15 @@ def stage_times(items, predictor, batch: int) -> tuple[dict, "object"]:
         pairs = list(zip(images[i : i + 8], recists[i : i + 8]))
         results.extend(predictor.segment_many(pairs, batch_size=batch, timings=timings))
     tmp = Path(tempfile.mkdtemp(prefix="recist_bulk_w_"))
+    outdir.prepare_out(tmp)
     t0 = time.perf_counter()
-    for k, (im, res) in enumerate(zip(images, results)):
-        union = np.zeros(im.shape[:2], np.uint8)
-        for r in res:
-            r.paste_into(union, 255)
-        write_mask(tmp / f"{k}.png", union > 0)
+    with outdir.Journal(tmp) as journal:  # as the job commits: the mask, then its line
+        for k, (im, res) in enumerate(zip(images, results)):
+            union = np.zeros(im.shape[:2], np.uint8)
+            for r in res:
+                r.paste_into(union, 255)
+            _write_png(tmp / f"{k}.png", union)
+            outdir.write_record(tmp, str(k), [f"{k}.png"], [{"lesion": "1"}], journal=journal)
     write_s = time.perf_counter() - t0
     shutil.rmtree(tmp, ignore_errors=True)
     stages = {
@@ -153,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="forward rate for intra-op threads x parallel batches")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cli-only", action="store_true", help="skip the stages and the floor")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="another checkout whose variants are timed too (before_<variant>)")
     args = parser.parse_args(argv)
     if not (ISIC / "images").is_dir():
         sys.exit(f"real ISIC data not found at {ISIC}")
@@ -166,19 +177,24 @@ def main(argv: list[str] | None = None) -> dict:
         for name in names:
             if name not in VARIANTS:
                 sys.exit(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
-        runs: dict[str, list[dict]] = {name: [] for name in names}
+        checkouts = [("", REPO)] + ([("before_", args.before.resolve())] if args.before else [])
+        runs: dict[str, list[dict]] = {f"{tag}{name}": [] for tag, _ in checkouts for name in names}
         for _ in range(max(1, args.repeat)):  # interleaved: the load hits every variant alike
             for name in names:
-                res = run_cli(tmp / "ds", tmp / f"out_{name}", name)
-                res["masks_written"] = len(list((tmp / f"out_{name}").glob("*.png")))
-                shutil.rmtree(tmp / f"out_{name}", ignore_errors=True)
-                runs[name].append(res)
+                for tag, repo in checkouts:
+                    res = run_cli(tmp / "ds", tmp / f"out_{tag}{name}", name, repo)
+                    res["masks_written"] = len(list((tmp / f"out_{tag}{name}").glob("*.png")))
+                    shutil.rmtree(tmp / f"out_{tag}{name}", ignore_errors=True)
+                    runs[f"{tag}{name}"].append(res)
         for name, results in runs.items():
             secs = sorted(r["seconds"] for r in results)
             median = secs[len(secs) // 2]
             out[f"cli_{name}"] = {
                 "seconds_median": median, "seconds_all": [r["seconds"] for r in results],
                 "cpu_s_median": sorted(r["cpu_s"] for r in results)[len(results) // 2],
+                "cpu_s_all": [r["cpu_s"] for r in results],
+                "cpu_ms_per_lesion": round(
+                    1000 * sorted(r["cpu_s"] for r in results)[len(results) // 2] / n_lesions, 2),
                 "masks_written": results[0]["masks_written"],
                 "lesions_per_s": round(n_lesions / median, 1),
                 "within_goal": n_lesions / median >= GOAL_LESIONS_PER_S,

@@ -17,9 +17,10 @@ Outputs, all written atomically into ``OUT``:
 - ``failures.csv`` when some files or RECIST could not be processed.
 
 Each image is committed on its own (:mod:`napari_recist_seg.jobs.outdir`): its masks
-are written atomically, then a record of its files and measurement rows
-(``OUT/.recist-seg/records/<stem>.json``); ``measurements.csv`` is rebuilt from all
-records, during and at the end of every run. So a crash, ``kill -9`` or full disk at
+are written atomically, then a record of its files and measurement rows (one line
+appended to ``OUT/.recist-seg/journal.jsonl``; a torn last line is cut off by the next
+run); ``measurements.csv`` is rebuilt from all records, during and at the end of
+every run. So a crash, ``kill -9`` or full disk at
 any moment leaves a state from which a re-run gives exactly the outputs of a clean
 run. An image whose record and masks exist is skipped (resume) unless ``overwrite``.
 One run at a time writes into an ``OUT`` (a lock; a second run refuses). Before
@@ -239,36 +240,38 @@ def run_segment(
     for file, reason in plan_failures:
         report.fail(file, reason)
     outdir.prepare_out(out)
-    with outdir.OutputLock(out):
+    with outdir.OutputLock(out), _opencv_threads(1):
         outdir.clean_temps(out)
-        records = outdir.read_records(out)
-        todo: list[SegmentItem] = []
-        for item in items:
-            if not overwrite and outdir.committed(out, records.get(item.stem)):
-                report.skipped += 1
-            else:
-                todo.append(item)
-        ours = _claim_outputs(out, todo, overwrite)
-        # Overlapped read / segment / write unless RECIST_SEG_SERIAL=1 (same outputs).
-        serial = os.environ.get("RECIST_SEG_SERIAL") == "1"
-        if todo and predictor is None:
-            from napari_recist_seg.predict import Predictor
+        records, journal = outdir.open_journal(out)
+        with journal:
+            todo: list[SegmentItem] = []
+            for item in items:
+                if not overwrite and outdir.committed(out, records.get(item.stem)):
+                    report.skipped += 1
+                else:
+                    todo.append(item)
+            ours = _claim_outputs(out, todo, overwrite)
+            # Overlapped read / segment / write unless RECIST_SEG_SERIAL=1 (same outputs).
+            serial = os.environ.get("RECIST_SEG_SERIAL") == "1"
+            if todo and predictor is None:
+                from napari_recist_seg.predict import Predictor
 
-            # Pipelined, _SEGMENTERS chunks run at once: the cores are shared between them.
-            threads = None if serial else max(1, default_threads() // _SEGMENTERS)
-            predictor = Predictor.load(model, device=device, precision=precision, threads=threads)
-        if predictor is not None and (window is not None or modality is not None):
-            predictor.window, predictor.modality = window, modality
-        try:
-            run = _segment_all if serial else _segment_pipelined
-            run(todo, out, predictor, batch_size, report, records, ours,
-                ProgressTracker(len(todo), progress), cancel)
-        except BaseException:
-            # Whatever stopped the run, the tables follow the committed records; on a
-            # full disk this may fail too (a re-run rebuilds them).
-            with contextlib.suppress(OSError):
-                _finish(out, records, report)
-            raise
+                # Pipelined, _SEGMENTERS chunks run at once: they share the cores.
+                threads = None if serial else max(1, default_threads() // _SEGMENTERS)
+                predictor = Predictor.load(model, device=device, precision=precision,
+                                           threads=threads)
+            if predictor is not None and (window is not None or modality is not None):
+                predictor.window, predictor.modality = window, modality
+            try:
+                run = _segment_all if serial else _segment_pipelined
+                run(todo, out, predictor, batch_size, report, records, ours,
+                    ProgressTracker(len(todo), progress), cancel, journal)
+            except BaseException:
+                # Whatever stopped the run, the tables follow the committed records; on
+                # a full disk this may fail too (a re-run rebuilds them).
+                with contextlib.suppress(OSError):
+                    _finish(out, records, report)
+                raise
         try:
             _finish(out, records, report)
         except OSError as exc:
@@ -289,6 +292,7 @@ def _segment_all(
     ours: set[str],
     tracker: ProgressTracker,
     cancel: CancelToken | None,
+    journal: outdir.Journal | None = None,
 ) -> None:
     """Read, segment and commit ``todo`` a chunk at a time (updates ``records``)."""
     last_flush = time.perf_counter()
@@ -338,7 +342,7 @@ def _segment_all(
                 failed(item, results)
                 continue
             try:
-                records[item.stem] = _commit(loaded, results, out, report, ours)
+                records[item.stem] = _commit(loaded, results, out, report, ours, journal)
             except (MemoryError, KeyboardInterrupt, OutputWriteError):
                 raise
             except Exception as exc:
@@ -363,6 +367,7 @@ def _segment_pipelined(
     ours: set[str],
     tracker: ProgressTracker,
     cancel: CancelToken | None,
+    journal: outdir.Journal | None = None,
 ) -> None:
     """:func:`_segment_all` with reading ahead and writing behind in threads
     (:mod:`napari_recist_seg.jobs.pipeline`): the same outputs, in the same order."""
@@ -392,13 +397,28 @@ def _segment_pipelined(
         lesions=lambda item: len(item.lesions),
         weight=lambda c: (len(c.lesions), int(c.data.array.nbytes)),
         segment=lambda chunk: _segment_chunk(chunk, predictor, batch_size),
-        commit=lambda c, results: _commit(c, results, out, report, ours),
+        commit=lambda c, results: _commit(c, results, out, report, ours, journal),
         done=done, failed=failed, replay=lambda call: report.fail(*call),
         cancelled=cancelled, tick=tick,
         fatal=(MemoryError, KeyboardInterrupt, OutputWriteError),
     )
     run_pipelined(todo, steps, max_lesions=batch_size, max_images=_CHUNK_IMAGES,
                   max_bytes=_CHUNK_BYTES, segmenters=_SEGMENTERS)
+
+
+@contextlib.contextmanager
+def _opencv_threads(n: int):
+    """OpenCV's own thread pool off for the run (restored after): the job already
+    runs a reader, two segmenters and a writer on the cores, and OpenCV's workers
+    on small crops cost more CPU in hand-overs than they save."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def _reason(exc: BaseException, path: Path) -> str:

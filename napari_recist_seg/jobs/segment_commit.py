@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from napari_recist_seg.data.atomic import atomic_write_text
+from napari_recist_seg.data.atomic import atomic_write_bytes, atomic_write_text
 from napari_recist_seg.data.masks import write_labels, write_mask
 from napari_recist_seg.jobs import outdir
 from napari_recist_seg.jobs.common import JobReport
@@ -28,6 +28,26 @@ from napari_recist_seg.recist import Recist
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_recist_seg.predict import LesionResult
+
+
+# 2D masks and label images: no PNG row filter, zlib level 1 with its run-length
+# strategy. The same 8-bit grey pixels as PIL's default encoding, in a fifth of the
+# CPU and smaller (a 256 px ISIC mask: 0.07 ms and 0.7 kB against 0.42 ms and 1.2 kB;
+# with OpenCV's adaptive filters 0.39 ms): flat regions are runs, filters only cost.
+_PNG_LEVEL, _PNG_STRATEGY_RLE = 1, 3  # zlib's Z_RLE = cv2.IMWRITE_PNG_STRATEGY_RLE
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    """A 2D uint8 image as an 8-bit grey PNG, atomically."""
+    import cv2  # loaded by the predictor already; kept out of this module's import
+
+    params = [cv2.IMWRITE_PNG_COMPRESSION, _PNG_LEVEL, cv2.IMWRITE_PNG_STRATEGY, _PNG_STRATEGY_RLE]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image), params)
+    if not ok:  # pragma: no cover - OpenCV encodes any 2D uint8 array
+        raise ValueError(f"{path}: OpenCV could not encode the mask")
+    atomic_write_bytes(path, encoded)
 
 
 # -- measurements.csv ------------------------------------------------------------------
@@ -127,8 +147,10 @@ def _commit(
     out: Path,
     report: JobReport,
     ours: set[str],
+    journal: "outdir.Journal | None" = None,
 ) -> dict:
-    """Commit one image: its masks (atomically), then its record (files + rows).
+    """Commit one image: its masks (atomically), then its record (files + rows), a
+    line of ``journal`` (else a record file).
 
     Until the record exists the image counts as not done, so a crash in between
     only means the image is redone. ``ours`` are the names the tool claimed in
@@ -153,13 +175,18 @@ def _commit(
     outputs = [mask_path.name] + ([labels_path.name] if labels is not None else [])
     try:
         # An old record must not vouch for the new masks while they are half done.
-        outdir.remove_record(out, item.stem)
-        if labels is not None:
+        outdir.remove_record(out, item.stem, journal)
+        if labels is not None and not volume and labels.dtype == np.uint8:
+            _write_png(labels_path, labels)
+        elif labels is not None:
             write_labels(labels_path, labels, spacing=out_spacing, affine=out_affine)
         elif labels_path.name in ours and labels_path.exists():
             labels_path.unlink()  # from an earlier run with more lesions (overwrite)
-        write_mask(mask_path, union > 0, spacing=out_spacing, affine=out_affine)
-        outdir.write_record(out, item.stem, outputs, rows)
+        if volume:
+            write_mask(mask_path, union > 0, spacing=out_spacing, affine=out_affine)
+        else:
+            _write_png(mask_path, union)  # 0 / 255 already
+        outdir.write_record(out, item.stem, outputs, rows, journal=journal)
     except OSError as exc:
         raise OutputWriteError(
             f"cannot write into {out}: {describe_os_error(exc)}; {report.processed} image(s) "

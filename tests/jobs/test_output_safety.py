@@ -238,3 +238,110 @@ def test_temporary_files_of_a_killed_run_are_removed_on_start(dataset, dark, tmp
     assert run_segment(dataset, out, predictor=dark).exit_code == 0
     assert not any(p.exists() for p in stale)
     assert (out / ".keep").read_text() == "a user's hidden file"
+
+
+def _journal(out: Path) -> Path:
+    return out / ".recist-seg" / "journal.jsonl"
+
+
+def test_a_torn_journal_line_after_a_crash_is_repaired_by_a_re_run(dataset, dark, tmp_path):
+    clean = tmp_path / "clean"
+    assert run_segment(dataset, clean, predictor=dark).exit_code == 0
+    out = tmp_path / "out"
+    run_segment(dataset, out, predictor=dark)
+    # A crash (or a full disk) in the middle of appending the last image's record:
+    # its mask is written, its line stops half-way.
+    journal = _journal(out).read_bytes()
+    assert journal.count(b"\n") == len(STEMS) and journal.endswith(b"\n")
+    last = journal.rstrip(b"\n").rfind(b"\n") + 1
+    assert STEMS[-1].encode() in journal[last:]
+    _journal(out).write_bytes(journal[: last + 25])
+    again = run_segment(dataset, out, predictor=dark)
+    assert again.exit_code == 0 and again.skipped == len(STEMS) - 1 and again.processed == 1
+    assert _outputs(out) == _outputs(clean)
+    # The torn piece was cut before the new line went in: every line is whole, and a
+    # third run finds every image committed (a line glued to the torn piece would be
+    # unreadable and its image redone).
+    lines = _journal(out).read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == len(STEMS) + 1
+    import json
+
+    assert [json.loads(ln)["stem"] for ln in lines[:-1]] == STEMS
+    third = run_segment(dataset, out, predictor=dark)
+    assert third.skipped == len(STEMS) and third.processed == 0
+
+
+def test_record_files_of_earlier_versions_resume_and_overwrite_drops_them(dataset, dark, tmp_path):
+    out = tmp_path / "out"
+    clean = tmp_path / "clean"
+    run_segment(dataset, clean, predictor=dark)
+    run_segment(dataset, out, predictor=dark)
+    # the layout of earlier versions: one record file per image, no journal
+    records = outdir.read_records(out)
+    _journal(out).unlink()
+    for stem, rec in records.items():
+        outdir.write_record(out, stem, rec["outputs"], rec["rows"])
+    again = run_segment(dataset, out, predictor=dark)
+    assert again.skipped == len(STEMS) and again.processed == 0
+    # --overwrite: each old record file goes before its masks are rewritten, and
+    # every image is committed by a journal line
+    assert run_segment(dataset, out, predictor=dark, overwrite=True).processed == len(STEMS)
+    assert not list((out / ".recist-seg" / "records").glob("*.json"))
+    lines = _journal(out).read_text().splitlines()
+    assert len(lines) == len(STEMS)  # no drop lines: no record vouched in the journal yet
+    assert outdir.read_records(out) == records
+    assert _outputs(out) == _outputs(clean)
+
+
+def test_overwrite_drops_the_journal_record_before_rewriting_the_masks(dataset, dark, tmp_path,
+                                                                        monkeypatch):
+    out = tmp_path / "out"
+    run_segment(dataset, out, predictor=dark)
+    from napari_recist_seg.jobs import segment_commit
+
+    real = segment_commit._write_png
+
+    def dying(path, image):
+        if path.name == f"{STEMS[2]}.png":
+            real(path, 255 - image)  # the new mask is in, its record not yet
+            raise KeyboardInterrupt
+        real(path, image)
+
+    monkeypatch.setattr(segment_commit, "_write_png", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_segment(dataset, out, predictor=dark, overwrite=True)
+    # the old record no longer vouches for the rewritten mask: a plain re-run redoes it
+    assert STEMS[2] not in outdir.read_records(out)
+    monkeypatch.setattr(segment_commit, "_write_png", real)
+    again = run_segment(dataset, out, predictor=dark)
+    assert again.processed == 1 and again.skipped == len(STEMS) - 1
+
+
+def test_the_jobs_png_holds_the_same_pixels_as_the_general_mask_writer(dataset, tmp_path):
+    from napari_recist_seg.data.masks import read_mask, write_mask
+    from napari_recist_seg.jobs.segment_commit import _write_png
+
+    gt = np.asarray(Image.open(dataset / "masks" / "ISIC_0000002_segmentation.png")) > 0
+    _write_png(tmp_path / "fast.png", gt.astype(np.uint8) * 255)
+    write_mask(tmp_path / "general.png", gt)
+    fast, general = Image.open(tmp_path / "fast.png"), Image.open(tmp_path / "general.png")
+    assert fast.mode == general.mode == "L" and fast.size == general.size
+    np.testing.assert_array_equal(np.asarray(fast), np.asarray(general))
+    np.testing.assert_array_equal(read_mask(tmp_path / "fast.png"), gt)
+    labels = gt.astype(np.uint8) * 7
+    labels[:40, :40] = 3
+    _write_png(tmp_path / "labels.png", labels)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "labels.png")), labels)
+
+
+def test_a_journal_of_many_overwrite_runs_is_compacted(dataset, dark, tmp_path, monkeypatch):
+    monkeypatch.setattr(outdir, "_COMPACT_SLACK", 0)
+    out = tmp_path / "out"
+    run_segment(dataset, out, predictor=dark)
+    want = outdir.read_records(out)
+    run_segment(dataset, out, predictor=dark, overwrite=True)  # a drop and a record each
+    assert len(_journal(out).read_text().splitlines()) == 3 * len(STEMS)
+    again = run_segment(dataset, out, predictor=dark)  # opens, compacts, skips every image
+    assert again.skipped == len(STEMS)
+    assert len(_journal(out).read_text().splitlines()) == len(STEMS)
+    assert outdir.read_records(out) == want

@@ -112,11 +112,11 @@ def test_full_disk_stops_the_writer_at_the_failing_image(dataset, tiny, tmp_path
     commit = segment_mod._commit
     calls = []
 
-    def failing(loaded, results, out, report, ours):
+    def failing(loaded, *args):
         calls.append(loaded.item.stem)
         if len(calls) == 7:
             raise OutputWriteError("cannot write into out: no space left on device")
-        return commit(loaded, results, out, report, ours)
+        return commit(loaded, *args)
 
     monkeypatch.setattr(segment_mod, "_commit", failing)
     out = tmp_path / "out"
