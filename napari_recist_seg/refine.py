@@ -105,8 +105,9 @@ def _fill_holes(comp: np.ndarray) -> np.ndarray:
     return (work[1:-1, 1:-1] != 2).view(np.uint8)
 
 
-def _threshold_error(mask: np.ndarray, recist_local: Recist) -> float:
-    """``recist_error(_keep_at(mask, r), r)``, computed on the kept component alone.
+def _kept_recist(mask: np.ndarray, recist_local: Recist) -> Recist | None:
+    """``recist_from_mask(_keep_at(mask, r))`` computed on the kept component alone
+    (``None`` where that raises: too small or degenerate).
 
     The component at the crossing is flood-filled (8-connected, as ``_keep_at``
     labels) and measured in its bounding box, where ``recist_from_mask`` of the kept
@@ -118,17 +119,26 @@ def _threshold_error(mask: np.ndarray, recist_local: Recist) -> float:
     except RecistError:
         r, c = (int(round(v)) for v in recist_local.centre)
     if not (0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]) or not mask[r, c]:
-        return recist_error(_keep_at(mask, recist_local), recist_local)
+        try:
+            return recist_from_mask(_keep_at(mask, recist_local))
+        except RecistError:
+            return None
     work = mask.astype(np.uint8)
     _, _, _, (x, y, w, h) = cv2.floodFill(work, None, (c, r), 2, flags=8)
     comp = _fill_holes((work[y : y + h, x : x + w] == 2).view(np.uint8))
     if int(np.count_nonzero(comp)) < 4:  # recist_from_mask's min_area
-        return float("inf")
+        return None
     try:
-        long_axis, short_axis = _component_axes(comp, (y, x))
+        return Recist(*_component_axes(comp, (y, x)))
     except RecistError:
+        return None
+
+
+def _threshold_error(mask: np.ndarray, recist_local: Recist) -> float:
+    """``recist_error(_keep_at(mask, r), r)``, from :func:`_kept_recist`."""
+    m = _kept_recist(mask, recist_local)
+    if m is None:
         return float("inf")
-    m = Recist(long_axis, short_axis)
     return abs(m.long_length - recist_local.long_length) / recist_local.long_length + abs(
         m.short_length - recist_local.short_length
     ) / recist_local.short_length
@@ -217,11 +227,8 @@ def axis_gap(mask: np.ndarray, recist_local: Recist) -> float:
         small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
         r_small = recist_local.transformed((0.0, 0.0), (size[1] / mask.shape[0], size[0] / mask.shape[1]))
         f = size[0] / mask.shape[1]
-    if not small.any():
-        return 0.0
-    try:
-        m = recist_from_mask(_keep_at(small, r_small))
-    except RecistError:
+    m = _kept_recist(small, r_small) if small.any() else None
+    if m is None:
         return 0.0
     gap = (r_small.long_length - m.long_length) + (r_small.short_length - m.short_length)
     bound = _MAX_GAP * recist_local.long_length

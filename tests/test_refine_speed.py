@@ -133,3 +133,37 @@ def test_fast_recist_refinement_on_maps_with_holes_and_several_blobs():
         assert np.array_equal(refine_mask("recist", prob, r), ref)
         chosen_other += not np.array_equal(ref, prob > 0.5)
     assert chosen_other >= 10
+
+
+def _reference_axis_gap(mask, r):
+    """``axis_gap`` as first written: the kept component measured by ``recist_from_mask``."""
+    from napari_recist_seg.refine import _MAX_GAP
+
+    f = min(1.0, _MEASURE_SIDE / max(mask.shape))
+    small, r_small = mask, r
+    if f < 1.0:
+        size = (max(2, int(round(mask.shape[1] * f))), max(2, int(round(mask.shape[0] * f))))
+        small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+        r_small = r.transformed((0.0, 0.0), (size[1] / mask.shape[0], size[0] / mask.shape[1]))
+        f = size[0] / mask.shape[1]
+    try:
+        m = recist_from_mask(_keep_at(small, r_small))
+    except Exception:
+        return 0.0
+    gap = (r_small.long_length - m.long_length) + (r_small.short_length - m.short_length)
+    bound = _MAX_GAP * r.long_length
+    return float(np.clip(gap / (4.0 * f), -bound, bound))
+
+
+def test_fast_axis_gap_equals_the_reference(val_probabilities):
+    # The shipped default's recist_fit measures every mask once more: the fast path must
+    # give the same gap (hence the same outline) as the plain definition.
+    from napari_recist_seg.refine import axis_gap
+
+    gaps = []
+    for prob, r in val_probabilities:
+        for p in (prob, prob**2, np.sqrt(prob)):
+            mask = refine_mask("recist", p, r)
+            gaps.append(axis_gap(mask, r))
+            assert gaps[-1] == pytest.approx(_reference_axis_gap(mask, r), abs=1e-9)
+    assert sum(abs(g) > 0.5 for g in gaps) >= 20  # gaps that move outlines were compared
