@@ -206,23 +206,18 @@ def methods_for(predictor, names: list[str]) -> dict[str, Callable]:
         [res] = predictor.segment(image, [r])
         return res.full_mask(image.shape[:2])
 
-    def raw(image, r):
-        saved = predictor.refine
-        predictor.refine = "none"
-        try:
-            [res] = predictor.segment(image, [r])
-        finally:
-            predictor.refine = saved
-        return res.full_mask(image.shape[:2])
+    def with_setting(attr, value):
+        def run(image, r):
+            saved = getattr(predictor, attr)
+            setattr(predictor, attr, value)
+            try:
+                [res] = predictor.segment(image, [r])
+            finally:
+                setattr(predictor, attr, saved)
+            return res.full_mask(image.shape[:2])
+        return run
 
-    def guided(image, r):
-        saved = predictor.upsample
-        predictor.upsample = "guided"
-        try:
-            [res] = predictor.segment(image, [r])
-        finally:
-            predictor.upsample = saved
-        return res.full_mask(image.shape[:2])
+    raw, guided = with_setting("refine", "none"), with_setting("upsample", "guided")
 
     table: dict[str, Callable] = {
         "model": model,

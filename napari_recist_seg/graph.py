@@ -32,7 +32,7 @@ import numpy as np
 # As a module, not its names: tests (and callers) may replace a runtime helper.
 from napari_recist_seg import runtime
 
-__all__ = ["GraphError", "build_graph", "read_graph", "write_graph"]
+__all__ = ["GraphError", "build_graph", "read_graph", "read_verified", "write_graph"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,20 @@ def write_graph(out: Path, graph: bytes, prefix: str = GRAPH_PREFIX) -> tuple[st
     return name, digest
 
 
+
+def read_verified(path: Path, sha256: object, what: str, fallback: str) -> bytes | None:
+    """The bytes of ``path`` if their sha256 is ``sha256``, else ``None`` with a warning
+    naming ``what`` and the ``fallback`` taken (a stored graph is never trusted blind)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        logger.warning("%s: %s unreadable (%s); %s", path, what, exc, fallback)
+        return None
+    if _sha256_bytes(data) != sha256:
+        logger.warning("%s: %s checksum mismatch; %s", path, what, fallback)
+        return None
+    return data
+
 def read_graph(folder: Path, doc: Mapping[str, Any]) -> bytes | None:
     """The checked graph of a checkpoint folder, or ``None`` (then export as before).
 
@@ -170,12 +184,7 @@ def read_graph(folder: Path, doc: Mapping[str, Any]) -> bytes | None:
     if (doc.get("graph_weights_sha256") or None) != (doc.get("weights_sha256") or None):
         logger.warning("%s: the stored graph belongs to other weights; exporting again", path)
         return None
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        logger.warning("%s: stored graph unreadable (%s); exporting again", path, exc)
-        return None
-    if _sha256_bytes(data) != doc.get("graph_sha256"):
-        logger.warning("%s: stored graph checksum mismatch; exporting again", path)
+    data = read_verified(path, doc.get("graph_sha256"), "stored graph", "exporting again")
+    if data is None:
         return None
     return data

@@ -189,12 +189,4 @@ def read_int8_graph(folder: Path, doc: Mapping[str, Any]) -> bytes | None:
     if not doc.get("graph_sha256") or doc.get("int8_graph_of") != doc.get("graph_sha256"):
         logger.warning("%s: the INT8 graph belongs to another model; using the float graph", path)
         return None
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        logger.warning("%s: INT8 graph unreadable (%s); using the float graph", path, exc)
-        return None
-    if graph_io._sha256_bytes(data) != doc.get("int8_graph_sha256"):
-        logger.warning("%s: INT8 graph checksum mismatch; using the float graph", path)
-        return None
-    return data
+    return graph_io.read_verified(path, doc.get("int8_graph_sha256"), "INT8 graph", "using the float graph")
