@@ -40,6 +40,9 @@ def _dock(viewer):
 
 
 def _check_committed(qtbot, widget):
+    # The dock binds the active image on the next event-loop turn (annotator._on_active_layer
+    # defers it): wait for it, or the check races the timer on a busy machine.
+    qtbot.waitUntil(lambda: widget.binding is not None, timeout=5000)
     b = widget.binding
     assert b is not None and b.name == "scan"
     idle(qtbot, widget)
