@@ -30,7 +30,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from napari_recist_seg.postprocess import measure_mask, postprocess_mask
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
@@ -49,6 +48,9 @@ _MAX_GAP = 0.1  # axis_gap's bound, in long axes
 
 def _keep_at(mask: np.ndarray, recist_local: Recist) -> np.ndarray:
     """The component of ``mask`` at the RECIST crossing (else the largest), holes filled."""
+    # scipy.ndimage takes 0.3-0.8 s to import: only this fallback (and GrabCut) needs it.
+    from scipy import ndimage
+
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     if n == 0:
         return mask
@@ -105,7 +107,17 @@ def _fill_holes(comp: np.ndarray) -> np.ndarray:
     return (work[1:-1, 1:-1] != 2).view(np.uint8)
 
 
-def _kept_recist(mask: np.ndarray, recist_local: Recist) -> Recist | None:
+def _crossing_pixel(recist_local: Recist) -> tuple[int, int]:
+    """The pixel ``_keep_at`` keeps the component of: the crossing, else the centre."""
+    try:
+        r, c = (int(round(v)) for v in recist_local.crossing)
+    except RecistError:
+        r, c = (int(round(v)) for v in recist_local.centre)
+    return r, c
+
+
+def _kept_recist(mask: np.ndarray, recist_local: Recist,
+                 at: tuple[int, int] | None = None) -> Recist | None:
     """``recist_from_mask(_keep_at(mask, r))`` computed on the kept component alone
     (``None`` where that raises: too small or degenerate).
 
@@ -113,11 +125,9 @@ def _kept_recist(mask: np.ndarray, recist_local: Recist) -> Recist | None:
     labels) and measured in its bounding box, where ``recist_from_mask`` of the kept
     mask would measure it (same crop, same offset: the same axes to the last bit);
     when the crossing misses the mask the general path picks the largest component.
+    ``at``: :func:`_crossing_pixel` of ``recist_local``, when the caller has it.
     """
-    try:
-        r, c = (int(round(v)) for v in recist_local.crossing)
-    except RecistError:
-        r, c = (int(round(v)) for v in recist_local.centre)
+    r, c = _crossing_pixel(recist_local) if at is None else at
     if not (0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]) or not mask[r, c]:
         try:
             return recist_from_mask(_keep_at(mask, recist_local))
@@ -134,9 +144,10 @@ def _kept_recist(mask: np.ndarray, recist_local: Recist) -> Recist | None:
         return None
 
 
-def _threshold_error(mask: np.ndarray, recist_local: Recist) -> float:
+def _threshold_error(mask: np.ndarray, recist_local: Recist,
+                     at: tuple[int, int] | None = None) -> float:
     """``recist_error(_keep_at(mask, r), r)``, from :func:`_kept_recist`."""
-    m = _kept_recist(mask, recist_local)
+    m = _kept_recist(mask, recist_local, at)
     if m is None:
         return float("inf")
     return abs(m.long_length - recist_local.long_length) / recist_local.long_length + abs(
@@ -161,7 +172,8 @@ def _best_threshold(prob: np.ndarray, recist_local: Recist, threshold: float) ->
         small = cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
         r_small = recist_local.transformed((0.0, 0.0), (size[1] / prob.shape[0], size[0] / prob.shape[1]))
     base = small > threshold
-    best_t, best_err = threshold, (_threshold_error(base, r_small) if base.any() else float("inf"))
+    at = _crossing_pixel(r_small)  # (computed once: 15 us a time)
+    best_t, best_err = threshold, (_threshold_error(base, r_small, at) if base.any() else float("inf"))
     seen = {int(np.count_nonzero(base))}
     for t in THRESHOLDS:
         cand = small > t
@@ -169,7 +181,7 @@ def _best_threshold(prob: np.ndarray, recist_local: Recist, threshold: float) ->
         if n == 0 or n in seen:
             continue
         seen.add(n)
-        err = _threshold_error(cand, r_small)
+        err = _threshold_error(cand, r_small, at)
         if err < best_err - 1e-9:
             best_t, best_err = t, err
     return prob > best_t, best_err

@@ -33,9 +33,20 @@ def _reference_recist_choice(prob, r, threshold=0.5):
     return best
 
 
+def _reference_feret_pair(points):
+    """``_max_feret_pair`` as first written: all pairs as one (N, N, 2) array."""
+    diff = points[:, None, :] - points[None, :, :]
+    d2 = np.einsum("ijk,ijk->ij", diff, diff)
+    i, j = np.unravel_index(int(np.argmax(d2)), d2.shape)
+    a, b = points[i], points[j]
+    if (b[0], b[1]) < (a[0], a[1]):
+        a, b = b, a
+    return a, b
+
+
 def _all_pixel_axes(comp, offset):
     """``_component_axes`` measuring the slabs on every pixel (the definition)."""
-    a, b = recist_geometry._max_feret_pair(recist_geometry._hull_points(comp))
+    a, b = _reference_feret_pair(recist_geometry._hull_points(comp))
     length = float(np.linalg.norm(b - a))
     if length < recist_geometry.MIN_AXIS_LENGTH_PX:
         raise recist_geometry.RecistError("single pixel")
@@ -114,6 +125,21 @@ def test_border_pixel_slabs_equal_all_pixel_slabs(val_probabilities):
         got = recist_geometry._component_axes(u8, (3, 5))
         assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
         compared += 1
+    assert compared >= 150
+
+
+def test_feret_pair_equals_the_all_pairs_definition(val_probabilities):
+    rng = np.random.default_rng(2)
+    masks = [(prob > t).view(np.uint8) for prob, _ in val_probabilities for t in (0.3, 0.5, 0.8)]
+    masks += [(rng.random((int(h), int(w))) < 0.5).view(np.uint8) for h, w in rng.integers(2, 40, (200, 2))]
+    compared = 0
+    for mask in masks:
+        if not mask.any():
+            continue
+        points = recist_geometry._hull_points(mask)
+        got, expected = recist_geometry._max_feret_pair(points), _reference_feret_pair(points)
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+        compared += len(points) > 2
     assert compared >= 150
 
 
