@@ -72,6 +72,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "cv1": ([], {"OPENCV_FOR_THREADS_NUM": "1"}),  # OpenCV without its own threads
     "cv1blas1": ([], {"OPENCV_FOR_THREADS_NUM": "1", "OPENBLAS_NUM_THREADS": "1"}),
     "seg1": ([], {"RECIST_SEG_SEGMENTERS": "1"}),  # the pipeline with one segmenter
+    "seg3": ([], {"RECIST_SEG_SEGMENTERS": "3"}),  # three segmenters (one ONNX Runtime thread each)
 }
 
 

@@ -164,14 +164,22 @@ def _max_feret_pair(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def _component_axes(
-    comp: np.ndarray, offset: tuple[int, int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(long_axis, short_axis)`` of one component (``uint8`` 0/1 crop whose corner is at ``offset``)."""
+def _long_axis(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(a, b, length)``: the long axis of one component (``uint8`` 0/1), in its crop."""
     a, b = _max_feret_pair(_hull_points(comp))
     length = float(np.linalg.norm(b - a))
     if length < MIN_AXIS_LENGTH_PX:
         raise RecistError("the lesion is a single pixel; it has no measurable axes")
+    return a, b, length
+
+
+def _component_axes(
+    comp: np.ndarray, offset: tuple[int, int],
+    long: tuple[np.ndarray, np.ndarray, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(long_axis, short_axis)`` of one component (``uint8`` 0/1 crop whose corner is at
+    ``offset``); ``long``: its :func:`_long_axis`, when the caller has it already."""
+    a, b, length = _long_axis(comp) if long is None else long
     d = (b - a) / length
     normal = np.array([-d[1], d[0]])
     # Only the border pixels (an 8-neighbour outside) can be a slab's extreme: every

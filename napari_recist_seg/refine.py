@@ -33,7 +33,7 @@ import numpy as np
 
 from napari_recist_seg.postprocess import measure_mask, postprocess_mask
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
-from napari_recist_seg.recist_geometry import _component_axes
+from napari_recist_seg.recist_geometry import _component_axes, _long_axis
 from napari_recist_seg.targets import grabcut_mask
 
 __all__ = ["METHODS", "THRESHOLDS", "axis_gap", "offset_mask", "recist_error", "refine_mask", "refine_result"]
@@ -116,6 +116,19 @@ def _crossing_pixel(recist_local: Recist) -> tuple[int, int]:
     return r, c
 
 
+def _kept_component(mask: np.ndarray, at: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """The 8-connected component of ``mask`` at pixel ``at`` (inside it), holes filled:
+    ``(0/1 uint8 crop of its bounding box, the crop's corner)``."""
+    work = mask.astype(np.uint8)
+    _, _, _, (x, y, w, h) = cv2.floodFill(work, None, (at[1], at[0]), 2, flags=8)
+    return _fill_holes((work[y : y + h, x : x + w] == 2).view(np.uint8)), (y, x)
+
+
+def _at_in(mask: np.ndarray, at: tuple[int, int]) -> bool:
+    r, c = at
+    return 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1] and bool(mask[r, c])
+
+
 def _kept_recist(mask: np.ndarray, recist_local: Recist,
                  at: tuple[int, int] | None = None) -> Recist | None:
     """``recist_from_mask(_keep_at(mask, r))`` computed on the kept component alone
@@ -127,32 +140,46 @@ def _kept_recist(mask: np.ndarray, recist_local: Recist,
     when the crossing misses the mask the general path picks the largest component.
     ``at``: :func:`_crossing_pixel` of ``recist_local``, when the caller has it.
     """
-    r, c = _crossing_pixel(recist_local) if at is None else at
-    if not (0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]) or not mask[r, c]:
+    at = _crossing_pixel(recist_local) if at is None else at
+    if not _at_in(mask, at):
         try:
             return recist_from_mask(_keep_at(mask, recist_local))
         except RecistError:
             return None
-    work = mask.astype(np.uint8)
-    _, _, _, (x, y, w, h) = cv2.floodFill(work, None, (c, r), 2, flags=8)
-    comp = _fill_holes((work[y : y + h, x : x + w] == 2).view(np.uint8))
+    comp, corner = _kept_component(mask, at)
     if int(np.count_nonzero(comp)) < 4:  # recist_from_mask's min_area
         return None
     try:
-        return Recist(*_component_axes(comp, (y, x)))
+        return Recist(*_component_axes(comp, corner))
     except RecistError:
         return None
 
 
 def _threshold_error(mask: np.ndarray, recist_local: Recist,
-                     at: tuple[int, int] | None = None) -> float:
-    """``recist_error(_keep_at(mask, r), r)``, from :func:`_kept_recist`."""
-    m = _kept_recist(mask, recist_local, at)
-    if m is None:
-        return float("inf")
-    return abs(m.long_length - recist_local.long_length) / recist_local.long_length + abs(
-        m.short_length - recist_local.short_length
-    ) / recist_local.short_length
+                     at: tuple[int, int] | None = None, bound: float = float("inf")) -> float:
+    """``recist_error(_keep_at(mask, r), r)``, from :func:`_kept_recist`; or, where the
+    long axis alone already puts it at or above ``bound``, that part of it (a lower
+    bound not below ``bound``: the short axis is then not measured)."""
+    at = _crossing_pixel(recist_local) if at is None else at
+    L, W = recist_local.long_length, recist_local.short_length
+    if bound < float("inf") and _at_in(mask, at):
+        comp, corner = _kept_component(mask, at)
+        if int(np.count_nonzero(comp)) < 4:
+            return float("inf")
+        try:
+            long = _long_axis(comp)
+            # The same float as abs(m.long_length - L) / L below (integer endpoints).
+            long_part = abs(long[2] - L) / L
+            if long_part >= bound:
+                return long_part
+            m = Recist(*_component_axes(comp, corner, long))
+        except RecistError:
+            return float("inf")
+    else:
+        m = _kept_recist(mask, recist_local, at)
+        if m is None:
+            return float("inf")
+    return abs(m.long_length - L) / L + abs(m.short_length - W) / W
 
 
 def _best_threshold(prob: np.ndarray, recist_local: Recist, threshold: float) -> tuple[np.ndarray, float]:
@@ -181,7 +208,8 @@ def _best_threshold(prob: np.ndarray, recist_local: Recist, threshold: float) ->
         if n == 0 or n in seen:
             continue
         seen.add(n)
-        err = _threshold_error(cand, r_small, at)
+        # Only an error below best_err - 1e-9 can win: at or above it, a bound will do.
+        err = _threshold_error(cand, r_small, at, bound=best_err - 1e-9)
         if err < best_err - 1e-9:
             best_t, best_err = t, err
     return prob > best_t, best_err

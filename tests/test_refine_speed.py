@@ -107,6 +107,30 @@ def test_fast_recist_refinement_chooses_the_reference_mask(val_probabilities):
     assert chosen_other >= 20  # the test exercises thresholds other than 0.5
 
 
+def test_thresholds_whose_long_axis_alone_loses_skip_the_short_axis(val_probabilities, monkeypatch):
+    # The error is |L_m - L| / L + |W_m - W| / W: once the long-axis part reaches the best
+    # error so far, the short axis cannot make the threshold win and is not measured.
+    from napari_recist_seg import refine
+
+    calls = [0]
+    real = refine._component_axes
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(refine, "_component_axes", counted)
+    distinct = 0
+    for prob, r in val_probabilities:
+        f = min(1.0, _MEASURE_SIDE / max(prob.shape))
+        size = (max(2, int(round(prob.shape[1] * f))), max(2, int(round(prob.shape[0] * f))))
+        small = cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR) if f < 1.0 else prob
+        distinct += len({int(np.count_nonzero(small > t)) for t in (0.5, *THRESHOLDS)} - {0})
+        # (the reference measures through recist_geometry, not refine's name)
+        assert np.array_equal(refine_mask("recist", prob, r), _reference_recist_choice(prob, r))
+    assert calls[0] <= distinct - len(val_probabilities) // 4  # short axes were skipped
+
+
 def test_border_pixel_slabs_equal_all_pixel_slabs(val_probabilities):
     rng = np.random.default_rng(0)
     masks = [prob > t for prob, _ in val_probabilities for t in (0.3, 0.6)]
