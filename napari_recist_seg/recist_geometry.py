@@ -197,25 +197,27 @@ def _component_axes(
     bins = np.round(s).astype(np.int64)
     bin0 = int(bins.min())
     bins -= bin0
-    pmin = np.full(bins.max() + 1, np.inf)
-    pmax = np.full(bins.max() + 1, -np.inf)
+    n_bins = int(bins.max()) + 1
+    pmin = np.full(n_bins, np.inf)
+    pmax = np.full(n_bins, -np.inf)
     np.minimum.at(pmin, bins, p)
     np.maximum.at(pmax, bins, p)
     width = pmax - pmin
     # The short axis must cross the long one: only slabs reaching the long axis (to half
-    # a pixel) count; the widest slab of a crescent can lie beside it.
+    # a pixel) count; the widest slab of a crescent can lie beside it. (An empty slab,
+    # inf / -inf, crosses nothing.)
     crosses = (pmin <= 0.5) & (pmax >= -0.5)
-    width[~np.isfinite(width) | ~crosses] = -1
+    width[~crosses] = -1
     k = int(np.argmax(width))
     # Below the minimum axis length the result would fail ``validate``: a line, not a lesion.
     if width[k] < MIN_AXIS_LENGTH_PX:
         raise RecistError("the lesion is a thin line; it has no measurable short axis")
-    s_k = float(np.clip(k + bin0, 0.0, length))
+    s_k = float(min(max(k + bin0, 0.0), length))  # np.clip's value, without its overhead
     base = a + s_k * d
     lo, hi = min(float(pmin[k]), 0.0), max(float(pmax[k]), 0.0)
-    short = np.vstack([base + lo * normal, base + hi * normal])
+    short = np.array([base + lo * normal, base + hi * normal])
     shift = np.asarray(offset, dtype=float)
-    return np.vstack([a, b]) + shift, short + shift
+    return np.array([a, b]) + shift, short + shift
 
 
 def _mask_axes(
