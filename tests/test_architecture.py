@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "progress": 0,
     "data": 1,
     "preprocess": 2,
+    "polarity": 2,  # lesion brighter than its surroundings: the model sees it inverted
     "targets": 2,  # re-exports ellipse and grabcut
     "ellipse": 2,
     "grabcut": 2,
