@@ -280,13 +280,17 @@ def main() -> None:
     ap.add_argument("--write-recist", default=None,
                     help="write the CT's tumour RECIST as a CSV (lesion id = tumour id) and exit")
     ap.add_argument("--score-labels", default=None,
-                    help="score a `segment --3d` labels file of the CT against the tumours and exit")
+                    help="score a `segment --3d` labels file of the CT (or of the one proxy named "
+                         "by --proxies) against the tumours and exit")
+    ap.add_argument("--write-proxy", default=None,
+                    help="write each --proxies volume as DIR/<name>.nii.gz (the CT's affine, z "
+                         "scaled for thick slices) with its RECIST as DIR/<name>_recist.csv, and exit")
     args = ap.parse_args()
     from napari_recist_seg.propagate import IntensityBlend
 
     args.level = IntensityBlend().level if args.level is None else args.level
     args.weight = IntensityBlend().weight if args.weight is None else args.weight
-    if args.write_recist or args.score_labels:
+    if args.write_recist or args.score_labels or args.write_proxy:
         return cli_check(args)
     from napari_recist_seg.propagate import StopRules
 
@@ -294,7 +298,7 @@ def main() -> None:
     default = StopRules()
     out: dict = {"case": "lits_case117", "model": "shipped default (trained on ISIC dermoscopy only)",
                  "settings": {k: v for k, v in vars(args).items()
-                              if k not in ("no_grid", "write_recist", "score_labels")},
+                              if k not in ("no_grid", "write_recist", "score_labels", "write_proxy")},
                  "default_rules": asdict(default),
                  "blend": None if _blend(args) is None else asdict(_blend(args)), "proxies": {}}
     for name in args.proxies:
@@ -316,24 +320,56 @@ def main() -> None:
     print(json.dumps(out, indent=1))
 
 
-def cli_check(args) -> None:
-    """The CLI on the CT: write its RECIST CSV, or score its ``<stem>_labels.nii.gz``."""
+def write_proxies(args) -> None:
+    """Each ``--proxies`` volume as NIfTI with its RECIST CSV (for ``segment --3d``)."""
+    import nibabel as nib
+
     from napari_recist_seg.data import RecistRecord, write_recist_csv
     from napari_recist_seg.data.images import read_image
 
-    tums = tumours(read_image(DATA / "labels.nii.gz").array, args.min_slices, args.min_area)
+    ct_img = read_image(DATA / "ct.nii.gz")
+    labels = read_image(DATA / "labels.nii.gz").array
+    out = Path(args.write_proxy)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.proxies:
+        vol, lab, spacing, _ = make_proxy(name, ct_img.array, labels)
+        affine = np.array(ct_img.metadata["affine"], float)
+        affine[:3, 2] *= spacing[0]  # thick slices: z steps of k slices
+        path = out / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 1, 0), np.float32), affine),
+                 str(path))
+        tums = tumours(lab, args.min_slices, args.min_area)
+        write_recist_csv(out / f"{name}_recist.csv",
+                         [RecistRecord(path, t["id"], t["recist"]) for t in tums])
+        log(f"{name}: {path} and {len(tums)} RECIST")
+
+
+def cli_check(args) -> None:
+    """The CLI on the CT: write its RECIST CSV, or score its ``<stem>_labels.nii.gz``
+    (of the CT, or of the one proxy given with ``--proxies``); or write proxies."""
+    from napari_recist_seg.data import RecistRecord, write_recist_csv
+    from napari_recist_seg.data.images import read_image
+
+    if args.write_proxy:
+        return write_proxies(args)
+    labels = read_image(DATA / "labels.nii.gz").array
+    if args.score_labels and len(args.proxies) == 1 and args.proxies[0] != "ct":
+        labels = make_proxy(args.proxies[0], read_image(DATA / "ct.nii.gz").array, labels)[1]
+    tums = tumours(labels, args.min_slices, args.min_area)
     if args.write_recist:
         write_recist_csv(args.write_recist,
                          [RecistRecord(DATA / "ct.nii.gz", t["id"], t["recist"]) for t in tums])
         log(f"{len(tums)} RECIST written to {args.write_recist}")
         return
     lab = read_image(args.score_labels).array
-    d = []
+    d, ds = [], []
     for t in tums:
-        pred = lab == t["id"]
-        d.append(2.0 * int((pred & t["mask3d"]).sum()) / (int(pred.sum()) + int(t["mask3d"].sum())))
+        pred, gt, z = lab == t["id"], t["mask3d"], t["z"]
+        d.append(2.0 * int((pred & gt).sum()) / (int(pred.sum()) + int(gt.sum())))
+        ds.append(2.0 * int((pred[z] & gt[z]).sum()) / (int(pred[z].sum()) + int(gt[z].sum())))
     print(json.dumps({"labels": str(args.score_labels), "n_tumours": len(tums),
-                      "dice3d": float(np.mean(d)), "per_tumour": [round(x, 4) for x in d]}, indent=1))
+                      "recist_slice_dice": float(np.mean(ds)), "dice3d": float(np.mean(d)),
+                      "per_tumour": [round(x, 4) for x in d]}, indent=1))
 
 
 def _family(r) -> str:

@@ -66,7 +66,7 @@ POLARITY_MODES = ("auto", "dark", "bright")
 #: The :class:`~napari_recist_seg.predict.Predictor`'s default mode.
 DEFAULT_POLARITY = "auto"
 #: Inside median minus ring median (normalised units) above which a lesion is bright.
-MARGIN = 0.0
+MARGIN = 0.05
 #: Inner and outer size of the ring, in multiples of the RECIST's ellipse.
 RING = (1.2, 1.6)
 
