@@ -30,6 +30,10 @@ Proxies of scanners we do not have (``--proxies``), all made from case 117:
   dark, the tumour strongly enhancing (about 1.6x the liver), a one-sided
   surface-coil fall-off across the rows, Rician noise.
 
+- ``ct_hyper``: CT with hyperdense tumours, a remap of the HU: 30..95 HU (the
+  tumours) -> 170..235 HU, the liver (100..160 HU) and everything else kept (a
+  lesion brighter than the liver in the soft-tissue window; modality ``ct``).
+
 ``--polarity`` sets the predictor's lesion-polarity mode (:mod:`napari_recist_seg.
 polarity`: ``auto`` decides per tumour on its RECIST slice and keeps it for the walk,
 ``dark`` never inverts = the behaviour before it).
@@ -74,7 +78,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 DATA = ROOT.parent / "shared" / "data" / "lits_case117"
 PROXIES = ("ct", "ct_thick2", "ct_thick3", "ct_noisy", "mr_t1", "mr_t2", "mr_t2_thick3",
-           "mr_flair_thick3", "mr_t1c")
+           "mr_flair_thick3", "mr_t1c", "ct_hyper")
 
 from lits_3d_rules import GRIDS, LegacyRules, evaluate, grid_rules  # noqa: E402
 
@@ -130,6 +134,10 @@ def make_proxy(name: str, ct: np.ndarray, labels: np.ndarray):
     if name == "ct_noisy":
         rng = np.random.default_rng(0)
         return ct + rng.normal(0, 25.0, ct.shape).astype(np.float32), labels, (1.0, 1.0, 1.0), "ct"
+    if name == "ct_hyper":
+        hyper = np.interp(ct.astype(np.float32), [-1000, 0, 25, 30, 95, 100, 3000],
+                          [-1000, 0, 25, 170, 235, 100, 3000]).astype(np.float32)
+        return hyper, labels, (1.0, 1.0, 1.0), "ct"
     if name in _MR:
         return _mr(ct, name), labels, (1.0, 1.0, 1.0), "grey"
     if name in ("mr_t2_thick3", "mr_flair_thick3"):

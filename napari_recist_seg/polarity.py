@@ -17,9 +17,11 @@ median of a ring around the RECIST's ellipse (axes = the drawn long and short ax
 exceeds the ring's by more than :data:`MARGIN` (in units of the normalised 0..1
 range), else ``"dark"``.
 
-It applies to grey images that are not 8-bit and not CT (MR, ``"grey"``); colour and
-8-bit images (dermoscopy, photographs) are never inverted, nor is CT (its lesions are
-dark in the soft-tissue window; see ``docs/RESULTS.md``). A lesion's decision is
+It applies to grey images that are not 8-bit (MR, ``"grey"``, and CT read through its
+window: a hyperdense lesion is bright there); colour and 8-bit images (dermoscopy,
+photographs) are never inverted. On the LiTS CT no tumour is called bright (the
+largest contrast is 0.009), so CT results there are unchanged (``docs/RESULTS.md``).
+A lesion's decision is
 made once, on its RECIST slice, and kept for the 3D walk (off-slice prompts are
 derived from masks and would see a different crop).
 
@@ -41,7 +43,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from napari_recist_seg.intensity import is_ct, normalize_grey
+from napari_recist_seg.intensity import normalize_grey
 from napari_recist_seg.preprocess import CropBox, PreprocessConfig, crop_box, extract_crop, make_input
 from napari_recist_seg.recist import Recist
 
@@ -61,7 +63,7 @@ __all__ = [
 ]
 
 #: ``"auto"``: decided per lesion (:func:`lesion_polarity`); ``"dark"``: never invert;
-#: ``"bright"``: always invert (grey, non-8-bit, non-CT images only).
+#: ``"bright"``: always invert (grey, non-8-bit images only).
 POLARITY_MODES = ("auto", "dark", "bright")
 #: The :class:`~napari_recist_seg.predict.Predictor`'s default mode.
 DEFAULT_POLARITY = "auto"
@@ -72,11 +74,12 @@ RING = (1.2, 1.6)
 
 
 def applies(plane: np.ndarray, modality: str | None) -> bool:
-    """True when ``plane`` may be inverted: grey, not 8-bit / bool, a non-CT modality."""
+    """True when ``plane`` may be inverted: grey, not 8-bit / bool, a known modality
+    (CT, MR, ``"grey"``; not ``"rgb"``)."""
     a = np.asarray(plane)
     if a.ndim != 2 or a.dtype == np.uint8 or a.dtype == np.bool_:
         return False
-    return modality is not None and not is_ct(modality)
+    return modality is not None and str(modality).lower() != "rgb"
 
 
 def recist_regions(recist: Recist, shape: tuple[int, int],
@@ -155,7 +158,7 @@ def lesion_polarity(plane: np.ndarray, recist: Recist, config: Any = None, *,
     -------
     str or None
         ``"bright"`` / ``"dark"``, or ``None`` for images the rule leaves alone
-        (colour, 8-bit, CT; see :func:`applies`).
+        (colour, 8-bit; see :func:`applies`).
     """
     if mode not in POLARITY_MODES:
         raise ValueError(f"polarity must be one of {POLARITY_MODES}, got {mode!r}")

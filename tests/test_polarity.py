@@ -1,6 +1,6 @@
 """Lesion polarity (napari_recist_seg.polarity): a lesion brighter than its surroundings
-in a grey non-CT image is shown to the model inverted; colour, 8-bit and CT inputs
-are untouched; a 3D walk keeps the RECIST slice's decision."""
+in a grey (MR, CT through its window) image is shown to the model inverted; colour and
+8-bit inputs are untouched; a 3D walk keeps the RECIST slice's decision."""
 
 from __future__ import annotations
 
@@ -51,13 +51,20 @@ def test_bright_and_dark_discs_are_told_apart(modality):
         lesion_polarity(_disc_image(800, 400), RECIST, modality=modality, mode="brighter")
 
 
-def test_ct_colour_and_8_bit_images_are_never_inverted():
+def test_ct_is_judged_in_its_window():
+    hyper = _disc_image(200, 100) - 30  # a hyperdense lesion (170 HU) in liver (70 HU)
+    assert lesion_polarity(hyper, RECIST, modality="ct") == "bright"
+    assert lesion_polarity(hyper - 100, RECIST, modality="ct", window="lung") == "bright"
+    assert lesion_polarity(_disc_image(40, 120), RECIST, modality="ct") == "dark"  # hypodense
+    assert lesion_polarity(_disc_image(900, 700), RECIST, modality="ct") == "dark"  # both clipped white
+
+
+def test_colour_and_8_bit_images_are_never_inverted():
     bright = _disc_image(800, 400)
-    assert lesion_polarity(bright - 1000, RECIST, modality="ct") is None
     assert lesion_polarity(np.clip(bright / 4, 0, 255).astype(np.uint8), RECIST, modality="grey") is None
     rgb = np.repeat(np.clip(bright / 4, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
     assert lesion_polarity(rgb, RECIST, modality="rgb") is None
-    for img, mod in ((bright - 1000, "ct"), (rgb, "rgb"), (rgb[..., 0], None)):
+    for img, mod in ((rgb, "rgb"), (rgb[..., 0], None), (rgb[..., 0], "grey"), (bright, None)):
         assert not wants_inversion(img, RECIST, PreprocessConfig(), modality=mod, window=None,
                                    polarity="bright")
 
