@@ -1,11 +1,11 @@
 """Lesion polarity: is the lesion brighter than the tissue around it?
 
 The default model was trained on dermoscopy, where lesions are darker than the skin
-around them. CT lesions are mostly darker than the liver in the soft-tissue window
-too, but on MR many lesions are brighter than their surroundings (brain lesions on
-T2 / FLAIR, enhancing breast lesions on contrast T1). For a grey image the model
-therefore sees a *bright* lesion's crop inverted (``1 - x`` of the normalised crop), so
-that the lesion is dark as in training.
+around them. Most CT lesions are darker than the liver in the soft-tissue window too,
+but many MR lesions are brighter than their surroundings (brain lesions on T2 /
+FLAIR, enhancing breast lesions on contrast T1), as is a hyperdense CT lesion. For a
+grey image the model therefore sees a *bright* lesion's crop inverted (``1 - x`` of
+the normalised crop), so that the lesion is dark as in training.
 
 The rule (also in ``docs/RADIOLOGY.md``)
 -----------------------------------------
@@ -21,9 +21,8 @@ It applies to grey images that are not 8-bit (MR, ``"grey"``, and CT read throug
 window: a hyperdense lesion is bright there); colour and 8-bit images (dermoscopy,
 photographs) are never inverted. On the LiTS CT no tumour is called bright (the
 largest contrast is 0.009), so CT results there are unchanged (``docs/RESULTS.md``).
-A lesion's decision is
-made once, on its RECIST slice, and kept for the 3D walk (off-slice prompts are
-derived from masks and would see a different crop).
+A lesion's decision is made once, on its RECIST slice, and kept for the 3D walk
+(off-slice prompts are derived from masks and would each see a different crop).
 
 Examples
 --------
@@ -67,7 +66,8 @@ __all__ = [
 POLARITY_MODES = ("auto", "dark", "bright")
 #: The :class:`~napari_recist_seg.predict.Predictor`'s default mode.
 DEFAULT_POLARITY = "auto"
-#: Inside median minus ring median (normalised units) above which a lesion is bright.
+#: Inside median minus ring median (normalised units) above which a lesion is bright
+#: (chosen on the even LiTS tumours of the MR-like proxies, benchmarks/lits_3d.py).
 MARGIN = 0.05
 #: Inner and outer size of the ring, in multiples of the RECIST's ellipse.
 RING = (1.2, 1.6)

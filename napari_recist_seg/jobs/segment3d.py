@@ -5,7 +5,9 @@ through the neighbouring slices (:func:`napari_recist_seg.propagate.propagate_le
 with its default :class:`~napari_recist_seg.propagate.StopRules` and
 :class:`~napari_recist_seg.propagate.IntensityBlend`, the same for every modality: the
 intensity band is measured on the RECIST slice in the volume's own units, the overlap
-rule follows the slice spacing). Outputs in ``OUT``:
+rule follows the slice spacing). A lesion brighter than its surroundings is shown to
+the model inverted, decided once on its RECIST slice and kept for the walk
+(:mod:`napari_recist_seg.polarity`). Outputs in ``OUT``:
 
 - ``<stem>_labels.nii.gz``: lesion id = the CSV's lesion id on every slice it spans
   (also for a single lesion), with the input's affine (orientation and origin kept);
