@@ -117,12 +117,12 @@ def _bright_volume() -> tuple[np.ndarray, np.ndarray]:
     return vol + rng.normal(0, 40, vol.shape).astype(np.float32), lesion
 
 
-def test_the_3d_walk_keeps_the_recist_slice_polarity(predictor, tmp_path, monkeypatch):
+def _bright_nifti(tmp_path):
+    """The bright volume as a NIfTI (3 mm slices) and a one-lesion RECIST CSV."""
     import nibabel as nib
 
     from napari_recist_seg.data import RecistRecord, write_recist_csv
     from napari_recist_seg.data.images import read_image
-    from napari_recist_seg.jobs.segment3d import run_segment3d
 
     vol, lesion = _bright_volume()
     path = tmp_path / "mr.nii.gz"
@@ -131,8 +131,16 @@ def test_the_3d_walk_keeps_the_recist_slice_polarity(predictor, tmp_path, monkey
     img = read_image(path)
     assert img.array.shape == vol.shape and np.allclose(img.array, vol)
     csv_path = tmp_path / "recist.csv"
-    write_recist_csv(csv_path, [RecistRecord(path, 1, RECIST.__class__(
+    write_recist_csv(csv_path, [RecistRecord(path, 1, Recist(
         RECIST.long_axis, RECIST.short_axis, slice_index=4))])
+    return path, csv_path, lesion
+
+
+def test_the_3d_walk_keeps_the_recist_slice_polarity(predictor, tmp_path, monkeypatch):
+    from napari_recist_seg.data.images import read_image
+    from napari_recist_seg.jobs.segment3d import run_segment3d
+
+    path, csv_path, lesion = _bright_nifti(tmp_path)
     seen: list = []
     real = predictor.segment
 
@@ -180,3 +188,18 @@ def test_the_annotator_walk_decides_on_the_recist_slice(predictor, monkeypatch):
     les = propagate_request(predictor, vol, VolumeRequest(1, 0, 0, 4, lesion[4], None))
     assert len(seen) >= 4 and set(seen) == {"bright"}  # from the (hand-edited) seed's RECIST
     assert _dice(les.mask, lesion) > 0.92
+
+
+def test_the_cli_polarity_option_overrides_the_rule(tmp_path):
+    from napari_recist_seg.cli import main
+    from napari_recist_seg.data.images import read_image
+
+    path, csv_path, lesion = _bright_nifti(tmp_path)
+    dice = {}
+    for mode in ("auto", "dark"):
+        out = tmp_path / mode
+        rc = main(["segment", str(path), "--recist", str(csv_path), "--out", str(out), "--3d",
+                   "--device", "cpu", "--quiet", "--polarity", mode])
+        assert rc == 0
+        dice[mode] = _dice(read_image(out / "mr_labels.nii.gz").array == 1, lesion)
+    assert dice["auto"] > 0.92 and dice["dark"] < 0.9

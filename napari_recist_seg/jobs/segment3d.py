@@ -261,12 +261,14 @@ def run_segment3d(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     precision: str = "auto",
+    polarity: str | None = None,
 ) -> JobReport:
     """Segment every RECIST of the volumes in 3D (see the module notes).
 
     Volumes already committed in ``out`` are skipped (their rows kept) unless
     ``overwrite``; a volume a crash left unfinished resumes from its checkpointed
-    lesions.
+    lesions. ``polarity`` (``"auto"``, ``"dark"``, ``"bright"``) overrides the
+    predictor's lesion-polarity mode (:mod:`napari_recist_seg.polarity`).
     """
     out = Path(out)
     items, plan_failures, protect, nested = _plan(inputs, recist_csv=recist_csv)
@@ -288,6 +290,8 @@ def run_segment3d(
             predictor = Predictor.load(model, device=device, precision=precision)
         if predictor is not None and (window is not None or modality is not None):
             predictor.window, predictor.modality = window, modality
+        if predictor is not None and polarity is not None:
+            predictor.polarity = polarity
         try:
             _run_all(todo, predictor, out, report, records, ProgressTracker(len(todo), progress), cancel)
         finally:
