@@ -193,6 +193,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", choices=["auto", "ct", "other"], default="auto",
                    help="intensity rule: auto (DICOM tag / HU range), ct (window), "
                         "other (per-crop 1-99 percentiles; MR, X-ray, 16-bit photos)")
+    p.add_argument("--polarity", choices=["auto", "dark", "bright"], default=None,
+                   help="lesion polarity for grey images: auto (from each RECIST: a lesion brighter "
+                        "than its surroundings is shown to the model inverted), dark (never invert), "
+                        "bright (always invert)")
     p.add_argument("--precision", choices=["auto", "int8", "fp32"], default="auto",
                    help="network arithmetic on CPU: auto (the checkpoint's INT8 graph when it "
                         "stores one, about 3x faster), int8, or fp32 (the float graph)")
@@ -271,7 +275,7 @@ def _segment(args: argparse.Namespace, progress: _StderrProgress, cancel: Cancel
     inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
     if args.window is not None:
         resolve_window(args.window)  # a bad value: one line, exit 2
-    intensity = {"window": args.window,
+    intensity = {"window": args.window, "polarity": args.polarity,
                  "modality": {"auto": None, "ct": "ct", "other": "grey"}[args.modality]}
     if args.three_d:
         from napari_recist_seg.jobs.segment3d import run_segment3d as run_segment

@@ -297,6 +297,7 @@ def normalize_intensity(
     *,
     window: tuple[float, float] | None = None,
     modality: str | None = None,
+    invert: bool = False,
 ) -> np.ndarray:
     """Scale a raw crop to [0, 1], make it 3-channel, apply mean/std.
 
@@ -313,7 +314,9 @@ def normalize_intensity(
       photograph (:mod:`napari_recist_seg.intensity`). ``modality=None`` keeps the
       window (callers that know their array is CT in HU).
 
-    NaN pixels become 0 (the lower end of the range).
+    NaN pixels become 0 (the lower end of the range). ``invert`` (grey crops only)
+    maps the [0, 1] crop to ``1 - x``: a lesion brighter than its surroundings is
+    shown dark, as the model was trained (:mod:`napari_recist_seg.polarity`).
 
     Returns
     -------
@@ -341,6 +344,8 @@ def normalize_intensity(
         else:
             level, width = resolve_window(window) if window is not None else cfg.ct_window
             x = (x - (float(level) - float(width) / 2.0)) / float(width)
+        if invert:
+            x = 1.0 - np.clip(x, 0.0, 1.0)
         x = np.broadcast_to(x, (3,) + x.shape)
     else:
         raise ValueError(f"crop must be (S, S) or (S, S, 3); got shape {x.shape}")
@@ -380,6 +385,7 @@ def make_input(
     window: tuple[float, float] | None = None,
     box: CropBox | None = None,
     modality: str | None = None,
+    invert: bool = False,
 ) -> tuple[np.ndarray, CropBox]:
     """The network input for one lesion: crop, resize, normalise, RECIST channel.
 
@@ -398,6 +404,9 @@ def make_input(
     modality : str, optional
         ``"ct"``: the CT window; any other (``"mr"``, ``"grey"``): per-crop 1-99
         percentile normalisation; ``None``: the window (see :func:`normalize_intensity`).
+    invert : bool
+        Grey crops only: the normalised crop becomes ``1 - x`` (a bright lesion shown
+        dark; :func:`napari_recist_seg.polarity.wants_inversion` decides).
 
     Returns
     -------
@@ -411,7 +420,8 @@ def make_input(
         box = crop_box(recist, cfg)
     size = int(cfg.input_size)
     crop = extract_crop(image_plane, box, size, pad_mode=cfg.pad_mode)
-    x = normalize_intensity(crop, image_plane.dtype, cfg, window=window, modality=modality)
+    x = normalize_intensity(crop, image_plane.dtype, cfg, window=window, modality=modality,
+                            invert=invert)
     if cfg.recist_channel:
         ch = render_recist(box.to_crop(recist, size), size)
         x = np.concatenate([x, ch[None]], axis=0)
