@@ -72,6 +72,7 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     "cv1": ([], {"OPENCV_FOR_THREADS_NUM": "1"}),  # OpenCV without its own threads
     "cv1blas1": ([], {"OPENCV_FOR_THREADS_NUM": "1", "OPENBLAS_NUM_THREADS": "1"}),
     "seg1": ([], {"RECIST_SEG_SEGMENTERS": "1"}),  # the pipeline with one segmenter
+    "seg3": ([], {"RECIST_SEG_SEGMENTERS": "3"}),  # three segmenters (one ONNX Runtime thread each)
 }
 
 
@@ -152,6 +153,20 @@ def forward_rate(graph: bytes, x, threads: int, parallel: int, batch: int) -> fl
     return round(len(x) / (time.perf_counter() - t0), 1)
 
 
+def forward_cpu_ms(graph: bytes, x, batch: int = 8) -> float:
+    """The compute floor as the bulk job pays it: process CPU ms per lesion of the
+    forward pass alone, one ONNX Runtime thread, batches of ``batch`` (the job's chunks
+    of 8 images), after a warm-up."""
+    from napari_recist_seg.runtime import onnx_session_runner
+
+    run = onnx_session_runner(graph, 1)
+    run(x[:batch])
+    c0 = time.process_time()
+    for i in range(0, len(x), batch):
+        run(x[i : i + batch])
+    return round(1000 * (time.process_time() - c0) / len(x), 3)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="number of images")
@@ -222,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "fp32": forward_rate(graph, x, threads, 1, args.batch_size)}
         if int8 is not None:
             out["floor"]["int8"] = forward_rate(int8, x, threads, 1, args.batch_size)
+            out["floor"]["int8_cpu_ms_per_lesion_1thread_b8"] = forward_cpu_ms(int8, x)
         out["stages"]["precision"] = predictor._runner.precision
         if args.threads_sweep:
             out["threads"] = {

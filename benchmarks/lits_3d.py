@@ -22,7 +22,21 @@ Proxies of scanners we do not have (``--proxies``), all made from case 117:
   bone dark; in ``mr_t2`` fluid is bright and the tumour brighter than the liver, the
   opposite polarity of CT), a smooth bias field and Rician noise; no HU meaning, the
   model gets the per-crop percentile normalisation (modality ``grey``);
-- ``mr_t2_thick3``: ``mr_t2`` of the thick-slice volume (like 6.5 mm MR slices).
+- ``mr_t2_thick3``: ``mr_t2`` of the thick-slice volume (like 6.5 mm MR slices);
+- ``mr_flair_thick3``: brain-like FLAIR on thick slices: fluid suppressed (dark), fat
+  moderately bright, the liver mid-grey and the tumour brighter (about 1.4x), a
+  head-coil-like bias that also falls off along z, milder Rician noise;
+- ``mr_t1c``: breast-like fat-saturated contrast T1 on thin slices: fat and fluid
+  dark, the tumour strongly enhancing (about 1.6x the liver), a one-sided
+  surface-coil fall-off across the rows, Rician noise.
+
+- ``ct_hyper``: CT with hyperdense tumours, a remap of the HU: 30..95 HU (the
+  tumours) -> 170..235 HU, the liver (100..160 HU) and everything else kept (a
+  lesion brighter than the liver in the soft-tissue window; modality ``ct``).
+
+``--polarity`` sets the predictor's lesion-polarity mode (:mod:`napari_recist_seg.
+polarity`: ``auto`` decides per tumour on its RECIST slice and keeps it for the walk,
+``dark`` never inverts = the behaviour before it).
 
 Each direction's walk is traced once without stop rules (capped ``--cap`` slices past
 the tumour's true end; the default runs to the volume's edge, so the replay scores a
@@ -63,7 +77,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 DATA = ROOT.parent / "shared" / "data" / "lits_case117"
-PROXIES = ("ct", "ct_thick2", "ct_thick3", "ct_noisy", "mr_t1", "mr_t2", "mr_t2_thick3")
+PROXIES = ("ct", "ct_thick2", "ct_thick3", "ct_noisy", "mr_t1", "mr_t2", "mr_t2_thick3",
+           "mr_flair_thick3", "mr_t1c", "ct_hyper")
 
 from lits_3d_rules import GRIDS, LegacyRules, evaluate, grid_rules  # noqa: E402
 
@@ -86,6 +101,8 @@ _HU = [-1000, -300, -100, 0, 40, 80, 130, 300, 1000]
 _MR = {  # signal at the HU anchors above, noise sigma
     "mr_t1": ([5, 20, 800, 200, 330, 450, 520, 400, 60], 30.0),
     "mr_t2": ([5, 30, 500, 900, 600, 420, 330, 200, 40], 40.0),
+    "mr_flair": ([5, 15, 300, 60, 450, 560, 340, 200, 30], 25.0),
+    "mr_t1c": ([5, 10, 40, 90, 520, 760, 360, 280, 60], 30.0),
 }
 
 
@@ -95,6 +112,10 @@ def _mr(vol: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
     z, y, x = (np.linspace(-0.5, 0.5, n, dtype=np.float32) for n in vol.shape)
     if kind == "mr_t1":  # a linear bias field across the body and along z
         bias = 1.0 + 0.3 * x[None, None, :] + 0.2 * z[:, None, None]
+    elif kind == "mr_flair":  # a head coil: falls off away from the centre, z included
+        bias = 1.15 - 0.5 * (y[None, :, None] ** 2 + x[None, None, :] ** 2 + z[:, None, None] ** 2)
+    elif kind == "mr_t1c":  # a one-sided surface coil (breast): bright rows near it
+        bias = 1.0 - 0.5 * y[None, :, None] + 0.0 * z[:, None, None] + 0.0 * x[None, None, :]
     else:  # a smooth bump (a surface coil)
         bias = 1.2 - 0.6 * (y[None, :, None] ** 2 + x[None, None, :] ** 2) + 0.0 * z[:, None, None]
     s = s * bias
@@ -113,11 +134,15 @@ def make_proxy(name: str, ct: np.ndarray, labels: np.ndarray):
     if name == "ct_noisy":
         rng = np.random.default_rng(0)
         return ct + rng.normal(0, 25.0, ct.shape).astype(np.float32), labels, (1.0, 1.0, 1.0), "ct"
+    if name == "ct_hyper":
+        hyper = np.interp(ct.astype(np.float32), [-1000, 0, 25, 30, 95, 100, 3000],
+                          [-1000, 0, 25, 170, 235, 100, 3000]).astype(np.float32)
+        return hyper, labels, (1.0, 1.0, 1.0), "ct"
     if name in _MR:
         return _mr(ct, name), labels, (1.0, 1.0, 1.0), "grey"
-    if name == "mr_t2_thick3":
+    if name in ("mr_t2_thick3", "mr_flair_thick3"):
         v, lab = _thick(ct, labels, 3)
-        return _mr(v, "mr_t2"), lab, (3.0, 1.0, 1.0), "grey"
+        return _mr(v, name.split("_thick")[0]), lab, (3.0, 1.0, 1.0), "grey"
     return ct.astype(np.float32), labels, (1.0, 1.0, 1.0), "ct"
 
 
@@ -144,16 +169,21 @@ def tumours(labels: np.ndarray, min_slices: int, min_area: int) -> list[dict]:
 
 def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> dict:
     """Seed, context and the two capped walks of every tumour of one proxy."""
+    from napari_recist_seg.polarity import lesion_contrast, lesion_polarity
+    from napari_recist_seg.propagate_intensity import _axis_error
     from napari_recist_seg.propagate import intensity_refiner, predictor_segmenter, seed_context, trace
 
     vol, lab, spacing, modality = make_proxy(name, ct, labels)
-    seg = predictor_segmenter(pred, vol, modality=modality)
     blend = _blend(args)
     rows = []
     for tum in tumours(lab, args.min_slices, args.min_area):
         if args.fold is not None and tum["id"] % 2 != args.fold:
             continue
         z, (z_lo, z_hi) = tum["z"], tum["zs"]
+        # decided once on the RECIST slice, kept for the walk (as segment --3d does)
+        pol = lesion_polarity(vol[z], tum["recist"], pred.preprocess, modality=modality,
+                              window=pred.window, mode=args.polarity) or "dark"
+        seg = predictor_segmenter(pred, vol, modality=modality, polarity=pol)
         seed = seg(z, tum["recist"])
         ctx = seed_context(seed, spacing=spacing, image=vol, z0=z)
         refine = None
@@ -168,7 +198,10 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
                                     refine=refine)))
         gt = tum["mask3d"]
         rows.append({
-            "id": tum["id"], "z": z, "ctx": ctx, "gt_voxels": int(gt.sum()),
+            "id": tum["id"], "z": z, "ctx": ctx, "gt_voxels": int(gt.sum()), "polarity": pol,
+            "contrast": lesion_contrast(vol[z], tum["recist"], pred.preprocess, modality=modality,
+                                        window=pred.window),
+            "seed_axis_error": _axis_error(seed, tum["recist"]),
             "seed_area": int(seed.sum()), "seed_inter": int((seed & gt[z]).sum()),
             "seed_mean": float(vol[z][seed].mean()) if seed.any() else None,
             "slice_gt": int(gt[z].sum()), "span_gt": z_hi - z_lo + 1,
@@ -193,7 +226,8 @@ def _blend(args):
 def _trace_key(args) -> tuple:
     """What the traces depend on (a cache of other settings is not re-used)."""
     # "steps v2": steps carry seed_overlap (older caches would replay that rule as off)
-    return ("steps v2", args.min_slices, args.min_area, args.cap, args.fold, repr(_blend(args)))
+    return ("steps v3", args.min_slices, args.min_area, args.cap, args.fold, repr(_blend(args)),
+            args.polarity)
 
 
 def _strip(step):
@@ -247,18 +281,24 @@ def main() -> None:
                     help="the RECIST slice keeps the model's mask (IntensityBlend.seed_weight None)")
     ap.add_argument("--level", type=float, default=None, help="IntensityBlend.level (default: the library's)")
     ap.add_argument("--weight", type=float, default=None, help="IntensityBlend.weight (default: the library's)")
+    ap.add_argument("--polarity", choices=("auto", "dark", "bright"), default="auto",
+                    help="lesion polarity mode (napari_recist_seg.polarity; dark = never invert)")
     ap.add_argument("--fold", type=int, choices=(0, 1), default=None,
                     help="trace only the tumours with an even (0) / odd (1) id")
     ap.add_argument("--write-recist", default=None,
                     help="write the CT's tumour RECIST as a CSV (lesion id = tumour id) and exit")
     ap.add_argument("--score-labels", default=None,
-                    help="score a `segment --3d` labels file of the CT against the tumours and exit")
+                    help="score a `segment --3d` labels file of the CT (or of the one proxy named "
+                         "by --proxies) against the tumours and exit")
+    ap.add_argument("--write-proxy", default=None,
+                    help="write each --proxies volume as DIR/<name>.nii.gz (the CT's affine, z "
+                         "scaled for thick slices) with its RECIST as DIR/<name>_recist.csv, and exit")
     args = ap.parse_args()
     from napari_recist_seg.propagate import IntensityBlend
 
     args.level = IntensityBlend().level if args.level is None else args.level
     args.weight = IntensityBlend().weight if args.weight is None else args.weight
-    if args.write_recist or args.score_labels:
+    if args.write_recist or args.score_labels or args.write_proxy:
         return cli_check(args)
     from napari_recist_seg.propagate import StopRules
 
@@ -266,7 +306,7 @@ def main() -> None:
     default = StopRules()
     out: dict = {"case": "lits_case117", "model": "shipped default (trained on ISIC dermoscopy only)",
                  "settings": {k: v for k, v in vars(args).items()
-                              if k not in ("no_grid", "write_recist", "score_labels")},
+                              if k not in ("no_grid", "write_recist", "score_labels", "write_proxy")},
                  "default_rules": asdict(default),
                  "blend": None if _blend(args) is None else asdict(_blend(args)), "proxies": {}}
     for name in args.proxies:
@@ -279,30 +319,65 @@ def main() -> None:
             "dice3d_default": ev["dice3d"], "dice3d_oracle_stop": ev["oracle"],
             "stops_default": ev["stops"], "capped_walks": ev["capped"],
             "trace_seconds": tr.get("seconds"), "per_tumour": ev["per_tumour"],
+            "n_bright": sum(r.get("polarity") == "bright" for r in tr["rows"]),
+            "contrast": {r["id"]: round(r["contrast"], 4) for r in tr["rows"]},
+            "seed_axis_error": {r["id"]: round(r["seed_axis_error"], 4) for r in tr["rows"]},
         }
     if not args.no_grid:
         out["grid"] = grid_search(traces, args.proxies, args.grid)
     print(json.dumps(out, indent=1))
 
 
-def cli_check(args) -> None:
-    """The CLI on the CT: write its RECIST CSV, or score its ``<stem>_labels.nii.gz``."""
+def write_proxies(args) -> None:
+    """Each ``--proxies`` volume as NIfTI with its RECIST CSV (for ``segment --3d``)."""
+    import nibabel as nib
+
     from napari_recist_seg.data import RecistRecord, write_recist_csv
     from napari_recist_seg.data.images import read_image
 
-    tums = tumours(read_image(DATA / "labels.nii.gz").array, args.min_slices, args.min_area)
+    ct_img = read_image(DATA / "ct.nii.gz")
+    labels = read_image(DATA / "labels.nii.gz").array
+    out = Path(args.write_proxy)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.proxies:
+        vol, lab, spacing, _ = make_proxy(name, ct_img.array, labels)
+        affine = np.array(ct_img.metadata["affine"], float)
+        affine[:3, 2] *= spacing[0]  # thick slices: z steps of k slices
+        path = out / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(vol.transpose(2, 1, 0), np.float32), affine),
+                 str(path))
+        tums = tumours(lab, args.min_slices, args.min_area)
+        write_recist_csv(out / f"{name}_recist.csv",
+                         [RecistRecord(path, t["id"], t["recist"]) for t in tums])
+        log(f"{name}: {path} and {len(tums)} RECIST")
+
+
+def cli_check(args) -> None:
+    """The CLI on the CT: write its RECIST CSV, or score its ``<stem>_labels.nii.gz``
+    (of the CT, or of the one proxy given with ``--proxies``); or write proxies."""
+    from napari_recist_seg.data import RecistRecord, write_recist_csv
+    from napari_recist_seg.data.images import read_image
+
+    if args.write_proxy:
+        return write_proxies(args)
+    labels = read_image(DATA / "labels.nii.gz").array
+    if args.score_labels and len(args.proxies) == 1 and args.proxies[0] != "ct":
+        labels = make_proxy(args.proxies[0], read_image(DATA / "ct.nii.gz").array, labels)[1]
+    tums = tumours(labels, args.min_slices, args.min_area)
     if args.write_recist:
         write_recist_csv(args.write_recist,
                          [RecistRecord(DATA / "ct.nii.gz", t["id"], t["recist"]) for t in tums])
         log(f"{len(tums)} RECIST written to {args.write_recist}")
         return
     lab = read_image(args.score_labels).array
-    d = []
+    d, ds = [], []
     for t in tums:
-        pred = lab == t["id"]
-        d.append(2.0 * int((pred & t["mask3d"]).sum()) / (int(pred.sum()) + int(t["mask3d"].sum())))
+        pred, gt, z = lab == t["id"], t["mask3d"], t["z"]
+        d.append(2.0 * int((pred & gt).sum()) / (int(pred.sum()) + int(gt.sum())))
+        ds.append(2.0 * int((pred[z] & gt[z]).sum()) / (int(pred[z].sum()) + int(gt[z].sum())))
     print(json.dumps({"labels": str(args.score_labels), "n_tumours": len(tums),
-                      "dice3d": float(np.mean(d)), "per_tumour": [round(x, 4) for x in d]}, indent=1))
+                      "recist_slice_dice": float(np.mean(ds)), "dice3d": float(np.mean(d)),
+                      "per_tumour": [round(x, 4) for x in d]}, indent=1))
 
 
 def _family(r) -> str:

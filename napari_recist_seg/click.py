@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from napari_recist_seg.image_checks import _check_image, _is_volume
+from napari_recist_seg.polarity import lesion_polarity
 from napari_recist_seg.postprocess import LesionResult
 from napari_recist_seg.preprocess import crop_box
 from napari_recist_seg.recist import Recist, RecistError, snap
@@ -154,9 +155,25 @@ def _segment_click(predictor: Any, image: np.ndarray, point: Sequence[float], sl
     chosen = ranked[0]
     if refine and n_rounds >= 1:
         chosen = _first_round(predictor, arr, plane, (pr, pc), ranked)
-        chosen = _iterate_click(predictor, arr, chosen, (pr, pc), n_rounds - 1)
+        chosen = _iterate_click(_kept_polarity(predictor, arr, plane, chosen), arr, chosen, (pr, pc),
+                                n_rounds - 1)
     measured = replace(chosen.measured, spacing=spacing, slice_index=slice_index)  # type: ignore[arg-type]
     return replace(chosen, recist=measured, measured=measured)
+
+
+def _kept_polarity(predictor: Any, arr: np.ndarray, plane: np.ndarray, chosen: LesionResult) -> Any:
+    """``predictor`` with the lesion polarity of the chosen round (decided on its RECIST
+    prompt, as for a drawn RECIST) fixed for the later rounds (a shallow copy)."""
+    mode = getattr(predictor, "polarity", None)
+    if mode != "auto" or not hasattr(predictor, "_modality"):
+        return predictor
+    pol = lesion_polarity(plane, chosen.recist, predictor.preprocess, mode=mode,
+                          modality=predictor._modality(arr, None), window=predictor.window)
+    if pol is None:
+        return predictor
+    predictor = copy.copy(predictor)
+    predictor.polarity = pol
+    return predictor
 
 
 def _click_slice(arr: np.ndarray, slice_index: int | None) -> tuple[int | None, int, int]:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Literal, overload
 
 import numpy as np
-from scipy import ndimage
 
 from napari_recist_seg.ellipse import EllipseMode, _Frame, _frame, _rho_in_box, crop_box
 from napari_recist_seg.recist import Recist, RecistError
@@ -127,6 +126,8 @@ def to_uint8_rgb(
 
 
 def _keep_component_at(fg: np.ndarray, point: tuple[int, int]) -> np.ndarray:
+    from scipy import ndimage  # slow to import (0.3-0.8 s): loaded when GrabCut runs
+
     labels, n = ndimage.label(fg, structure=np.ones((3, 3), bool))
     if n == 0:
         return fg
@@ -139,6 +140,8 @@ def _keep_component_at(fg: np.ndarray, point: tuple[int, int]) -> np.ndarray:
 
 def _signed_distance(mask: np.ndarray) -> np.ndarray:
     """Signed distance to the mask's boundary (px): negative inside, positive outside."""
+    from scipy import ndimage  # slow to import (0.3-0.8 s): loaded when GrabCut runs
+
     inside = ndimage.distance_transform_edt(mask)
     outside = ndimage.distance_transform_edt(~mask)
     return (outside - inside).astype(np.float32)
@@ -381,6 +384,8 @@ def _cut_at_crossing(fg: np.ndarray, small: _Small, crop: _Crop,
 
     Returns the cut, the ellipse (both at GrabCut's scale) and their area ratio.
     """
+    from scipy import ndimage  # slow to import (0.3-0.8 s): loaded when GrabCut runs
+
     ell_s = small.rho <= 1.0 + 1e-9
     centre = (frame.centre - crop.off + 0.5) * small.scale - 0.5
     ci = (
@@ -407,6 +412,7 @@ def _blend_with_ellipse(fg: np.ndarray, ell_s: np.ndarray, prior: float, scale: 
                         crop: _Crop, frame: _Frame) -> np.ndarray:
     """The cut's boundary pulled towards the ellipse's by ``prior``, at full resolution."""
     import cv2
+    from scipy import ndimage  # slow to import (0.3-0.8 s): loaded when GrabCut runs
 
     if not (prior > 0 or scale != 1.0):
         return fg

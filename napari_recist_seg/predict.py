@@ -43,10 +43,11 @@ import numpy as np
 from napari_recist_seg.click import click_scales, segment_click
 from napari_recist_seg.image_checks import _check_image, _check_plane_values, _plane
 from napari_recist_seg.intensity import detect_modality
+from napari_recist_seg.polarity import DEFAULT_POLARITY, model_input
 from napari_recist_seg.postprocess import (
     LesionResult, _sigmoid_inplace, _softmax, measure_mask, postprocess_mask, recist_cluster_probs,
 )
-from napari_recist_seg.preprocess import make_input, paste_back
+from napari_recist_seg.preprocess import paste_back
 from napari_recist_seg.recist import Recist, RecistError, snap
 from napari_recist_seg.runtime import make_runner
 from napari_recist_seg.stored_graph import _graph_predictor
@@ -136,6 +137,7 @@ class Predictor:
         #: (DICOM tag / HU range); a CT ``window`` preset or (level, width) override.
         self.modality: str | None = None
         self.window: Any = None
+        self.polarity: str = DEFAULT_POLARITY  #: bright grey lesions shown dark: napari_recist_seg.polarity
         if runner is not None:
             self._runner = runner
             return
@@ -261,12 +263,12 @@ class Predictor:
         tta: bool,
         timings: dict[str, float] | None,
         postprocess: bool | None = None,
-        modality: str | None = None,
+        modality: str | None = None, polarity: str | None = None,
     ) -> list[LesionResult]:
         """Segment already validated / snapped RECIST of one image (no checks)."""
         return self._run_many(
             [(image, recists)], batch_size=batch_size, tta=tta, timings=timings,
-            postprocess=postprocess, modality_of=modality,
+            postprocess=postprocess, modality_of=modality, polarity=polarity,
         )[0]
 
     def _run_many(
@@ -278,16 +280,17 @@ class Predictor:
         timings: dict[str, float] | None,
         postprocess: bool | None = None,
         modality_of: str | None = None,
+        polarity: str | None = None,
     ) -> list[list[LesionResult]]:
         """Segment validated RECIST of several images in shared forward passes."""
         postprocess = self.postprocess if postprocess is None else postprocess
         t0 = time.perf_counter()
-        inputs, boxes = [], []
+        inputs, boxes, pol = [], [], polarity or self.polarity
         for image, recists in pairs:
             modality = self._modality(image, modality_of)
             for r in recists:
-                x, box = make_input(_plane(image, r), r, self.preprocess,
-                                    modality=modality, window=self.window)
+                x, box = model_input(_plane(image, r), r, self.preprocess, modality=modality,
+                                     window=self.window, polarity=pol)
                 inputs.append(x)
                 boxes.append(box)
         t1 = time.perf_counter()
@@ -393,6 +396,7 @@ class Predictor:
         tta: bool | None = None,
         timings: dict[str, float] | None = None,
         modality: str | None = None,
+        polarity: str | None = None,
     ) -> list[LesionResult]:
         """Segment the lesions of one image, all in one batched forward pass.
 
@@ -417,6 +421,8 @@ class Predictor:
             ``"ct"`` (CT window, :attr:`window` or soft tissue) or another modality
             (per-crop percentile normalisation); default: :attr:`modality`, else
             detected from the values (:func:`~napari_recist_seg.intensity.detect_modality`).
+        polarity : str, optional
+            ``"auto"`` or a decided ``"bright"`` / ``"dark"``; default :attr:`polarity`.
 
         Returns
         -------
@@ -432,7 +438,7 @@ class Predictor:
             timings["preprocess"] = timings.get("preprocess", 0.0) + time.perf_counter() - t0
         return self._run(
             arr, prompts, batch_size=batch_size, tta=self.tta if tta is None else tta,
-            timings=timings, modality=modality,
+            timings=timings, modality=modality, polarity=polarity,
         )
 
     def segment_many(

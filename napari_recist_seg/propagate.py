@@ -67,6 +67,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_recist_seg.polarity import lesion_polarity
 from napari_recist_seg.propagate_intensity import IntensityBand, IntensityBlend
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
 
@@ -391,12 +392,21 @@ def predictor_segmenter(predictor: Any, volume: np.ndarray, **kwargs: Any) -> Sl
     """A :data:`SliceSegmenter` running ``predictor.segment`` on ``volume[z]``.
 
     ``kwargs`` go to :meth:`~napari_recist_seg.predict.Predictor.segment` (e.g.
-    ``modality``).
+    ``modality``, ``polarity``). Without a ``polarity``, a predictor in ``"auto"``
+    polarity mode decides it on the first prompt (the RECIST slice's, when the walk's
+    seed comes from this segmenter) and keeps it for every later slice
+    (:mod:`napari_recist_seg.polarity`): off-slice prompts, measured on masks, would
+    each decide on their own.
     """
     plane_shape = tuple(volume.shape[1:])
+    kept = dict(kwargs)
 
     def segment(z: int, recist: Recist) -> np.ndarray:
         r = replace(recist, slice_index=int(z))
-        return predictor.segment(volume, [r], **kwargs)[0].full_mask(plane_shape)
+        if "polarity" not in kept and getattr(predictor, "polarity", None) == "auto":
+            modality = predictor._modality(volume, kept.get("modality"))
+            kept["polarity"] = lesion_polarity(volume[int(z)], r, predictor.preprocess,
+                                               modality=modality, window=predictor.window) or "dark"
+        return predictor.segment(volume, [r], **kept)[0].full_mask(plane_shape)
 
     return segment

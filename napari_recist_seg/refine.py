@@ -30,11 +30,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from napari_recist_seg.postprocess import measure_mask, postprocess_mask
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
-from napari_recist_seg.recist_geometry import _component_axes
+from napari_recist_seg.recist_geometry import _component_axes, _long_axis
 from napari_recist_seg.targets import grabcut_mask
 
 __all__ = ["METHODS", "THRESHOLDS", "axis_gap", "offset_mask", "recist_error", "refine_mask", "refine_result"]
@@ -49,6 +48,9 @@ _MAX_GAP = 0.1  # axis_gap's bound, in long axes
 
 def _keep_at(mask: np.ndarray, recist_local: Recist) -> np.ndarray:
     """The component of ``mask`` at the RECIST crossing (else the largest), holes filled."""
+    # scipy.ndimage takes 0.3-0.8 s to import: only this fallback (and GrabCut) needs it.
+    from scipy import ndimage
+
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     if n == 0:
         return mask
@@ -105,7 +107,30 @@ def _fill_holes(comp: np.ndarray) -> np.ndarray:
     return (work[1:-1, 1:-1] != 2).view(np.uint8)
 
 
-def _kept_recist(mask: np.ndarray, recist_local: Recist) -> Recist | None:
+def _crossing_pixel(recist_local: Recist) -> tuple[int, int]:
+    """The pixel ``_keep_at`` keeps the component of: the crossing, else the centre."""
+    try:
+        r, c = (int(round(v)) for v in recist_local.crossing)
+    except RecistError:
+        r, c = (int(round(v)) for v in recist_local.centre)
+    return r, c
+
+
+def _kept_component(mask: np.ndarray, at: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """The 8-connected component of ``mask`` at pixel ``at`` (inside it), holes filled:
+    ``(0/1 uint8 crop of its bounding box, the crop's corner)``."""
+    work = mask.astype(np.uint8)
+    _, _, _, (x, y, w, h) = cv2.floodFill(work, None, (at[1], at[0]), 2, flags=8)
+    return _fill_holes((work[y : y + h, x : x + w] == 2).view(np.uint8)), (y, x)
+
+
+def _at_in(mask: np.ndarray, at: tuple[int, int]) -> bool:
+    r, c = at
+    return 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1] and bool(mask[r, c])
+
+
+def _kept_recist(mask: np.ndarray, recist_local: Recist,
+                 at: tuple[int, int] | None = None) -> Recist | None:
     """``recist_from_mask(_keep_at(mask, r))`` computed on the kept component alone
     (``None`` where that raises: too small or degenerate).
 
@@ -113,35 +138,48 @@ def _kept_recist(mask: np.ndarray, recist_local: Recist) -> Recist | None:
     labels) and measured in its bounding box, where ``recist_from_mask`` of the kept
     mask would measure it (same crop, same offset: the same axes to the last bit);
     when the crossing misses the mask the general path picks the largest component.
+    ``at``: :func:`_crossing_pixel` of ``recist_local``, when the caller has it.
     """
-    try:
-        r, c = (int(round(v)) for v in recist_local.crossing)
-    except RecistError:
-        r, c = (int(round(v)) for v in recist_local.centre)
-    if not (0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]) or not mask[r, c]:
+    at = _crossing_pixel(recist_local) if at is None else at
+    if not _at_in(mask, at):
         try:
             return recist_from_mask(_keep_at(mask, recist_local))
         except RecistError:
             return None
-    work = mask.astype(np.uint8)
-    _, _, _, (x, y, w, h) = cv2.floodFill(work, None, (c, r), 2, flags=8)
-    comp = _fill_holes((work[y : y + h, x : x + w] == 2).view(np.uint8))
+    comp, corner = _kept_component(mask, at)
     if int(np.count_nonzero(comp)) < 4:  # recist_from_mask's min_area
         return None
     try:
-        return Recist(*_component_axes(comp, (y, x)))
+        return Recist(*_component_axes(comp, corner))
     except RecistError:
         return None
 
 
-def _threshold_error(mask: np.ndarray, recist_local: Recist) -> float:
-    """``recist_error(_keep_at(mask, r), r)``, from :func:`_kept_recist`."""
-    m = _kept_recist(mask, recist_local)
-    if m is None:
-        return float("inf")
-    return abs(m.long_length - recist_local.long_length) / recist_local.long_length + abs(
-        m.short_length - recist_local.short_length
-    ) / recist_local.short_length
+def _threshold_error(mask: np.ndarray, recist_local: Recist,
+                     at: tuple[int, int] | None = None, bound: float = float("inf")) -> float:
+    """``recist_error(_keep_at(mask, r), r)``, from :func:`_kept_recist`; or, where the
+    long axis alone already puts it at or above ``bound``, that part of it (a lower
+    bound not below ``bound``: the short axis is then not measured)."""
+    at = _crossing_pixel(recist_local) if at is None else at
+    L, W = recist_local.long_length, recist_local.short_length
+    if bound < float("inf") and _at_in(mask, at):
+        comp, corner = _kept_component(mask, at)
+        if int(np.count_nonzero(comp)) < 4:
+            return float("inf")
+        try:
+            long = _long_axis(comp)
+            # The same float as abs(m.long_length - L) / L below (integer endpoints).
+            long_part = abs(long[2] - L) / L
+            if long_part >= bound:
+                return long_part
+            m = Recist(*_component_axes(comp, corner, long))
+        except RecistError:
+            return float("inf")
+    else:
+        m = _kept_recist(mask, recist_local, at)
+        if m is None:
+            return float("inf")
+    return abs(m.long_length - L) / L + abs(m.short_length - W) / W
 
 
 def _best_threshold(prob: np.ndarray, recist_local: Recist, threshold: float) -> tuple[np.ndarray, float]:
@@ -161,7 +199,8 @@ def _best_threshold(prob: np.ndarray, recist_local: Recist, threshold: float) ->
         small = cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
         r_small = recist_local.transformed((0.0, 0.0), (size[1] / prob.shape[0], size[0] / prob.shape[1]))
     base = small > threshold
-    best_t, best_err = threshold, (_threshold_error(base, r_small) if base.any() else float("inf"))
+    at = _crossing_pixel(r_small)  # (computed once: 15 us a time)
+    best_t, best_err = threshold, (_threshold_error(base, r_small, at) if base.any() else float("inf"))
     seen = {int(np.count_nonzero(base))}
     for t in THRESHOLDS:
         cand = small > t
@@ -169,7 +208,8 @@ def _best_threshold(prob: np.ndarray, recist_local: Recist, threshold: float) ->
         if n == 0 or n in seen:
             continue
         seen.add(n)
-        err = _threshold_error(cand, r_small)
+        # Only an error below best_err - 1e-9 can win: at or above it, a bound will do.
+        err = _threshold_error(cand, r_small, at, bound=best_err - 1e-9)
         if err < best_err - 1e-9:
             best_t, best_err = t, err
     return prob > best_t, best_err

@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "progress": 0,
     "data": 1,
     "preprocess": 2,
+    "polarity": 2,  # lesion brighter than its surroundings: the model sees it inverted
     "targets": 2,  # re-exports ellipse and grabcut
     "ellipse": 2,
     "grabcut": 2,
@@ -78,7 +79,7 @@ LAYERS: dict[str, int] = {
     "upsample": 2,  # edge-aware upsampling of the probability (numpy / OpenCV)
     "training": 3,  # a package: config, samples, losses, distributed, checkpoint, loop
     "click_check": 3,  # refuses click results; uses click's features
-    "propagate": 2,  # a mask from slice to slice (recist only)
+    "propagate": 2,  # a mask from slice to slice (recist, polarity)
     "propagate_intensity": 2,  # the lesion's intensity band and blend (numpy only)
     "annotation": 4,  # a package: units, segmenters, requests, paste, lesions, session, export
     "curation": 4,  # fine-tuning on curated images; re-exports the two below

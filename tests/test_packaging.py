@@ -11,6 +11,8 @@ import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
+
 from napari_recist_seg.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +41,22 @@ def test_version_flag_prints_the_installed_version():
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0
     assert out.stdout.split() == ["recist-seg", version("napari-recist-seg")]
+
+
+def test_version_is_looked_up_only_for_the_version_flag(monkeypatch, capsys):
+    # Looking the version up scans the installed distributions (~30 ms): every command's
+    # start (a bulk run's too) paid it when the parser was built.
+    from napari_recist_seg import cli
+
+    asked = []
+    monkeypatch.setattr(cli, "version", lambda name: asked.append(name) or "9.9")
+    parser = cli.build_parser()
+    parser.parse_args(["segment", "DS", "--out", "OUT"])
+    assert asked == []
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--version"])
+    assert stop.value.code == 0 and asked == ["napari-recist-seg"]
+    assert capsys.readouterr().out.split() == ["recist-seg", "9.9"]
 
 
 def test_every_cli_option_has_help_and_help_lists_exit_codes():

@@ -142,6 +142,31 @@ def test_grey_and_ct_normalisation():
     np.testing.assert_allclose(rgb, 1.0, atol=1e-6)
 
 
+def test_colour_normalisation_is_the_plain_float32_formula_and_leaves_the_crop_alone():
+    # Computed in place on a channels-first copy (speed): bit for bit the formula on the
+    # channels-last crop, and the caller's crop (extract_crop's output) is not changed.
+    cfg = PreprocessConfig()
+    rng = np.random.default_rng(3)
+    mean = np.asarray(cfg.mean, np.float32)[:, None, None]
+    std = np.asarray(cfg.std, np.float32)[:, None, None]
+    # (a float image whose values exceed 1 is taken as 0..255; top 0.95: as 0..1)
+    for dtype, top, scale in ((np.uint8, 255.0, 255.0), (np.uint16, 65535.0, 65535.0),
+                              (np.float32, 255.0, 255.0), (np.float32, 0.95, 1.0)):
+        for shape in ((128, 128, 3), (1, 1, 3), (5, 9, 3)):
+            crop = (rng.random(shape) * top * 1.1 - 0.05 * top).astype(np.float32)
+            if top < 1:
+                crop = np.minimum(crop, np.float32(0.99))
+            crop.flat[0] = np.nan
+            before = crop.copy()
+            scale = np.float32(scale)
+            plain = np.moveaxis(crop / scale, -1, 0)
+            plain = (np.nan_to_num(np.clip(plain, 0.0, 1.0), nan=0.0) - mean) / std
+            got = normalize_intensity(crop, dtype, cfg)
+            assert got.dtype == np.float32 and got.flags.c_contiguous
+            assert np.array_equal(got, plain)
+            assert np.array_equal(crop, before, equal_nan=True)
+
+
 @needs_isic
 def test_recist_maps_onto_the_crop():
     img, gt = _isic("ISIC_0000002")

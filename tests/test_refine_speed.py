@@ -33,9 +33,20 @@ def _reference_recist_choice(prob, r, threshold=0.5):
     return best
 
 
+def _reference_feret_pair(points):
+    """``_max_feret_pair`` as first written: all pairs as one (N, N, 2) array."""
+    diff = points[:, None, :] - points[None, :, :]
+    d2 = np.einsum("ijk,ijk->ij", diff, diff)
+    i, j = np.unravel_index(int(np.argmax(d2)), d2.shape)
+    a, b = points[i], points[j]
+    if (b[0], b[1]) < (a[0], a[1]):
+        a, b = b, a
+    return a, b
+
+
 def _all_pixel_axes(comp, offset):
     """``_component_axes`` measuring the slabs on every pixel (the definition)."""
-    a, b = recist_geometry._max_feret_pair(recist_geometry._hull_points(comp))
+    a, b = _reference_feret_pair(recist_geometry._hull_points(comp))
     length = float(np.linalg.norm(b - a))
     if length < recist_geometry.MIN_AXIS_LENGTH_PX:
         raise recist_geometry.RecistError("single pixel")
@@ -96,6 +107,30 @@ def test_fast_recist_refinement_chooses_the_reference_mask(val_probabilities):
     assert chosen_other >= 20  # the test exercises thresholds other than 0.5
 
 
+def test_thresholds_whose_long_axis_alone_loses_skip_the_short_axis(val_probabilities, monkeypatch):
+    # The error is |L_m - L| / L + |W_m - W| / W: once the long-axis part reaches the best
+    # error so far, the short axis cannot make the threshold win and is not measured.
+    from napari_recist_seg import refine
+
+    calls = [0]
+    real = refine._component_axes
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(refine, "_component_axes", counted)
+    distinct = 0
+    for prob, r in val_probabilities:
+        f = min(1.0, _MEASURE_SIDE / max(prob.shape))
+        size = (max(2, int(round(prob.shape[1] * f))), max(2, int(round(prob.shape[0] * f))))
+        small = cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR) if f < 1.0 else prob
+        distinct += len({int(np.count_nonzero(small > t)) for t in (0.5, *THRESHOLDS)} - {0})
+        # (the reference measures through recist_geometry, not refine's name)
+        assert np.array_equal(refine_mask("recist", prob, r), _reference_recist_choice(prob, r))
+    assert calls[0] <= distinct - len(val_probabilities) // 4  # short axes were skipped
+
+
 def test_border_pixel_slabs_equal_all_pixel_slabs(val_probabilities):
     rng = np.random.default_rng(0)
     masks = [prob > t for prob, _ in val_probabilities for t in (0.3, 0.6)]
@@ -114,6 +149,21 @@ def test_border_pixel_slabs_equal_all_pixel_slabs(val_probabilities):
         got = recist_geometry._component_axes(u8, (3, 5))
         assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
         compared += 1
+    assert compared >= 150
+
+
+def test_feret_pair_equals_the_all_pairs_definition(val_probabilities):
+    rng = np.random.default_rng(2)
+    masks = [(prob > t).view(np.uint8) for prob, _ in val_probabilities for t in (0.3, 0.5, 0.8)]
+    masks += [(rng.random((int(h), int(w))) < 0.5).view(np.uint8) for h, w in rng.integers(2, 40, (200, 2))]
+    compared = 0
+    for mask in masks:
+        if not mask.any():
+            continue
+        points = recist_geometry._hull_points(mask)
+        got, expected = recist_geometry._max_feret_pair(points), _reference_feret_pair(points)
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+        compared += len(points) > 2
     assert compared >= 150
 
 

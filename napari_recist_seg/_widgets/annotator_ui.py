@@ -204,16 +204,21 @@ def _radiology(w: Any) -> QLayout:
         "(one label over every slice it spans; its volume in the table)"
     )
     w.volume_check.toggled.connect(w._on_volume_check)
+    w.volume_make_button = _button(
+        "Make 3D", lambda: w.make_volumes(),
+        "Propagate the selected committed lesions (all committed 2D lesions if none is "
+        "selected) through the volume now, also when they were committed without '3D lesion'")
     w.volume_status = QLabel("")
     w.volume_cancel_button = _button("Cancel 3D", lambda: w.cancel_volumes(),
                                      "Stop the 3D propagation (the slice masks are kept)")
-    for item in (w.window_label, w.window_combo, w.volume_check, w.volume_status):
+    for item in (w.window_label, w.window_combo, w.volume_check, w.volume_make_button, w.volume_status):
         row.addWidget(item)
     row.addWidget(w.volume_cancel_button)
     row.addStretch(1)
     for item in (w.window_label, w.window_combo, w.volume_cancel_button):
         item.setVisible(False)
     w.volume_check.setEnabled(False)
+    w.volume_make_button.setEnabled(False)
     return row
 
 

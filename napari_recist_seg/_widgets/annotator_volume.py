@@ -58,14 +58,24 @@ class VolumeMixin:
     # -- 3D lesions ------------------------------------------------------------------
     def start_volumes(self, ids: list[int]) -> None:
         """Propagate these committed lesions through the volume (3D mode, volumes only)."""
-        if not self.volume_mode or self.ndim != 3:
-            return
-        for lesion_id in ids:
-            les = self.session.lesions.get(lesion_id)
-            if les is not None and les.committed:
-                les.want_volume = True
-                self._after_mask(lesion_id)
+        if self.volume_mode:
+            self.make_volumes(ids)
+
+    def make_volumes(self, ids: list[int] | None = None) -> list[int]:
+        """Propagate committed lesions through the volume now, 3D mode or not (the dock's
+        "Make 3D": lesions committed before "3D lesion" was ticked). ``None`` or ``[]``:
+        every committed lesion that is not 3D yet. Returns the ids queued."""
+        if self.ndim != 3:
+            return []
+        lesions = self.session.lesions
+        if not ids:
+            ids = [i for i, les in lesions.items() if les.committed and les.volume is None]
+        queued = [i for i in ids if i in lesions and lesions[i].committed]
+        for lesion_id in queued:
+            lesions[lesion_id].want_volume = True
+            self._after_mask(lesion_id)
         self.changed.emit()
+        return queued
 
     def _after_mask(self, lesion_id: int) -> None:
         """A lesion's slice mask is in: queue its 3D propagation if it waits for one."""
@@ -230,6 +240,7 @@ class RadiologyDockMixin:
             self.window_combo.blockSignals(False)
         is_volume = b is not None and b.ndim == 3
         self.volume_check.setEnabled(is_volume)
+        self.volume_make_button.setEnabled(is_volume)
         if b is not None:
             b.volume_mode = is_volume and self.volume_check.isChecked()
         self._on_volume_progress("")
@@ -265,6 +276,21 @@ class RadiologyDockMixin:
             return  # another image's propagation: its own line when it is shown
         self.volume_status.setText(text)
         self.volume_cancel_button.setVisible(bool(text))
+
+    def make_volumes(self) -> None:
+        """Make the selected committed lesions 3D (every committed 2D lesion if none is
+        selected), whether or not "3D lesion" is ticked."""
+        b = self._need_binding()
+        if b is None:
+            return
+        selected = self.selected_lesions()
+        queued = b.make_volumes(selected)
+        if queued:
+            self._say(f"{b.name}: 3D propagation of lesion(s) {', '.join(map(str, queued))}")
+        elif selected:
+            self._say("Make 3D: commit the selected lesion(s) first", warn=True)
+        else:
+            self._say("Make 3D: no committed 2D lesion to propagate", warn=True)
 
     def cancel_volumes(self) -> None:
         """Stop the 3D propagation of the current image."""

@@ -39,9 +39,10 @@ import numpy as np
 from napari_recist_seg.annotation.lesions import DONE, Lesion
 from napari_recist_seg.intensity import WINDOW_PRESETS, detect_modality, display_range, is_ct
 from napari_recist_seg.measurements import volume_values
+from napari_recist_seg.polarity import lesion_polarity
 from napari_recist_seg.progress import CancelToken
 from napari_recist_seg.propagate import Lesion3D, StopRules, predictor_segmenter, propagate_lesion
-from napari_recist_seg.recist import Recist, RecistError
+from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
 
 __all__ = [
     "VolumeRequest",
@@ -137,7 +138,7 @@ def propagate_request(
     """
     volume = np.asarray(volume)
     plane = tuple(volume.shape[1:])
-    base = predictor_segmenter(segmenter, volume)
+    base = predictor_segmenter(segmenter, volume, **_walk_polarity(segmenter, volume, request))
     done = [0]
 
     def segment(z: int, recist: Recist) -> np.ndarray:
@@ -154,6 +155,25 @@ def propagate_request(
 
     return propagate_lesion(volume.shape, request.z0, request.seed, segment, spacing=spacing,
                             image=volume, rules=StopRules(), recist=request.recist)
+
+
+def _walk_polarity(segmenter: Any, volume: np.ndarray, request: VolumeRequest) -> dict[str, str]:
+    """``{"polarity": ...}`` for a model segmenter: the lesion's polarity decided once on
+    the RECIST slice (from the drawn RECIST, else the seed's own), kept for the walk;
+    ``{}`` for segmenters without one (ellipse, GrabCut)."""
+    mode = getattr(segmenter, "polarity", None)
+    if not isinstance(mode, str) or not hasattr(segmenter, "_modality"):
+        return {}
+    recist = request.recist
+    if recist is None:
+        try:
+            recist = recist_from_mask(request.seed, slice_index=request.z0)
+        except (RecistError, ValueError):
+            return {}
+    modality = segmenter._modality(volume, None)
+    pol = lesion_polarity(volume[request.z0], recist, segmenter.preprocess, modality=modality,
+                          window=getattr(segmenter, "window", None), mode=mode)
+    return {"polarity": pol or "dark"}
 
 
 def volume_paste_indices(labels: np.ndarray, lesion_id: int, mask: np.ndarray

@@ -187,6 +187,7 @@ def run_segment(
     window: object = None,
     modality: str | None = None,
     precision: str = "auto",
+    polarity: str | None = None,
 ) -> JobReport:
     """Segment every RECIST of a dataset folder or a list of image files.
 
@@ -219,6 +220,9 @@ def run_segment(
     precision : str
         ``"auto"``, ``"int8"`` or ``"fp32"`` for the loaded model (see
         :mod:`napari_recist_seg.stored_graph`); unused with ``predictor``.
+    polarity : str, optional
+        ``"auto"`` / ``"dark"`` / ``"bright"``: the predictor's lesion-polarity mode
+        (:mod:`napari_recist_seg.polarity`); ``None`` keeps the predictor's.
 
     Returns
     -------
@@ -262,6 +266,8 @@ def run_segment(
                                            threads=threads)
             if predictor is not None and (window is not None or modality is not None):
                 predictor.window, predictor.modality = window, modality
+            if predictor is not None and polarity is not None:  # napari_recist_seg.polarity
+                predictor.polarity = polarity
             try:
                 run = _segment_all if serial else _segment_pipelined
                 run(todo, out, predictor, batch_size, report, records, ours,

@@ -5,7 +5,9 @@ through the neighbouring slices (:func:`napari_recist_seg.propagate.propagate_le
 with its default :class:`~napari_recist_seg.propagate.StopRules` and
 :class:`~napari_recist_seg.propagate.IntensityBlend`, the same for every modality: the
 intensity band is measured on the RECIST slice in the volume's own units, the overlap
-rule follows the slice spacing). Outputs in ``OUT``:
+rule follows the slice spacing). A lesion brighter than its surroundings is shown to
+the model inverted, decided once on its RECIST slice and kept for the walk
+(:mod:`napari_recist_seg.polarity`). Outputs in ``OUT``:
 
 - ``<stem>_labels.nii.gz``: lesion id = the CSV's lesion id on every slice it spans
   (also for a single lesion), with the input's affine (orientation and origin kept);
@@ -32,6 +34,7 @@ import csv
 import io
 import os
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,6 +59,7 @@ from napari_recist_seg.jobs.segment import (
 from napari_recist_seg.jobs.segment_commit import _fmt
 from napari_recist_seg.jobs.segment3d_store import clear_lesions, lesion_key, load_lesion, save_lesion
 from napari_recist_seg.jobs.segment_plan import SegmentItem, _check_collisions, _check_out, _plan
+from napari_recist_seg.polarity import lesion_polarity
 from napari_recist_seg.postprocess import measure_mask
 from napari_recist_seg.propagate import IntensityBlend, StopRules, predictor_segmenter, propagate_lesion
 from napari_recist_seg.recist import Recist, RecistError, snap
@@ -81,13 +85,20 @@ def _checked(r: Recist, lesion: int, vol: np.ndarray, plane_spacing: Any) -> Rec
     return snap(r)
 
 
-def _one_lesion(predictor: Any, seg: Any, img: Any, r: Recist, lesion: int,
+def _one_lesion(predictor: Any, seg_for: Any, img: Any, r: Recist, lesion: int,
                 modality: str | None, name: str) -> tuple[np.ndarray, tuple[int, int], dict[str, str]]:
-    """Segment and propagate one lesion: its 3D mask, slice range and formatted row."""
+    """Segment and propagate one lesion: its 3D mask, slice range and formatted row.
+
+    ``seg_for(polarity)`` is the walk's slice segmenter; the lesion's polarity is
+    decided once on the RECIST slice and kept for the walk.
+    """
     vol = img.array
-    res = predictor.segment(vol, [r], modality=modality)[0]
-    seed = res.full_mask(vol.shape[1:])
     z0 = int(r.slice_index)
+    pol = lesion_polarity(vol[z0], r, predictor.preprocess, modality=modality,
+                          window=predictor.window, mode=predictor.polarity) or "dark"
+    res = predictor.segment(vol, [r], modality=modality, polarity=pol)[0]
+    seed = res.full_mask(vol.shape[1:])
+    seg = seg_for(pol)
     les = propagate_lesion(vol.shape, z0, seed, seg, spacing=img.spacing, image=vol,
                            rules=StopRules(), blend=IntensityBlend(), recist=res.recist)
     measured, area = res.measured, res.area_px
@@ -102,9 +113,14 @@ def _one_lesion(predictor: Any, seg: Any, img: Any, r: Recist, lesion: int,
     return les.mask, les.z_range, {k: _fmt(row.get(k)) for k in MEASUREMENT_COLUMNS_3D}
 
 
+def _segmenter(predictor: Any, vol: np.ndarray, modality: str | None, polarity: str) -> Any:
+    """The walk's slice segmenter for a lesion of ``polarity``."""
+    return predictor_segmenter(predictor, vol, modality=modality, polarity=polarity)
+
+
 def _setup(predictor: Any, modality: str | None) -> str:
     """What a lesion's checkpoint depends on besides its RECIST."""
-    attrs = ("path", "window", "refine", "threshold", "postprocess", "tta")
+    attrs = ("path", "window", "refine", "threshold", "postprocess", "tta", "polarity")
     return repr((type(predictor).__name__, [str(getattr(predictor, a, None)) for a in attrs],
                  modality, sorted(asdict(StopRules()).items()),
                  sorted(asdict(IntensityBlend()).items())))
@@ -122,7 +138,7 @@ def _segment_volume(item: SegmentItem, predictor: Any, out: Path, report: JobRep
     if bad:
         raise ValueError(f"lesion id {bad[0]} cannot be a label (ids must be >= 1)")
     modality = predictor.modality or detect_modality(vol, img.modality)
-    seg = predictor_segmenter(predictor, vol, modality=modality)
+    seg = partial(_segmenter, predictor, vol, modality)
     setup = _setup(predictor, modality)
     done_lesions: list[tuple[int, int, np.ndarray, dict[str, str]]] = []
     for lesion, r in item.lesions:
@@ -245,12 +261,14 @@ def run_segment3d(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     precision: str = "auto",
+    polarity: str | None = None,
 ) -> JobReport:
     """Segment every RECIST of the volumes in 3D (see the module notes).
 
     Volumes already committed in ``out`` are skipped (their rows kept) unless
     ``overwrite``; a volume a crash left unfinished resumes from its checkpointed
-    lesions.
+    lesions. ``polarity`` (``"auto"``, ``"dark"``, ``"bright"``) overrides the
+    predictor's lesion-polarity mode (:mod:`napari_recist_seg.polarity`).
     """
     out = Path(out)
     items, plan_failures, protect, nested = _plan(inputs, recist_csv=recist_csv)
@@ -272,6 +290,8 @@ def run_segment3d(
             predictor = Predictor.load(model, device=device, precision=precision)
         if predictor is not None and (window is not None or modality is not None):
             predictor.window, predictor.modality = window, modality
+        if predictor is not None and polarity is not None:
+            predictor.polarity = polarity
         try:
             _run_all(todo, predictor, out, report, records, ProgressTracker(len(todo), progress), cancel)
         finally:

@@ -201,6 +201,23 @@ def shift_augment(img: np.ndarray, rng: np.random.Generator, prob: float) -> np.
     return out.astype(img.dtype, copy=False)
 
 
+def _colour_jitter(
+    x: np.ndarray, rng: np.random.Generator, amount: float, pcfg: PreprocessConfig, *, grey: bool
+) -> np.ndarray:
+    """Contrast, brightness and (colour images only) per-channel gain jitter of a normalised input."""
+    mean = np.asarray(pcfg.mean, np.float32)[:, None, None]
+    std = np.asarray(pcfg.std, np.float32)[:, None, None]
+    x01 = x * std + mean
+    a = 1.0 + rng.uniform(-amount, amount)
+    b = rng.uniform(-amount, amount)
+    gain = 1.0 + rng.uniform(-amount, amount, size=(3, 1, 1)) / 2
+    if x.ndim == 3 and grey:
+        gain[:] = 1.0  # grey stays grey
+    m = x01.mean()
+    x01 = np.clip((x01 - m) * a + m + b, 0, 1) * gain
+    return ((np.clip(x01, 0, 1) - mean) / std).astype(np.float32)
+
+
 def _augment(
     p: _Prepared,
     rng: np.random.Generator,
@@ -245,17 +262,7 @@ def _augment(
         img = shift_augment(img, rng, cfg.shift_aug)
     x = normalize_intensity(img.astype(np.float32), p.dtype, pcfg)
     if cfg.colour_jitter > 0:
-        mean = np.asarray(pcfg.mean, np.float32)[:, None, None]
-        std = np.asarray(pcfg.std, np.float32)[:, None, None]
-        x01 = x * std + mean
-        a = 1.0 + rng.uniform(-cfg.colour_jitter, cfg.colour_jitter)
-        b = rng.uniform(-cfg.colour_jitter, cfg.colour_jitter)
-        gain = 1.0 + rng.uniform(-cfg.colour_jitter, cfg.colour_jitter, size=(3, 1, 1)) / 2
-        if x.ndim == 3 and p.context.ndim == 2:
-            gain[:] = 1.0  # grey stays grey
-        m = x01.mean()
-        x01 = np.clip((x01 - m) * a + m + b, 0, 1) * gain
-        x = ((np.clip(x01, 0, 1) - mean) / std).astype(np.float32)
+        x = _colour_jitter(x, rng, cfg.colour_jitter, pcfg, grey=p.context.ndim == 2)
     Binv = np.linalg.inv(B)
     r_out = dataclasses.replace(
         r,

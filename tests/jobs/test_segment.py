@@ -254,8 +254,13 @@ def test_volume_outputs_nifti_on_the_right_slices(make_dark_predictor, tmp_path)
     labels = np.asarray(nib.load(str(LITS / "labels.nii.gz")).dataobj).transpose(2, 1, 0)
     zooms = (0.7, 0.8, 2.5)
     ct = tmp_path / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(np.asarray(src.dataobj).astype(np.int16),
-                             np.diag(list(zooms) + [1.0])), str(ct))
+    # Oblique and shifted: the outputs must overlay the CT in any viewer (same affine).
+    c, s = np.cos(0.2), np.sin(0.2)
+    affine = np.array([[zooms[0] * c, -zooms[1] * s, 0, -91.5],
+                       [zooms[0] * s, zooms[1] * c, 0, 40.25],
+                       [0, 0, zooms[2], -310.0],
+                       [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj).astype(np.int16), affine), str(ct))
     per_slice = (labels == 2).sum(axis=(1, 2))
     z1, z2 = (int(z) for z in np.argsort(-per_slice)[:2])
     r1 = recist_from_mask(labels[z1] == 2, slice_index=z1)
@@ -278,6 +283,7 @@ def test_volume_outputs_nifti_on_the_right_slices(make_dark_predictor, tmp_path)
     np.testing.assert_array_equal(lab > 0, mask > 0)
     for img in (mask_img, lab_img):
         np.testing.assert_allclose(img.header.get_zooms()[:3], zooms, rtol=1e-6)
+        np.testing.assert_allclose(img.affine, affine, atol=1e-5)
     rows = _rows(out)
     assert sorted(int(r["slice"]) for r in rows) == sorted([z1, z2])
     for row in rows:

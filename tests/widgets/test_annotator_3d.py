@@ -186,3 +186,24 @@ def test_a_3d_result_for_a_lesion_deleted_meanwhile_is_dropped_and_cancel_stops(
     lab = np.asarray(b.labels.data)
     assert np.flatnonzero((lab == les_id).any(axis=(1, 2))).tolist() == [4]
     assert b.session.lesions[les_id].volume is None and "cancelled" in widget.last_message
+
+
+def test_make_3d_propagates_a_lesion_committed_before_3d_was_ticked(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    widget, b = _ct_annotator(viewer, qtbot, Recording())
+    _lesion(qtbot, widget, b)
+    assert not widget.volume_check.isChecked() and widget.volume_make_button.isEnabled()
+    # Selected but not committed: nothing to propagate, and the dock says why.
+    widget.select_lesion(1)
+    widget.make_volumes()
+    assert "commit the selected" in widget.last_message
+    assert np.flatnonzero((np.asarray(b.labels.data) == 1).any(axis=(1, 2))).tolist() == [4]
+    widget.commit()  # "3D lesion" unticked: a slice mask only
+    qtbot.waitUntil(lambda: not widget.busy, timeout=15000)
+    assert np.flatnonzero((np.asarray(b.labels.data) == 1).any(axis=(1, 2))).tolist() == [4]
+    widget.table.clearSelection()
+    widget.make_volumes()  # none selected: every committed 2D lesion
+    qtbot.waitUntil(lambda: not widget.busy and b.session.lesions[1].volume is not None, timeout=15000)
+    zs = np.flatnonzero((np.asarray(b.labels.data) == 1).any(axis=(1, 2)))
+    assert len(zs) > 1 and 4 in zs
+    assert b.session.lesions[1].volume["volume_voxels"] == int((np.asarray(b.labels.data) == 1).sum())
