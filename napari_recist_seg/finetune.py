@@ -53,7 +53,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from napari_recist_seg import targets
-from napari_recist_seg.calibration import BIASES, FITS, OFFSETS, CalibrationCase, calibrate
+from napari_recist_seg.calibration import BIASES, BLENDS, FITS, OFFSETS, CalibrationCase, calibrate
 from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.data.images import image_plane, read_image
 # masks.read_mask looked up at call time: the only mask reader here (tests record it).
@@ -89,8 +89,8 @@ class FineTuneConfig:
         images after the weights are set, stored in the checkpoint's config.
     calibration : str
         Which knobs it may move, joined by ``+``: ``"offset"`` (boundary offset),
-        ``"fit"`` (RECIST fit), ``"bias"`` (logit bias); default ``"offset+fit"``;
-        ``"both"`` = ``"bias+offset"``, ``"all"`` = the three.
+        ``"fit"`` (RECIST fit), ``"bias"`` (logit bias), ``"blend"`` (GrabCut blend);
+        default ``"offset+fit"``; ``"both"`` = ``"bias+offset"``, ``"all"`` = the four.
     batch_size : int
         Crops per step, curated + replay.
     replay_fraction : float
@@ -128,7 +128,7 @@ class FineTuneConfig:
         if self.steps < 0 or self.batch_size < 2:
             raise ValueError("steps must be >= 0 and batch_size >= 2")
         if not calibration_knobs(self.calibration):
-            raise ValueError("calibration must be knobs among offset, fit, bias joined by '+' "
+            raise ValueError("calibration must be knobs among offset, fit, bias, blend joined by '+' "
                              f"(or both, all), got {self.calibration!r}")
         if self.steps == 0 and not self.calibrate:
             raise ValueError("steps 0 without calibration would change nothing")
@@ -146,9 +146,9 @@ def calibration_knobs(text: str) -> frozenset[str]:
     >>> sorted(calibration_knobs("offset+fit")), sorted(calibration_knobs("both"))
     (['fit', 'offset'], ['bias', 'offset'])
     """
-    alias = {"both": "bias+offset", "all": "bias+offset+fit"}
+    alias = {"both": "bias+offset", "all": "bias+offset+fit+blend"}
     names = frozenset(str(alias.get(text, text)).split("+"))
-    return names if names and names <= {"bias", "offset", "fit"} else frozenset()
+    return names if names and names <= {"bias", "offset", "fit", "blend"} else frozenset()
 
 
 @dataclass
@@ -369,7 +369,8 @@ def fine_tune(
         if report.applied:  # else the starting checkpoint's own calibration stays (a default may carry one)
             mcfg = replace(mcfg, logit_bias=report.calibration.logit_bias,
                            boundary_offset=report.calibration.boundary_offset,
-                           recist_fit=report.calibration.recist_fit)
+                           recist_fit=report.calibration.recist_fit,
+                           grabcut_blend=report.calibration.grabcut_blend)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"finetune_config": asdict(cfg), "init_checkpoint": str(init_checkpoint),
@@ -411,7 +412,8 @@ def _calibration(model: Any, mcfg: Any, clusters: Any, start: str | Path | None,
     return calibrate(predictor, list(cases.values()), progress=progress, cancel=cancel,
                      biases=BIASES if "bias" in use else (0.0,),
                      offsets=OFFSETS if "offset" in use else (0.0,),
-                     fits=FITS if "fit" in use else (0.0,))
+                     fits=FITS if "fit" in use else (0.0,),
+                     blends=BLENDS if "blend" in use else (0.0,))
 
 
 def _curated_and_replay(samples: Sequence[Any], replay: Sequence[Any] | None,

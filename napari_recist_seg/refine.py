@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from napari_recist_seg.grabcut_blend import blend_masks, grabcut_of
 from napari_recist_seg.postprocess import measure_mask, postprocess_mask
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
 from napari_recist_seg.recist_geometry import _component_axes
@@ -342,10 +343,12 @@ def refine_mask(
 
 def refine_result(res: Any, plane: np.ndarray, method: str, *, threshold: float = 0.5,
                   boundary_offset: float = 0.0, recist_fit: float = 0.0,
-                  postprocess: bool = False) -> Any:
-    """A :class:`~napari_recist_seg.postprocess.LesionResult` refined by ``method``, its
-    outline then moved by ``boundary_offset`` x the long axis + ``recist_fit`` x
-    :func:`axis_gap` pixels (:func:`offset_mask`, the calibration), then post-processed;
+                  grabcut_blend: float = 0.0, postprocess: bool = False) -> Any:
+    """A :class:`~napari_recist_seg.postprocess.LesionResult` refined by ``method``,
+    blended with GrabCut from its RECIST by ``grabcut_blend``
+    (:func:`~napari_recist_seg.grabcut_blend.blend_masks`), its outline then moved by
+    ``boundary_offset`` x the long axis + ``recist_fit`` x :func:`axis_gap` pixels
+    (:func:`offset_mask`; these three are the calibration), then post-processed;
     measured again.
 
     ``plane`` is the image plane the result's offset refers to.
@@ -354,6 +357,8 @@ def refine_result(res: Any, plane: np.ndarray, method: str, *, threshold: float 
     local = res.recist.transformed(res.offset, 1.0)
     crop = plane[r0 : r0 + h, c0 : c0 + w]
     mask = refine_mask(method, res.probability, local, crop, threshold=threshold)
+    if grabcut_blend and mask.any():
+        mask = blend_masks(mask, grabcut_of(crop, local), grabcut_blend, local)
     if (boundary_offset or recist_fit) and mask.any():
         px = boundary_offset * local.long_length
         mask = offset_mask(mask, px + recist_fit * axis_gap(mask, local) if recist_fit else px)

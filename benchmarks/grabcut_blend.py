@@ -1,0 +1,124 @@
+"""How much is there in blending the model's mask with GrabCut from the same RECIST?
+
+On the proxy of :mod:`proxy_shift` (``val`` ids by default), per image and RECIST
+kind (exact / jittered): the default model's refined mask (its calibration off), GrabCut
+from the RECIST on the lesion's crop (:func:`napari_recist_seg.grabcut_blend.grabcut_of`),
+and their blends ``w`` in :data:`~napari_recist_seg.grabcut_blend.BLENDS`, each with the
+RECIST fit ``--fit`` applied in two orders: ``blend_then_fit`` (the fit measured on
+the blended outline; what the Predictor does) and ``fit_then_blend`` (the model's
+outline fitted, then blended), plus the blends without a fit. Printed: mean Dice per
+(order, w), the per-lesion oracle over ``w`` (an upper bound: how much a perfect
+per-lesion choice would give), GrabCut's fallback share and its median ms per lesion
+(the crop's GrabCut alone, 1 thread).
+
+Usage::
+
+    python benchmarks/grabcut_blend.py [--ids val] [--n 60] [--render clinic|none] [--fit 0.75]
+
+Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
+
+from latency import load_predictor, machine_info  # noqa: E402
+from proxy_shift import load_cases, split_ids  # noqa: E402
+
+ORDERS = ("no_fit", "blend_then_fit", "fit_then_blend")
+
+
+def _dice(m: np.ndarray, g_crop: np.ndarray, g_sum: float) -> float:
+    denom = float(m.sum()) + g_sum
+    return 1.0 if denom == 0 else 2.0 * float(np.logical_and(m, g_crop).sum()) / denom
+
+
+def case_rows(predictor, image, gt, r, fit: float) -> tuple[np.ndarray, float, bool]:
+    """Dice ``(n_orders, n_blends)`` of one lesion, GrabCut's ms, whether it fell back."""
+    from napari_recist_seg.grabcut_blend import BLENDS, blend_masks, grabcut_of
+    from napari_recist_seg.refine import axis_gap, offset_mask
+
+    [res] = predictor.segment(image, [r])
+    (r0, c0), (h, w) = res.offset, res.mask.shape
+    local = res.recist.transformed(res.offset, 1.0)
+    crop = image[r0:r0 + h, c0:c0 + w]
+    g_crop, g_sum = gt[r0:r0 + h, c0:c0 + w], float(gt.sum())
+    t0 = time.perf_counter()
+    gc = grabcut_of(crop, local)
+    ms = 1000 * (time.perf_counter() - t0)
+
+    def fitted(m):
+        return offset_mask(m, fit * axis_gap(m, local)) if fit and m.any() else m
+
+    out = np.zeros((len(ORDERS), len(BLENDS)))
+    m_fit = fitted(res.mask)
+    for j, wt in enumerate(BLENDS):
+        b = blend_masks(res.mask, gc, wt, local)
+        out[0, j] = _dice(b, g_crop, g_sum)
+        out[1, j] = _dice(fitted(b), g_crop, g_sum)
+        out[2, j] = _dice(blend_masks(m_fit, gc, wt, local), g_crop, g_sum)
+    return out, ms, gc is None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from napari_recist_seg.grabcut_blend import BLENDS
+    from napari_recist_seg.recist import RecistError
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--ids", choices=("val", "test"), default="val")
+    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--skip", type=int, default=0)
+    ap.add_argument("--render", default="clinic")
+    ap.add_argument("--fit", type=float, default=0.75)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    import cv2
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(1)
+    predictor, info = load_predictor(args.model, "cpu")
+    predictor.recist_fit = predictor.boundary_offset = 0.0
+    stems = split_ids(predictor, args.ids)[args.skip:args.skip + args.n]
+    t0 = time.perf_counter()
+    tables = {k: [] for k in ("exact", "jittered")}
+    ms, fell = [], 0
+    for _stem, image, gt, exact, jit in load_cases(stems, args.render, args.seed):
+        for kind, r in (("exact", exact), ("jittered", jit)):
+            try:
+                d, t, f = case_rows(predictor, image, gt, r, args.fit)
+            except RecistError:
+                d, t, f = np.zeros((len(ORDERS), len(BLENDS))), 0.0, True
+            tables[kind].append(d)
+            ms.append(t)
+            fell += int(f)
+    out = {"benchmark": "grabcut_blend", "ids": f"{args.ids} split, {len(stems)} from {args.skip}",
+           "render": args.render, "fit": args.fit, "blends": list(BLENDS), "model": info}
+    for kind, rows in tables.items():
+        t = np.stack(rows)  # (n, orders, blends)
+        out[kind] = {o: [round(float(v), 4) for v in t[:, i].mean(axis=0)] for i, o in enumerate(ORDERS)}
+        out[kind]["oracle_blend_then_fit"] = round(float(t[:, 1].max(axis=1).mean()), 4)
+        out[kind]["oracle_model_or_grabcut"] = round(float(t[:, 1][:, [0, -1]].max(axis=1).mean()), 4)
+        out[kind]["grabcut_better_share"] = round(float((t[:, 1, -1] > t[:, 1, 0]).mean()), 3)
+    out["grabcut_fell_back_share"] = round(fell / max(1, len(ms)), 3)
+    out["grabcut_ms_median"] = round(float(np.median(ms)), 1)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out["machine"] = machine_info(predictor.device)
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
