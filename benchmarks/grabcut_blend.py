@@ -14,6 +14,12 @@ per-lesion choice would give), GrabCut's fallback share and its median ms per le
 Usage::
 
     python benchmarks/grabcut_blend.py [--ids val] [--n 60] [--render clinic|none] [--fit 0.75]
+        [--style none|tight|loose|edges --style-frac F] [--latency-n 20]
+
+``--style``: the annotation style of ``finetune_gain.py`` (the expert masks and their
+RECIST as another clinic draws them). ``--latency-n``: also the median ms of one
+``Predictor.segment`` (one lesion, the model's own calibration) with ``grabcut_blend``
+0 and 0.25, timed alternately on that many images.
 
 Prints one JSON object on stdout.
 """
@@ -32,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
 
 from latency import load_predictor, machine_info  # noqa: E402
-from proxy_shift import load_cases, split_ids  # noqa: E402
+from finetune_gain import styled_cases  # noqa: E402
+from proxy_shift import split_ids  # noqa: E402
 
 ORDERS = ("no_fit", "blend_then_fit", "fit_then_blend")
 
@@ -69,6 +76,25 @@ def case_rows(predictor, image, gt, r, fit: float) -> tuple[np.ndarray, float, b
     return out, ms, gc is None
 
 
+def latency(predictor, stems: list[str], render: str, seed: int, blend: float = 0.25) -> dict:
+    """Median ms of one ``Predictor.segment`` (exact RECIST) without / with the blend,
+    the two timed alternately per image (its own calibration otherwise)."""
+    from proxy_shift import load_cases
+
+    times: dict[str, list[float]] = {"blend 0": [], f"blend {blend:g}": []}
+    saved = predictor.grabcut_blend
+    try:
+        for _, image, _, exact, _ in load_cases(stems, render, seed):
+            for name, w in zip(times, (0.0, blend)):
+                predictor.grabcut_blend = w
+                t0 = time.perf_counter()
+                predictor.segment(image, [exact])
+                times[name].append(1000 * (time.perf_counter() - t0))
+    finally:
+        predictor.grabcut_blend = saved
+    return {k: round(float(np.median(v)), 1) for k, v in times.items()} | {"n": len(stems)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     from napari_recist_seg.grabcut_blend import BLENDS
     from napari_recist_seg.recist import RecistError
@@ -81,6 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--render", default="clinic")
     ap.add_argument("--fit", type=float, default=0.75)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--style", default="none")
+    ap.add_argument("--style-frac", type=float, default=0.03)
+    ap.add_argument("--latency-n", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
 
@@ -90,12 +119,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
     predictor, info = load_predictor(args.model, "cpu")
-    predictor.recist_fit = predictor.boundary_offset = 0.0
     stems = split_ids(predictor, args.ids)[args.skip:args.skip + args.n]
+    lat = latency(predictor, stems[:args.latency_n], args.render, args.seed) if args.latency_n else None
+    predictor.recist_fit = predictor.boundary_offset = 0.0
     t0 = time.perf_counter()
     tables = {k: [] for k in ("exact", "jittered")}
     ms, fell = [], 0
-    for _stem, image, gt, exact, jit in load_cases(stems, args.render, args.seed):
+    for _stem, image, gt, exact, jit in styled_cases(stems, args.render, args.seed, args.style, args.style_frac):
         for kind, r in (("exact", exact), ("jittered", jit)):
             try:
                 d, t, f = case_rows(predictor, image, gt, r, args.fit)
@@ -105,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
             ms.append(t)
             fell += int(f)
     out = {"benchmark": "grabcut_blend", "ids": f"{args.ids} split, {len(stems)} from {args.skip}",
-           "render": args.render, "fit": args.fit, "blends": list(BLENDS), "model": info}
+           "render": args.render, "style": args.style, "style_frac": args.style_frac, "fit": args.fit, "blends": list(BLENDS), "model": info}
     for kind, rows in tables.items():
         t = np.stack(rows)  # (n, orders, blends)
         out[kind] = {o: [round(float(v), 4) for v in t[:, i].mean(axis=0)] for i, o in enumerate(ORDERS)}
@@ -114,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
         out[kind]["grabcut_better_share"] = round(float((t[:, 1, -1] > t[:, 1, 0]).mean()), 3)
     out["grabcut_fell_back_share"] = round(fell / max(1, len(ms)), 3)
     out["grabcut_ms_median"] = round(float(np.median(ms)), 1)
+    if lat is not None:
+        out["segment_ms_median"] = lat
     out["seconds"] = round(time.perf_counter() - t0, 1)
     out["machine"] = machine_info(predictor.device)
     print(json.dumps(out, indent=2))
