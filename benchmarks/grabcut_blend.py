@@ -16,6 +16,12 @@ Usage::
     python benchmarks/grabcut_blend.py [--ids val] [--n 60] [--render clinic|none] [--fit 0.75]
         [--style none|tight|loose|edges --style-frac F] [--latency-n 20]
 
+    python benchmarks/grabcut_blend.py --combine clinic.json none.json   # the default's rule
+
+``--combine``: the rule of ``default_calibration.py`` over the cells (render x RECIST kind)
+of earlier outputs, order ``blend_then_fit`` (what the Predictor does): among the weights
+whose Dice change against 0 is ``>= -0.001`` in every cell, the best mean change.
+
 ``--style``: the annotation style of ``finetune_gain.py`` (the expert masks and their
 RECIST as another clinic draws them). ``--latency-n``: also the median ms of one
 ``Predictor.segment`` (one lesion, the model's own calibration) with ``grabcut_blend``
@@ -95,6 +101,30 @@ def latency(predictor, stems: list[str], render: str, seed: int, blend: float = 
     return {k: round(float(np.median(v)), 1) for k, v in times.items()} | {"n": len(stems)}
 
 
+def combine(paths: list[str], tol: float = 0.001) -> dict:
+    """The default's rule (module notes) over the cells of earlier outputs (outputs of
+    one render on other ids, e.g. ``--skip 0`` and ``--skip 100``: weighted by their n)."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        n = int(d["ids"].split(", ")[1].split(" ")[0])
+        for kind in ("exact", "jittered"):
+            key = f"{d['render']}/{kind}"
+            sums[key] = sums.get(key, 0.0) + n * np.asarray(d[kind]["blend_then_fit"])
+            counts[key] = counts.get(key, 0) + n
+    cells = {k: v / counts[k] - v[0] / counts[k] for k, v in sums.items()}
+    blends = d["blends"]
+    delta = np.stack(list(cells.values()))
+    ok = delta.min(axis=0) >= -tol
+    score = np.where(ok, delta.mean(axis=0), -np.inf)
+    best = int(np.argmax(score))
+    return {"cells": {k: [round(float(x), 4) for x in v] for k, v in cells.items()}, "blends": blends,
+            "mean": [round(float(x), 4) for x in delta.mean(axis=0)],
+            "worst": [round(float(x), 4) for x in delta.min(axis=0)],
+            "chosen": blends[best] if score[best] > 0 else 0.0}
+
+
 def main(argv: list[str] | None = None) -> dict:
     from napari_recist_seg.grabcut_blend import BLENDS
     from napari_recist_seg.recist import RecistError
@@ -110,8 +140,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--style", default="none")
     ap.add_argument("--style-frac", type=float, default=0.03)
     ap.add_argument("--latency-n", type=int, default=0)
+    ap.add_argument("--combine", nargs="+", default=None, help="earlier outputs: the default's rule")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    if args.combine:
+        out = {"benchmark": "grabcut_blend", "combine": args.combine, **combine(args.combine)}
+        print(json.dumps(out, indent=2))
+        return out
 
     import cv2
     import torch

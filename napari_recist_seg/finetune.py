@@ -90,7 +90,7 @@ class FineTuneConfig:
     calibration : str
         Which knobs it may move, joined by ``+``: ``"offset"`` (boundary offset),
         ``"fit"`` (RECIST fit), ``"bias"`` (logit bias), ``"blend"`` (GrabCut blend);
-        default ``"offset+fit"``; ``"both"`` = ``"bias+offset"``, ``"all"`` = the four.
+        default ``"offset+fit+blend"``; ``"both"`` = ``"bias+offset"``, ``"all"`` = the four.
     batch_size : int
         Crops per step, curated + replay.
     replay_fraction : float
@@ -108,7 +108,7 @@ class FineTuneConfig:
     encoder_lr_scale: float = 0.1
     steps: int = 0
     calibrate: bool = True
-    calibration: str = "offset+fit"
+    calibration: str = "offset+fit+blend"
     batch_size: int = 8
     replay_fraction: float = 0.5
     replay_target: str = "teacher"

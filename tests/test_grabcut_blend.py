@@ -157,3 +157,38 @@ def test_calibrate_chooses_grabcut_where_it_is_right_and_not_where_it_is_wrong(m
     start = calibrate(p, _cases("whole"), biases=(0.0,), offsets=(0.0,), fits=(0.0,), shrink=0.0)
     assert start.calibration == replace(start.calibration, grabcut_blend=1.0) and start.applied
     assert p.grabcut_blend == 0.5
+
+
+def test_cli_fine_tune_stores_a_blend_when_the_curated_masks_follow_grabcut(
+        trained_ckpt, trained_eval_stems, isic_dir, tmp_path, capsys):
+    from napari_recist_seg.cli import main
+
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "masks").mkdir()
+    rows = ["image,lesion,slice,long_x1,long_y1,long_x2,long_y2,short_x1,short_y1,short_x2,short_y2"]
+    n = 0
+    for stem in trained_eval_stems:
+        img = np.asarray(Image.open(isic_dir / "images" / f"{stem}.jpg").convert("RGB"))
+        r = recist_from_mask(np.asarray(Image.open(isic_dir / "masks" / f"{stem}_segmentation.png")) > 0)
+        gc = grabcut_of(img, r)  # a clinic whose outlines are GrabCut's from its RECIST
+        if gc is None:
+            continue
+        r = recist_from_mask(gc)
+        shutil.copy(isic_dir / "images" / f"{stem}.jpg", ds / "images")
+        Image.fromarray(gc.astype(np.uint8) * 255).save(ds / "masks" / f"{stem}_segmentation.png")
+        (a, b), (c, d) = r.long_axis, r.short_axis
+        rows.append(f"{stem}.jpg,1,,{a[1]},{a[0]},{b[1]},{b[0]},{c[1]},{c[0]},{d[1]},{d[0]}")
+        n += 1
+        if n == 4:
+            break
+    (ds / "recist.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "ft"
+    code = main(["train", str(ds), "--init", str(trained_ckpt), "--curated", str(ds / "masks"),
+                 "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "GrabCut blend" in err, err
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert model["grabcut_blend"] > 0, err
+    assert Predictor.load(out, device="cpu").grabcut_blend == model["grabcut_blend"]
