@@ -5,8 +5,8 @@ kind (exact / jittered): the default model's refined mask (its calibration off),
 from the RECIST on the lesion's crop (:func:`napari_recist_seg.grabcut_blend.grabcut_of`),
 and their blends ``w`` in :data:`~napari_recist_seg.grabcut_blend.BLENDS`, each with the
 RECIST fit ``--fit`` applied in two orders: ``blend_then_fit`` (the fit measured on
-the blended outline; what the Predictor does) and ``fit_then_blend`` (the model's
-outline fitted, then blended), plus the blends without a fit. Printed: mean Dice per
+the blended outline) and ``fit_then_blend`` (the model's outline fitted, then blended:
+what the Predictor does), plus the blends without a fit. Printed: mean Dice per
 (order, w), the per-lesion oracle over ``w`` (an upper bound: how much a perfect
 per-lesion choice would give), GrabCut's fallback share and its median ms per lesion
 (the crop's GrabCut alone, 1 thread).
@@ -19,7 +19,7 @@ Usage::
     python benchmarks/grabcut_blend.py --combine clinic.json none.json   # the default's rule
 
 ``--combine``: the rule of ``default_calibration.py`` over the cells (render x RECIST kind)
-of earlier outputs, order ``blend_then_fit`` (what the Predictor does): among the weights
+of earlier outputs, order ``fit_then_blend`` (what the Predictor does): among the weights
 whose Dice change against 0 is ``>= -0.001`` in every cell, the best mean change.
 
 ``--style``: the annotation style of ``finetune_gain.py`` (the expert masks and their
@@ -73,12 +73,14 @@ def case_rows(predictor, image, gt, r, fit: float) -> tuple[np.ndarray, float, b
         return offset_mask(m, fit * axis_gap(m, local)) if fit and m.any() else m
 
     out = np.zeros((len(ORDERS), len(BLENDS)))
-    m_fit = fitted(res.mask)
+    px = fit * axis_gap(res.mask, local) if fit and res.mask.any() else 0.0
     for j, wt in enumerate(BLENDS):
         b = blend_masks(res.mask, gc, wt, local)
         out[0, j] = _dice(b, g_crop, g_sum)
         out[1, j] = _dice(fitted(b), g_crop, g_sum)
-        out[2, j] = _dice(blend_masks(m_fit, gc, wt, local), g_crop, g_sum)
+        # As refine_result: the model's outline moved by px inside the blend.
+        ftb = offset_mask(res.mask, px) if wt == 0 or gc is None else blend_masks(res.mask, gc, wt, local, shift=px)
+        out[2, j] = _dice(ftb, g_crop, g_sum)
     return out, ms, gc is None
 
 
@@ -111,7 +113,7 @@ def combine(paths: list[str], tol: float = 0.001) -> dict:
         n = int(d["ids"].split(", ")[1].split(" ")[0])
         for kind in ("exact", "jittered"):
             key = f"{d['render']}/{kind}"
-            sums[key] = sums.get(key, 0.0) + n * np.asarray(d[kind]["blend_then_fit"])
+            sums[key] = sums.get(key, 0.0) + n * np.asarray(d[kind]["fit_then_blend"])
             counts[key] = counts.get(key, 0) + n
     cells = {k: v / counts[k] - v[0] / counts[k] for k, v in sums.items()}
     blends = d["blends"]
@@ -174,9 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
     for kind, rows in tables.items():
         t = np.stack(rows)  # (n, orders, blends)
         out[kind] = {o: [round(float(v), 4) for v in t[:, i].mean(axis=0)] for i, o in enumerate(ORDERS)}
-        out[kind]["oracle_blend_then_fit"] = round(float(t[:, 1].max(axis=1).mean()), 4)
-        out[kind]["oracle_model_or_grabcut"] = round(float(t[:, 1][:, [0, -1]].max(axis=1).mean()), 4)
-        out[kind]["grabcut_better_share"] = round(float((t[:, 1, -1] > t[:, 1, 0]).mean()), 3)
+        out[kind]["oracle_fit_then_blend"] = round(float(t[:, 2].max(axis=1).mean()), 4)
+        out[kind]["oracle_model_or_grabcut"] = round(float(t[:, 2][:, [0, -1]].max(axis=1).mean()), 4)
+        out[kind]["grabcut_better_share"] = round(float((t[:, 2, -1] > t[:, 2, 0]).mean()), 3)
     out["grabcut_fell_back_share"] = round(fell / max(1, len(ms)), 3)
     out["grabcut_ms_median"] = round(float(np.median(ms)), 1)
     if lat is not None:

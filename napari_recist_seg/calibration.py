@@ -22,9 +22,9 @@ touching the weights (so nothing can be forgotten):
   none on others); the per-lesion RECIST threshold of ``refine="recist"`` moves in
   steps of 0.1 of probability and leaves part of the gap.
 
-Both outline moves are applied together, after the refinement and the GrabCut blend:
-``boundary_offset x L + recist_fit x gap`` pixels (the gap measured on the blended
-outline). :func:`calibrate` segments the curated images with the starting model once
+Both outline moves are applied together, after the refinement: ``boundary_offset x L
++ recist_fit x gap`` pixels, then the GrabCut blend (of the moved outline's signed
+distance). :func:`calibrate` segments the curated images with the starting model once
 per bias (GrabCut once per lesion) and scores every (bias, blend, fit, offset) against
 the curated masks (a Dice table). The calibration is the setting of best mean Dice, each
 moved from the starting model's own calibration (0 for most checkpoints; the default
@@ -149,47 +149,39 @@ def _dice_at(results: Sequence[Any], gt: np.ndarray, gt_sum: float, fits: Sequen
              offsets: Sequence[float], blends: Sequence[float] = (0.0,),
              gcs: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
     """Dice ``(n_blends, n_fits, n_offsets)`` of the union of the lesions' masks, each
-    blended with its GrabCut mask (``gcs``, crop coordinates; ``None``: none), then its
-    outline moved by ``offset x L + fit x axis gap`` pixels (as
-    :func:`~napari_recist_seg.refine.refine_result` does).
+    outline moved by ``offset x L + fit x axis gap`` pixels, then blended with its
+    GrabCut mask (``gcs``, crop coordinates; ``None``: none), as
+    :func:`~napari_recist_seg.refine.refine_result` does.
 
     Computed inside the window of the crops (nothing is predicted outside it);
     ``gt_sum`` is the curated mask's whole area.
     """
     if not results:
         return np.full((len(blends), len(fits), len(offsets)), 1.0 if gt_sum == 0 else 0.0)
-    local = [res.recist.transformed(res.offset, 1.0) for res in results]
-    gcs = list(gcs) if gcs is not None else [None] * len(results)
-    mixed = any(0 < w < 1 for w in blends)
-    sds = [(signed_distance(res.mask), signed_distance(g)) if mixed and g is not None and res.mask.any()
-           else (None, None) for res, g in zip(results, gcs)]
-    out = np.zeros((len(blends), len(fits), len(offsets)))
-    for a_b, w in enumerate(blends):
-        masks = [blend_masks(res.mask, g, float(w), r, *sd)
-                 for res, g, r, sd in zip(results, gcs, local, sds)]
-        out[a_b] = _moved_dice(results, masks, local, gt, gt_sum, fits, offsets)
-    return out
-
-
-def _moved_dice(results: Sequence[Any], masks: Sequence[np.ndarray], local: Sequence[Recist],
-                gt: np.ndarray, gt_sum: float, fits: Sequence[float], offsets: Sequence[float]) -> np.ndarray:
-    """Dice ``(n_fits, n_offsets)`` of the union of ``masks`` (one per result's crop),
-    each outline moved by ``offset x L + fit x axis gap`` pixels."""
     rows, cols = _window(results)
     g = gt[rows, cols]
-    dist = [_distances(m) if m.any() else None for m in masks]
-    gaps = [axis_gap(m, r) if any(fits) and m.any() else 0.0 for m, r in zip(masks, local)]
-    out = np.zeros((len(fits), len(offsets)))
-    for a_f, fit in enumerate(fits):
-        for a_o, o in enumerate(offsets):
-            pred = np.zeros(g.shape, bool)
-            for r, res, m0, d, gap in zip(local, results, masks, dist, gaps):
-                px = o * r.long_length + (fit * gap if fit else 0.0)
-                m = m0 if d is None or px == 0 else (d[0] <= px if px > 0 else d[1] > -px)
-                a, b = res.offset[0] - rows.start, res.offset[1] - cols.start
-                pred[a:a + m.shape[0], b:b + m.shape[1]] |= m
-            denom = float(pred.sum()) + gt_sum
-            out[a_f, a_o] = 1.0 if denom == 0 else 2.0 * float(np.logical_and(pred, g).sum()) / denom
+    local = [res.recist.transformed(res.offset, 1.0) for res in results]
+    gcs = list(gcs) if gcs is not None else [None] * len(results)
+    dist = [_distances(res.mask) if res.mask.any() else None for res in results]
+    gaps = [axis_gap(res.mask, r) if any(fits) and res.mask.any() else 0.0 for res, r in zip(results, local)]
+    mixed = any(0 < w < 1 for w in blends)
+    sds = [(signed_distance(res.mask), signed_distance(gc)) if mixed and gc is not None and res.mask.any()
+           else (None, None) for res, gc in zip(results, gcs)]
+    out = np.zeros((len(blends), len(fits), len(offsets)))
+    for a_b, w in enumerate(blends):
+        for a_f, fit in enumerate(fits):
+            for a_o, o in enumerate(offsets):
+                pred = np.zeros(g.shape, bool)
+                for r, res, d, gap, gc, sd in zip(local, results, dist, gaps, gcs, sds):
+                    px = o * r.long_length + (fit * gap if fit else 0.0)
+                    if w and gc is not None and d is not None:
+                        m = blend_masks(res.mask, gc, float(w), r, *sd, shift=px)
+                    else:
+                        m = res.mask if d is None or px == 0 else (d[0] <= px if px > 0 else d[1] > -px)
+                    a, b = res.offset[0] - rows.start, res.offset[1] - cols.start
+                    pred[a:a + m.shape[0], b:b + m.shape[1]] |= m
+                denom = float(pred.sum()) + gt_sum
+                out[a_b, a_f, a_o] = 1.0 if denom == 0 else 2.0 * float(np.logical_and(pred, g).sum()) / denom
     return out
 
 

@@ -192,3 +192,21 @@ def test_cli_fine_tune_stores_a_blend_when_the_curated_masks_follow_grabcut(
     model = json.loads((out / "config.json").read_text())["model"]
     assert model["grabcut_blend"] > 0, err
     assert Predictor.load(out, device="cpu").grabcut_blend == model["grabcut_blend"]
+
+
+def test_the_calibration_table_scores_what_the_predictor_gives(make_dark_predictor):
+    from napari_recist_seg.calibration import dice_grid
+
+    p = make_dark_predictor()
+    cases = _cases("whole")[:2]
+    blends, fits, offsets = (0.0, 0.5, 1.0), (0.0, 1.0), (-0.02, 0.0, 0.02)
+    table = dice_grid(p, cases, (0.0,), blends, fits, offsets)
+    for q, w in enumerate(blends):
+        for m, fit in ((0, 0.0), (1, 1.0)):
+            for k, o in ((0, -0.02), (2, 0.02)):
+                p.grabcut_blend, p.recist_fit, p.boundary_offset = w, fit, o
+                for i, c in enumerate(cases):
+                    [res] = p.segment(c.image, c.recists)
+                    got = _dice(res.full_mask(c.image.shape[:2]), c.mask)
+                    assert table[i, 0, q, m, k] == pytest.approx(got, abs=1e-9), (w, fit, o, i)
+    p.grabcut_blend = p.recist_fit = p.boundary_offset = 0.0
