@@ -167,14 +167,18 @@ def _dice_at(results: Sequence[Any], gt: np.ndarray, gt_sum: float, fits: Sequen
     mixed = any(0 < w < 1 for w in blends)
     sds = [(signed_distance(res.mask), signed_distance(gc)) if mixed and gc is not None and res.mask.any()
            else (None, None) for res, gc in zip(results, gcs)]
+    whole = [blend_masks(res.mask, gc, 1.0, r) if 1.0 in blends and gc is not None else None
+             for res, gc, r in zip(results, gcs, local)]  # weight 1: GrabCut's, whatever the move
     out = np.zeros((len(blends), len(fits), len(offsets)))
     for a_b, w in enumerate(blends):
         for a_f, fit in enumerate(fits):
             for a_o, o in enumerate(offsets):
                 pred = np.zeros(g.shape, bool)
-                for r, res, d, gap, gc, sd in zip(local, results, dist, gaps, gcs, sds):
+                for r, res, d, gap, gc, sd, gc1 in zip(local, results, dist, gaps, gcs, sds, whole):
                     px = o * r.long_length + (fit * gap if fit else 0.0)
-                    if w and gc is not None and d is not None:
+                    if w == 1 and gc1 is not None and d is not None:
+                        m = gc1
+                    elif w and gc is not None and d is not None:
                         m = blend_masks(res.mask, gc, float(w), r, *sd, shift=px)
                     else:
                         m = res.mask if d is None or px == 0 else (d[0] <= px if px > 0 else d[1] > -px)
