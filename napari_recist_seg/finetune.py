@@ -27,8 +27,8 @@ on top of the calibration below, -0.002 (no style) / +0.0035 (tight style, small
 fifths -0.005 to -0.008). So the default is ``steps=0``: the starting weights, and
 
 - a calibration to the clinic's annotation style (``calibrate``, default on):
-  :func:`napari_recist_seg.calibration.calibrate` on the curated images (default knobs
-  ``"offset+fit"``: a boundary offset in units of the long axis and a RECIST fit, the
+  :func:`napari_recist_seg.calibration.calibrate` on the curated images (knobs
+  ``"offset+fit"`` in the figures below: a boundary offset in units of the long axis and a RECIST fit, the
   outline moved per lesion by a fraction of the gap between its measured axes and the
   drawn RECIST; leave-one-image-out checked, shrunk for small sets), stored in the
   checkpoint's config. Proxy, 120 held-out images, two curated splits, exact RECIST:
@@ -36,6 +36,11 @@ fifths -0.005 to -0.008). So the default is ``steps=0``: the starting weights, a
   1.08x over-segmentation) +0.017 / +0.017, loose +0.013 / +0.011; no lesion-size
   fifth below +0.002 (the offset alone: 0 / 0, +0.004 / +0.002, +0.008 / +0.002,
   +0.009 / +0.009); see docs/RESULTS.md. It cannot forget: the weights are the starting model's.
+  The knobs now include ``"blend"`` (the GrabCut blend of
+  :mod:`~napari_recist_seg.grabcut_blend`: on one real clinic GrabCut from the RECIST
+  beat the model, on the proxy the model beats GrabCut, so the clinic's curated images
+  choose; default knobs ``"offset+fit+blend"``). A fine-tuned model whose blend is
+  above 0 runs GrabCut on every lesion (tens of ms per lesion at 768 x 576).
 
 :func:`fine_tune` takes :class:`~napari_recist_seg.training.TrainSample` and writes a
 normal checkpoint (same format) plus ``train_log.json``.
