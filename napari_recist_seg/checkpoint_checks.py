@@ -11,8 +11,8 @@ allocation, a network access or, worst, a model that loads and gives empty masks
 - every model setting has its type and a sane range (:func:`model_config_problem`):
   ``decoder_channels`` 8..1024, ``input_size`` 16..1024 and a multiple of the encoder
   output stride, ``threshold`` strictly between 0 and 1, the optional calibration
-  ``logit_bias`` in [-4, 4], ``boundary_offset`` in [-0.2, 0.2] and ``recist_fit`` in
-  [0, 2], finite ``mean``, ``std > 0``,
+  ``logit_bias`` in [-4, 4], ``boundary_offset`` in [-0.2, 0.2], ``recist_fit`` in
+  [0, 2] and ``grabcut_blend`` in [0, 1], finite ``mean``, ``std > 0``,
   and an ``encoder`` that builds offline (a segmentation-models-pytorch encoder or
   ``tu-<timm model>``; never ``tu-hf-hub:...``, which fetches code from the network);
 - the weights file is a plain name inside the checkpoint folder (:func:`weights_path`);
@@ -187,6 +187,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                         f"a number in [-{MAX_BOUNDARY_OFFSET:g}, {MAX_BOUNDARY_OFFSET:g}] (fraction of the long axis)"),
     "recist_fit": (lambda v: _is_real(v) and 0 <= v <= MAX_RECIST_FIT,
                    f"a number in [0, {MAX_RECIST_FIT:g}] (fraction of the axis gap)"),
+    "grabcut_blend": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1] (GrabCut's weight)"),
     "input_size": _int_in(16, MAX_INPUT_SIZE),
     "crop_factor": (lambda v: _is_real(v) and 0 < v <= 100, "a number in (0, 100]"),
     "min_crop": _int_in(2, 65536),

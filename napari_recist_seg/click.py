@@ -116,14 +116,15 @@ def segment_click(
     A calibration's ``recist_fit`` (the shipped default has 0.75) is off here: it
     fits the outline to a *drawn* RECIST, and a click has none (fitting each
     candidate to its circle, and each round to its own measured RECIST, lost 0.024 Dice
-    on 40 val ids of the clinic proxy);
-    ``logit_bias`` and ``boundary_offset`` (the clinic's style) apply.
+    on 40 val ids of the clinic proxy); so is ``grabcut_blend`` (GrabCut is seeded by a
+    drawn RECIST's ellipse, a candidate's circle is not one, and it would run on every
+    candidate); ``logit_bias`` and ``boundary_offset`` (the clinic's style) apply.
     """
-    if getattr(predictor, "recist_fit", 0.0):
+    if getattr(predictor, "recist_fit", 0.0) or getattr(predictor, "grabcut_blend", 0.0):
         # A shallow copy (same network session): the shared predictor is never changed,
         # so another thread segmenting RECIST meanwhile keeps its fit.
         predictor = copy.copy(predictor)
-        predictor.recist_fit = 0.0
+        predictor.recist_fit = predictor.grabcut_blend = 0.0
     return _segment_click(predictor, image, point, slice_index, spacing, scales, refine, rounds)
 
 

@@ -63,14 +63,16 @@ class ModelConfig:
         DeepLabV3+ decoder width, encoder output stride (8 or 16), dropout of the head.
     threshold : float
         Probability above which a pixel is lesion.
-    logit_bias, boundary_offset, recist_fit : float
+    logit_bias, boundary_offset, recist_fit, grabcut_blend : float
         Calibration to a clinic's annotation style, learned from its curated masks
         (:mod:`napari_recist_seg.calibration`; 0 = none, the default, and what every
         checkpoint without the keys gets): ``logit_bias`` is added to the network's
         logits before the threshold, ``boundary_offset`` moves the final mask's
         outline outwards (> 0) or inwards by that fraction of the RECIST long axis,
         ``recist_fit`` moves it by that fraction of the gap between the mask's
-        measured axes and the drawn ones (:func:`~napari_recist_seg.refine.axis_gap`).
+        measured axes and the drawn ones (:func:`~napari_recist_seg.refine.axis_gap`),
+        ``grabcut_blend`` (0..1) blends the refined mask with GrabCut from the same
+        RECIST before the outline moves (:mod:`~napari_recist_seg.grabcut_blend`).
     input_size, crop_factor, min_crop, recist_channel, pad_mode, ct_window, mean, std
         The crop rule; see :class:`~napari_recist_seg.preprocess.PreprocessConfig`.
     """
@@ -86,6 +88,7 @@ class ModelConfig:
     logit_bias: float = 0.0
     boundary_offset: float = 0.0
     recist_fit: float = 0.0
+    grabcut_blend: float = 0.0
     input_size: int = 128
     crop_factor: float = 2.0
     min_crop: int = 32

@@ -128,8 +128,8 @@ class Predictor:
         self.preprocess = config.preprocess
         self.threshold = float(getattr(config, "threshold", 0.5))
         #: Calibration to a clinic's style (napari_recist_seg.calibration): logits + bias, outline moved.
-        self.logit_bias, self.boundary_offset, self.recist_fit = (
-            float(getattr(config, k, 0.0)) for k in ("logit_bias", "boundary_offset", "recist_fit"))
+        self.logit_bias, self.boundary_offset, self.recist_fit, self.grabcut_blend = (float(getattr(
+            config, k, 0.0)) for k in ("logit_bias", "boundary_offset", "recist_fit", "grabcut_blend"))
         # Post-processing of the probability (napari_recist_seg.refine.METHODS).
         self.refine = DEFAULT_REFINE
         self.upsample = DEFAULT_UPSAMPLE  # edge-aware: napari_recist_seg.upsample
@@ -347,7 +347,7 @@ class Predictor:
 
     @property
     def _refines(self) -> bool:  # True: _refined replaces (and measures) a non-empty mask
-        return self.refine != "none" or bool(self.boundary_offset or self.recist_fit)
+        return self.refine != "none" or bool(self.boundary_offset or self.recist_fit or self.grabcut_blend)
 
     def _refined(self, res: LesionResult, plane: np.ndarray, postprocess: bool) -> LesionResult:
         """Apply ``self.refine`` (a :mod:`~napari_recist_seg.refine` method), then the outline moves."""
@@ -356,7 +356,8 @@ class Predictor:
         from napari_recist_seg.refine import refine_result
 
         return refine_result(res, plane, self.refine, threshold=self.threshold, postprocess=postprocess,
-                             boundary_offset=self.boundary_offset, recist_fit=self.recist_fit)
+                             boundary_offset=self.boundary_offset, recist_fit=self.recist_fit,
+                             grabcut_blend=self.grabcut_blend)
 
     def _modality(self, image: np.ndarray, given: str | None) -> str | None:
         """What the intensity rule needs for ``image``: the given modality, else the

@@ -31,6 +31,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from napari_recist_seg.grabcut_blend import blend_masks, grabcut_of
 from napari_recist_seg.postprocess import measure_mask, postprocess_mask
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
 from napari_recist_seg.recist_geometry import _component_axes, _long_axis
@@ -382,11 +383,12 @@ def refine_mask(
 
 def refine_result(res: Any, plane: np.ndarray, method: str, *, threshold: float = 0.5,
                   boundary_offset: float = 0.0, recist_fit: float = 0.0,
-                  postprocess: bool = False) -> Any:
+                  grabcut_blend: float = 0.0, postprocess: bool = False) -> Any:
     """A :class:`~napari_recist_seg.postprocess.LesionResult` refined by ``method``, its
     outline then moved by ``boundary_offset`` x the long axis + ``recist_fit`` x
-    :func:`axis_gap` pixels (:func:`offset_mask`, the calibration), then post-processed;
-    measured again.
+    :func:`axis_gap` pixels (:func:`offset_mask`) and blended with GrabCut from its
+    RECIST by ``grabcut_blend`` (:func:`~napari_recist_seg.grabcut_blend.blend_masks`;
+    these three are the calibration), then post-processed; measured again.
 
     ``plane`` is the image plane the result's offset refers to.
     """
@@ -394,9 +396,11 @@ def refine_result(res: Any, plane: np.ndarray, method: str, *, threshold: float 
     local = res.recist.transformed(res.offset, 1.0)
     crop = plane[r0 : r0 + h, c0 : c0 + w]
     mask = refine_mask(method, res.probability, local, crop, threshold=threshold)
-    if (boundary_offset or recist_fit) and mask.any():
+    if (boundary_offset or recist_fit or grabcut_blend) and mask.any():
         px = boundary_offset * local.long_length
-        mask = offset_mask(mask, px + recist_fit * axis_gap(mask, local) if recist_fit else px)
+        px = px + recist_fit * axis_gap(mask, local) if recist_fit else px
+        gc = grabcut_of(crop, local) if grabcut_blend else None
+        mask = offset_mask(mask, px) if gc is None else blend_masks(mask, gc, grabcut_blend, local, shift=px)
     if postprocess and mask.any():
         mask = postprocess_mask(mask, local)
     if res.measured is not None and mask.shape == res.mask.shape and np.array_equal(mask, res.mask):

@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "targets": 2,  # re-exports ellipse and grabcut
     "ellipse": 2,
     "grabcut": 2,
+    "grabcut_blend": 2,  # the model's mask blended with GrabCut (the calibration's knob)
     "metrics": 2,
     "model": 2,  # re-exports network and checkpoint
     "network": 2,
