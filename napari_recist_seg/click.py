@@ -40,6 +40,10 @@ CLICK_SELECT_ROUND = 2
 #: over two rounds of six chains the two-sided contrast wins (ids val 120:200).
 CLICK_RING_ONLY = False
 CLICK_SHIFT_WEIGHT = 0.0
+#: A chain whose mask covers more than this fraction of the image plane is chosen only
+#: when every chain does (a mask that big found no lesion border; ``click_check``
+#: refuses results over half the image).
+CLICK_AREA_LIMIT = 0.6
 #: The iteration has converged when no endpoint of the measured RECIST moved by more
 #: than this fraction of its long axis.
 CLICK_RECIST_TOLERANCE = 0.02
@@ -74,9 +78,11 @@ def segment_click(
     follows the lesion's real shape rather than a circle, and a chain started a
     little small grows towards the lesion's outline round by round). The chain
     whose last mask stands out most from its ring (two-sided contrast,
-    :data:`CLICK_RING_ONLY` off) wins; its RECIST is segmented again, one crop a
-    round, up to ``rounds`` rounds in all, until its :func:`recist_shift` falls
-    below :data:`CLICK_RECIST_TOLERANCE`; the last round is returned. On 80
+    :data:`CLICK_RING_ONLY` off) wins (one covering more than
+    :data:`CLICK_AREA_LIMIT` of the image only when all do); its RECIST is
+    segmented again, one crop a round, up to ``rounds`` rounds in all, until its
+    :func:`recist_shift` falls below :data:`CLICK_RECIST_TOLERANCE`; the last round
+    is returned. On 80
     fresh validation ids of the 3x re-rendered clinic proxy and at 256 px this
     rule lifted click Dice over the one-round ring-only rule (``docs/RESULTS.md``,
     issue 10 click chains).
@@ -261,6 +267,8 @@ def _chain_rounds(
     feats, origin = _feature_window(
         predictor, plane, [r for _, r in chains], max(2, int(round(0.1 * longest)))
     )
+    limit_px = CLICK_AREA_LIMIT * plane.shape[0] * plane.shape[1]
+    chains = [pr for pr in chains if pr[1].mask.sum() <= limit_px] or chains
     prompt, best = max(chains, key=lambda pr: _chain_score(feats, origin, *pr))
     for _ in range(rounds - min(rounds, CLICK_SELECT_ROUND)):
         if prompt is not None and recist_shift(prompt, best.measured) < CLICK_RECIST_TOLERANCE:
