@@ -2,14 +2,17 @@
 
 Each rule picks one chain per click from the recorded figures and returns the Dice of
 the round it would stop at; the figures are the ones ``segment_click`` computes, so a
-rule here gives the Dice ``segment_click`` gives with that rule (checked equal per case
-for the shipped rule on 12 val ids x 2 clicks at 256 px). Rules:
+rule here gives the Dice ``segment_click`` would give with that rule (checked equal per
+case for ``chains``, as implemented in ``click.py`` at commit 1ee348f of branch
+issue-10click, on 12 val ids x 2 clicks at 256 px). Rules:
 
-- ``round1_ring``: the issue-10fr rule (4 best candidates by contrast, one round judged
-  by ring-only contrast, then rounds while the shift shrinks, most self-consistent kept);
-- ``chains``: the shipped rule (:mod:`napari_recist_seg.click`: 6 chains, two rounds,
-  two-sided contrast, masks over ``--area-limit`` of the image only when all are,
-  run on to ``--rounds`` while the shift is >= 0.02);
+- ``round1_ring``: the shipped issue-10fr rule, emulated (4 best candidates by
+  contrast, one round judged by ring-only contrast, then rounds while the shift
+  shrinks, most self-consistent kept);
+- ``chains``: measured, not shipped (it lost on the test proxy's centre clicks;
+  ``docs/RESULTS.md``): 6 chains, two batched rounds, two-sided contrast, masks over
+  ``--area-limit`` of the image only when all are, run on to ``--rounds`` while the
+  shift is >= 0.02;
 - ``oracle_r4`` / ``oracle_any``: the best chain after 4 rounds / the best step seen.
 
 Usage::
