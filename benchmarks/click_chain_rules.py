@@ -6,7 +6,8 @@ rule here gives the Dice ``segment_click`` would give with that rule (checked eq
 case for ``chains``, as implemented in ``click.py`` at commit 1ee348f of branch
 issue-10click, on 12 val ids x 2 clicks at 256 px). Rules:
 
-- ``round1_ring``: the shipped issue-10fr rule, emulated (4 best candidates by
+- ``round1_ring``: the shipped issue-10fr rule (equal per case to ``segment_click``
+  on 10 val ids x 2 clicks at 256 px; 4 best candidates by
   contrast, one round judged by ring-only contrast, then rounds while the shift
   shrinks, most self-consistent kept);
 - ``chains``: measured, not shipped (it lost on the test proxy's centre clicks;
