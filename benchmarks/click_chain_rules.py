@@ -85,14 +85,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("files", nargs="+")
     parser.add_argument("--area-limit", type=float, default=0.6)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--render", default="clinic", help="for a partial file (no 'render')")
     args = parser.parse_args(argv)
     out = {}
     for f in args.files:
         d = json.loads(open(f).read())
-        pixels = {"clinic": 576 * 768, "none": 256 * 256, "hires": 960 * 1280}[d["render"]]
+        render = d.get("render", args.render)
+        pixels = {"clinic": 576 * 768, "none": 256 * 256, "hires": 960 * 1280}[render]
         for kind in ("exact", "jittered"):
             cs = [c[kind] for c in d["cases"]]
-            out[f"{d['render']} {d['ids']} {kind}"] = {
+            out[f"{render} {d.get('ids', f)} {kind}"] = {
                 "n": len(cs),
                 "round1_ring": round(float(np.mean([round1_ring(c) for c in cs])), 4),
                 "chains": round(float(np.mean([chains_rule(c, pixels, area_limit=args.area_limit,
