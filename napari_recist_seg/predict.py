@@ -57,8 +57,7 @@ __all__ = ["DEFAULT_MODEL_DIR", "LesionResult", "Predictor", "click_scales", "po
 
 #: Where the default model ships inside the package.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
-#: Refinement a Predictor applies by default (see napari_recist_seg.refine; chosen on
-#: the validation ids of the default model's split with benchmarks/proxy_shift.py).
+#: Default refinement (napari_recist_seg.refine; chosen on val ids with benchmarks/proxy_shift.py).
 DEFAULT_REFINE = "recist"
 #: Probability upsampling before the threshold (napari_recist_seg.upsample.METHODS).
 DEFAULT_UPSAMPLE = "none"
