@@ -443,6 +443,14 @@ def test_click_outside_the_image_or_on_nothing_is_an_error(make_dark_predictor):
         predictor.segment_click(image, (190, 230))  # bright skin only
 
 
+def _assert_recist_inside(res: LesionResult, full: np.ndarray) -> None:
+    """The click's measured RECIST (long-axis endpoints, crossing) lies on its own mask."""
+    for r, c in np.round(res.recist.long_axis).astype(int):
+        assert full[r, c]
+    cr, cc = np.round(res.recist.crossing).astype(int)
+    assert full[cr, cc]
+
+
 def test_click_with_the_trained_model_finds_the_lesion(trained, trained_eval_stems, dice):
     # The small test model (32 px, 8 epochs) is weak and its weights differ at float level
     # between CPUs (it is trained in the session): one image's Dice moved 0.6 -> 0.51 on
@@ -455,10 +463,7 @@ def test_click_with_the_trained_model_finds_the_lesion(trained, trained_eval_ste
         assert isinstance(res, LesionResult)
         full = res.full_mask(image.shape)
         assert (full & mask).sum() >= 0.8 * mask.sum(), stem
-        for r, c in np.round(res.recist.long_axis).astype(int):
-            assert full[r, c]
-        cr, cc = np.round(res.recist.crossing).astype(int)
-        assert full[cr, cc]
+        _assert_recist_inside(res, full)
         dices.append(dice(full, mask))
     assert np.mean(dices) > 0.7, dices
 
@@ -500,10 +505,7 @@ def test_default_model_click_recist_lies_inside_the_mask(default_predictor, dice
         point = np.unravel_index(int(np.argmax(dist)), mask.shape)  # deep inside
         res = default_predictor.segment_click(image, point)
         full = res.full_mask(image.shape)
-        for r, c in np.round(res.recist.long_axis).astype(int):
-            assert full[r, c]
-        cr, cc = np.round(res.recist.crossing).astype(int)
-        assert full[cr, cc]
+        _assert_recist_inside(res, full)
         dices.append(dice(full, mask))
     assert np.mean(dices) > 0.7, dices
 
