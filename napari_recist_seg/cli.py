@@ -158,7 +158,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="crops per step (default 16)")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="share of images held out for model selection (default 0.1)")
-    p.add_argument("--init", type=Path, default=None, help="fine-tune from this checkpoint")
+    p.add_argument("--init", type=Path, default=None,
+                   help="fine-tune from this checkpoint ('default': the shipped default model)")
     p.add_argument("--curated", type=Path, default=None,
                    help="folder of curated full masks to fine-tune on (with --init)")
     p.add_argument("--lr", type=float, default=None,

@@ -195,3 +195,36 @@ def test_a_starting_calibration_is_kept_when_the_curated_images_choose_none(isic
     assert log["calibration"]["applied"] is False
     model = json.loads((out / "config.json").read_text())["model"]
     assert model["recist_fit"] == 0.75 and model["boundary_offset"] == -0.005
+
+
+def test_init_default_names_the_shipped_model_unless_a_folder_of_that_name_is_here(
+        isic_dir, tmp_path, monkeypatch):
+    from napari_recist_seg import finetune
+    from napari_recist_seg.cli import build_parser
+    from napari_recist_seg.jobs.train import run_train
+    from napari_recist_seg.predict import DEFAULT_MODEL_DIR
+
+    ds = tmp_path / "ds"
+    (ds / "images").mkdir(parents=True)
+    (ds / "masks").mkdir()
+    for stem in STEMS[:2]:
+        Image.open(isic_dir / "images" / f"{stem}.jpg").save(ds / "images" / f"{stem}.jpg")
+        Image.open(isic_dir / "masks" / f"{stem}_segmentation.png").save(ds / "masks" / f"{stem}_segmentation.png")
+    seen = []
+
+    def fake(samples, init, out, cfg, **kw):
+        seen.append(Path(init))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(finetune, "fine_tune", fake)
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", str(ds), "--out", str(tmp_path / "o"), "--init", "default", "--curated", str(ds / "masks")]
+    from napari_recist_seg.jobs.common import InputError
+
+    with pytest.raises(InputError, match="stop here"):
+        run_train(build_parser().parse_args(argv))
+    assert seen[-1].resolve() == DEFAULT_MODEL_DIR.resolve()
+    (tmp_path / "default").mkdir()  # the user's own folder called "default" wins
+    with pytest.raises(InputError, match="stop here"):
+        run_train(build_parser().parse_args(argv))
+    assert seen[-1] == Path("default")

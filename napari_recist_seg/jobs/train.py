@@ -22,6 +22,7 @@ from typing import Any
 from napari_recist_seg.checkpoint_checks import model_config_problem
 from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
 from napari_recist_seg.data.masks import MASK_SUFFIXES, mask_suffix
+from napari_recist_seg.predict import DEFAULT_MODEL_DIR
 from napari_recist_seg.jobs.common import (
     CancelToken,
     InputError,
@@ -136,6 +137,18 @@ def _check_train_config(cfg: Any) -> None:
         raise InputError(f"invalid model settings: {problem}")
 
 
+def resolve_init(init: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
+    """``"default"`` (when no such folder is here) names the model shipped in the package,
+    so a pip user can fine-tune it without knowing where site-packages is.
+
+    >>> resolve_init("default").name, resolve_init(None)
+    ('default', None)
+    """
+    if init is not None and str(init) == "default" and not Path(init).exists():
+        return DEFAULT_MODEL_DIR
+    return init
+
+
 def train_from_dataset(
     dataset: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -171,6 +184,7 @@ def train_from_dataset(
     cfg = train_config if train_config is not None else TrainConfig()
     if curated is not None and init is None:
         raise InputError("--curated needs --init (fine-tuning starts from a trained model)")
+    init = resolve_init(init)
     if init is not None and not Path(init).exists():
         raise InputError(f"checkpoint {init} does not exist")
     dataset = Path(dataset)
