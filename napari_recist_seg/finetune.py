@@ -35,7 +35,9 @@ fifths -0.005 to -0.008). So the default is ``steps=0``: the starting weights, a
   no style +0.005 / +0.005, tight (3% of L) +0.009 / +0.011, tight 4% (the issue's
   1.08x over-segmentation) +0.017 / +0.017, loose +0.013 / +0.011; no lesion-size
   fifth below +0.002 (the offset alone: 0 / 0, +0.004 / +0.002, +0.008 / +0.002,
-  +0.009 / +0.009); see docs/RESULTS.md. It cannot forget: the weights are the starting model's.
+  +0.009 / +0.009); see docs/RESULTS.md. It cannot forget: the weights are the starting model's. Such a fine-tune stores them as
+the start stored them and takes over the start's checked float and INT8 graphs
+(:func:`~napari_recist_seg.quantize.carry_int8_graph`): CPU inference stays INT8.
   The knobs now include ``"blend"`` (the GrabCut blend of
   :mod:`~napari_recist_seg.grabcut_blend`: on one real clinic GrabCut from the RECIST
   beat the model, on the proxy the model beats GrabCut, so the clinic's curated images
@@ -67,6 +69,7 @@ from napari_recist_seg.model import load_checkpoint, resolve_device, save_checkp
 from napari_recist_seg.predict import Predictor
 from napari_recist_seg.preprocess import CropBox, crop_box, extract_crop, make_input
 from napari_recist_seg.progress import CancelToken, ProgressCallback, ProgressTracker
+from napari_recist_seg.quantize import carry_int8_graph
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
 # training loads torch at import; this module is itself imported only to fine-tune.
 from napari_recist_seg.training import TRAIN_LOG, TrainResult, TrainSample
@@ -383,7 +386,12 @@ def fine_tune(
                "steps_run": len(losses), **({"extra": extra} if extra else {})}
     if report is not None:
         summary["calibration"] = report.to_dict()
-    checkpoint = None if cancelled else save_checkpoint(out, model, mcfg, clusters, summary)
+    # The starting weights (no step run) are saved as they were stored (float16 or not),
+    # so the start's checked float and INT8 graphs hold for them.
+    half = not losses and _stored_half(init_checkpoint)
+    checkpoint = None if cancelled else save_checkpoint(out, model, mcfg, clusters, summary, half=half)
+    if checkpoint is not None and not losses:
+        carry_int8_graph(init_checkpoint, out)
     wall = time.perf_counter() - t0
     log = {"status": "cancelled" if cancelled else "finished", "kind": "finetune", **summary,
            "loss_per_20_steps": [round(float(np.mean(losses[i:i + 20])), 4) for i in range(0, len(losses), 20)],
@@ -394,6 +402,14 @@ def fine_tune(
                        n_train=len(cur) + len(rep), n_val=0,
                        n_clusters=clusters.k if clusters is not None else 0, failures=failures,
                        notes=report.summary().splitlines() if report is not None else [])
+
+
+def _stored_half(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint folder stores its weights as float16."""
+    try:
+        return json.loads((Path(checkpoint) / "config.json").read_text()).get("weights_dtype") == "float16"
+    except (OSError, ValueError):
+        return False
 
 
 def _calibration(model: Any, mcfg: Any, clusters: Any, start: str | Path | None, cur: list[_Item],

@@ -39,7 +39,8 @@ from napari_recist_seg import graph as graph_io
 from napari_recist_seg import runtime
 from napari_recist_seg.data.atomic import atomic_write_text
 
-__all__ = ["MIN_MASK_DICE", "add_int8_graph", "build_int8_graph", "int8_mask_dice", "read_int8_graph"]
+__all__ = ["MIN_MASK_DICE", "add_int8_graph", "build_int8_graph", "carry_int8_graph", "int8_mask_dice",
+           "read_int8_graph"]
 
 logger = logging.getLogger(__name__)
 
@@ -190,3 +191,37 @@ def read_int8_graph(folder: Path, doc: Mapping[str, Any]) -> bytes | None:
         logger.warning("%s: the INT8 graph belongs to another model; using the float graph", path)
         return None
     return graph_io.read_verified(path, doc.get("int8_graph_sha256"), "INT8 graph", "using the float graph")
+
+
+def carry_int8_graph(start: str | Path, folder: str | Path) -> str | None:
+    """Give ``folder`` the float and INT8 graphs of ``start`` when it holds the same weights.
+
+    A fine-tune that keeps the starting weights (calibration only) saves them again
+    (same sha256) but exports its own float graph, whose bytes may differ (another
+    exporter version) and which has no INT8 graph. The start's two graphs, checked
+    against these very weights when they were made, are valid for it: with them CPU
+    inference runs INT8 and gives the start's masks (plus the new calibration).
+    Anything else (other weights, a missing or corrupt graph) changes nothing.
+    Returns the INT8 file name carried, or ``None``.
+    """
+    src, dst = Path(start), Path(folder)
+    try:
+        start_doc = json.loads((src / "config.json").read_text())
+        doc = json.loads((dst / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not doc.get("weights_sha256") or start_doc.get("weights_sha256") != doc["weights_sha256"]:
+        return None
+    graph, int8 = graph_io.read_graph(src, start_doc), read_int8_graph(src, start_doc)
+    if graph is None or int8 is None:  # (logged by the readers)
+        return None
+    old_graph = doc.get("graph")
+    g_name, g_sha = graph_io.write_graph(dst, graph)
+    name, sha = graph_io.write_graph(dst, int8, prefix=INT8_PREFIX)
+    doc.update(graph=g_name, graph_sha256=g_sha, graph_weights_sha256=doc["weights_sha256"],
+               int8_graph=name, int8_graph_sha256=sha, int8_graph_of=g_sha)
+    atomic_write_text(dst / "config.json", json.dumps(doc, indent=2, allow_nan=False))
+    if old_graph and old_graph != g_name:  # unreferenced now
+        with contextlib.suppress(OSError):
+            (dst / Path(str(old_graph)).name).unlink()
+    return name

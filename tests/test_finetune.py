@@ -228,3 +228,31 @@ def test_init_default_names_the_shipped_model_unless_a_folder_of_that_name_is_he
     with pytest.raises(InputError, match="stop here"):
         run_train(build_parser().parse_args(argv))
     assert seen[-1] == Path("default")
+
+
+def test_a_calibration_only_fine_tune_of_the_default_keeps_its_int8_graph(isic_dir, tmp_path):
+    # The fine-tuned folder holds the same float graph as the default (same weights):
+    # the default's checked INT8 graph is valid for it, so CPU inference stays INT8.
+    import json
+
+    from napari_recist_seg.predict import DEFAULT_MODEL_DIR, Predictor
+
+    start = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    if not start.get("int8_graph"):
+        pytest.skip("the default model has no INT8 graph")
+    img, gt = _real(isic_dir, STEMS[0])
+    out = tmp_path / "ft"
+    res = fine_tune([TrainSample(image=img, recist=recist_from_mask(gt), curated_mask=gt, name=STEMS[0])],
+                    DEFAULT_MODEL_DIR, out, FineTuneConfig(steps=0, device="cpu"))
+    assert res.checkpoint is not None
+    doc = json.loads((out / "config.json").read_text())
+    assert doc["weights_sha256"] == start["weights_sha256"] and doc["graph_sha256"] == start["graph_sha256"]
+    assert doc["int8_graph_sha256"] == start["int8_graph_sha256"] and doc["int8_graph_of"] == doc["graph_sha256"]
+    assert sorted(f.name for f in out.glob("*.onnx")) == sorted([doc["graph"], doc["int8_graph"]])
+    r = recist_from_mask(gt)
+    # precision "int8" refuses a folder without a valid INT8 graph (one-line error).
+    tuned = Predictor.load(out, device="cpu", precision="int8")
+    default = Predictor.load(None, device="cpu", precision="int8")
+    for knob in ("logit_bias", "boundary_offset", "recist_fit", "grabcut_blend"):
+        setattr(default, knob, getattr(tuned, knob))  # the fine-tune's calibration on both
+    np.testing.assert_array_equal(tuned.segment(img, [r])[0].mask, default.segment(img, [r])[0].mask)
