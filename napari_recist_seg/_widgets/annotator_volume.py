@@ -64,13 +64,13 @@ class VolumeMixin:
     def make_volumes(self, ids: list[int] | None = None) -> list[int]:
         """Propagate committed lesions through the volume now, 3D mode or not (the dock's
         "Make 3D": lesions committed before "3D lesion" was ticked). ``None`` or ``[]``:
-        every committed lesion that is not 3D yet. Returns the ids queued."""
+        every committed lesion that is not 3D yet. A lesion that is 3D already is left as
+        it is (its label may hold hand edits on other slices). Returns the ids queued."""
         if self.ndim != 3:
             return []
         lesions = self.session.lesions
-        if not ids:
-            ids = [i for i, les in lesions.items() if les.committed and les.volume is None]
-        queued = [i for i in ids if i in lesions and lesions[i].committed]
+        ids = ids or list(lesions)
+        queued = [i for i in ids if i in lesions and lesions[i].committed and lesions[i].volume is None]
         for lesion_id in queued:
             lesions[lesion_id].want_volume = True
             self._after_mask(lesion_id)
@@ -287,6 +287,9 @@ class RadiologyDockMixin:
         queued = b.make_volumes(selected)
         if queued:
             self._say(f"{b.name}: 3D propagation of lesion(s) {', '.join(map(str, queued))}")
+        elif selected and all(b.session.lesions[i].volume is not None for i in selected
+                              if i in b.session.lesions):
+            self._say("Make 3D: the selected lesion(s) are 3D already", warn=True)
         elif selected:
             self._say("Make 3D: commit the selected lesion(s) first", warn=True)
         else:

@@ -207,3 +207,9 @@ def test_make_3d_propagates_a_lesion_committed_before_3d_was_ticked(make_napari_
     zs = np.flatnonzero((np.asarray(b.labels.data) == 1).any(axis=(1, 2)))
     assert len(zs) > 1 and 4 in zs
     assert b.session.lesions[1].volume["volume_voxels"] == int((np.asarray(b.labels.data) == 1).sum())
+    # A 3D lesion is not propagated again (its label may hold edits on other slices).
+    before = np.asarray(b.labels.data).copy()
+    widget.select_lesion(1)
+    widget.make_volumes()
+    assert "3D already" in widget.last_message and b._volume_worker is None
+    np.testing.assert_array_equal(np.asarray(b.labels.data), before)
