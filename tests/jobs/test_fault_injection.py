@@ -1,7 +1,7 @@
 """Fault injection on ``recist-seg segment`` in a subprocess (issue 12): kill -9 and
 SIGTERM at random points, then a full disk (a 1 MiB tmpfs); each time a re-run must
 give exactly the outputs of a clean run (every mask, every measurements.csv row),
-exit 0, and no temporary file may be left. 20 real ISIC images, a tiny A1 model."""
+exit 0, and no temporary file may be left. 60 real ISIC images, a tiny A1 model."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-N_IMAGES = 20
+# enough images that two interruptions a few masks apart cannot both miss the run: the
+# pipelined job writes a chunk of 8 masks in a few ms, faster than the 5 ms polling below
+N_IMAGES = 60
 
 
 @pytest.fixture(scope="module")
