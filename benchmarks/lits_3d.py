@@ -78,7 +78,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 DATA = ROOT.parent / "shared" / "data" / "lits_case117"
 PROXIES = ("ct", "ct_thick2", "ct_thick3", "ct_noisy", "mr_t1", "mr_t2", "mr_t2_thick3",
-           "mr_flair_thick3", "mr_t1c", "ct_hyper")
+           "mr_flair_thick3", "mr_t1c", "ct_hyper", "ct_thick5", "mr_flair_thick5")
 
 from lits_3d_rules import GRIDS, LegacyRules, evaluate, grid_rules  # noqa: E402
 
@@ -127,7 +127,7 @@ def _mr(vol: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
 
 def make_proxy(name: str, ct: np.ndarray, labels: np.ndarray):
     """``(volume, labels, spacing, modality)`` of one proxy."""
-    if name in ("ct_thick2", "ct_thick3"):
+    if name in ("ct_thick2", "ct_thick3", "ct_thick5"):
         k = int(name[-1])
         v, lab = _thick(ct, labels, k)
         return v, lab, (float(k), 1.0, 1.0), "ct"
@@ -140,9 +140,10 @@ def make_proxy(name: str, ct: np.ndarray, labels: np.ndarray):
         return hyper, labels, (1.0, 1.0, 1.0), "ct"
     if name in _MR:
         return _mr(ct, name), labels, (1.0, 1.0, 1.0), "grey"
-    if name in ("mr_t2_thick3", "mr_flair_thick3"):
-        v, lab = _thick(ct, labels, 3)
-        return _mr(v, name.split("_thick")[0]), lab, (3.0, 1.0, 1.0), "grey"
+    if name in ("mr_t2_thick3", "mr_flair_thick3", "mr_flair_thick5"):
+        k = int(name[-1])
+        v, lab = _thick(ct, labels, k)
+        return _mr(v, name.split("_thick")[0]), lab, (float(k), 1.0, 1.0), "grey"
     return ct.astype(np.float32), labels, (1.0, 1.0, 1.0), "ct"
 
 
@@ -171,7 +172,8 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
     """Seed, context and the two capped walks of every tumour of one proxy."""
     from napari_recist_seg.polarity import lesion_contrast, lesion_polarity
     from napari_recist_seg.propagate_intensity import _axis_error
-    from napari_recist_seg.propagate import intensity_refiner, predictor_segmenter, seed_context, trace
+    from napari_recist_seg.propagate import (intensity_prompter, intensity_refiner,
+                                             predictor_segmenter, seed_context, trace)
 
     vol, lab, spacing, modality = make_proxy(name, ct, labels)
     blend = _blend(args)
@@ -186,16 +188,18 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
         seg = predictor_segmenter(pred, vol, modality=modality, polarity=pol)
         seed = seg(z, tum["recist"])
         ctx = seed_context(seed, spacing=spacing, image=vol, z0=z)
-        refine = None
+        refine = prompter = None
         if blend is not None:  # as propagate_lesion does with the drawn RECIST
             seed = blend.seed(vol[z], seed, tum["recist"], ctx.band, ctx.shift_px)
             ctx = replace(ctx, area0=int(seed.sum()))
             refine = intensity_refiner(vol, ctx, blend)
+            prompter = intensity_prompter(vol, ctx, blend)
         walks = []
         for step, end in ((-1, z_lo), (+1, z_hi)):
             cap = abs(end - z) + args.cap
             walks.append(list(trace(vol.shape[0], z, step, seed, seg, image=vol, max_steps=cap,
-                                    refine=refine)))
+                                    refine=refine, extrapolate=args.extrapolate,
+                                    prompt_mask=prompter, repass=args.repass)))
         gt = tum["mask3d"]
         rows.append({
             "id": tum["id"], "z": z, "ctx": ctx, "gt_voxels": int(gt.sum()), "polarity": pol,
@@ -219,7 +223,8 @@ def _blend(args):
 
     if args.no_blend:
         return None
-    return IntensityBlend(level=args.level, weight=args.weight,
+    return IntensityBlend(level=args.level, weight=args.weight, reach=args.reach,
+                          reach_px_max=args.reach_px_max, prompt_weight=args.prompt_weight,
                           seed_weight=None if args.no_seed_blend else IntensityBlend().seed_weight)
 
 
@@ -227,7 +232,7 @@ def _trace_key(args) -> tuple:
     """What the traces depend on (a cache of other settings is not re-used)."""
     # "steps v2": steps carry seed_overlap (older caches would replay that rule as off)
     return ("steps v3", args.min_slices, args.min_area, args.cap, args.fold, repr(_blend(args)),
-            args.polarity)
+            args.polarity, args.extrapolate, args.repass)
 
 
 def _strip(step):
@@ -281,6 +286,15 @@ def main() -> None:
                     help="the RECIST slice keeps the model's mask (IntensityBlend.seed_weight None)")
     ap.add_argument("--level", type=float, default=None, help="IntensityBlend.level (default: the library's)")
     ap.add_argument("--weight", type=float, default=None, help="IntensityBlend.weight (default: the library's)")
+    ap.add_argument("--extrapolate", type=float, default=None,
+                    help="trace(extrapolate=): prompts scaled by the last step's change (lower bound)")
+    ap.add_argument("--repass", action="store_true",
+                    help="trace(repass=True): each off-slice segmented twice, re-prompted from its mask")
+    ap.add_argument("--prompt-weight", type=float, default=None,
+                    help="IntensityBlend.prompt_weight (off-slice prompts from the region; default off)")
+    ap.add_argument("--reach", type=float, default=None, help="IntensityBlend.reach (default: the library's)")
+    ap.add_argument("--reach-px-max", type=float, default=None,
+                    help="IntensityBlend.reach_px_max (default: the library's)")
     ap.add_argument("--polarity", choices=("auto", "dark", "bright"), default="auto",
                     help="lesion polarity mode (napari_recist_seg.polarity; dark = never invert)")
     ap.add_argument("--fold", type=int, choices=(0, 1), default=None,
@@ -298,6 +312,9 @@ def main() -> None:
 
     args.level = IntensityBlend().level if args.level is None else args.level
     args.weight = IntensityBlend().weight if args.weight is None else args.weight
+    args.reach = IntensityBlend().reach if args.reach is None else args.reach
+    if args.reach_px_max is None:
+        args.reach_px_max = IntensityBlend().reach_px_max
     if args.write_recist or args.score_labels or args.write_proxy:
         return cli_check(args)
     from napari_recist_seg.propagate import StopRules

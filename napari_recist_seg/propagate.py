@@ -78,6 +78,7 @@ __all__ = [
     "SliceStep",
     "StopRules",
     "first_stop",
+    "intensity_prompter",
     "intensity_refiner",
     "predictor_segmenter",
     "propagate_lesion",
@@ -89,6 +90,8 @@ __all__ = [
 SliceSegmenter = Callable[[int, Recist], np.ndarray]
 #: refine(z, mask, prev) -> the slice's mask corrected with what the walk knows.
 SliceRefiner = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+#: prompt_mask(z, prev) -> the mask whose RECIST prompts slice z.
+SlicePrompter = Callable[[int, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -248,24 +251,30 @@ def seed_context(
 def trace(
     n_slices: int, z0: int, step: int, seed: np.ndarray, segment: SliceSegmenter, *,
     image: np.ndarray | None = None, max_steps: int | None = None,
-    refine: SliceRefiner | None = None,
+    refine: SliceRefiner | None = None, extrapolate: float | None = None,
+    prompt_mask: SlicePrompter | None = None, repass: bool = False,
 ) -> Iterator[SliceStep]:
     """Walk from ``z0`` in direction ``step`` (+1 / -1) until nothing is segmented.
 
-    Each slice is prompted from the previous slice's mask, its mask corrected by
-    ``refine(z, mask, prev)`` when given (e.g. :func:`intensity_refiner`); no stop rule
-    is applied (see :func:`first_stop`).
+    Each slice is prompted from the previous slice's mask (or from
+    ``prompt_mask(z, prev)`` when given and not empty, e.g. :func:`intensity_prompter`),
+    its mask corrected by ``refine(z, mask, prev)`` when given (e.g.
+    :func:`intensity_refiner`); no stop rule is applied (see :func:`first_stop`). With
+    ``extrapolate`` (a lower bound on the factor), the prompt's axes are scaled by the
+    last step's change of the mask's equivalent radius (``sqrt(area / previous
+    area)``, at most 1). With ``repass`` the slice is segmented a second time, prompted
+    from its first mask.
     """
     seed = np.asarray(seed, bool)
     prev, z, n = seed, z0 + step, 0
+    before: int | None = None
     while 0 <= z < n_slices and (max_steps is None or n < max_steps):
-        try:
-            prompt = recist_from_mask(prev, slice_index=z)
-        except (RecistError, ValueError):
+        m = _slice_mask(z, prev, before, segment, refine, extrapolate, prompt_mask)
+        if repass and m is not None and m.any():
+            m = _slice_mask(z, m, None, segment, refine, None, None, prev=prev)
+        if m is None:
             return
-        m = np.asarray(segment(z, prompt), bool)
-        if refine is not None:
-            m = np.asarray(refine(z, m, prev), bool)
+        before = int(prev.sum())
         m = _keep_connected(m, prev)
         area = int(m.sum())
         if area == 0:
@@ -274,6 +283,35 @@ def trace(
         yield SliceStep(z, m, area, int(prev.sum()), int((m & prev).sum()), mean,
                         int((m & seed).sum()))
         prev, z, n = m, z + step, n + 1
+
+
+def _slice_mask(z: int, src: np.ndarray, before: int | None, segment: SliceSegmenter,
+                refine: SliceRefiner | None, extrapolate: float | None,
+                prompt_mask: SlicePrompter | None, prev: np.ndarray | None = None,
+                ) -> np.ndarray | None:
+    """One slice's mask prompted from ``src`` (``None``: no RECIST can be measured)."""
+    prev = src if prev is None else prev
+    pm = prompt_mask(z, src) if prompt_mask is not None else None
+    try:
+        prompt = recist_from_mask(pm if pm is not None and pm.sum() >= 4 else src, slice_index=z)
+    except (RecistError, ValueError):
+        return None
+    if extrapolate is not None and before:
+        prompt = _scaled(prompt, max(extrapolate, min(1.0, math.sqrt(src.sum() / before))))
+    m = np.asarray(segment(z, prompt), bool)
+    if refine is not None:
+        m = np.asarray(refine(z, m, prev), bool)
+    return m
+
+
+def _scaled(r: Recist, f: float) -> Recist:
+    """``r`` with both axes scaled by ``f`` about their midpoints."""
+    if f >= 1.0:
+        return r
+    def scale(seg: np.ndarray) -> np.ndarray:
+        mid = seg.mean(axis=0)
+        return mid + f * (seg - mid)
+    return replace(r, long_axis=scale(r.long_axis), short_axis=scale(r.short_axis))
 
 
 def intensity_refiner(image: np.ndarray, ctx: SeedContext,
@@ -289,6 +327,21 @@ def intensity_refiner(image: np.ndarray, ctx: SeedContext,
         return blend.apply(image[z], mask, prev, band, shift)
 
     return refine
+
+
+def intensity_prompter(image: np.ndarray, ctx: SeedContext,
+                       blend: IntensityBlend | None = None) -> SlicePrompter | None:
+    """The :data:`SlicePrompter` of :meth:`IntensityBlend.prompt` on ``image`` (``None``
+    without an intensity band or with ``blend.prompt_weight`` ``None``)."""
+    blend = blend or IntensityBlend()
+    if ctx.band is None or blend.prompt_weight is None:
+        return None
+    band, shift = ctx.band, ctx.shift_px
+
+    def prompt(z: int, prev: np.ndarray) -> np.ndarray:
+        return blend.prompt(image[z], prev, band, shift)
+
+    return prompt
 
 
 def first_stop(
@@ -367,9 +420,11 @@ def propagate_lesion(
         out[z0] = seed
         ctx = replace(ctx, area0=int(seed.sum()))
     refine = intensity_refiner(image, ctx, blend) if image is not None and blend else None
+    prompter = intensity_prompter(image, ctx, blend) if image is not None and blend else None
     ends, stops = [z0, z0], ["", ""]
     for i, step in enumerate((-1, +1)):
-        walk = trace(shape[0], z0, step, seed, segment, image=image, refine=refine)
+        walk = trace(shape[0], z0, step, seed, segment, image=image, refine=refine,
+                     prompt_mask=prompter)
         kept, why = first_stop(walk, ctx, rules)
         for s in kept:
             out[s.z] = s.mask
