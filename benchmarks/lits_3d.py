@@ -198,8 +198,7 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
         for step, end in ((-1, z_lo), (+1, z_hi)):
             cap = abs(end - z) + args.cap
             walks.append(list(trace(vol.shape[0], z, step, seed, seg, image=vol, max_steps=cap,
-                                    refine=refine, extrapolate=args.extrapolate,
-                                    prompt_mask=prompter, repass=args.repass)))
+                                    refine=refine, prompt_mask=prompter)))
         gt = tum["mask3d"]
         rows.append({
             "id": tum["id"], "z": z, "ctx": ctx, "gt_voxels": int(gt.sum()), "polarity": pol,
@@ -224,7 +223,7 @@ def _blend(args):
     if args.no_blend:
         return None
     return IntensityBlend(level=args.level, weight=args.weight, reach=args.reach,
-                          reach_px_max=args.reach_px_max, prompt_weight=args.prompt_weight,
+                          prompt_weight=args.prompt_weight,
                           seed_weight=None if args.no_seed_blend else IntensityBlend().seed_weight)
 
 
@@ -232,7 +231,7 @@ def _trace_key(args) -> tuple:
     """What the traces depend on (a cache of other settings is not re-used)."""
     # "steps v2": steps carry seed_overlap (older caches would replay that rule as off)
     return ("steps v3", args.min_slices, args.min_area, args.cap, args.fold, repr(_blend(args)),
-            args.polarity, args.extrapolate, args.repass)
+            args.polarity)
 
 
 def _strip(step):
@@ -286,15 +285,10 @@ def main() -> None:
                     help="the RECIST slice keeps the model's mask (IntensityBlend.seed_weight None)")
     ap.add_argument("--level", type=float, default=None, help="IntensityBlend.level (default: the library's)")
     ap.add_argument("--weight", type=float, default=None, help="IntensityBlend.weight (default: the library's)")
-    ap.add_argument("--extrapolate", type=float, default=None,
-                    help="trace(extrapolate=): prompts scaled by the last step's change (lower bound)")
-    ap.add_argument("--repass", action="store_true",
-                    help="trace(repass=True): each off-slice segmented twice, re-prompted from its mask")
     ap.add_argument("--prompt-weight", type=float, default=None,
-                    help="IntensityBlend.prompt_weight (off-slice prompts from the region; default off)")
+                    help="IntensityBlend.prompt_weight (off-slice prompts from the region, times 1 - 1 / "
+                         "(slice spacing / pixel); default: the library's, off)")
     ap.add_argument("--reach", type=float, default=None, help="IntensityBlend.reach (default: the library's)")
-    ap.add_argument("--reach-px-max", type=float, default=None,
-                    help="IntensityBlend.reach_px_max (default: the library's)")
     ap.add_argument("--polarity", choices=("auto", "dark", "bright"), default="auto",
                     help="lesion polarity mode (napari_recist_seg.polarity; dark = never invert)")
     ap.add_argument("--fold", type=int, choices=(0, 1), default=None,
@@ -313,8 +307,6 @@ def main() -> None:
     args.level = IntensityBlend().level if args.level is None else args.level
     args.weight = IntensityBlend().weight if args.weight is None else args.weight
     args.reach = IntensityBlend().reach if args.reach is None else args.reach
-    if args.reach_px_max is None:
-        args.reach_px_max = IntensityBlend().reach_px_max
     if args.write_recist or args.score_labels or args.write_proxy:
         return cli_check(args)
     from napari_recist_seg.propagate import StopRules

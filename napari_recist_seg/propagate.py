@@ -41,6 +41,10 @@ positive. Where no lesion-like pixel is left next to the previous mask, the lesi
 ended. On the RECIST slice the model's mask gives way to its blend with the region
 only when that matches the drawn RECIST's axes better (``propagate_lesion(recist=)``).
 On the LiTS case and its proxies this lifts the 3D Dice by 0.03-0.15 (docs/RESULTS.md).
+On thick slices the model, prompted with the previous (larger) cross-section's RECIST,
+over-segments most; ``IntensityBlend(prompt_weight=)`` prompts each slice from the
+previous mask blended with that slice's intensity region instead, weighted by the
+slice thickness (off by default, :func:`intensity_prompter`).
 
 The walk itself (:func:`trace`) only ends when nothing is segmented; the rules decide
 where the lesion ends, so a benchmark can replay one trace under many rules
@@ -251,30 +255,21 @@ def seed_context(
 def trace(
     n_slices: int, z0: int, step: int, seed: np.ndarray, segment: SliceSegmenter, *,
     image: np.ndarray | None = None, max_steps: int | None = None,
-    refine: SliceRefiner | None = None, extrapolate: float | None = None,
-    prompt_mask: SlicePrompter | None = None, repass: bool = False,
+    refine: SliceRefiner | None = None, prompt_mask: SlicePrompter | None = None,
 ) -> Iterator[SliceStep]:
     """Walk from ``z0`` in direction ``step`` (+1 / -1) until nothing is segmented.
 
     Each slice is prompted from the previous slice's mask (or from
     ``prompt_mask(z, prev)`` when given and not empty, e.g. :func:`intensity_prompter`),
     its mask corrected by ``refine(z, mask, prev)`` when given (e.g.
-    :func:`intensity_refiner`); no stop rule is applied (see :func:`first_stop`). With
-    ``extrapolate`` (a lower bound on the factor), the prompt's axes are scaled by the
-    last step's change of the mask's equivalent radius (``sqrt(area / previous
-    area)``, at most 1). With ``repass`` the slice is segmented a second time, prompted
-    from its first mask.
+    :func:`intensity_refiner`); no stop rule is applied (see :func:`first_stop`).
     """
     seed = np.asarray(seed, bool)
     prev, z, n = seed, z0 + step, 0
-    before: int | None = None
     while 0 <= z < n_slices and (max_steps is None or n < max_steps):
-        m = _slice_mask(z, prev, before, segment, refine, extrapolate, prompt_mask)
-        if repass and m is not None and m.any():
-            m = _slice_mask(z, m, None, segment, refine, None, None, prev=prev)
+        m = _slice_mask(z, prev, segment, refine, prompt_mask)
         if m is None:
             return
-        before = int(prev.sum())
         m = _keep_connected(m, prev)
         area = int(m.sum())
         if area == 0:
@@ -285,33 +280,20 @@ def trace(
         prev, z, n = m, z + step, n + 1
 
 
-def _slice_mask(z: int, src: np.ndarray, before: int | None, segment: SliceSegmenter,
-                refine: SliceRefiner | None, extrapolate: float | None,
-                prompt_mask: SlicePrompter | None, prev: np.ndarray | None = None,
+def _slice_mask(z: int, prev: np.ndarray, segment: SliceSegmenter,
+                refine: SliceRefiner | None, prompt_mask: SlicePrompter | None,
                 ) -> np.ndarray | None:
-    """One slice's mask prompted from ``src`` (``None``: no RECIST can be measured)."""
-    prev = src if prev is None else prev
-    pm = prompt_mask(z, src) if prompt_mask is not None else None
+    """One slice's mask, prompted from ``prev`` or ``prompt_mask(z, prev)`` when that
+    has at least 4 px (``None``: no RECIST can be measured)."""
+    pm = prompt_mask(z, prev) if prompt_mask is not None else None
     try:
-        prompt = recist_from_mask(pm if pm is not None and pm.sum() >= 4 else src, slice_index=z)
+        prompt = recist_from_mask(pm if pm is not None and pm.sum() >= 4 else prev, slice_index=z)
     except (RecistError, ValueError):
         return None
-    if extrapolate is not None and before:
-        prompt = _scaled(prompt, max(extrapolate, min(1.0, math.sqrt(src.sum() / before))))
     m = np.asarray(segment(z, prompt), bool)
     if refine is not None:
         m = np.asarray(refine(z, m, prev), bool)
     return m
-
-
-def _scaled(r: Recist, f: float) -> Recist:
-    """``r`` with both axes scaled by ``f`` about their midpoints."""
-    if f >= 1.0:
-        return r
-    def scale(seg: np.ndarray) -> np.ndarray:
-        mid = seg.mean(axis=0)
-        return mid + f * (seg - mid)
-    return replace(r, long_axis=scale(r.long_axis), short_axis=scale(r.short_axis))
 
 
 def intensity_refiner(image: np.ndarray, ctx: SeedContext,
