@@ -287,7 +287,7 @@ def main() -> None:
     ap.add_argument("--weight", type=float, default=None, help="IntensityBlend.weight (default: the library's)")
     ap.add_argument("--prompt-weight", type=float, default=None,
                     help="IntensityBlend.prompt_weight (off-slice prompts from the region, times 1 - 1 / "
-                         "(slice spacing / pixel); default: the library's, off)")
+                         "(slice spacing / pixel); default: the library's; -1: off)")
     ap.add_argument("--reach", type=float, default=None, help="IntensityBlend.reach (default: the library's)")
     ap.add_argument("--polarity", choices=("auto", "dark", "bright"), default="auto",
                     help="lesion polarity mode (napari_recist_seg.polarity; dark = never invert)")
@@ -307,6 +307,10 @@ def main() -> None:
     args.level = IntensityBlend().level if args.level is None else args.level
     args.weight = IntensityBlend().weight if args.weight is None else args.weight
     args.reach = IntensityBlend().reach if args.reach is None else args.reach
+    if args.prompt_weight is None:
+        args.prompt_weight = IntensityBlend().prompt_weight
+    elif args.prompt_weight < 0:  # --prompt-weight -1: off (the walk before issue-11thick)
+        args.prompt_weight = None
     if args.write_recist or args.score_labels or args.write_proxy:
         return cli_check(args)
     from napari_recist_seg.propagate import StopRules

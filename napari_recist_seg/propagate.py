@@ -42,9 +42,10 @@ ended. On the RECIST slice the model's mask gives way to its blend with the regi
 only when that matches the drawn RECIST's axes better (``propagate_lesion(recist=)``).
 On the LiTS case and its proxies this lifts the 3D Dice by 0.03-0.15 (docs/RESULTS.md).
 On thick slices the model, prompted with the previous (larger) cross-section's RECIST,
-over-segments most; ``IntensityBlend(prompt_weight=)`` prompts each slice from the
-previous mask blended with that slice's intensity region instead, weighted by the
-slice thickness (off by default, :func:`intensity_prompter`).
+over-segments most (it repeats its prompt's size); each slice is therefore prompted
+from the previous mask blended with that slice's intensity region, never larger than
+the previous mask, weighted by the slice thickness (``IntensityBlend.prompt_weight``,
+:func:`intensity_prompter`; nothing changes on isotropic voxels).
 
 The walk itself (:func:`trace`) only ends when nothing is segmented; the rules decide
 where the lesion ends, so a benchmark can replay one trace under many rules

@@ -97,12 +97,12 @@ class IntensityBlend:
         (noise, Rician MR background).
     prompt_weight : float or None
         Off the RECIST slice, the model is prompted with the RECIST of the previous
-        mask blended with this slice's intensity region (:meth:`prompt`), the region
-        weighted by this times ``1 - 1 / shift_px`` (0 on isotropic voxels, 2/3 of it
-        for slices three pixels apart; a thick slice has moved further from the
-        previous one); ``None`` (the default): the previous mask's RECIST. 1.5 was
-        chosen on the even LiTS tumours over every proxy and lifts thick-slice proxies,
-        but costs one (``ct_thick5``) 0.008, so it is not the default (docs/RESULTS.md).
+        mask blended with this slice's intensity region (:meth:`prompt`, never larger
+        than the previous mask), the region weighted by this times ``1 - 1 / shift_px``
+        (0 on isotropic voxels, 2/3 of it for slices three pixels apart: a thick slice
+        has moved further from the previous one, and the model repeats its prompt's
+        size); ``None``: the previous mask's RECIST. 0.75 was chosen on the even LiTS
+        tumours over every proxy (docs/RESULTS.md, branch issue-11thick).
     seed_weight : float or None
         On the RECIST slice: the model's mask blended with the region (within twice
         the reach) at this weight is kept instead of the model's when its measured
@@ -114,7 +114,7 @@ class IntensityBlend:
     reach: float = 1.0
     sigma: float = 1.0
     seed_weight: float | None = 2.0
-    prompt_weight: float | None = None
+    prompt_weight: float | None = 0.75
 
     def region(self, plane: np.ndarray, prev: np.ndarray, band: IntensityBand,
                shift_px: float, reach: float | None = None) -> np.ndarray:
@@ -149,15 +149,16 @@ class IntensityBlend:
     def prompt(self, plane: np.ndarray, prev: np.ndarray, band: IntensityBand,
                shift_px: float) -> np.ndarray:
         """The mask whose RECIST prompts this slice: ``prev`` blended with the slice's
-        intensity region at :attr:`prompt_weight` scaled by ``1 - 1 / shift_px``
-        (``prev`` without a weight, on isotropic voxels or without a region)."""
+        intensity region at :attr:`prompt_weight` scaled by ``1 - 1 / shift_px``, within
+        ``prev`` (``prev`` without a weight, on isotropic voxels or without a region)."""
         weight = 0.0 if self.prompt_weight is None else self.prompt_weight * _thick(shift_px)
         if weight <= 0.0 or not prev.any():
             return prev
         region = self.region(plane, prev, band, shift_px)
         if not region.any():
             return prev
-        return _blend(prev, region, weight)
+        # never larger than prev: the RECIST slice is the largest cross-section
+        return _blend(prev, region, weight) & prev
 
     def seed(self, plane: np.ndarray, mask: np.ndarray, recist: Recist,
              band: IntensityBand, shift_px: float) -> np.ndarray:

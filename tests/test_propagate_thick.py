@@ -3,8 +3,8 @@ stand-in for the model that repeats the size of its prompt (what the shipped mod
 does off the RECIST slice), so a prompt measured on the previous, larger
 cross-section over-segments. Prompting from the previous mask blended with the
 slice's intensity region (``IntensityBlend.prompt_weight``, scaled by the slice
-thickness; measured, not the default) follows the shrinking lesion; on isotropic
-voxels nothing changes."""
+thickness; the default) follows the shrinking lesion; on isotropic voxels nothing
+changes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from napari_recist_seg.ellipse import ellipse_mask
 from napari_recist_seg.propagate import IntensityBlend, propagate_lesion
 from napari_recist_seg.recist import recist_from_mask
 
-THICK = IntensityBlend(prompt_weight=1.5)  # the value chosen on fold 0 (docs/RESULTS.md)
+THICK = IntensityBlend()  # prompt_weight 0.75, chosen on fold 0 (docs/RESULTS.md)
 SEMI = (14.0, 16.0, 12.0)  # the ellipsoid's semi-axes in mm (z, row, col), 1 mm pixels
 
 
@@ -53,7 +53,7 @@ def test_thick_slices_prompt_follows_the_shrinking_lesion(dz):
     old, d_old, extent = _run(dz, IntensityBlend(prompt_weight=None))
     new, d_new, _ = _run(dz, THICK)
     assert new.z_range == extent  # the lesion's slice extent, exactly
-    assert d_new > d_old + 0.015  # prompted from the previous mask only, it over-segments
+    assert d_new > d_old + 0.01  # prompted from the previous mask only, it over-segments
     assert d_new > 0.92
     # every off-slice mask is no larger than the one the old prompt gave
     assert all(new.mask[z].sum() <= old.mask[z].sum() for z in range(*extent))
@@ -77,3 +77,19 @@ def test_prompt_weight_follows_the_slice_thickness():
     areas = [int(blend.prompt(plane, prev, band, s).sum()) for s in (2.0, 3.0, 5.0)]
     assert areas[0] < prev.sum() and areas == sorted(areas, reverse=True)
     assert areas[-1] > (plane > 650).sum()  # a blend: between the two, never past the region
+
+
+def test_prompt_never_grows_past_the_previous_mask():
+    # The next slice's lesion-like region reaches beyond the previous mask (a bright
+    # neighbour touching it): the prompt may shrink, never grow (the RECIST slice is
+    # the largest cross-section; a mask that grows is stopped by the growth rule).
+    from napari_recist_seg.propagate_intensity import IntensityBand
+
+    yy, xx = np.mgrid[:60, :60]
+    prev = (yy - 30) ** 2 + (xx - 30) ** 2 <= 64
+    bright = ((yy - 30) ** 2 + (xx - 30) ** 2 <= 36) | ((yy - 30) ** 2 + (xx - 39) ** 2 <= 16)
+    plane = np.where(bright, 900.0, 400.0)
+    band = IntensityBand(inside=900.0, outside=400.0, sigma=10.0)
+    out = THICK.prompt(plane, prev, band, 5.0)
+    assert out.any() and not (out & ~prev).any()
+    assert out.sum() < prev.sum()
