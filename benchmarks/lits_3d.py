@@ -29,6 +29,9 @@ Proxies of scanners we do not have (``--proxies``), all made from case 117:
 - ``mr_t1c``: breast-like fat-saturated contrast T1 on thin slices: fat and fluid
   dark, the tumour strongly enhancing (about 1.6x the liver), a one-sided
   surface-coil fall-off across the rows, Rician noise.
+- ``ct_thick5`` / ``mr_flair_thick5``: the mean of 5 consecutive slices (spacing 5 px,
+  25 slices, 10 tumours spanning >= 3 of them), as CT and as the FLAIR remap: nearer
+  the issue's 6.5 mm brain MR than ``thick3``.
 
 - ``ct_hyper``: CT with hyperdense tumours, a remap of the HU: 30..95 HU (the
   tumours) -> 170..235 HU, the liver (100..160 HU) and everything else kept (a
