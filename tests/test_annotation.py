@@ -523,6 +523,7 @@ def test_the_annotator_loads_the_default_model_with_flip4_tta():
         pytest.skip("the default model is not installed")
     seg = ann.load_segmenter("default", device="cpu")
     assert seg.tta == ann.segmenters.ANNOTATOR_TTA == "flip4"
+    assert ann.segmenter_name(seg) == "default model (A1+L, resnet18, flip4 TTA)"  # the dock says so
     samples = Path(__file__).resolve().parents[1] / "napari_recist_seg" / "sample_data"
     image = read_image(samples / "ISIC_0000021.jpg").array
     h, w = image.shape[:2]

@@ -175,7 +175,7 @@ def segmenter_device(segmenter: Any) -> str:
 
 
 def segmenter_name(segmenter: Any) -> str:
-    """A short description: ``"default model (A1+L, resnet18)"``, ``"Ellipse (no model)"``..."""
+    """A short description: ``"default model (A1+L, resnet18, flip4 TTA)"``, ``"Ellipse (no model)"``..."""
     name = getattr(segmenter, "name", None)
     if isinstance(name, str) and name:
         return name
@@ -184,6 +184,8 @@ def segmenter_name(segmenter: Any) -> str:
     if config is not None and hasattr(config, "mode"):
         mode = {"a1": "A1", "a1l": "A1+L"}.get(str(config.mode), str(config.mode))
         what = f"{mode}, {getattr(config, 'encoder', '?')}"
+        tta = getattr(segmenter, "tta", "none")
+        what += f", {tta} TTA" if tta not in ("none", False, None) else ""
         try:
             is_default = path is not None and Path(path).resolve() == Path(DEFAULT_MODEL_DIR).resolve()
         except Exception:  # noqa: BLE001 - a description must never fail
