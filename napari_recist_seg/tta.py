@@ -42,6 +42,9 @@ _FLIPS = {
     "flip4": ((False, False), (False, True), (True, False), (True, True)),
 }
 
+# Up to this many crops (lesions x views) go to the network in one call.
+_ONE_CALL_MAX = 32
+
 Runner = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
 
 
@@ -65,17 +68,21 @@ def _flip(a: np.ndarray, rows: bool, cols: bool, row_axis: int) -> np.ndarray:
 
 def flip_average(runner: Runner, x: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
     """``runner``'s segmentation ``(N, S, S)`` and cluster logits ``(N, K)`` (or ``None``)
-    for the batch ``x`` ``(N, C, S, S)``, averaged over the flips of ``mode``."""
-    seg_sum: np.ndarray | None = None
-    aux_sum: np.ndarray | None = None
+    for the batch ``x`` ``(N, C, S, S)``, averaged over the flips of ``mode``.
+
+    Small batches (the annotator's one lesion) send all views in one call: one batch of
+    4 runs faster than 4 batches of 1 on a multi-core CPU."""
     flips = _FLIPS[resolve_tta(mode)]
-    for rows, cols in flips:
-        seg, aux = runner(_flip(x, rows, cols, 2))
-        seg = _flip(seg, rows, cols, 1).astype(np.float32, copy=False)
-        seg_sum = seg if seg_sum is None else seg_sum + seg
-        if aux is not None:
-            aux_sum = aux if aux_sum is None else aux_sum + aux
-    assert seg_sum is not None
     if len(flips) == 1:
-        return seg_sum, aux_sum
-    return seg_sum / len(flips), None if aux_sum is None else aux_sum / len(flips)
+        return runner(x)
+    if len(x) * len(flips) <= _ONE_CALL_MAX:
+        seg_all, aux_all = runner(np.concatenate([_flip(x, r, c, 2) for r, c in flips]))
+        outs = [(seg_all[k * len(x):(k + 1) * len(x)],
+                 None if aux_all is None else aux_all[k * len(x):(k + 1) * len(x)])
+                for k in range(len(flips))]
+    else:
+        outs = [runner(_flip(x, r, c, 2)) for r, c in flips]
+    seg_sum = sum(_flip(np.asarray(seg, np.float32), r, c, 1) for (r, c), (seg, _) in zip(flips, outs))
+    aux = [a for _, a in outs]
+    aux_mean = None if aux[0] is None else sum(np.asarray(a) for a in aux) / len(flips)
+    return seg_sum / len(flips), aux_mean

@@ -286,6 +286,9 @@ def test_tta_flip4_is_the_mean_over_the_four_mirrors_and_up_down_equivariant(tra
     # the mean over a flip group is invariant to flipping the input within it
     up_down, _ = tiny._forward(np.ascontiguousarray(x[:, :, ::-1]), 1, tta="flip4")
     np.testing.assert_allclose(up_down[:, ::-1], got, atol=1e-4)
+    # a batch too big for one call (9 lesions x 4 views > 32): the same mean per lesion
+    many, _ = tiny._forward(np.repeat(x, 9, axis=0), 32, tta="flip4")
+    np.testing.assert_allclose(many, np.repeat(got, 9, axis=0), atol=1e-4)
     with pytest.raises(ValueError, match="choose one of none, flip, flip4"):
         tiny.segment(grey, [Recist([[50, 60], [90.5, 60]], [[70, 50], [70, 70]])], tta="flip8")
 
