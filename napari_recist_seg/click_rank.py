@@ -26,7 +26,6 @@ from napari_recist_seg.click import (
     _border_leak,
     _click_features,
     _holds,
-    _region_contrast,
     click_candidates,
     recist_shift,
 )
@@ -109,9 +108,17 @@ def choose_step(table: np.ndarray, weights: Mapping[str, float] | None = None) -
     return int(np.argmax(np.asarray(table, dtype=float) @ coef))
 
 
-def _ring_band(feats: np.ndarray, mask: np.ndarray, offset: tuple[int, int], width: int) -> tuple[float, float]:
-    """``(ring, band)``: mean difference inside vs the ``width`` px ring over the ring's
-    spread; the band just inside the outline vs the ring over both spreads."""
+def _stats(win: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, float]:
+    """Mean vector and summed-variance spread (``sqrt(sum var)``) of ``win`` on ``where``."""
+    mean, sd = cv2.meanStdDev(win, mask=where.astype(np.uint8))
+    return mean.ravel(), float(np.sqrt((sd.ravel() ** 2).sum()))
+
+
+def _contrasts(feats: np.ndarray, mask: np.ndarray, offset: tuple[int, int], width: int) -> dict[str, float]:
+    """How a mask stands out from the ``width`` px ring of image around it: ``contrast``
+    (:func:`click._region_contrast`: mean difference over both spreads), ``ring`` (over
+    the ring's spread only) and ``band`` (the band just inside the outline against the
+    ring), in one pass (OpenCV statistics: as fast at 768 px as the network's crops)."""
     fh, fw = feats.shape[:2]
     r0, c0 = offset
     a0, b0 = max(0, r0 - width), max(0, c0 - width)
@@ -121,17 +128,27 @@ def _ring_band(feats: np.ndarray, mask: np.ndarray, offset: tuple[int, int], wid
     sub = mask[max(0, -mr0): local.shape[0] - mr0, max(0, -mc0): local.shape[1] - mc0]
     local[max(0, mr0): max(0, mr0) + sub.shape[0], max(0, mc0): max(0, mc0) + sub.shape[1]] = sub
     inside = local.astype(bool)
-    dout = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, 3)
+    zero = {"contrast": 0.0, "ring": 0.0, "band": 0.0}
+    if not inside.any():
+        return zero
+    win = np.ascontiguousarray(feats[a0:a1, b0:b1])
+    outside = (~inside).astype(np.uint8)
+    precise = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    ring_p = (precise > 0) & (precise <= width)
+    dout = cv2.distanceTransform(outside, cv2.DIST_L2, 3)
     din = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 3)
     ring, band = (dout > 0) & (dout <= width), inside & (din <= width)
-    if not ring.any() or not band.any():
-        return 0.0, 0.0
-    win = feats[a0:a1, b0:b1]
-    fout, fband = win[ring], win[band]
-    sd_out = float(np.sqrt(fout.var(0).sum()))
-    diff = float(np.linalg.norm(win[inside].mean(0) - fout.mean(0)))
-    bdiff = float(np.linalg.norm(fband.mean(0) - fout.mean(0)))
-    return diff / (sd_out + 1e-6), bdiff / (float(np.sqrt(fband.var(0).sum())) + sd_out + 1e-6)
+    m_in, sd_in = _stats(win, inside)
+    out = dict(zero)
+    if ring_p.any():
+        m_rp, sd_rp = _stats(win, ring_p)
+        out["contrast"] = float(np.linalg.norm(m_in - m_rp)) / (sd_rp + sd_in + 1e-6)
+    if ring.any() and band.any():
+        m_out, sd_out = _stats(win, ring)
+        m_band, sd_band = _stats(win, band)
+        out["ring"] = float(np.linalg.norm(m_in - m_out)) / (sd_out + 1e-6)
+        out["band"] = float(np.linalg.norm(m_band - m_out)) / (sd_band + sd_out + 1e-6)
+    return out
 
 
 def outline_confidence(res: LesionResult, width: int) -> float:
@@ -152,11 +169,9 @@ def step_figures(feats: np.ndarray, res: LesionResult, prompt: Any, cfg: Any,
     it was prompted with)."""
     length = float(res.measured.long_length)
     width = max(2, int(round(0.1 * length)))
-    ring, band = _ring_band(feats, res.mask, res.offset, width)
     return {
         "L": length, "W": float(res.measured.short_length), "area": float(res.mask.sum()),
-        "contrast": _region_contrast(feats, (0, 0), res.mask, res.offset, width),
-        "ring": ring, "band": band, "conf": outline_confidence(res, max(1, width // 2)),
+        **_contrasts(feats, res.mask, res.offset, width), "conf": outline_confidence(res, max(1, width // 2)),
         "mean_prob": float(res.probability[res.mask].mean()),
         "shift": recist_shift(prompt, res.measured),
         "leak": _border_leak(res.probability, res.recist, cfg, plane_shape),
@@ -166,7 +181,7 @@ def step_figures(feats: np.ndarray, res: LesionResult, prompt: Any, cfg: Any,
 def _rank_figures(feats: np.ndarray, res: LesionResult, cfg: Any, plane_shape: tuple[int, int]) -> dict:
     """The figures a candidate is ranked by (those of :func:`step_figures`)."""
     width = max(2, int(round(0.1 * float(res.measured.long_length))))
-    return {"contrast": _region_contrast(feats, (0, 0), res.mask, res.offset, width),
+    return {"contrast": _contrasts(feats, res.mask, res.offset, width)["contrast"],
             "leak": _border_leak(res.probability, res.recist, cfg, plane_shape)}
 
 
