@@ -5,8 +5,9 @@ the image (not the network's confidence) ranks the candidates by how much their 
 stands out from the ring of image around it; the RECIST measured on each of the best
 few is segmented (one more batch), and the round that stands out most while keeping
 the RECIST it was prompted with wins; its RECIST is segmented again until it stops
-moving. :meth:`~napari_recist_seg.predict.Predictor.segment_click` calls
-:func:`segment_click`; ``click_check`` judges a result with the same features.
+moving. :meth:`~napari_recist_seg.predict.Predictor.segment_click` runs this rule with
+``chooser="rounds"`` (:mod:`~napari_recist_seg.click_rank`: the default for models other than
+the shipped one); ``click_check`` judges a result with the same features.
 """
 
 from __future__ import annotations
