@@ -105,7 +105,8 @@ def cell(gs: list[dict], w: np.ndarray | None) -> dict:
     shipped = CR.RANK_WEIGHTS
     coef = np.array([shipped[n] for n in CR.RANK_FEATURES])
     cur = [g["dice"][int(np.argmax(g["X"] @ coef))] if len(g["dice"]) else g["ship"] for g in gs]
-    return {"n": len(gs), "learned": float(np.mean(picked)), "ship_rule": float(np.mean([g["ship"] for g in gs])),
+    return {"n": len(gs), "learned": float(np.mean(picked)),
+            "ship_rule": float(np.mean([g["ship"] for g in gs])),
             "shipped_weights": float(np.mean(cur)),
             "oracle": float(np.mean([g["dice"].max() if len(g["dice"]) else 0.0 for g in gs]))}
 

@@ -9,7 +9,10 @@ with the ring of image around the mask, the network's confidence along the outli
 size over the image side, shape, RECIST shift, round, the chain's rank) and the best
 step is returned. The weights (:data:`RANK_WEIGHTS`) were fitted offline on validation
 ids only (``benchmarks/click_rank_fit.py``, a softmax over each click's steps towards the
-steps of highest Dice); numpy and OpenCV only at run time.
+steps of highest Dice); numpy and OpenCV only at run time. :func:`segment_click` (what
+:meth:`~napari_recist_seg.predict.Predictor.segment_click` calls) runs it for the shipped
+model and the rule of :func:`napari_recist_seg.click.segment_click` for other models
+(:func:`default_chooser`); ``chooser`` picks either.
 """
 
 from __future__ import annotations
