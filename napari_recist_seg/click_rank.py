@@ -36,6 +36,7 @@ from napari_recist_seg.click import (
 from napari_recist_seg.click import segment_click as _rounds_click
 from napari_recist_seg.postprocess import LesionResult
 from napari_recist_seg.recist import RecistError, snap
+from napari_recist_seg.tta import resolve_tta
 
 __all__ = ["CLICK_CHOOSERS", "FITTED_MODEL_DIR", "RANK_FEATURES", "RANK_ROUNDS", "RANK_TOP_K", "RANK_WEIGHTS",
            "choose_step", "default_chooser", "segment_click", "segment_click_ranked", "step_vector"]
@@ -232,13 +233,16 @@ def segment_click_ranked(predictor: Any, image: np.ndarray, point: Sequence[floa
 
     Same parameters, return value and errors as :func:`~napari_recist_seg.click.segment_click`
     (``rounds``: RECIST rounds per chain, default :data:`RANK_ROUNDS`; the predictor's
-    ``recist_fit`` and ``grabcut_blend`` are off here too). The :data:`RANK_TOP_K` best
-    circular candidates each start a chain; every step (the candidate and each round) is
-    scored by :data:`RANK_WEIGHTS` over :func:`step_vector` and the best one is returned.
+    ``recist_fit``, ``grabcut_blend`` and test-time augmentation are off here too). The
+    :data:`RANK_TOP_K` best circular candidates each start a chain; every step (the
+    candidate and each round) is scored by :data:`RANK_WEIGHTS` over :func:`step_vector`
+    and the best one is returned.
     """
-    if getattr(predictor, "recist_fit", 0.0) or getattr(predictor, "grabcut_blend", 0.0):
+    if (getattr(predictor, "recist_fit", 0.0) or getattr(predictor, "grabcut_blend", 0.0)
+            or resolve_tta(getattr(predictor, "tta", False)) != "none"):
         predictor = copy.copy(predictor)  # the shared predictor is never changed
         predictor.recist_fit = predictor.grabcut_blend = 0.0
+        predictor.tta = "none"  # the weights were fitted on single passes
     arr, slice_index, plane, click, diameters, candidates = click_candidates(
         predictor, image, point, slice_index, spacing, scales)
     shape = plane.shape[:2]

@@ -60,6 +60,7 @@ LAYERS: dict[str, int] = {
     "checkpoint": 2,
     "clusters": 2,
     "runtime": 2,
+    "tta": 2,  # test-time flips around the network runner (numpy only)
     "checkpoint_checks": 1,  # imports nothing of the package; model raises its errors
     "intensity": 1,  # modality and windows: the readers and preprocessing use it
     "graph": 2,
