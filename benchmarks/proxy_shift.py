@@ -25,7 +25,8 @@ thresholded probability (``model_raw``), GrabCut and the
 quadrant ellipse from the same RECIST, the refinements of
 :mod:`napari_recist_seg.refine`, and ``Predictor.segment_click`` from one click
 (``click``: as shipped; ``click_single``: one pass, no RECIST refinement;
-``click_once``: one RECIST refinement round) (``--methods``). ``ms_median`` is the
+``click_once``: one RECIST refinement round; ``click_rounds`` / ``click_ranked``: the
+``chooser`` of ``click_rank.segment_click``) (``--methods``). ``ms_median`` is the
 median wall time of one call (image already in memory).
 
 Usage::
@@ -247,6 +248,8 @@ def _click_methods(predictor) -> dict[str, Callable]:
         "click": make(),
         "click_single": make(refine=False),
         "click_once": make(rounds=1),
+        "click_rounds": make(chooser="rounds"),
+        "click_ranked": make(chooser="ranked"),
     }
 
 

@@ -40,7 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from napari_recist_seg.click import click_scales, segment_click
+from napari_recist_seg.click import click_scales
+from napari_recist_seg.click_rank import segment_click
 from napari_recist_seg.image_checks import _check_image, _check_plane_values, _plane
 from napari_recist_seg.intensity import detect_modality
 from napari_recist_seg.polarity import DEFAULT_POLARITY, model_input
@@ -486,10 +487,9 @@ class Predictor:
         slice_index: int | None = None,
         spacing: tuple[float, float] | None = None,
         scales: Sequence[float] | None = None,
-        refine: bool = True,
-        rounds: int | None = None,
+        refine: bool = True, rounds: int | None = None, chooser: str | None = None,
     ) -> LesionResult:
         """Segment the lesion under one click, without a drawn RECIST: see
-        :func:`napari_recist_seg.click.segment_click` (this predictor is its ``predictor``)."""
+        :func:`napari_recist_seg.click_rank.segment_click` (this predictor is its ``predictor``)."""
         return segment_click(self, image, point, slice_index=slice_index, spacing=spacing,
-                             scales=scales, refine=refine, rounds=rounds)
+                             scales=scales, refine=refine, rounds=rounds, chooser=chooser)
