@@ -66,8 +66,8 @@ MUTANTS = [
     # (``logits`` itself is turned into ``prob`` in place, so compare the logit explicitly)
     _m("threshold_logits", "predict.py", "mask = prob > self.threshold",
        "mask = np.log(prob / (1 - prob)) > self.threshold", T_PRED),
-    _m("tta_unflip_wrong_axis", "predict.py", "seg = (seg + np.flip(seg_f, axis=2)) / 2",
-       "seg = (seg + np.flip(seg_f, axis=1)) / 2", T_PRED),
+    _m("tta_unflip_wrong_axis", "tta.py", "_flip(np.asarray(seg, np.float32), r, c, 1)",
+       "_flip(np.asarray(seg, np.float32), c, r, 1)", T_PRED),
     # (spacing=None alone is an equivalent mutant for NIfTI inputs: the affine carries it.)
     _m("segment_mask_affine_none", "jobs/segment_commit.py",
        "write_mask(mask_path, union > 0, spacing=out_spacing, affine=out_affine)",
@@ -102,7 +102,11 @@ MUTANTS = [
        "r1, c1 = min(self.row0 + self.side, h), min(self.col0 + self.side, w)",
        "r1, c1 = min(self.row0 + self.side, h - 1), min(self.col0 + self.side, w - 1)", T_PRE),
     # -- predict ------------------------------------------------------------------------
-    _m("tta_aux_not_averaged", "predict.py", "aux = (aux + aux_f) / 2", "aux = aux_f", T_PRED),
+    _m("tta_aux_not_averaged", "tta.py",
+       "aux_mean = None if aux[0] is None else sum(np.asarray(a) for a in aux) / len(flips)",
+       "aux_mean = aux[-1]", T_PRED),
+    _m("tta_big_batch_views_unflipped", "tta.py", "outs = [runner(_flip(x, r, c, 2)) for r, c in flips]",
+       "outs = [runner(x) for r, c in flips]", T_PRED),
     _m("lesion_plane_z_minus_1", "postprocess.py", "return target[self.recist.slice_index]",
        "return target[self.recist.slice_index - 1]", T_PRED),
     _m("measure_mask_no_shift", "postprocess.py", "shift = (offset[0] + r0, offset[1] + c0)",

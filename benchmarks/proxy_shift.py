@@ -25,7 +25,8 @@ thresholded probability (``model_raw``), GrabCut and the
 quadrant ellipse from the same RECIST, the refinements of
 :mod:`napari_recist_seg.refine`, and ``Predictor.segment_click`` from one click
 (``click``: as shipped; ``click_single``: one pass, no RECIST refinement;
-``click_once``: one RECIST refinement round) (``--methods``). ``ms_median`` is the
+``click_once``: one RECIST refinement round; ``click_rounds`` / ``click_ranked``: the
+``chooser`` of ``click_rank.segment_click``) (``--methods``). ``ms_median`` is the
 median wall time of one call (image already in memory).
 
 Usage::
@@ -247,6 +248,8 @@ def _click_methods(predictor) -> dict[str, Callable]:
         "click": make(),
         "click_single": make(refine=False),
         "click_once": make(rounds=1),
+        "click_rounds": make(chooser="rounds"),
+        "click_ranked": make(chooser="ranked"),
     }
 
 
@@ -313,6 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", default="model,model_raw,grabcut,ellipse")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--upsample", default=None, help="set Predictor.upsample (none|guided)")
+    parser.add_argument("--tta", choices=("none", "flip", "flip4"), default="none",
+                        help="set Predictor.tta (napari_recist_seg.tta)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--per-case", action="store_true", help="also print per-case Dice")
     args = parser.parse_args(argv)
@@ -323,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     predictor, info = load_predictor(args.model, "cpu")
     if args.upsample is not None:
         predictor.upsample = args.upsample
+    predictor.tta = args.tta
     stems = split_ids(predictor, args.ids)[args.skip : args.skip + args.n]
     methods = methods_for(predictor, [m for m in args.methods.split(",") if m])
     t0 = time.perf_counter()
@@ -335,6 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": info,
         "predictor_refine_default": predictor.refine,
         "predictor_upsample": predictor.upsample,
+        "predictor_tta": predictor.tta,
         "metrics": res["metrics"],
         "seconds": round(time.perf_counter() - t0, 1),
         "machine": machine_info(predictor.device),

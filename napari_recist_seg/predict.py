@@ -40,7 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from napari_recist_seg.click import click_scales, segment_click
+from napari_recist_seg.click import click_scales
+from napari_recist_seg.click_rank import segment_click
 from napari_recist_seg.image_checks import _check_image, _check_plane_values, _plane
 from napari_recist_seg.intensity import detect_modality
 from napari_recist_seg.polarity import DEFAULT_POLARITY, model_input
@@ -50,6 +51,7 @@ from napari_recist_seg.postprocess import (
 from napari_recist_seg.preprocess import paste_back
 from napari_recist_seg.recist import Recist, RecistError, snap
 from napari_recist_seg.runtime import make_runner
+from napari_recist_seg.tta import flip_average, resolve_tta
 from napari_recist_seg.stored_graph import _graph_predictor
 from napari_recist_seg.upsample import upsample_box
 
@@ -86,9 +88,9 @@ class Predictor:
     postprocess : bool
         Component selection + hole filling (see :func:`postprocess_mask`); off by
         default (no measured Dice gain), always on in :meth:`segment_click`.
-    tta : bool
-        Test-time augmentation: average with the horizontally flipped crop (twice
-        the compute; off by default for the latency budget).
+    tta : bool or str
+        Test-time augmentation (:mod:`napari_recist_seg.tta`): ``"none"``/``False``,
+        ``"flip"``/``True`` (left-right mirror, 2x the compute) or ``"flip4"`` (4x).
     optimize : bool, optional
         Run the network with the fastest backend that reproduces it (see
         :func:`~napari_recist_seg.runtime.make_runner`): ONNX Runtime (about 11-13 ms
@@ -111,7 +113,7 @@ class Predictor:
         device: str = "cpu",
         *,
         postprocess: bool = False,
-        tta: bool = False,
+        tta: bool | str = False,
         optimize: bool | None = None,
         backend: str | None = None,
         path: Path | None = None,
@@ -122,7 +124,7 @@ class Predictor:
         self.clusters = clusters
         self.device = str(device)
         self.postprocess = bool(postprocess)
-        self.tta = bool(tta)
+        self.tta = resolve_tta(tta)
         self.path = path
         self.preprocess = config.preprocess
         self.threshold = float(getattr(config, "threshold", 0.5))
@@ -234,18 +236,12 @@ class Predictor:
                 f"K={c.n_clusters}, device={self.device}, path={self.path})")
 
     # -- internals -------------------------------------------------------------------
-    def _forward(self, batch: np.ndarray, batch_size: int, tta: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _forward(self, batch: np.ndarray, batch_size: int, tta: bool | str) -> tuple[np.ndarray, np.ndarray | None]:
         """Segmentation logits ``(N, S, S)`` and cluster probabilities ``(N, K)``."""
         seg_out: list[np.ndarray] = []
         aux_out: list[np.ndarray] = []
         for start in range(0, len(batch), max(1, int(batch_size))):
-            x = batch[start : start + batch_size]
-            seg, aux = self._runner(x)
-            if tta:
-                seg_f, aux_f = self._runner(np.flip(x, axis=3))
-                seg = (seg + np.flip(seg_f, axis=2)) / 2
-                if aux is not None:
-                    aux = (aux + aux_f) / 2
+            seg, aux = flip_average(self._runner, batch[start : start + batch_size], tta)
             seg_out.append(seg)
             if aux is not None:
                 aux_out.append(_softmax(aux))
@@ -259,7 +255,7 @@ class Predictor:
         recists: Sequence[Recist],
         *,
         batch_size: int,
-        tta: bool,
+        tta: bool | str,
         timings: dict[str, float] | None,
         postprocess: bool | None = None,
         modality: str | None = None, polarity: str | None = None,
@@ -275,7 +271,7 @@ class Predictor:
         pairs: Sequence[tuple[np.ndarray, Sequence[Recist]]],
         *,
         batch_size: int,
-        tta: bool,
+        tta: bool | str,
         timings: dict[str, float] | None,
         postprocess: bool | None = None,
         modality_of: str | None = None,
@@ -393,7 +389,7 @@ class Predictor:
         recists: Sequence[Recist],
         *,
         batch_size: int = 32,
-        tta: bool | None = None,
+        tta: bool | str | None = None,
         timings: dict[str, float] | None = None,
         modality: str | None = None,
         polarity: str | None = None,
@@ -412,8 +408,8 @@ class Predictor:
             snapped (short axis perpendicular through the crossing).
         batch_size : int
             Crops per forward pass.
-        tta : bool, optional
-            Override the predictor's test-time augmentation flag.
+        tta : bool or str, optional
+            Override the predictor's test-time augmentation (:attr:`tta`).
         timings : dict, optional
             If given, seconds spent in ``"preprocess"``, ``"forward"`` and
             ``"postprocess"`` are added to it.
@@ -446,7 +442,7 @@ class Predictor:
         items: Sequence[tuple[np.ndarray, Sequence[Recist]]],
         *,
         batch_size: int = 32,
-        tta: bool | None = None,
+        tta: bool | str | None = None,
         timings: dict[str, float] | None = None,
     ) -> list[list[LesionResult]]:
         """Segment the lesions of several images in shared forward passes.
@@ -491,10 +487,9 @@ class Predictor:
         slice_index: int | None = None,
         spacing: tuple[float, float] | None = None,
         scales: Sequence[float] | None = None,
-        refine: bool = True,
-        rounds: int | None = None,
+        refine: bool = True, rounds: int | None = None, chooser: str | None = None,
     ) -> LesionResult:
         """Segment the lesion under one click, without a drawn RECIST: see
-        :func:`napari_recist_seg.click.segment_click` (this predictor is its ``predictor``)."""
+        :func:`napari_recist_seg.click_rank.segment_click` (this predictor is its ``predictor``)."""
         return segment_click(self, image, point, slice_index=slice_index, spacing=spacing,
-                             scales=scales, refine=refine, rounds=rounds)
+                             scales=scales, refine=refine, rounds=rounds, chooser=chooser)

@@ -5,16 +5,9 @@ This module gathers the public names of two rooms: :mod:`napari_recist_seg.ellip
 (``grabcut_mask``, ``GrabCutResult``, ``to_uint8_rgb``);
 ``from napari_recist_seg.targets import X`` keeps working for each of them.
 
-Both work inside a box around the measurement only, so the cost and the memory depend
-on the lesion, not on the image (a 3000x2000 photograph or a 512x512x300 volume is
-never copied per lesion).
-
-The ellipse has the two RECIST diameters as axes. A reader rarely bisects both axes, so
-by default (``mode="quadrant"``) it is built from four quarter-ellipses centred at the
-crossing, each with the two half-axis reaches of its quadrant as semi-axes: the outline
-passes through all four endpoints, and it is the plain ellipse when the axes bisect each
-other. ``mode="centred"`` is the plain ellipse: centred at the crossing, semi-axes L/2
-and W/2, rotated with the long axis.
+Both work inside a box around the measurement only (the cost and the memory depend on
+the lesion, not on the image); the ellipse's construction from the two diameters is
+described in :mod:`napari_recist_seg.ellipse`.
 
 Examples
 --------

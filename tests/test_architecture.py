@@ -60,6 +60,7 @@ LAYERS: dict[str, int] = {
     "checkpoint": 2,
     "clusters": 2,
     "runtime": 2,
+    "tta": 2,  # test-time flips around the network runner (numpy only)
     "checkpoint_checks": 1,  # imports nothing of the package; model raises its errors
     "intensity": 1,  # modality and windows: the readers and preprocessing use it
     "graph": 2,
@@ -80,6 +81,7 @@ LAYERS: dict[str, int] = {
     "upsample": 2,  # edge-aware upsampling of the probability (numpy / OpenCV)
     "training": 3,  # a package: config, samples, losses, distributed, checkpoint, loop
     "click_check": 3,  # refuses click results; uses click's features
+    "click_rank": 3,  # click mode with a learned chooser over RECIST chains (uses click)
     "propagate": 2,  # a mask from slice to slice (recist, polarity)
     "propagate_intensity": 2,  # the lesion's intensity band and blend (numpy only)
     "annotation": 4,  # a package: units, segmenters, requests, paste, lesions, session, export

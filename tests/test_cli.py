@@ -40,3 +40,32 @@ def test_view_opens_napari_with_the_annotator_and_sample(monkeypatch):
     assert main(["view"]) == 0
     assert calls == {"paths": [], "sample": "dermoscopy", "widgets": ["RECIST annotator"]}
     assert napari  # the napari layer is importable where the CLI runs it
+
+
+def test_segment_tta_option_gives_the_predictors_flip4_masks(tmp_path, make_isic_dataset, isic_dir):
+    """``segment --tta flip4``: the masks of ``Predictor.segment(..., tta="flip4")``;
+    the default (no TTA) differs from them."""
+    import numpy as np
+
+    from napari_recist_seg.data.images import read_image
+    from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
+    from napari_recist_seg.predict import DEFAULT_MODEL_DIR, Predictor
+
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        import pytest
+
+        pytest.skip("the default model is not installed")
+    stems = sorted(p.stem for p in (isic_dir / "images").glob("*.jpg"))[:2]
+    ds = make_isic_dataset(tmp_path / "ds", stems)
+    masks = {}
+    for mode in ("none", "flip4"):
+        out = tmp_path / mode
+        assert main(["segment", str(ds), "--out", str(out), "--device", "cpu", "--quiet", "--tta", mode]) == 0
+        masks[mode] = {s: read_image(out / f"{s}.png").array > 0 for s in stems}
+    predictor = Predictor.load(None, device="cpu")
+    recists = dataset_recists(scan_dataset(ds))  # derived from the masks, as segment does
+    for stem in stems:
+        image = read_image(ds / "images" / f"{stem}.jpg").array
+        [res] = predictor.segment(image, [r.recist for r in recists[stem]], tta="flip4")
+        np.testing.assert_array_equal(masks["flip4"][stem], res.full_mask(image.shape))
+    assert any(not np.array_equal(masks["none"][s], masks["flip4"][s]) for s in stems)

@@ -3,7 +3,9 @@
 One click at the lesion centre: the first RECIST round of the best candidates (chosen
 by contrast and RECIST consistency) and the rounds after it must beat the single-pass
 candidate; the iteration stops when the RECIST stops moving; a click on plain skin
-gives a result or a clear "no lesion" error, never a crash.
+gives a result or a clear "no lesion" error, never a crash. The rounds rule is
+``chooser="rounds"`` (the default before ``click_rank``); the plain-skin click runs the
+default chooser.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ def test_iterated_click_beats_the_single_pass(predictor):
     single, iterated = [], []
     for stem in _stems():
         image, mask, centre = _case(stem)
-        one = predictor.segment_click(image, centre, refine=False)
-        many = predictor.segment_click(image, centre)
+        one = predictor.segment_click(image, centre, refine=False, chooser="rounds")
+        many = predictor.segment_click(image, centre, chooser="rounds")
         single.append(_dice(one.full_mask(mask.shape), mask))
         iterated.append(_dice(many.full_mask(mask.shape), mask))
     # These four were picked as examples of the two-sided contrast rule (+0.05 here);
@@ -75,10 +77,10 @@ def test_first_round_is_judged_against_the_skin_around_it(predictor, monkeypatch
     stem = "ISIC_0003728"
     assert stem in json.loads((DEFAULT_MODEL_DIR / "split.json").read_text())["val"]
     image, mask, centre = _case(stem)
-    new = _dice(predictor.segment_click(image, centre).full_mask(mask.shape), mask)
+    new = _dice(predictor.segment_click(image, centre, chooser="rounds").full_mask(mask.shape), mask)
     monkeypatch.setattr(click_mod, "CLICK_RING_ONLY", False)
     monkeypatch.setattr(click_mod, "CLICK_SHIFT_WEIGHT", 2.0)
-    old = _dice(predictor.segment_click(image, centre).full_mask(mask.shape), mask)
+    old = _dice(predictor.segment_click(image, centre, chooser="rounds").full_mask(mask.shape), mask)
     assert old < 0.3 and new > 0.6, (old, new)  # 0.11 -> 0.68
 
 
@@ -95,7 +97,7 @@ def test_the_iteration_stops_when_the_recist_converges(predictor, monkeypatch):
     for stem in _stems():
         image, mask, centre = _case(stem)
         calls.clear()
-        res = predictor.segment_click(image, centre, rounds=10)
+        res = predictor.segment_click(image, centre, rounds=10, chooser="rounds")
         # candidates, the first round's batch, then one crop per later round: it
         # stops (converged or no longer converging) well before 10 rounds.
         assert len(calls[1]) == click_mod.CLICK_TOP_K

@@ -1,4 +1,6 @@
-"""``train`` runs unchanged under torchrun: 2 CPU processes (gloo), one tiny epoch."""
+"""``train`` runs unchanged under torchrun: 2 CPU processes (gloo), one tiny epoch; one
+checkpoint from rank 0, each shard's targets prepared once, losses and validation
+metrics all-reduced."""
 
 from __future__ import annotations
 
@@ -15,38 +17,45 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / ".." / "shared" / "data"
 ISIC = DATA / "isic2017_train256"
 
-SCRIPT = textwrap.dedent(
-    """
-    import os, sys
-    from pathlib import Path
-    import numpy as np, torch
-    from PIL import Image
-    torch.set_num_threads(1)
-    from napari_recist_seg.recist import recist_from_mask
-    from napari_recist_seg.training import TrainConfig, TrainSample, train
+# The start of both single-loop scripts: 10 real ISIC images with their RECIST, one tiny
+# A1+L epoch under torchrun; the script then writes what its test checks, per rank.
+TRAIN_PRELUDE = """
+import json, os, sys
+from pathlib import Path
+import numpy as np, torch
+from PIL import Image
+torch.set_num_threads(1)
+from napari_recist_seg.recist import recist_from_mask
+from napari_recist_seg.training import TrainConfig, TrainSample, train
 
-    isic, out = Path(sys.argv[1]), Path(sys.argv[2])
-    samples = []
-    for m in sorted((isic / "masks").glob("*.png"))[:10]:
-        stem = m.name[: -len("_segmentation.png")]
-        gt = np.asarray(Image.open(m)) > 0
-        samples.append(TrainSample(isic / "images" / f"{stem}.jpg", recist_from_mask(gt),
-                                   gt_mask=gt, group=stem, name=stem))
-    cfg = TrainConfig(mode="a1l", n_clusters=2, epochs=1, batch_size=2, input_size=32,
-                      val_fraction=0.2, device="cpu", decoder_channels=32)
-    res = train(cfg, samples, out)
-    rank = int(os.environ["RANK"])
-    (out.parent / f"rank{rank}.json").write_text(
-        '{"n_train": %d, "n_val": %d, "checkpoint": %s}'
-        % (res.n_train, res.n_val, "true" if res.checkpoint else "false"))
-    """
-)
+isic, out = Path(sys.argv[1]), Path(sys.argv[2])
+samples = []
+for m in sorted((isic / "masks").glob("*.png"))[:10]:
+    stem = m.name[: -len("_segmentation.png")]
+    gt = np.asarray(Image.open(m)) > 0
+    samples.append(TrainSample(isic / "images" / f"{stem}.jpg", recist_from_mask(gt),
+                               gt_mask=gt, group=stem, name=stem))
+cfg = TrainConfig(mode="a1l", n_clusters=2, epochs=1, batch_size=2, input_size=32,
+                  val_fraction=0.2, device="cpu", decoder_channels=32)
+res = train(cfg, samples, out)
+rank = int(os.environ["RANK"])
+"""
+
+SCRIPT = TRAIN_PRELUDE + """
+(out.parent / f"rank{rank}.json").write_text(
+    '{"n_train": %d, "n_val": %d, "checkpoint": %s}'
+    % (res.n_train, res.n_val, "true" if res.checkpoint else "false"))
+"""
+
+LOSS_SCRIPT = TRAIN_PRELUDE + """
+(out.parent / f"loss{rank}.json").write_text(json.dumps([h.train_loss for h in res.history]))
+"""
 
 
-@pytest.mark.skipif(not ISIC.is_dir(), reason=f"real data missing: {ISIC}")
-def test_torchrun_two_cpu_processes(tmp_path):
-    script = tmp_path / "ddp_train.py"
-    script.write_text(SCRIPT)
+def _torchrun(script_text: str, tmp_path: Path) -> Path:
+    """Run ``script_text ISIC tmp_path/model`` in 2 CPU processes; returns the model dir."""
+    script = tmp_path / "ddp_script.py"
+    script.write_text(script_text)
     out = tmp_path / "model"
     # The worktree's package, not an editable install elsewhere (cwd is tmp_path).
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -57,6 +66,12 @@ def test_torchrun_two_cpu_processes(tmp_path):
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.skipif(not ISIC.is_dir(), reason=f"real data missing: {ISIC}")
+def test_torchrun_two_cpu_processes(tmp_path):
+    out = _torchrun(SCRIPT, tmp_path)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     # Both ranks report the totals (8 training, 2 validation lesions); only rank 0 wrote.
@@ -119,18 +134,7 @@ SHARD_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(not ISIC.is_dir(), reason=f"real data missing: {ISIC}")
 def test_ddp_prepares_each_shard_once_and_all_reduces_validation(tmp_path):
-    script = tmp_path / "ddp_shards.py"
-    script.write_text(SHARD_SCRIPT)
-    out = tmp_path / "model"
-    # The worktree's package, not an editable install elsewhere (cwd is tmp_path).
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", "--master_port=0", "--rdzv_backend=c10d",
-        "--rdzv_endpoint=127.0.0.1:0", str(script), str(ISIC), str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _torchrun(SHARD_SCRIPT, tmp_path)
     r = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
     # Targets: each sample prepared exactly once, by one rank, and both ranks did some.
     names = r[0]["prepared"] + r[1]["prepared"]
@@ -149,3 +153,12 @@ def test_ddp_prepares_each_shard_once_and_all_reduces_validation(tmp_path):
     assert r[0]["train_loss"] == pytest.approx(r[1]["train_loss"], rel=1e-9)
     log = json.loads((out / "train_log.json").read_text())
     assert log["epochs"][0]["val_dice"] == pytest.approx(r[0]["val"][1], rel=1e-9)
+
+
+@pytest.mark.skipif(not ISIC.is_dir(), reason=f"real data missing: {ISIC}")
+def test_train_loss_is_reduced_over_ranks(tmp_path):
+    _torchrun(LOSS_SCRIPT, tmp_path)
+    l0 = json.loads((tmp_path / "loss0.json").read_text())
+    l1 = json.loads((tmp_path / "loss1.json").read_text())
+    # Different shards give different losses per rank; reduced, both ranks log the same.
+    assert len(l0) == 1 and l0 == pytest.approx(l1, rel=1e-9)

@@ -68,10 +68,12 @@ def test_click_mode_runs_without_the_fit_and_leaves_it_set(default, isic_dir):
     np.testing.assert_array_equal(fitted.full_mask(image.shape[:2]), plain.full_mask(image.shape[:2]))
 
 
-def test_click_mode_never_changes_the_shared_predictor(default, monkeypatch):
+@pytest.mark.parametrize("chooser, module, name", [("rounds", "click", "_segment_click"),
+                                                    ("ranked", "click_rank", "click_candidates")])
+def test_click_mode_never_changes_the_shared_predictor(default, monkeypatch, chooser, module, name):
     # The annotator shares one predictor between threads: while a click is segmented,
     # a RECIST segmented elsewhere must still get the fit.
-    import napari_recist_seg.click as click
+    import importlib
 
     seen = []
 
@@ -79,9 +81,9 @@ def test_click_mode_never_changes_the_shared_predictor(default, monkeypatch):
         seen.append((predictor.recist_fit, default.recist_fit))
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(click, "_segment_click", spy)
+    monkeypatch.setattr(importlib.import_module(f"napari_recist_seg.{module}"), name, spy)
     with pytest.raises(RuntimeError, match="stop here"):
-        default.segment_click(np.zeros((64, 64, 3), np.uint8), (32, 32))
+        default.segment_click(np.zeros((64, 64, 3), np.uint8), (32, 32), chooser=chooser)
     assert seen == [(0.0, 0.75)]
 
 

@@ -11,6 +11,8 @@ pixels, on a synthetic dark disk whose true extent is known.
 
 from __future__ import annotations
 
+import copy
+
 import tracemalloc
 from pathlib import Path
 
@@ -263,6 +265,34 @@ def test_grey_image_and_tta_flip_equivariance(trained):
     np.testing.assert_allclose(got_aux, expected_aux, atol=1e-5)
 
 
+def test_tta_flip4_is_the_mean_over_the_four_mirrors_and_up_down_equivariant(trained):
+    tiny = trained
+    image, _ = _isic("ISIC_0000000")
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    x, _ = make_input(grey, snap(Recist([[50, 60], [90.5, 60]], [[70, 50], [70, 70]])), tiny.preprocess)
+    x = x[None]
+    views = [(False, False), (False, True), (True, False), (True, True)]
+    expected = np.zeros_like(np.asarray(tiny._runner(x)[0]), dtype=np.float64)
+    for rows, cols in views:
+        xi = x[:, :, ::-1] if rows else x
+        xi = xi[..., ::-1] if cols else xi
+        seg = np.asarray(tiny._runner(np.ascontiguousarray(xi))[0], np.float64)
+        seg = seg[:, ::-1] if rows else seg
+        expected += (seg[..., ::-1] if cols else seg) / 4
+    got, _ = tiny._forward(x, 1, tta="flip4")
+    flip2, _ = tiny._forward(x, 1, tta="flip")
+    assert np.abs(expected - flip2).max() > 1e-2  # the up-down views change the mean
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    # the mean over a flip group is invariant to flipping the input within it
+    up_down, _ = tiny._forward(np.ascontiguousarray(x[:, :, ::-1]), 1, tta="flip4")
+    np.testing.assert_allclose(up_down[:, ::-1], got, atol=1e-4)
+    # a batch too big for one call (9 lesions x 4 views > 32): the same mean per lesion
+    many, _ = tiny._forward(np.repeat(x, 9, axis=0), 32, tta="flip4")
+    np.testing.assert_allclose(many, np.repeat(got, 9, axis=0), atol=1e-4)
+    with pytest.raises(ValueError, match="choose one of none, flip, flip4"):
+        tiny.segment(grey, [Recist([[50, 60], [90.5, 60]], [[70, 50], [70, 70]])], tta="flip8")
+
+
 # -- validation ------------------------------------------------------------------------
 
 
@@ -508,6 +538,18 @@ def test_default_model_click_recist_lies_inside_the_mask(default_predictor, dice
         _assert_recist_inside(res, full)
         dices.append(dice(full, mask))
     assert np.mean(dices) > 0.7, dices
+
+
+def test_click_ignores_the_predictors_tta_and_leaves_it_set(default_predictor):
+    image, mask = _isic(_heldout_stems(1)[0])
+    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    point = np.unravel_index(int(np.argmax(dist)), mask.shape)
+    plain = default_predictor.segment_click(image, point)
+    mirrored = copy.copy(default_predictor)
+    mirrored.tta = "flip4"
+    res = mirrored.segment_click(image, point)
+    np.testing.assert_array_equal(res.probability, plain.probability)
+    assert mirrored.tta == "flip4"  # RECIST segmentation with it keeps its TTA
 
 
 @pytest.mark.parametrize("mode", ["a1l", "a1"])

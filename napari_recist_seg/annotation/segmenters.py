@@ -18,6 +18,11 @@ from napari_recist_seg.intensity import is_ct, resolve_window
 from napari_recist_seg.predict import DEFAULT_MODEL_DIR, LesionResult, Predictor, measure_mask
 from napari_recist_seg.recist import Recist, RecistError
 
+#: The annotator's test-time augmentation (napari_recist_seg.tta): one lesion at a time,
+#: so the 4 mirrored passes cost ~20 ms on a CPU and gave +0.001..+0.002 mean Dice on
+#: the clinic proxy (docs/RESULTS.md, "flip TTA"); bulk ``segment`` keeps "none".
+ANNOTATOR_TTA = "flip4"
+
 __all__ = [
     "SEGMENTER_CHOICES",
     "Segmenter",
@@ -150,7 +155,7 @@ def load_segmenter(choice: str, path: str | os.PathLike[str] | None = None, devi
     ----------
     choice : {"default", "checkpoint", "ellipse", "grabcut"}
         ``"default"`` loads the model shipped in the package, ``"checkpoint"`` the one
-        at ``path``.
+        at ``path``; either with :data:`ANNOTATOR_TTA` test-time augmentation.
     """
     if choice in ("ellipse", "grabcut"):
         return ShapeSegmenter(choice)
@@ -158,7 +163,7 @@ def load_segmenter(choice: str, path: str | os.PathLike[str] | None = None, devi
         raise ValueError(f"unknown segmenter {choice!r}; choose one of {SEGMENTER_CHOICES}")
     if choice == "checkpoint" and not path:
         raise ValueError("choose a checkpoint file or folder first")
-    return Predictor.load(None if choice == "default" else path, device=device)
+    return Predictor.load(None if choice == "default" else path, device=device, tta=ANNOTATOR_TTA)
 
 
 def segmenter_device(segmenter: Any) -> str:
@@ -170,7 +175,7 @@ def segmenter_device(segmenter: Any) -> str:
 
 
 def segmenter_name(segmenter: Any) -> str:
-    """A short description: ``"default model (A1+L, resnet18)"``, ``"Ellipse (no model)"``..."""
+    """A short description: ``"default model (A1+L, resnet18, flip4 TTA)"``, ``"Ellipse (no model)"``..."""
     name = getattr(segmenter, "name", None)
     if isinstance(name, str) and name:
         return name
@@ -179,6 +184,8 @@ def segmenter_name(segmenter: Any) -> str:
     if config is not None and hasattr(config, "mode"):
         mode = {"a1": "A1", "a1l": "A1+L"}.get(str(config.mode), str(config.mode))
         what = f"{mode}, {getattr(config, 'encoder', '?')}"
+        tta = getattr(segmenter, "tta", "none")
+        what += f", {tta} TTA" if tta not in ("none", False, None) else ""
         try:
             is_default = path is not None and Path(path).resolve() == Path(DEFAULT_MODEL_DIR).resolve()
         except Exception:  # noqa: BLE001 - a description must never fail

@@ -96,6 +96,7 @@ from napari_recist_seg.measurements import (  # noqa: F401
 )
 from napari_recist_seg.recist import Recist, RecistError, snap
 from napari_recist_seg.runtime import default_threads
+from napari_recist_seg.tta import resolve_tta
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_recist_seg.predict import LesionResult, Predictor
@@ -188,6 +189,7 @@ def run_segment(
     modality: str | None = None,
     precision: str = "auto",
     polarity: str | None = None,
+    tta: str | None = None,
 ) -> JobReport:
     """Segment every RECIST of a dataset folder or a list of image files.
 
@@ -223,6 +225,10 @@ def run_segment(
     polarity : str, optional
         ``"auto"`` / ``"dark"`` / ``"bright"``: the predictor's lesion-polarity mode
         (:mod:`napari_recist_seg.polarity`); ``None`` keeps the predictor's.
+    tta : str, optional
+        ``"none"`` / ``"flip"`` / ``"flip4"``: the predictor's test-time augmentation
+        (:mod:`napari_recist_seg.tta`; 1x / 2x / 4x the network's compute); ``None``
+        keeps the predictor's (``"none"`` for the default).
 
     Returns
     -------
@@ -268,6 +274,8 @@ def run_segment(
                 predictor.window, predictor.modality = window, modality
             if predictor is not None and polarity is not None:  # napari_recist_seg.polarity
                 predictor.polarity = polarity
+            if predictor is not None and tta is not None:  # napari_recist_seg.tta
+                predictor.tta = resolve_tta(tta)
             try:
                 run = _segment_all if serial else _segment_pipelined
                 run(todo, out, predictor, batch_size, report, records, ours,

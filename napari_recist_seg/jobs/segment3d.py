@@ -63,6 +63,7 @@ from napari_recist_seg.polarity import lesion_polarity
 from napari_recist_seg.postprocess import measure_mask
 from napari_recist_seg.propagate import IntensityBlend, StopRules, predictor_segmenter, propagate_lesion
 from napari_recist_seg.recist import Recist, RecistError, snap
+from napari_recist_seg.tta import resolve_tta
 
 __all__ = ["MEASUREMENT_COLUMNS_3D", "run_segment3d"]
 
@@ -262,13 +263,15 @@ def run_segment3d(
     cancel: CancelToken | None = None,
     precision: str = "auto",
     polarity: str | None = None,
+    tta: str | None = None,
 ) -> JobReport:
     """Segment every RECIST of the volumes in 3D (see the module notes).
 
     Volumes already committed in ``out`` are skipped (their rows kept) unless
     ``overwrite``; a volume a crash left unfinished resumes from its checkpointed
     lesions. ``polarity`` (``"auto"``, ``"dark"``, ``"bright"``) overrides the
-    predictor's lesion-polarity mode (:mod:`napari_recist_seg.polarity`).
+    predictor's lesion-polarity mode (:mod:`napari_recist_seg.polarity`), ``tta``
+    its test-time augmentation (:mod:`napari_recist_seg.tta`).
     """
     out = Path(out)
     items, plan_failures, protect, nested = _plan(inputs, recist_csv=recist_csv)
@@ -292,6 +295,8 @@ def run_segment3d(
             predictor.window, predictor.modality = window, modality
         if predictor is not None and polarity is not None:
             predictor.polarity = polarity
+        if predictor is not None and tta is not None:  # napari_recist_seg.tta
+            predictor.tta = resolve_tta(tta)
         try:
             _run_all(todo, predictor, out, report, records, ProgressTracker(len(todo), progress), cancel)
         finally:
