@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 from latency import load_predictor, machine_info  # noqa: E402
 from proxy_shift import RENDERS, click_points, load_cases, split_ids  # noqa: E402
 
+from napari_recist_seg.click_rank import mask_in_window  # noqa: E402
+
 
 def _dice(res, gt: np.ndarray) -> float:
     m = res.full_mask(gt.shape)
@@ -42,15 +44,8 @@ def contrast_variants(feats, origin, mask, offset, width: int) -> dict:
     over its mean in the window."""
     import cv2
 
-    fh, fw = feats.shape[:2]
-    r0, c0 = offset[0] - origin[0], offset[1] - origin[1]
-    a0, b0 = max(0, r0 - width), max(0, c0 - width)
-    a1, b1 = min(fh, r0 + mask.shape[0] + width), min(fw, c0 + mask.shape[1] + width)
-    local = np.zeros((a1 - a0, b1 - b0), np.uint8)
-    mr0, mc0 = r0 - a0, c0 - b0
-    sub = mask[max(0, -mr0): local.shape[0] - mr0, max(0, -mc0): local.shape[1] - mc0]
-    local[max(0, mr0): max(0, mr0) + sub.shape[0], max(0, mc0): max(0, mc0) + sub.shape[1]] = sub
-    inside = local.astype(bool)
+    inside, (a0, b0, a1, b1) = mask_in_window(
+        feats.shape[:2], mask, (offset[0] - origin[0], offset[1] - origin[1]), width)
     dout = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, 3)
     din = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 3)
     ring = (dout > 0) & (dout <= width)

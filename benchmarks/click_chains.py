@@ -32,25 +32,14 @@ from click_candidates import contrast_variants  # noqa: E402
 from latency import load_predictor, machine_info  # noqa: E402
 from proxy_shift import RENDERS, click_points, load_cases, split_ids  # noqa: E402
 
+from napari_recist_seg.click_rank import outline_confidence  # noqa: E402
+
 FIT = 0.75  # the default model's recist_fit
 
 
 def _dice(res, gt: np.ndarray) -> float:
     m = res.full_mask(gt.shape)
     return 2.0 * float((m & gt).sum()) / float(m.sum() + gt.sum())
-
-
-def outline_confidence(res, width: int) -> float:
-    """Mean ``|2p - 1|`` of the probability within ``width`` px of the mask outline."""
-    import cv2
-
-    inside = res.mask.astype(np.uint8)
-    din = cv2.distanceTransform(inside, cv2.DIST_L2, 3)
-    dout = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 3)
-    band = ((inside > 0) & (din <= width)) | ((inside == 0) & (dout <= width))
-    if not band.any():
-        return 0.0
-    return float(np.abs(2.0 * res.probability[band] - 1.0).mean())
 
 
 def step_row(predictor, plane, feats, gt, res, prompt, click) -> dict:

@@ -119,12 +119,11 @@ def _stats(win: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, float]:
     return mean.ravel(), float(np.sqrt((sd.ravel() ** 2).sum()))
 
 
-def _contrasts(feats: np.ndarray, mask: np.ndarray, offset: tuple[int, int], width: int) -> dict[str, float]:
-    """How a mask stands out from the ``width`` px ring of image around it: ``contrast``
-    (:func:`click._region_contrast`: mean difference over both spreads), ``ring`` (over
-    the ring's spread only) and ``band`` (the band just inside the outline against the
-    ring), in one pass (OpenCV statistics: as fast at 768 px as the network's crops)."""
-    fh, fw = feats.shape[:2]
+def mask_in_window(shape: tuple[int, int], mask: np.ndarray, offset: tuple[int, int],
+                   width: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """``mask`` (placed at ``offset`` in an image of ``shape``) inside the window of the
+    image ``width`` px around its box: the window's boolean mask and ``(r0, c0, r1, c1)``."""
+    fh, fw = shape
     r0, c0 = offset
     a0, b0 = max(0, r0 - width), max(0, c0 - width)
     a1, b1 = min(fh, r0 + mask.shape[0] + width), min(fw, c0 + mask.shape[1] + width)
@@ -132,7 +131,15 @@ def _contrasts(feats: np.ndarray, mask: np.ndarray, offset: tuple[int, int], wid
     mr0, mc0 = r0 - a0, c0 - b0
     sub = mask[max(0, -mr0): local.shape[0] - mr0, max(0, -mc0): local.shape[1] - mc0]
     local[max(0, mr0): max(0, mr0) + sub.shape[0], max(0, mc0): max(0, mc0) + sub.shape[1]] = sub
-    inside = local.astype(bool)
+    return local.astype(bool), (a0, b0, a1, b1)
+
+
+def _contrasts(feats: np.ndarray, mask: np.ndarray, offset: tuple[int, int], width: int) -> dict[str, float]:
+    """How a mask stands out from the ``width`` px ring of image around it: ``contrast``
+    (:func:`click._region_contrast`: mean difference over both spreads), ``ring`` (over
+    the ring's spread only) and ``band`` (the band just inside the outline against the
+    ring), in one pass (OpenCV statistics: as fast at 768 px as the network's crops)."""
+    inside, (a0, b0, a1, b1) = mask_in_window(feats.shape[:2], mask, offset, width)
     zero = {"contrast": 0.0, "ring": 0.0, "band": 0.0}
     if not inside.any():
         return zero
