@@ -201,7 +201,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", choices=["none", "flip", "flip4"], default=None,
                    help="test-time augmentation: the network's output averaged over mirrored "
                         "crops: none (default, fastest), flip (2x compute) or flip4 (4x; about "
-                        "+0.002 Dice on the clinic proxy; the annotator's default)")
+                        "+0.002 Dice on the clinic proxy; the annotator runs flip)")
     p.add_argument("--precision", choices=["auto", "int8", "fp32"], default="auto",
                    help="network arithmetic on CPU: auto (the checkpoint's INT8 graph when it "
                         "stores one, about 3x faster), int8, or fp32 (the float graph)")

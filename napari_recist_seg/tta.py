@@ -7,12 +7,13 @@ the cluster logits, which do not move with the image, are averaged as they are.
 Modes (``Predictor.tta``, ``recist-seg segment --tta``):
 
 - ``"none"`` (or ``False``): one forward pass;
-- ``"flip"`` (or ``True``): the crop and its left-right mirror (2 passes);
-- ``"flip4"``: also the up-down mirror and both (4 passes), the annotator's default.
+- ``"flip"`` (or ``True``): the crop and its left-right mirror (2 passes), the
+  annotator's default;
+- ``"flip4"``: also the up-down mirror and both (4 passes).
 
-Measured on the project's clinic proxy (docs/RESULTS.md, "flip TTA"): ``flip4`` adds
-about +0.002 mean Dice at four times the network's compute; bulk ``segment`` stays at
-``"none"`` for its lesions-per-second budget.
+Measured on the project's clinic proxy (docs/RESULTS.md, "flip TTA"): ``flip`` adds
++0.0006..+0.0017 mean Dice, ``flip4`` +0.0011..+0.0024 at four times the network's
+compute; bulk ``segment`` stays at ``"none"`` for its lesions-per-second budget.
 
 Examples
 --------

@@ -515,22 +515,22 @@ def test_units_follow_the_layer_scale():
     assert ann.format_length(12.345, (0.5, 0.5), 6.1725) == "6.2 mm"
 
 
-def test_the_annotator_loads_the_default_model_with_flip4_tta():
+def test_the_annotator_loads_the_default_model_with_flip_tta():
     from napari_recist_seg.data.images import read_image
     from napari_recist_seg.predict import DEFAULT_MODEL_DIR, Predictor
 
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():
         pytest.skip("the default model is not installed")
     seg = ann.load_segmenter("default", device="cpu")
-    assert seg.tta == ann.segmenters.ANNOTATOR_TTA == "flip4"
-    assert ann.segmenter_name(seg) == "default model (A1+L, resnet18, flip4 TTA)"  # the dock says so
+    assert seg.tta == ann.segmenters.ANNOTATOR_TTA == "flip"
+    assert ann.segmenter_name(seg) == "default model (A1+L, resnet18, flip TTA)"  # the dock says so
     samples = Path(__file__).resolve().parents[1] / "napari_recist_seg" / "sample_data"
     image = read_image(samples / "ISIC_0000021.jpg").array
     h, w = image.shape[:2]
     r = Recist([[h * 0.3, w * 0.5], [h * 0.7, w * 0.5]], [[h * 0.5, w * 0.4], [h * 0.5, w * 0.6]])
     plain = Predictor.load(None, device="cpu")
     [a] = seg.segment(image, [r])
-    [b] = plain.segment(image, [r], tta="flip4")
+    [b] = plain.segment(image, [r], tta="flip")
     [c] = plain.segment(image, [r])
     np.testing.assert_array_equal(a.probability, b.probability)
     assert not np.array_equal(a.probability, c.probability)  # the mirrors did change it

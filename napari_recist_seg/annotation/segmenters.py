@@ -18,10 +18,11 @@ from napari_recist_seg.intensity import is_ct, resolve_window
 from napari_recist_seg.predict import DEFAULT_MODEL_DIR, LesionResult, Predictor, measure_mask
 from napari_recist_seg.recist import Recist, RecistError
 
-#: The annotator's test-time augmentation (napari_recist_seg.tta): one lesion at a time,
-#: so the 4 mirrored passes cost ~20 ms on a CPU and gave +0.001..+0.002 mean Dice on
-#: the clinic proxy (docs/RESULTS.md, "flip TTA"); bulk ``segment`` keeps "none".
-ANNOTATOR_TTA = "flip4"
+#: The annotator's test-time augmentation (napari_recist_seg.tta): the left-right mirror
+#: in the same network call (+0.0006..+0.0017 mean Dice on the test proxy) keeps the
+#: 60 ms draw-to-mask budget; "flip4" (+0.0011..+0.0024) took it to 62-73 ms on a 2-core
+#: CPU (docs/RESULTS.md, "flip TTA"). Bulk ``segment`` keeps "none".
+ANNOTATOR_TTA = "flip"
 
 __all__ = [
     "SEGMENTER_CHOICES",
@@ -175,7 +176,7 @@ def segmenter_device(segmenter: Any) -> str:
 
 
 def segmenter_name(segmenter: Any) -> str:
-    """A short description: ``"default model (A1+L, resnet18, flip4 TTA)"``, ``"Ellipse (no model)"``..."""
+    """A short description: ``"default model (A1+L, resnet18, flip TTA)"``, ``"Ellipse (no model)"``..."""
     name = getattr(segmenter, "name", None)
     if isinstance(name, str) and name:
         return name
