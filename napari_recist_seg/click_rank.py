@@ -282,7 +282,7 @@ CLICK_CHOOSERS = ("rounds", "ranked")
 def default_chooser(predictor: Any) -> str:
     """``"ranked"`` when ``predictor`` runs the model :data:`RANK_WEIGHTS` were fitted on
     (:data:`FITTED_MODEL_DIR`; on the test proxy 0.909 / 0.915 Dice from a centre click,
-    clinic 3x / 256 px, against 0.905 / 0.910 with ``"rounds"``, ``docs/RESULTS.md``),
+    clinic 3x / 256 px, against 0.900 / 0.913 with ``"rounds"`` in the same run, ``docs/RESULTS.md``),
     else ``"rounds"`` (the rule of :func:`napari_recist_seg.click.segment_click`)."""
     path = getattr(predictor, "path", None)
     try:
