@@ -47,8 +47,8 @@ def test_segment_tta_option_gives_the_predictors_flip4_masks(tmp_path, make_isic
     the default (no TTA) differs from them."""
     import numpy as np
 
-    from napari_recist_seg.data.images import read_image
     from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
+    from napari_recist_seg.data.images import read_image
     from napari_recist_seg.predict import DEFAULT_MODEL_DIR, Predictor
 
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():

@@ -12,7 +12,6 @@ pixels, on a synthetic dark disk whose true extent is known.
 from __future__ import annotations
 
 import copy
-
 import tracemalloc
 from pathlib import Path
 
@@ -22,9 +21,9 @@ import pytest
 import torch
 from PIL import Image
 
+from napari_recist_seg import predict as predict_mod
 from napari_recist_seg.clusters import ClusterModel
 from napari_recist_seg.model import CheckpointError, ModelConfig, build_model, save_checkpoint
-from napari_recist_seg import predict as predict_mod
 from napari_recist_seg.predict import DEFAULT_MODEL_DIR, LesionResult, Predictor, postprocess_mask
 from napari_recist_seg.preprocess import crop_box, make_input
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask, snap
