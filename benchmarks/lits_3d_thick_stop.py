@@ -33,7 +33,7 @@ class ScaledRules:
     overlap: float = 0.0  # min_overlap += overlap * t
     seed: float = 0.0  # min_seed_overlap += seed * t
     growth: float = 0.0  # max_growth and max_regrowth -= growth * t (not below 1)
-    base: StopRules = StopRules()
+    base: StopRules = StopRules(thick_fraction=0.0)  # the rules before this change
 
     def rules_at(self, shift_px: float) -> StopRules:
         """The :class:`StopRules` for a slice drift of ``shift_px`` pixels."""
