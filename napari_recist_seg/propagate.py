@@ -184,7 +184,9 @@ class StopRules:
     previous mask. The regrowth and seed-overlap rules (against walks that run on into
     a neighbouring structure) were added in a second round (``--grid run_on``); both
     halves of a 2-fold split by tumour choose the seed overlap 0.7 with a regrowth
-    rule (docs/RESULTS.md).
+    rule (docs/RESULTS.md). ``thick_fraction`` (issue #11, the fold-0 choice over
+    thickness-scaled thresholds, ``benchmarks/lits_3d_thick_stop.py``) raises the area
+    rule's fraction on thick slices only; 0 restores the rules before it.
     """
 
     min_fraction: float = 0.05
