@@ -8,7 +8,10 @@ first slice that fails one of the :class:`StopRules`, each stated in the volume'
 terms rather than as a constant of one scanner:
 
 - **area**: the mask covers less than ``min_fraction`` of the RECIST-slice mask (or
-  fewer than ``min_area`` pixels): the lesion has ended;
+  fewer than ``min_area`` pixels): the lesion has ended. On thick slices the fraction
+  is raised by ``thick_fraction * (1 - 1/shift)``, shift = slice spacing / pixel size
+  (0 on isotropic voxels): a small cross-section of a thick slice is mostly partial
+  volume, where the model over-segments;
 - **growth**: the mask is more than ``max_growth`` times the previous one: the RECIST
   slice is the lesion's largest cross-section, so a mask that grows has left it;
 - **intensity** (off by default since the intensity blend below does its work): the
@@ -181,11 +184,14 @@ class StopRules:
     previous mask. The regrowth and seed-overlap rules (against walks that run on into
     a neighbouring structure) were added in a second round (``--grid run_on``); both
     halves of a 2-fold split by tumour choose the seed overlap 0.7 with a regrowth
-    rule (docs/RESULTS.md).
+    rule (docs/RESULTS.md). ``thick_fraction`` (issue #11, the fold-0 choice over
+    thickness-scaled thresholds, ``benchmarks/lits_3d_thick_stop.py``) raises the area
+    rule's fraction on thick slices only; 0 restores the rules before it.
     """
 
     min_fraction: float = 0.05
     min_area: int = 4
+    thick_fraction: float = 0.2
     max_growth: float = 1.1
     contrast: float | None = None
     spread: float = 0.0
@@ -201,7 +207,7 @@ class StopRules:
         ``smallest`` is the smallest area of the walk so far (the RECIST slice's
         included), for the regrowth rule; :func:`first_stop` passes it.
         """
-        if step.area < max(self.min_area, self.min_fraction * ctx.area0):
+        if step.area < max(self.min_area, self.area_fraction(ctx.shift_px) * ctx.area0):
             return "area"
         if step.area > self.max_growth * step.prev_area:
             return "growth"
@@ -221,6 +227,14 @@ class StopRules:
                 self.max_slope * ctx.shift_px / (2.0 * radius)) * small:
             return "overlap"
         return None
+
+
+    def area_fraction(self, shift_px: float) -> float:
+        """The area rule's fraction of the RECIST-slice mask at a slice drift of
+        ``shift_px`` pixels: ``min_fraction`` on isotropic voxels (shift 1), raised by
+        ``thick_fraction * (1 - 1/shift)`` on thicker slices (issue #11, fold-0 choice
+        in docs/RESULTS.md)."""
+        return self.min_fraction + self.thick_fraction * (1.0 - 1.0 / max(shift_px, 1.0))
 
 
 def _disc_overlap(u: float) -> float:

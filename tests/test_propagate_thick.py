@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from napari_recist_seg.ellipse import ellipse_mask
-from napari_recist_seg.propagate import IntensityBlend, propagate_lesion
+from napari_recist_seg.propagate import (IntensityBlend, SeedContext, SliceStep, StopRules,
+                                         first_stop, propagate_lesion)
 from napari_recist_seg.recist import recist_from_mask
 
 THICK = IntensityBlend()  # prompt_weight 0.75, chosen on fold 0 (docs/RESULTS.md)
@@ -93,3 +94,55 @@ def test_prompt_never_grows_past_the_previous_mask():
     out = THICK.prompt(plane, prev, band, 5.0)
     assert out.any() and not (out & ~prev).any()
     assert out.sum() < prev.sum()
+
+
+# The area stop rule on thick slices (issue #11): the fraction of the RECIST-slice mask
+# below which a lesion ends is raised by ``thick_fraction * (1 - 1/shift)``, shift = slice
+# spacing / pixel size, so on isotropic voxels nothing changes.
+
+
+def _step(area: int, prev_area: int) -> SliceStep:
+    return SliceStep(z=0, mask=np.zeros((0, 0), bool), area=area, prev_area=prev_area,
+                     overlap=area, mean=None, seed_overlap=area)
+
+
+def test_area_fraction_follows_the_slice_thickness():
+    rules = StopRules()
+    assert rules.area_fraction(1.0) == rules.min_fraction  # isotropic: exactly the old rule
+    assert rules.area_fraction(0.5) == rules.min_fraction  # thinner than wide: no change
+    fr = [rules.area_fraction(s) for s in (2.0, 3.0, 5.0, 13.0)]
+    assert fr == sorted(fr) and fr[-1] < rules.min_fraction + rules.thick_fraction
+
+
+@pytest.mark.parametrize("shift, stops", [(1.0, False), (1.25, False), (2.0, True), (6.5, True)])
+def test_small_cross_section_of_a_thick_slice_ends_the_lesion(shift, stops):
+    ctx = SeedContext(area0=400, shift_px=shift, band=None)
+    steps = [_step(200, 400), _step(100, 200), _step(44, 100)]  # 11 % of the seed
+    kept, why = first_stop(steps, ctx, StopRules())
+    assert (why == "area") == stops and len(kept) == (2 if stops else 3)
+    assert first_stop(steps, ctx, StopRules(thick_fraction=0.0))[1] == "end"  # the old rule
+
+
+def _walk(dz: float, rules: StopRules):
+    """A stand-in for the model that segments every pixel with a lesion fraction above
+    0.2 of the slab (partial volume): on a thick slice past the lesion's end it still
+    finds a small, wrong cross-section. Returns the 3D Dice, the walk's and the truth's
+    slice extent."""
+    vol, truth, zc = _thick_ellipsoid(dz)
+    seen = (vol - 400.0) / 500.0 > 0.2
+    les = propagate_lesion(vol.shape, zc, truth[zc], lambda z, recist: seen[z],
+                           spacing=(dz, 1.0, 1.0), rules=rules, blend=None)
+    zs = np.nonzero(truth.any(axis=(1, 2)))[0]
+    dice = float(2 * (les.mask & truth).sum() / (les.mask.sum() + truth.sum()))
+    return dice, les.z_range, (int(zs[0]), int(zs[-1]))
+
+
+def test_thick_volume_stops_at_the_lesion_end():
+    new, z_new, extent = _walk(5.0, StopRules())
+    old, z_old, _ = _walk(5.0, StopRules(thick_fraction=0.0))
+    assert z_new == extent and z_old == (extent[0] - 1, extent[1] + 1)  # the old one ran on
+    assert new > old + 0.01
+
+
+def test_isotropic_volume_is_unchanged():
+    assert _walk(1.0, StopRules()) == _walk(1.0, StopRules(thick_fraction=0.0))
