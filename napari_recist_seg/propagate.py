@@ -61,9 +61,19 @@ Examples
 ...     yy, xx = np.mgrid[:20, :20]
 ...     vol[z][(yy - 10) ** 2 + (xx - 10) ** 2 <= rad ** 2] = 1
 >>> seg = lambda z, r: vol[z] > 0.5  # a perfect slice segmenter
->>> les = propagate_lesion(vol.shape, 3, vol[3] > 0.5, seg, spacing=(2.0, 0.5, 0.5))
+>>> les = propagate_lesion(vol.shape, 3, vol[3] > 0.5, seg, spacing=(0.5, 0.5, 0.5))
 >>> les.z_range, les.n_slices
 ((1, 5), 5)
+
+On slices 4x thicker than a pixel the tips (16 % of the RECIST slice's area) fall under
+the thick-slice area rule (0.05 + 0.2 x 0.75 = 20 %), which a model's over-segmented tips
+on such slices also do (docs/RESULTS.md); ``thick_fraction=0`` keeps them:
+
+>>> propagate_lesion(vol.shape, 3, vol[3] > 0.5, seg, spacing=(2.0, 0.5, 0.5)).z_range
+(2, 4)
+>>> propagate_lesion(vol.shape, 3, vol[3] > 0.5, seg, spacing=(2.0, 0.5, 0.5),
+...                  rules=StopRules(thick_fraction=0.0)).z_range
+(1, 5)
 """
 
 from __future__ import annotations
