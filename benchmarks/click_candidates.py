@@ -123,23 +123,32 @@ def case_figures(predictor, image: np.ndarray, gt: np.ndarray, point) -> dict:
     return {"candidates": rows}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def click_parser(doc: str, skip: int) -> argparse.ArgumentParser:
+    """The options of the click benchmarks (this one and click_chains.py)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--n", type=int, default=80)
-    parser.add_argument("--skip", type=int, default=40)
+    parser.add_argument("--skip", type=int, default=skip)
     parser.add_argument("--ids", choices=("val",), default="val")
     parser.add_argument("--render", choices=RENDERS, default="clinic")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
+    return parser
 
+
+def click_setup(args: argparse.Namespace):
+    """``(predictor, info, stems)`` for the parsed click-benchmark options."""
     import torch
 
     torch.set_num_threads(args.threads)
     predictor, info = load_predictor(args.model, "cpu")
-    stems = split_ids(predictor, args.ids)[args.skip : args.skip + args.n]
+    return predictor, info, split_ids(predictor, args.ids)[args.skip : args.skip + args.n]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = click_parser(__doc__, skip=40).parse_args(argv)
+    predictor, info, stems = click_setup(args)
     t0 = time.perf_counter()
     cases = []
     for i, (stem, image, gt, exact, _) in enumerate(load_cases(stems, args.render, args.seed)):

@@ -17,7 +17,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -28,9 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
 
-from click_candidates import contrast_variants  # noqa: E402
-from latency import load_predictor, machine_info  # noqa: E402
-from proxy_shift import RENDERS, click_points, load_cases, split_ids  # noqa: E402
+from click_candidates import click_parser, click_setup, contrast_variants  # noqa: E402
+from latency import machine_info  # noqa: E402
+from proxy_shift import click_points, load_cases  # noqa: E402
 
 from napari_recist_seg.click_rank import outline_confidence  # noqa: E402
 
@@ -108,24 +107,11 @@ def click_chains(predictor, image: np.ndarray, gt: np.ndarray, point, rounds: in
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--n", type=int, default=80)
-    parser.add_argument("--skip", type=int, default=120)
-    parser.add_argument("--ids", choices=("val",), default="val")
-    parser.add_argument("--render", choices=RENDERS, default="clinic")
+    parser = click_parser(__doc__, skip=120)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-
-    import torch
-
-    torch.set_num_threads(args.threads)
-    predictor, info = load_predictor(args.model, "cpu")
+    predictor, info, stems = click_setup(args)
     predictor.recist_fit = 0.0  # as segment_click runs; the fit is scored per step
-    stems = split_ids(predictor, args.ids)[args.skip : args.skip + args.n]
     t0 = time.perf_counter()
     cases = []
     for i, (stem, image, gt, exact, _) in enumerate(load_cases(stems, args.render, args.seed)):

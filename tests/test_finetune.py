@@ -145,16 +145,21 @@ def test_no_curated_mask_is_refused(isic_dir, tiny_ckpt, tmp_path):
                   FineTuneConfig(steps=1))
 
 
-def test_cli_lr_reaches_the_fine_tuning(monkeypatch, isic_dir, tiny_ckpt, tmp_path):
-    from napari_recist_seg.cli import build_parser
-    from napari_recist_seg.jobs.train import run_train
-
-    ds = tmp_path / "ds"
+def _two_image_dataset(isic_dir: Path, ds: Path) -> Path:
+    """A dataset folder with the first 2 of STEMS (real images, expert masks)."""
     (ds / "images").mkdir(parents=True)
     (ds / "masks").mkdir()
     for stem in STEMS[:2]:
         Image.open(isic_dir / "images" / f"{stem}.jpg").save(ds / "images" / f"{stem}.jpg")
         Image.open(isic_dir / "masks" / f"{stem}_segmentation.png").save(ds / "masks" / f"{stem}_segmentation.png")
+    return ds
+
+
+def test_cli_lr_reaches_the_fine_tuning(monkeypatch, isic_dir, tiny_ckpt, tmp_path):
+    from napari_recist_seg.cli import build_parser
+    from napari_recist_seg.jobs.train import run_train
+
+    ds = _two_image_dataset(isic_dir, tmp_path / "ds")
     seen = {}
 
     def fake(samples, init, out, cfg, **kw):
@@ -204,12 +209,7 @@ def test_init_default_names_the_shipped_model_unless_a_folder_of_that_name_is_he
     from napari_recist_seg.jobs.train import run_train
     from napari_recist_seg.predict import DEFAULT_MODEL_DIR
 
-    ds = tmp_path / "ds"
-    (ds / "images").mkdir(parents=True)
-    (ds / "masks").mkdir()
-    for stem in STEMS[:2]:
-        Image.open(isic_dir / "images" / f"{stem}.jpg").save(ds / "images" / f"{stem}.jpg")
-        Image.open(isic_dir / "masks" / f"{stem}_segmentation.png").save(ds / "masks" / f"{stem}_segmentation.png")
+    ds = _two_image_dataset(isic_dir, tmp_path / "ds")
     seen = []
 
     def fake(samples, init, out, cfg, **kw):

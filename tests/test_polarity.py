@@ -141,14 +141,7 @@ def test_the_3d_walk_keeps_the_recist_slice_polarity(predictor, tmp_path, monkey
     from napari_recist_seg.jobs.segment3d import run_segment3d
 
     path, csv_path, lesion = _bright_nifti(tmp_path)
-    seen: list = []
-    real = predictor.segment
-
-    def recording(image, recists, **kwargs):
-        seen.append(kwargs.get("polarity"))
-        return real(image, recists, **kwargs)
-
-    monkeypatch.setattr(predictor, "segment", recording)
+    seen = _recording(predictor, monkeypatch)
     run_segment3d([path], tmp_path / "out", recist_csv=csv_path, predictor=predictor)
     labels = read_image(tmp_path / "out" / "mr_labels.nii.gz").array == 1
     assert len(seen) >= 5 and set(seen) == {"bright"}  # decided once, kept off-slice
