@@ -17,7 +17,6 @@ model and the rule of :func:`napari_recist_seg.click.segment_click` for other mo
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -31,12 +30,12 @@ from napari_recist_seg.click import (
     _click_features,
     _holds,
     click_candidates,
+    click_predictor,
     recist_shift,
 )
 from napari_recist_seg.click import segment_click as _rounds_click
 from napari_recist_seg.postprocess import LesionResult
 from napari_recist_seg.recist import RecistError, snap
-from napari_recist_seg.tta import resolve_tta
 
 __all__ = ["CLICK_CHOOSERS", "FITTED_MODEL_DIR", "RANK_FEATURES", "RANK_ROUNDS", "RANK_TOP_K", "RANK_WEIGHTS",
            "choose_step", "default_chooser", "segment_click", "segment_click_ranked", "step_vector"]
@@ -245,11 +244,7 @@ def segment_click_ranked(predictor: Any, image: np.ndarray, point: Sequence[floa
     candidate and each round) is scored by :data:`RANK_WEIGHTS` over :func:`step_vector`
     and the best one is returned.
     """
-    if (getattr(predictor, "recist_fit", 0.0) or getattr(predictor, "grabcut_blend", 0.0)
-            or resolve_tta(getattr(predictor, "tta", False)) != "none"):
-        predictor = copy.copy(predictor)  # the shared predictor is never changed
-        predictor.recist_fit = predictor.grabcut_blend = 0.0
-        predictor.tta = "none"  # the weights were fitted on single passes
+    predictor = click_predictor(predictor)  # the weights were fitted on such single passes
     arr, slice_index, plane, click, diameters, candidates = click_candidates(
         predictor, image, point, slice_index, spacing, scales)
     shape = plane.shape[:2]
