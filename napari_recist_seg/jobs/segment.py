@@ -270,12 +270,7 @@ def run_segment(
                 threads = None if serial else max(1, default_threads() // _SEGMENTERS)
                 predictor = Predictor.load(model, device=device, precision=precision,
                                            threads=threads)
-            if predictor is not None and (window is not None or modality is not None):
-                predictor.window, predictor.modality = window, modality
-            if predictor is not None and polarity is not None:  # napari_recist_seg.polarity
-                predictor.polarity = polarity
-            if predictor is not None and tta is not None:  # napari_recist_seg.tta
-                predictor.tta = resolve_tta(tta)
+            set_reading(predictor, window=window, modality=modality, polarity=polarity, tta=tta)
             try:
                 run = _segment_all if serial else _segment_pipelined
                 run(todo, out, predictor, batch_size, report, records, ours,
@@ -294,6 +289,21 @@ def run_segment(
                 "again (with space / write access) to write the tables"
             ) from None
     return report
+
+
+def set_reading(predictor: "Predictor | None", *, window: object = None, modality: str | None = None,
+                polarity: str | None = None, tta: str | None = None) -> None:
+    """Give a job's ``predictor`` the options its caller set (``None``: keep the
+    predictor's): CT ``window`` and ``modality`` (napari_recist_seg.intensity), lesion
+    ``polarity`` (napari_recist_seg.polarity), test-time augmentation (napari_recist_seg.tta)."""
+    if predictor is None:
+        return
+    if window is not None or modality is not None:
+        predictor.window, predictor.modality = window, modality
+    if polarity is not None:
+        predictor.polarity = polarity
+    if tta is not None:
+        predictor.tta = resolve_tta(tta)
 
 
 def _segment_all(

@@ -55,7 +55,7 @@ from napari_recist_seg.jobs.common import (
 )
 from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
 from napari_recist_seg.jobs.segment import (
-    MEASUREMENT_COLUMNS, MEASUREMENTS_CSV, VOLUME_COLUMNS, measurement_row, volume_values)
+    MEASUREMENT_COLUMNS, MEASUREMENTS_CSV, VOLUME_COLUMNS, measurement_row, set_reading, volume_values)
 from napari_recist_seg.jobs.segment_commit import _fmt
 from napari_recist_seg.jobs.segment3d_store import clear_lesions, lesion_key, load_lesion, save_lesion
 from napari_recist_seg.jobs.segment_plan import SegmentItem, _check_collisions, _check_out, _plan
@@ -63,7 +63,6 @@ from napari_recist_seg.polarity import lesion_polarity
 from napari_recist_seg.postprocess import measure_mask
 from napari_recist_seg.propagate import IntensityBlend, StopRules, predictor_segmenter, propagate_lesion
 from napari_recist_seg.recist import Recist, RecistError, snap
-from napari_recist_seg.tta import resolve_tta
 
 __all__ = ["MEASUREMENT_COLUMNS_3D", "run_segment3d"]
 
@@ -291,12 +290,7 @@ def run_segment3d(
             from napari_recist_seg.predict import Predictor
 
             predictor = Predictor.load(model, device=device, precision=precision)
-        if predictor is not None and (window is not None or modality is not None):
-            predictor.window, predictor.modality = window, modality
-        if predictor is not None and polarity is not None:
-            predictor.polarity = polarity
-        if predictor is not None and tta is not None:  # napari_recist_seg.tta
-            predictor.tta = resolve_tta(tta)
+        set_reading(predictor, window=window, modality=modality, polarity=polarity, tta=tta)
         try:
             _run_all(todo, predictor, out, report, records, ProgressTracker(len(todo), progress), cancel)
         finally:
