@@ -30,12 +30,12 @@ import errno
 import json
 import os
 import socket
-import stat
 import time
 from pathlib import Path
 from typing import Iterable
 
 from napari_recist_seg.data.atomic import atomic_write_text, remove_stale_temps
+from napari_recist_seg.data.complete import file_complete
 from napari_recist_seg.jobs.common import InputError
 
 __all__ = [
@@ -412,15 +412,9 @@ def read_records(out: Path) -> dict[str, dict]:
 
 
 def committed(out: Path, record: dict | None) -> bool:
-    """True when a record exists and all the files it names exist (non-empty: a
-    power cut can leave a renamed file without its data)."""
+    """True when a record exists and all the files it names are whole
+    (:func:`~napari_recist_seg.data.complete.file_complete`: a power cut can leave a
+    renamed file empty or cut short, since outputs are not fsync'd)."""
     if record is None:
         return False
-    for name in record["outputs"]:
-        try:
-            st = os.stat(out / name)
-        except OSError:
-            return False
-        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
-            return False
-    return True
+    return all(file_complete(out / name) for name in record["outputs"])
