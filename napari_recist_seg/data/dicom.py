@@ -3,6 +3,7 @@ and spacing from the patient positions, and the NIfTI affine of a series."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,22 @@ def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as exc:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(ts, "name", str(ts)) if ts is not None else "unknown"
-        raise _fail(path, f"cannot decode DICOM pixel data (transfer syntax {name}: {exc})",
-                    exc) from exc
+        raise _fail(path, _decode_failure(ds, exc), exc) from exc
     return np.asarray(arr)
+
+
+def _decode_failure(ds: Any, exc: Exception) -> str:
+    """One line for pixel data pydicom could not decode; for a compressed transfer
+    syntax (JPEG lossless / JPEG-LS / JPEG 2000, common in PACS exports) without
+    python-gdcm, how to get the decoder."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    name = getattr(ts, "name", str(ts)) if ts is not None else "unknown"
+    # pydicom lists each decoder's reason on its own line: keep them on one
+    reason = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    if getattr(ts, "is_compressed", False) and importlib.util.find_spec("gdcm") is None:
+        return (f"cannot decode DICOM pixel data: transfer syntax {name} needs a decoder: "
+                "pip install python-gdcm (or \"napari-recist-seg[dicom]\")")
+    return f"cannot decode DICOM pixel data (transfer syntax {name}: {reason})"
 
 
 def _rescale(ds: Any, arr: np.ndarray) -> tuple[np.ndarray, bool]:
