@@ -156,11 +156,11 @@ def _scan_series(root: Path) -> tuple[list[tuple[Path, Any]], float]:
             continue  # DICOMDIR, structured reports, ...
         headers.append((f, ds))
     if not headers:
-        raise _fail(root, "no DICOM images in the folder")
+        raise _fail(root, "no DICOM images in the folder" + _subfolder_hint(root))
     series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
     if len(series) > 1:
-        raise _fail(root, f"the folder holds {len(series)} DICOM series; "
-                    "put each series in its own folder")
+        raise _fail(root, f"the folder holds {len(series)} DICOM series "
+                    f"({_series_summary(headers)}); put each series in its own folder")
     sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in headers}
     if len(sizes) > 1:
         raise _fail(root, f"slices have different sizes {sorted(sizes)}")
@@ -192,6 +192,36 @@ def _scan_series(root: Path) -> tuple[list[tuple[Path, Any]], float]:
         raw = first.get("SpacingBetweenSlices", None) or first.get("SliceThickness", None)
         dz = float(raw) if raw else 1.0
     return ordered, dz
+
+
+def _series_summary(headers: list[tuple[Path, Any]], at_most: int = 4) -> str:
+    """``"T2 AX: 24 slices; FLAIR: 24 slices; ..."`` in the order first seen, so the user
+    can tell which files belong to which series."""
+    count: dict[str, int] = {}
+    label: dict[str, str] = {}
+    for _, ds in headers:
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        count[uid] = count.get(uid, 0) + 1
+        if uid not in label:
+            desc = str(ds.get("SeriesDescription", "") or "").strip()
+            number = ds.get("SeriesNumber", None)
+            label[uid] = desc or (f"series {number}" if number is not None else f"UID {uid or '?'}")
+    parts = [f"{label[u]}: {n} slice{'s' if n != 1 else ''}" for u, n in list(count.items())[:at_most]]
+    more = len(count) - at_most
+    return "; ".join(parts) + (f"; {more} more" if more > 0 else "")
+
+
+def _subfolder_hint(root: Path) -> str:
+    """For a study folder whose series sit in subfolders: where they are."""
+    with_dicom = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if any(f.is_file() and (image_suffix(f) in _DICOM_SUFFIXES or _is_dicom_file(f))
+               for f in list(sub.iterdir())[:50]):
+            with_dicom.append(sub.name)
+    if not with_dicom:
+        return ""
+    shown = ", ".join(with_dicom[:4]) + (", ..." if len(with_dicom) > 4 else "")
+    return f"; its subfolders {shown} hold DICOM files: open one of them"
 
 
 def _series_shape_spacing(root: Path) -> tuple[tuple[int, ...], tuple[float, ...] | None]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import tifffile
 from PIL import Image, ImageFile
@@ -256,6 +257,28 @@ def test_dicom_series_errors(tmp_path: Path, write_dicom) -> None:
     write_dicom(mixed / "2.dcm", np.zeros((2, 2), np.uint16), series_uid="1.2.4", position_z=5)
     with pytest.raises(ImageReadError, match="2 DICOM series"):
         read_image(mixed)
+
+
+def test_a_study_folder_says_which_series_it_mixes_and_where_they_are(tmp_path, write_dicom):
+    # An MR exam exported flat: two series, one with a description, one without.
+    study = tmp_path / "flat"
+    for k in range(3):
+        p = write_dicom(study / f"t2_{k}.dcm", np.zeros((2, 2), np.uint16), series_uid="1.2.3",
+                        position_z=float(k))
+        ds = pydicom.dcmread(p)
+        ds.SeriesDescription = "T2 AX"
+        ds.save_as(p)
+    write_dicom(study / "other.dcm", np.zeros((2, 2), np.uint16), series_uid="1.2.4")
+    with pytest.raises(ImageReadError) as err:
+        read_image(study)
+    msg = str(err.value)
+    assert "2 DICOM series (UID 1.2.4: 1 slice; T2 AX: 3 slices)" in msg and "\n" not in msg
+    # The same exam exported one folder per series: the study folder points at them.
+    nested = tmp_path / "nested"
+    write_dicom(nested / "SE1" / "a.dcm", np.zeros((2, 2), np.uint16))
+    write_dicom(nested / "SE2" / "IM0001", np.zeros((2, 2), np.uint16), series_uid="1.2.5")
+    with pytest.raises(ImageReadError, match="subfolders SE1, SE2 hold DICOM files: open one"):
+        read_image(nested)
 
 
 # -- DeepLesion ----------------------------------------------------------------------
