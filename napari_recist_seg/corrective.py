@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from napari_recist_seg.mask_holes import fill_holes
+
 __all__ = ["Click", "correct_lesion", "correct_mask", "correction_box", "error_click"]
 
 # GrabCut runs on the crop shrunk to this side (speed: ~20-60 ms per click).
@@ -218,7 +220,7 @@ def _tidy(mask: np.ndarray, before: np.ndarray, clicks: Sequence[Click]) -> np.n
         sizes[0] = 0
         keep.add(int(np.argmax(sizes)))
     out = np.isin(labels, sorted(keep))
-    holes, nh = ndimage.label(ndimage.binary_fill_holes(out) & ~out)
+    holes, nh = ndimage.label(fill_holes(out) & ~out)
     fill = np.zeros(nh + 1, bool)
     fill[1:] = True
     fill[np.unique(holes[~before & holes.astype(bool) & ~_new_hole_ok(before)])] = False
@@ -232,7 +234,7 @@ def _tidy(mask: np.ndarray, before: np.ndarray, clicks: Sequence[Click]) -> np.n
 
 def _new_hole_ok(before: np.ndarray) -> np.ndarray:
     """Pixels where a hole may be filled: not inside a hole the mask already had."""
-    return ~(ndimage.binary_fill_holes(before) & ~before)
+    return ~(fill_holes(before) & ~before)
 
 
 def correct_lesion(

@@ -17,6 +17,7 @@ from typing import Literal, overload
 import numpy as np
 
 from napari_recist_seg.ellipse import EllipseMode, _Frame, _frame, _rho_in_box, crop_box
+from napari_recist_seg.mask_holes import fill_holes
 from napari_recist_seg.recist import Recist, RecistError
 
 __all__ = ["GRABCUT_SEED", "GrabCutResult", "grabcut_mask", "to_uint8_rgb"]
@@ -384,15 +385,13 @@ def _cut_at_crossing(fg: np.ndarray, small: _Small, crop: _Crop,
 
     Returns the cut, the ellipse (both at GrabCut's scale) and their area ratio.
     """
-    from scipy import ndimage  # slow to import (0.3-0.8 s): loaded when GrabCut runs
-
     ell_s = small.rho <= 1.0 + 1e-9
     centre = (frame.centre - crop.off + 0.5) * small.scale - 0.5
     ci = (
         int(np.clip(round(centre[0]), 0, fg.shape[0] - 1)),
         int(np.clip(round(centre[1]), 0, fg.shape[1] - 1)),
     )
-    fg = ndimage.binary_fill_holes(_keep_component_at(fg, ci))
+    fg = fill_holes(_keep_component_at(fg, ci))
     ell_area_s = max(int(ell_s.sum()), 1)
     area = int(fg.sum())
     ratio = area / ell_area_s
@@ -412,7 +411,6 @@ def _blend_with_ellipse(fg: np.ndarray, ell_s: np.ndarray, prior: float, scale: 
                         crop: _Crop, frame: _Frame) -> np.ndarray:
     """The cut's boundary pulled towards the ellipse's by ``prior``, at full resolution."""
     import cv2
-    from scipy import ndimage  # slow to import (0.3-0.8 s): loaded when GrabCut runs
 
     if not (prior > 0 or scale != 1.0):
         return fg
@@ -429,4 +427,4 @@ def _blend_with_ellipse(fg: np.ndarray, ell_s: np.ndarray, prior: float, scale: 
         int(np.clip(round(frame.centre[0] - crop.off[0]), 0, h - 1)),
         int(np.clip(round(frame.centre[1] - crop.off[1]), 0, w - 1)),
     )
-    return ndimage.binary_fill_holes(_keep_component_at(fg, ci))
+    return fill_holes(_keep_component_at(fg, ci))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_recist_seg.grabcut import grabcut_mask
+from napari_recist_seg.mask_holes import fill_holes
 from napari_recist_seg.recist import Recist, RecistError
 
 __all__ = ["BLENDS", "blend_masks", "grabcut_of", "signed_distance"]
@@ -87,10 +88,7 @@ def _component_at(mask: np.ndarray, recist_local: Recist) -> np.ndarray:
         m = (labels == keep).astype(np.uint8)
     elif n < 2:
         return mask
-    work = np.zeros((m.shape[0] + 2, m.shape[1] + 2), np.uint8)
-    work[1:-1, 1:-1] = m
-    cv2.floodFill(work, None, (0, 0), 2, flags=4)
-    return work[1:-1, 1:-1] != 2
+    return fill_holes(m)
 
 
 def blend_masks(model: np.ndarray, gc: np.ndarray | None, weight: float, recist_local: Recist,

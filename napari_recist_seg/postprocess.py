@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask, shape_features
+from napari_recist_seg.mask_holes import fill_holes as _fill_holes
 
 def _lazy_module(name: str) -> Any:
     """``name`` imported on first attribute access (importlib's LazyLoader recipe)."""
@@ -199,7 +200,7 @@ def postprocess_mask(
         keep = _largest(labels, n)
     out = labels == keep
     if fill_holes:
-        out = ndimage.binary_fill_holes(out)
+        out = _fill_holes(out)
     return out
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_recist_seg.mask_holes import fill_holes
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
 
 __all__ = ["IntensityBand", "IntensityBlend"]
@@ -127,7 +128,7 @@ class IntensityBlend:
         level = band.outside + self.level * (band.inside - band.outside)
         side = (smooth - level) * (1.0 if band.inside >= band.outside else -1.0) > 0
         near = ndi.distance_transform_edt(~prev[box]) <= reach
-        found = ndi.binary_fill_holes(side & near)
+        found = fill_holes(side & near)
         lab, n = ndi.label(found)
         if n:  # only the parts that touch the previous mask (not a neighbour)
             touch = np.unique(lab[ndi.binary_dilation(prev[box]) & (lab > 0)])

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from napari_recist_seg.grabcut_blend import blend_masks, grabcut_of
+from napari_recist_seg.mask_holes import fill_holes
 from napari_recist_seg.postprocess import measure_mask, postprocess_mask
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
 from napari_recist_seg.recist_geometry import _component_axes, _long_axis
@@ -64,7 +65,7 @@ def _keep_at(mask: np.ndarray, recist_local: Recist) -> np.ndarray:
         keep = int(labels[r, c])
     if keep == 0:
         keep = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    return ndimage.binary_fill_holes(labels == keep)
+    return fill_holes(labels == keep)
 
 
 def recist_error(mask: np.ndarray, recist_local: Recist) -> float:
@@ -98,16 +99,6 @@ def recist_error(mask: np.ndarray, recist_local: Recist) -> float:
     ) / recist_local.short_length
 
 
-def _fill_holes(comp: np.ndarray) -> np.ndarray:
-    """``comp`` (0/1 ``uint8``) with its holes filled, as ``ndimage.binary_fill_holes``
-    (background 4-connected to the border stays), by one flood fill from a padded corner."""
-    h, w = comp.shape
-    work = np.zeros((h + 2, w + 2), np.uint8)
-    work[1:-1, 1:-1] = comp
-    cv2.floodFill(work, None, (0, 0), 2, flags=4)
-    return (work[1:-1, 1:-1] != 2).view(np.uint8)
-
-
 def _crossing_pixel(recist_local: Recist) -> tuple[int, int]:
     """The pixel ``_keep_at`` keeps the component of: the crossing, else the centre."""
     try:
@@ -122,7 +113,7 @@ def _kept_component(mask: np.ndarray, at: tuple[int, int]) -> tuple[np.ndarray, 
     ``(0/1 uint8 crop of its bounding box, the crop's corner)``."""
     work = mask.astype(np.uint8)
     _, _, _, (x, y, w, h) = cv2.floodFill(work, None, (at[1], at[0]), 2, flags=8)
-    return _fill_holes((work[y : y + h, x : x + w] == 2).view(np.uint8)), (y, x)
+    return fill_holes(work[y : y + h, x : x + w] == 2).view(np.uint8), (y, x)
 
 
 def _at_in(mask: np.ndarray, at: tuple[int, int]) -> bool:

@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "__init__": 0,
     "recist": 0,
     "recist_geometry": 0,  # pure array helpers under recist (no Recist)
+    "mask_holes": 0,  # fill_holes: binary_fill_holes' pixels by one flood fill
     "progress": 0,
     "data": 1,
     "preprocess": 2,
