@@ -52,7 +52,8 @@ def _decode_failure(ds: Any, exc: Exception) -> str:
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     name = getattr(ts, "name", str(ts)) if ts is not None else "unknown"
     # pydicom lists each decoder's reason on its own line: keep them on one
-    reason = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    head, *rest = [part.strip() for part in str(exc).splitlines() if part.strip()] or [type(exc).__name__]
+    reason = head if not rest else head + (" " if head.endswith(":") else "; ") + "; ".join(rest)
     if getattr(ts, "is_compressed", False) and importlib.util.find_spec("gdcm") is None:
         return (f"cannot decode DICOM pixel data: transfer syntax {name} needs a decoder: "
                 "pip install python-gdcm (or \"napari-recist-seg[dicom]\")")
