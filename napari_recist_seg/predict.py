@@ -44,15 +44,17 @@ from napari_recist_seg.click import click_scales
 from napari_recist_seg.click_rank import segment_click
 from napari_recist_seg.image_checks import _check_image, _check_plane_values, _plane
 from napari_recist_seg.intensity import detect_modality
+from napari_recist_seg.model import CheckpointError, load_checkpoint, load_checkpoint_graph, resolve_device
 from napari_recist_seg.polarity import DEFAULT_POLARITY, model_input
 from napari_recist_seg.postprocess import (
     LesionResult, _sigmoid_inplace, _softmax, measure_mask, postprocess_mask, recist_cluster_probs,
 )
 from napari_recist_seg.preprocess import paste_back
 from napari_recist_seg.recist import Recist, RecistError, snap
+from napari_recist_seg.refine import refine_result
 from napari_recist_seg.runtime import make_runner
-from napari_recist_seg.tta import flip_average, resolve_tta
 from napari_recist_seg.stored_graph import _graph_predictor
+from napari_recist_seg.tta import flip_average, resolve_tta
 from napari_recist_seg.upsample import upsample_box
 
 __all__ = ["DEFAULT_MODEL_DIR", "LesionResult", "Predictor", "click_scales", "postprocess_mask"]
@@ -159,8 +161,6 @@ class Predictor:
         """The PyTorch network (loaded, with torch, on first access when the
         predictor runs a stored ONNX graph)."""
         if self._model is None:
-            from napari_recist_seg.model import load_checkpoint
-
             if self.path is None:
                 raise AttributeError("this predictor has no PyTorch model and no checkpoint path")
             self._model = load_checkpoint(self.path, device="cpu")[0].eval()
@@ -211,10 +211,6 @@ class Predictor:
         ValueError
             An unavailable device.
         """
-        from napari_recist_seg.model import (
-            CheckpointError, load_checkpoint, load_checkpoint_graph, resolve_device,
-        )
-
         if path is None:
             if not (DEFAULT_MODEL_DIR / "config.json").is_file():
                 raise CheckpointError(
@@ -348,8 +344,6 @@ class Predictor:
         """Apply ``self.refine`` (a :mod:`~napari_recist_seg.refine` method), then the outline moves."""
         if not self._refines or not res.mask.any():
             return res
-        from napari_recist_seg.refine import refine_result
-
         return refine_result(res, plane, self.refine, threshold=self.threshold, postprocess=postprocess,
                              boundary_offset=self.boundary_offset, recist_fit=self.recist_fit,
                              grabcut_blend=self.grabcut_blend)

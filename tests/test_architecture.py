@@ -140,8 +140,6 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_widgets.bulk -> jobs.segment",
     "jobs.segment -> predict",
     "jobs.segment3d -> predict",
-    "predict -> model",
-    "predict -> refine",
 })
 KNOWN_CYCLES: frozenset[str] = frozenset()
 
