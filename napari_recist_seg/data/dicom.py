@@ -4,6 +4,7 @@ and spacing from the patient positions, and the NIfTI affine of a series."""
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -216,9 +217,13 @@ def _subfolder_hint(root: Path) -> str:
     """For a study folder whose series sit in subfolders: where they are."""
     with_dicom = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        if any(f.is_file() and (image_suffix(f) in _DICOM_SUFFIXES or _is_dicom_file(f))
-               for f in list(sub.iterdir())[:50]):
-            with_dicom.append(sub.name)
+        try:  # a look at the first files only: the hint must stay cheap
+            first = itertools.islice(sub.iterdir(), 50)
+            if any(f.is_file() and (image_suffix(f) in _DICOM_SUFFIXES or _is_dicom_file(f))
+                   for f in first):
+                with_dicom.append(sub.name)
+        except OSError:  # an unreadable subfolder is not worth a traceback here
+            continue
     if not with_dicom:
         return ""
     shown = ", ".join(with_dicom[:4]) + (", ..." if len(with_dicom) > 4 else "")
