@@ -200,7 +200,11 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
             ctx = replace(ctx, area0=int(seed.sum()))
             refine = intensity_refiner(vol, ctx, blend)
             prompter = intensity_prompter(vol, ctx, blend)
-        walk_seg = _scaled_prompts(seg, 1.0 - args.prompt_shrink * (1.0 - 1.0 / max(ctx.shift_px, 1.0)))
+        thick = 1.0 - 1.0 / max(ctx.shift_px, 1.0)
+        walk_seg = _scaled_prompts(seg, 1.0 - args.prompt_shrink * thick)
+        if args.two_scale and thick > 0 and blend is not None and ctx.band is not None:
+            walk_seg = _two_scales(walk_seg, _scaled_prompts(walk_seg, 1.0 - args.two_scale * thick),
+                                   vol, ctx, blend)
         walks = []
         for step, end in ((-1, z_lo), (+1, z_hi)):
             cap = abs(end - z) + args.cap
@@ -246,6 +250,22 @@ def _scaled_prompts(seg, scale: float):
     return segment
 
 
+def _two_scales(seg, seg_small, vol, ctx, blend):
+    """Each off-slice segmented from its prompt and from a smaller one; the mask that
+    agrees better (Dice) with the slice's intensity region near the first is kept."""
+    def dice(a, b):
+        return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+    def segment(z, r):
+        m1, m2 = seg(z, r), seg_small(z, r)
+        if not m1.any():
+            return m2
+        region = blend.region(vol[z], m1, ctx.band, ctx.shift_px)
+        return m2 if dice(m2, region) > dice(m1, region) else m1
+
+    return segment
+
+
 def _blend(args):
     """The :class:`IntensityBlend` of the run (``None`` with ``--no-blend``)."""
     from napari_recist_seg.propagate import IntensityBlend
@@ -261,7 +281,7 @@ def _trace_key(args) -> tuple:
     """What the traces depend on (a cache of other settings is not re-used)."""
     # "steps v2": steps carry seed_overlap (older caches would replay that rule as off)
     return ("steps v3", args.min_slices, args.min_area, args.cap, args.fold, repr(_blend(args)),
-            args.polarity, args.tta, args.seed_tta, args.prompt_shrink)
+            args.polarity, args.tta, args.seed_tta, args.prompt_shrink, args.two_scale)
 
 
 def _strip(step):
@@ -329,6 +349,9 @@ def main() -> None:
     ap.add_argument("--prompt-shrink", type=float, default=0.0,
                     help="off-slice prompts' axes scaled by 1 - A (1 - 1 / (slice spacing / pixel)) "
                          "about their crossing (0: as the library walks; thin slices unchanged)")
+    ap.add_argument("--two-scale", type=float, default=0.0,
+                    help="thick slices only: each off-slice also prompted at 1 - B (1 - 1 / shift) "
+                         "of its prompt, the mask nearer the intensity region kept (2x calls; 0: off)")
     ap.add_argument("--fold", type=int, choices=(0, 1), default=None,
                     help="trace only the tumours with an even (0) / odd (1) id")
     ap.add_argument("--write-recist", default=None,
