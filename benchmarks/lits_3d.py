@@ -201,15 +201,15 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
             refine = intensity_refiner(vol, ctx, blend)
             prompter = intensity_prompter(vol, ctx, blend)
         thick = 1.0 - 1.0 / max(ctx.shift_px, 1.0)
-        walk_seg = _scaled_prompts(seg, 1.0 - args.prompt_shrink * thick)
+        scale = blend.prompt_scale(ctx.shift_px) if blend is not None else 1.0
+        walk_seg = seg
         if args.two_scale and thick > 0 and blend is not None and ctx.band is not None:
-            walk_seg = _two_scales(walk_seg, _scaled_prompts(walk_seg, 1.0 - args.two_scale * thick),
-                                   vol, ctx, blend)
+            walk_seg = _two_scales(seg, _scaled_prompts(seg, 1.0 - args.two_scale * thick), vol, ctx, blend)
         walks = []
         for step, end in ((-1, z_lo), (+1, z_hi)):
             cap = abs(end - z) + args.cap
             walks.append(list(trace(vol.shape[0], z, step, seed, walk_seg, image=vol, max_steps=cap,
-                                    refine=refine, prompt_mask=prompter)))
+                                    refine=refine, prompt_mask=prompter, prompt_scale=scale)))
         gt = tum["mask3d"]
         rows.append({
             "id": tum["id"], "z": z, "ctx": ctx, "gt_voxels": int(gt.sum()), "polarity": pol,
@@ -228,8 +228,8 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
 
 
 def _scaled_prompts(seg, scale: float):
-    """``seg`` with each off-slice prompt's axes scaled by ``scale`` about their crossing
-    (the lesion tapers away from its largest cross-section; ``seg`` itself at 1)."""
+    """``seg`` with each prompt's axes scaled by ``scale`` about their crossing (for
+    ``--two-scale``'s second prompt; ``seg`` itself at 1)."""
     from napari_recist_seg.recist import Recist, RecistError
 
     if scale == 1.0:
@@ -273,7 +273,7 @@ def _blend(args):
     if args.no_blend:
         return None
     return IntensityBlend(level=args.level, weight=args.weight, reach=args.reach,
-                          prompt_weight=args.prompt_weight,
+                          prompt_weight=args.prompt_weight, prompt_shrink=args.prompt_shrink,
                           seed_weight=None if args.no_seed_blend else IntensityBlend().seed_weight)
 
 
@@ -281,7 +281,7 @@ def _trace_key(args) -> tuple:
     """What the traces depend on (a cache of other settings is not re-used)."""
     # "steps v2": steps carry seed_overlap (older caches would replay that rule as off)
     return ("steps v3", args.min_slices, args.min_area, args.cap, args.fold, repr(_blend(args)),
-            args.polarity, args.tta, args.seed_tta, args.prompt_shrink, args.two_scale)
+            args.polarity, args.tta, args.seed_tta, args.two_scale)
 
 
 def _strip(step):
@@ -346,9 +346,9 @@ def main() -> None:
                          "slice of the walk, the RECIST slice included")
     ap.add_argument("--seed-tta", choices=("none", "flip", "flip4"), default=None,
                     help="the RECIST slice's TTA alone (default: --tta's)")
-    ap.add_argument("--prompt-shrink", type=float, default=0.0,
-                    help="off-slice prompts' axes scaled by 1 - A (1 - 1 / (slice spacing / pixel)) "
-                         "about their crossing (0: as the library walks; thin slices unchanged)")
+    ap.add_argument("--prompt-shrink", type=float, default=None,
+                    help="IntensityBlend.prompt_shrink: off-slice prompts' axes scaled by 1 - A (1 - 1 / "
+                         "(slice spacing / pixel)) about their crossing (default: the library's; 0: off)")
     ap.add_argument("--two-scale", type=float, default=0.0,
                     help="thick slices only: each off-slice also prompted at 1 - B (1 - 1 / shift) "
                          "of its prompt, the mask nearer the intensity region kept (2x calls; 0: off)")
@@ -369,6 +369,8 @@ def main() -> None:
     args.level = IntensityBlend().level if args.level is None else args.level
     args.weight = IntensityBlend().weight if args.weight is None else args.weight
     args.reach = IntensityBlend().reach if args.reach is None else args.reach
+    if args.prompt_shrink is None:
+        args.prompt_shrink = IntensityBlend().prompt_shrink
     if args.prompt_weight is None:
         args.prompt_weight = IntensityBlend().prompt_weight
     elif args.prompt_weight < 0:  # --prompt-weight -1: off (the walk before issue-11thick)
