@@ -39,7 +39,9 @@ Proxies of scanners we do not have (``--proxies``), all made from case 117:
 
 ``--polarity`` sets the predictor's lesion-polarity mode (:mod:`napari_recist_seg.
 polarity`: ``auto`` decides per tumour on its RECIST slice and keeps it for the walk,
-``dark`` never inverts = the behaviour before it).
+``dark`` never inverts = the behaviour before it). ``--tta`` sets the predictor's
+test-time augmentation (:mod:`napari_recist_seg.tta`) for every slice of the walk
+(``--seed-tta`` for the RECIST slice alone).
 
 Each direction's walk is traced once without stop rules (capped ``--cap`` slices past
 the tumour's true end; the default runs to the volume's edge, so the replay scores a
@@ -189,7 +191,8 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
         pol = lesion_polarity(vol[z], tum["recist"], pred.preprocess, modality=modality,
                               window=pred.window, mode=args.polarity) or "dark"
         seg = predictor_segmenter(pred, vol, modality=modality, polarity=pol)
-        seed = seg(z, tum["recist"])
+        seed = predictor_segmenter(pred, vol, modality=modality, polarity=pol,
+                                   tta=args.seed_tta)(z, tum["recist"])
         ctx = seed_context(seed, spacing=spacing, image=vol, z0=z)
         refine = prompter = None
         if blend is not None:  # as propagate_lesion does with the drawn RECIST
@@ -197,11 +200,16 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
             ctx = replace(ctx, area0=int(seed.sum()))
             refine = intensity_refiner(vol, ctx, blend)
             prompter = intensity_prompter(vol, ctx, blend)
+        thick = 1.0 - 1.0 / max(ctx.shift_px, 1.0)
+        scale = blend.prompt_scale(ctx.shift_px) if blend is not None else 1.0
+        walk_seg = seg
+        if args.two_scale and thick > 0 and blend is not None and ctx.band is not None:
+            walk_seg = _two_scales(seg, _scaled_prompts(seg, 1.0 - args.two_scale * thick), vol, ctx, blend)
         walks = []
         for step, end in ((-1, z_lo), (+1, z_hi)):
             cap = abs(end - z) + args.cap
-            walks.append(list(trace(vol.shape[0], z, step, seed, seg, image=vol, max_steps=cap,
-                                    refine=refine, prompt_mask=prompter)))
+            walks.append(list(trace(vol.shape[0], z, step, seed, walk_seg, image=vol, max_steps=cap,
+                                    refine=refine, prompt_mask=prompter, prompt_scale=scale)))
         gt = tum["mask3d"]
         rows.append({
             "id": tum["id"], "z": z, "ctx": ctx, "gt_voxels": int(gt.sum()), "polarity": pol,
@@ -219,6 +227,45 @@ def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> di
     return {"modality": modality, "spacing": spacing, "rows": rows}
 
 
+def _scaled_prompts(seg, scale: float):
+    """``seg`` with each prompt's axes scaled by ``scale`` about their crossing (for
+    ``--two-scale``'s second prompt; ``seg`` itself at 1)."""
+    from napari_recist_seg.recist import Recist, RecistError
+
+    if scale == 1.0:
+        return seg
+
+    def segment(z, r):
+        try:
+            c = r.crossing
+        except RecistError:  # axes that do not cross: scale about the box centre
+            c = r.centre
+        small = Recist(c + scale * (r.long_axis - c), c + scale * (r.short_axis - c),
+                       slice_index=r.slice_index, spacing=r.spacing)
+        try:
+            return seg(z, small)
+        except RecistError:  # an axis scaled below a pixel: the prompt as it was
+            return seg(z, r)
+
+    return segment
+
+
+def _two_scales(seg, seg_small, vol, ctx, blend):
+    """Each off-slice segmented from its prompt and from a smaller one; the mask that
+    agrees better (Dice) with the slice's intensity region near the first is kept."""
+    def dice(a, b):
+        return 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+    def segment(z, r):
+        m1, m2 = seg(z, r), seg_small(z, r)
+        if not m1.any():
+            return m2
+        region = blend.region(vol[z], m1, ctx.band, ctx.shift_px)
+        return m2 if dice(m2, region) > dice(m1, region) else m1
+
+    return segment
+
+
 def _blend(args):
     """The :class:`IntensityBlend` of the run (``None`` with ``--no-blend``)."""
     from napari_recist_seg.propagate import IntensityBlend
@@ -226,7 +273,7 @@ def _blend(args):
     if args.no_blend:
         return None
     return IntensityBlend(level=args.level, weight=args.weight, reach=args.reach,
-                          prompt_weight=args.prompt_weight,
+                          prompt_weight=args.prompt_weight, prompt_shrink=args.prompt_shrink,
                           seed_weight=None if args.no_seed_blend else IntensityBlend().seed_weight)
 
 
@@ -234,7 +281,7 @@ def _trace_key(args) -> tuple:
     """What the traces depend on (a cache of other settings is not re-used)."""
     # "steps v2": steps carry seed_overlap (older caches would replay that rule as off)
     return ("steps v3", args.min_slices, args.min_area, args.cap, args.fold, repr(_blend(args)),
-            args.polarity)
+            args.polarity, args.tta, args.seed_tta, args.two_scale)
 
 
 def _strip(step):
@@ -257,7 +304,7 @@ def load_traces(args) -> dict:
 
     ct = read_image(DATA / "ct.nii.gz").array
     labels = read_image(DATA / "labels.nii.gz").array
-    pred = Predictor.load(None, device="cpu")
+    pred = Predictor.load(None, device="cpu", tta=args.tta)
     traces: dict = {"key": _trace_key(args)}
     for name in args.proxies:
         t0 = time.perf_counter()
@@ -294,6 +341,17 @@ def main() -> None:
     ap.add_argument("--reach", type=float, default=None, help="IntensityBlend.reach (default: the library's)")
     ap.add_argument("--polarity", choices=("auto", "dark", "bright"), default="auto",
                     help="lesion polarity mode (napari_recist_seg.polarity; dark = never invert)")
+    ap.add_argument("--tta", choices=("none", "flip", "flip4"), default="none",
+                    help="the predictor's test-time augmentation (napari_recist_seg.tta) on every "
+                         "slice of the walk, the RECIST slice included")
+    ap.add_argument("--seed-tta", choices=("none", "flip", "flip4"), default=None,
+                    help="the RECIST slice's TTA alone (default: --tta's)")
+    ap.add_argument("--prompt-shrink", type=float, default=None,
+                    help="IntensityBlend.prompt_shrink: off-slice prompts' axes scaled by 1 - A (1 - 1 / "
+                         "(slice spacing / pixel)) about their crossing (default: the library's; 0: off)")
+    ap.add_argument("--two-scale", type=float, default=0.0,
+                    help="thick slices only: each off-slice also prompted at 1 - B (1 - 1 / shift) "
+                         "of its prompt, the mask nearer the intensity region kept (2x calls; 0: off)")
     ap.add_argument("--fold", type=int, choices=(0, 1), default=None,
                     help="trace only the tumours with an even (0) / odd (1) id")
     ap.add_argument("--write-recist", default=None,
@@ -305,11 +363,14 @@ def main() -> None:
                     help="write each --proxies volume as DIR/<name>.nii.gz (the CT's affine, z "
                          "scaled for thick slices) with its RECIST as DIR/<name>_recist.csv, and exit")
     args = ap.parse_args()
+    args.seed_tta = args.tta if args.seed_tta is None else args.seed_tta
     from napari_recist_seg.propagate import IntensityBlend
 
     args.level = IntensityBlend().level if args.level is None else args.level
     args.weight = IntensityBlend().weight if args.weight is None else args.weight
     args.reach = IntensityBlend().reach if args.reach is None else args.reach
+    if args.prompt_shrink is None:
+        args.prompt_shrink = IntensityBlend().prompt_shrink
     if args.prompt_weight is None:
         args.prompt_weight = IntensityBlend().prompt_weight
     elif args.prompt_weight < 0:  # --prompt-weight -1: off (the walk before issue-11thick)

@@ -48,7 +48,9 @@ On thick slices the model, prompted with the previous (larger) cross-section's R
 over-segments most (it repeats its prompt's size); each slice is therefore prompted
 from the previous mask blended with that slice's intensity region, never larger than
 the previous mask, weighted by the slice thickness (``IntensityBlend.prompt_weight``,
-:func:`intensity_prompter`; nothing changes on isotropic voxels).
+:func:`intensity_prompter`), and that prompt's axes are shortened a little by the
+slice thickness (``IntensityBlend.prompt_shrink``: the lesion tapers); nothing changes
+on isotropic voxels.
 
 The walk itself (:func:`trace`) only ends when nothing is segmented; the rules decide
 where the lesion ends, so a benchmark can replay one trace under many rules
@@ -87,7 +89,7 @@ from scipy import ndimage as ndi
 
 from napari_recist_seg.polarity import lesion_polarity
 from napari_recist_seg.propagate_intensity import IntensityBand, IntensityBlend
-from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
+from napari_recist_seg.recist import MIN_AXIS_LENGTH_PX, Recist, RecistError, recist_from_mask
 
 __all__ = [
     "IntensityBand",
@@ -281,18 +283,21 @@ def trace(
     n_slices: int, z0: int, step: int, seed: np.ndarray, segment: SliceSegmenter, *,
     image: np.ndarray | None = None, max_steps: int | None = None,
     refine: SliceRefiner | None = None, prompt_mask: SlicePrompter | None = None,
+    prompt_scale: float = 1.0,
 ) -> Iterator[SliceStep]:
     """Walk from ``z0`` in direction ``step`` (+1 / -1) until nothing is segmented.
 
     Each slice is prompted from the previous slice's mask (or from
     ``prompt_mask(z, prev)`` when given and not empty, e.g. :func:`intensity_prompter`),
-    its mask corrected by ``refine(z, mask, prev)`` when given (e.g.
-    :func:`intensity_refiner`); no stop rule is applied (see :func:`first_stop`).
+    the prompt's axes scaled by ``prompt_scale`` about their crossing
+    (:meth:`IntensityBlend.prompt_scale`), its mask corrected by
+    ``refine(z, mask, prev)`` when given (e.g. :func:`intensity_refiner`); no stop
+    rule is applied (see :func:`first_stop`).
     """
     seed = np.asarray(seed, bool)
     prev, z, n = seed, z0 + step, 0
     while 0 <= z < n_slices and (max_steps is None or n < max_steps):
-        m = _slice_mask(z, prev, segment, refine, prompt_mask)
+        m = _slice_mask(z, prev, segment, refine, prompt_mask, prompt_scale)
         if m is None:
             return
         m = _keep_connected(m, prev)
@@ -307,18 +312,35 @@ def trace(
 
 def _slice_mask(z: int, prev: np.ndarray, segment: SliceSegmenter,
                 refine: SliceRefiner | None, prompt_mask: SlicePrompter | None,
-                ) -> np.ndarray | None:
+                prompt_scale: float = 1.0) -> np.ndarray | None:
     """One slice's mask, prompted from ``prev`` or ``prompt_mask(z, prev)`` when that
-    has at least 4 px (``None``: no RECIST can be measured)."""
+    has at least 4 px, scaled by ``prompt_scale`` (``None``: no RECIST can be measured)."""
     pm = prompt_mask(z, prev) if prompt_mask is not None else None
     try:
         prompt = recist_from_mask(pm if pm is not None and pm.sum() >= 4 else prev, slice_index=z)
+        prompt = _scaled_prompt(prompt, prompt_scale)
     except (RecistError, ValueError):
         return None
     m = np.asarray(segment(z, prompt), bool)
     if refine is not None:
         m = np.asarray(refine(z, m, prev), bool)
     return m
+
+
+def _scaled_prompt(prompt: Recist, scale: float) -> Recist:
+    """``prompt`` with both axes scaled by ``scale`` about their crossing; ``prompt``
+    itself at 1, or where an axis would fall below a valid RECIST's length."""
+    if scale == 1.0:
+        return prompt
+    try:
+        c = prompt.crossing
+    except RecistError:  # parallel axes: nothing to scale about
+        return prompt
+    small = replace(prompt, long_axis=c + scale * (prompt.long_axis - c),
+                    short_axis=c + scale * (prompt.short_axis - c))
+    if min(small.long_length, small.short_length) < MIN_AXIS_LENGTH_PX:
+        return prompt
+    return small
 
 
 def intensity_refiner(image: np.ndarray, ctx: SeedContext,
@@ -428,10 +450,11 @@ def propagate_lesion(
         ctx = replace(ctx, area0=int(seed.sum()))
     refine = intensity_refiner(image, ctx, blend) if image is not None and blend else None
     prompter = intensity_prompter(image, ctx, blend) if image is not None and blend else None
+    scale = blend.prompt_scale(ctx.shift_px) if image is not None and blend else 1.0
     ends, stops = [z0, z0], ["", ""]
     for i, step in enumerate((-1, +1)):
         walk = trace(shape[0], z0, step, seed, segment, image=image, refine=refine,
-                     prompt_mask=prompter)
+                     prompt_mask=prompter, prompt_scale=scale)
         kept, why = first_stop(walk, ctx, rules)
         for s in kept:
             out[s.z] = s.mask
