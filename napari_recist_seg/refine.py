@@ -25,6 +25,7 @@ named by its ``refine`` attribute.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -148,18 +149,26 @@ def _kept_recist(mask: np.ndarray, recist_local: Recist,
 
 
 def _threshold_error(mask: np.ndarray, recist_local: Recist,
-                     at: tuple[int, int] | None = None, bound: float = float("inf")) -> float:
+                     at: tuple[int, int] | None = None, bound: float = float("inf"),
+                     seen: dict[str, Any] | None = None) -> float:
     """``recist_error(_keep_at(mask, r), r)``, from :func:`_kept_recist`; or, where the
     long axis alone already puts it at or above ``bound``, that part of it (a lower
-    bound not below ``bound``: the short axis is then not measured)."""
+    bound not below ``bound``: the short axis is then not measured).
+
+    ``seen`` (when given) gets ``"long"``: the kept component's long axis when the
+    crossing is inside ``mask`` (else absent), and ``"axes"``: its measured
+    :class:`Recist` (``None`` when not measured or degenerate)."""
     at = _crossing_pixel(recist_local) if at is None else at
     L, W = recist_local.long_length, recist_local.short_length
+    seen = {} if seen is None else seen
+    seen["axes"] = None
     if bound < float("inf") and _at_in(mask, at):
         comp, corner = _kept_component(mask, at)
         if int(np.count_nonzero(comp)) < 4:
             return float("inf")
         try:
             long = _long_axis(comp)
+            seen["long"] = long[2]
             # The same float as abs(m.long_length - L) / L below (integer endpoints).
             long_part = abs(long[2] - L) / L
             if long_part >= bound:
@@ -171,18 +180,47 @@ def _threshold_error(mask: np.ndarray, recist_local: Recist,
         m = _kept_recist(mask, recist_local, at)
         if m is None:
             return float("inf")
+        if _at_in(mask, at):
+            seen["long"] = m.long_length
+    seen["axes"] = m
     return abs(m.long_length - L) / L + abs(m.short_length - W) / W
 
 
-def _best_threshold(prob: np.ndarray, recist_local: Recist, threshold: float) -> tuple[np.ndarray, float]:
+def _long_part_bound(longs: dict[float, float], t: float, L: float) -> float:
+    """A lower bound of threshold ``t``'s long-axis error ``|L_m(t) - L| / L`` from the
+    long axes ``longs`` measured at other thresholds, all with the crossing inside
+    their masks (as it must be inside ``t``'s).
+
+    The masks are nested (a higher threshold keeps a subset), so are the components at
+    the crossing and their filled holes, and the long axis (the largest distance
+    between two pixels) can only shrink as the threshold rises: below a measured
+    ``L_0 <= L`` it stays at most ``L_0``, above one ``>= L`` at least ``L_0``. Float
+    subtraction and division keep that order, so the bound never exceeds the error.
+    """
+    bound = 0.0
+    for t0, long0 in longs.items():
+        if t0 < t and long0 <= L:
+            bound = max(bound, (L - long0) / L)
+        elif t0 > t and long0 >= L:
+            bound = max(bound, (long0 - L) / L)
+    return bound
+
+
+def _best_threshold(prob: np.ndarray, recist_local: Recist, threshold: float
+                    ) -> tuple[np.ndarray, float, Recist | None, bool]:
     """The ``"recist"`` choice: of ``threshold`` and :data:`THRESHOLDS`, the full-size
-    mask whose kept component's axes best match the drawn ones, and its error.
+    mask whose kept component's axes best match the drawn ones, and its error; then the
+    chosen component's measured axes (``None`` if not measured) and whether they were
+    measured on ``prob`` itself (not shrunk: :func:`axis_gap` of the mask would measure
+    the same).
 
     The thresholds are compared on the probability shrunk to at most _MEASURE_SIDE
     (the relative axis error does not depend on scale; full resolution costs ~180 ms
     per lesion at 768 x 576, shrunk ~10 ms). The masks of the thresholds are nested,
     so two with the same pixel count are the same mask: it is measured once (same
-    error, and a tie never replaces the earlier choice).
+    error, and a tie never replaces the earlier choice). A threshold whose long-axis
+    error is bounded below by those measured (:func:`_long_part_bound`) at or above
+    the best error so far is not measured at all (it cannot win).
     """
     f = min(1.0, _MEASURE_SIDE / max(prob.shape))
     small, r_small = prob, recist_local
@@ -192,19 +230,29 @@ def _best_threshold(prob: np.ndarray, recist_local: Recist, threshold: float) ->
         r_small = recist_local.transformed((0.0, 0.0), (size[1] / prob.shape[0], size[0] / prob.shape[1]))
     base = small > threshold
     at = _crossing_pixel(r_small)  # (computed once: 15 us a time)
-    best_t, best_err = threshold, (_threshold_error(base, r_small, at) if base.any() else float("inf"))
-    seen = {int(np.count_nonzero(base))}
+    L = r_small.long_length
+    seen: dict[str, Any] = {}
+    best_t, best_err = threshold, (_threshold_error(base, r_small, at, seen=seen) if base.any() else float("inf"))
+    best_axes = seen.get("axes")
+    longs = {threshold: seen["long"]} if "long" in seen else {}
+    counts = {int(np.count_nonzero(base))}
     for t in THRESHOLDS:
         cand = small > t
         n = int(np.count_nonzero(cand))
-        if n == 0 or n in seen:
+        if n == 0 or n in counts:
             continue
-        seen.add(n)
+        counts.add(n)
         # Only an error below best_err - 1e-9 can win: at or above it, a bound will do.
-        err = _threshold_error(cand, r_small, at, bound=best_err - 1e-9)
-        if err < best_err - 1e-9:
-            best_t, best_err = t, err
-    return prob > best_t, best_err
+        bound = best_err - 1e-9
+        if _at_in(cand, at) and _long_part_bound(longs, t, L) >= bound:
+            continue
+        seen = {}
+        err = _threshold_error(cand, r_small, at, bound=bound, seen=seen)
+        if "long" in seen:
+            longs[t] = seen["long"]
+        if err < bound:
+            best_t, best_err, best_axes = t, err, seen["axes"]
+    return prob > best_t, best_err, best_axes, f == 1.0
 
 
 def offset_mask(mask: np.ndarray, pixels: float) -> np.ndarray:
@@ -222,11 +270,23 @@ def offset_mask(mask: np.ndarray, pixels: float) -> np.ndarray:
     """
     if pixels == 0 or not mask.any():
         return mask
+    # Only the mask's bounding box, grown by the move (at least one pixel), can change,
+    # and the distances there are the whole crop's: the nearest pixel of the other kind
+    # is inside it, or beyond the grown box's ring of background, which is nearer (the
+    # chamfer distance is a path length, at least the L-inf distance).
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask, dtype=bool).view(np.uint8))
+    grow = int(math.ceil(max(pixels, 0.0))) + 1
+    r0, c0 = max(0, y - grow), max(0, x - grow)
+    r1, c1 = min(mask.shape[0], y + h + grow), min(mask.shape[1], x + w + grow)
+    box = mask[r0:r1, c0:c1]
+    out = np.zeros_like(mask)
     if pixels > 0:
-        return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5) <= pixels
-    grown = np.pad(mask, 1, mode="edge")  # the crop's edge is not the lesion's edge
+        out[r0:r1, c0:c1] = cv2.distanceTransform((~box).astype(np.uint8), cv2.DIST_L2, 5) <= pixels
+        return out
+    grown = np.pad(box, 1, mode="edge")  # the crop's edge is not the lesion's edge
     inside = cv2.distanceTransform(grown.astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    return inside > -pixels
+    out[r0:r1, c0:c1] = inside > -pixels
+    return out
 
 
 def axis_gap(mask: np.ndarray, recist_local: Recist) -> float:
@@ -259,7 +319,11 @@ def axis_gap(mask: np.ndarray, recist_local: Recist) -> float:
         small = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
         r_small = recist_local.transformed((0.0, 0.0), (size[1] / mask.shape[0], size[0] / mask.shape[1]))
         f = size[0] / mask.shape[1]
-    m = _kept_recist(small, r_small) if small.any() else None
+    return _gap_of(_kept_recist(small, r_small) if small.any() else None, r_small, recist_local, f)
+
+
+def _gap_of(m: Recist | None, r_small: Recist, recist_local: Recist, f: float) -> float:
+    """:func:`axis_gap` from the kept component's axes ``m`` measured at scale ``f``."""
     if m is None:
         return 0.0
     gap = (r_small.long_length - m.long_length) + (r_small.short_length - m.short_length)
@@ -339,11 +403,18 @@ def refine_mask(
     np.ndarray
         bool mask, same shape as ``prob``.
     """
+    return _refine_mask(method, prob, recist_local, image_crop, threshold)[0]
+
+
+def _refine_mask(method: str, prob: np.ndarray, recist_local: Recist, image_crop: np.ndarray | None,
+                 threshold: float) -> tuple[np.ndarray, tuple[Recist | None] | None]:
+    """:func:`refine_mask`, and the ``(axes,)`` :func:`axis_gap` of the mask would measure
+    where the ``"recist"`` choice measured them already (a crop not shrunk), else ``None``."""
     if method not in METHODS:
         raise ValueError(f"unknown refinement {method!r}; choose one of {', '.join(METHODS)}")
     base = prob > threshold
     if method == "none" or not base.any():
-        return base
+        return base, None
     candidates: list[np.ndarray] = []
     if method == "recist_gc" and image_crop is not None:
         try:
@@ -358,18 +429,19 @@ def refine_mask(
             fused = (_signed(cut) + _signed(base)) / 2 > 0
             fused = _keep_at(fused, recist_local)
             if method == "fused":
-                return fused
+                return fused, None
             candidates.append(fused)
         elif method == "fused":
-            return base
+            return base, None
     if method == "fused":
-        return base
-    best, best_err = _best_threshold(prob, recist_local, threshold)
+        return base, None
+    best, best_err, axes, unshrunk = _best_threshold(prob, recist_local, threshold)
+    known = (axes,) if unshrunk else None
     for cand in candidates:  # full-resolution GrabCut candidates
         err = recist_error(_keep_at(cand, recist_local), recist_local)
         if err < best_err - 1e-9:
-            best, best_err = cand, err
-    return best
+            best, best_err, known = cand, err, None
+    return best, known
 
 
 def refine_result(res: Any, plane: np.ndarray, method: str, *, threshold: float = 0.5,
@@ -386,10 +458,11 @@ def refine_result(res: Any, plane: np.ndarray, method: str, *, threshold: float 
     (r0, c0), (h, w) = res.offset, res.mask.shape
     local = res.recist.transformed(res.offset, 1.0)
     crop = plane[r0 : r0 + h, c0 : c0 + w]
-    mask = refine_mask(method, res.probability, local, crop, threshold=threshold)
+    mask, known = _refine_mask(method, res.probability, local, crop, threshold)
     if (boundary_offset or recist_fit or grabcut_blend) and mask.any():
         px = boundary_offset * local.long_length
-        px = px + recist_fit * axis_gap(mask, local) if recist_fit else px
+        if recist_fit:  # (the choice's own measurement where it is axis_gap's: same value)
+            px = px + recist_fit * (axis_gap(mask, local) if known is None else _gap_of(known[0], local, local, 1.0))
         gc = grabcut_of(crop, local) if grabcut_blend else None
         mask = offset_mask(mask, px) if gc is None else blend_masks(mask, gc, grabcut_blend, local, shift=px)
     if postprocess and mask.any():

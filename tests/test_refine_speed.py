@@ -217,3 +217,100 @@ def test_fast_axis_gap_equals_the_reference(val_probabilities):
             gaps.append(axis_gap(mask, r))
             assert gaps[-1] == pytest.approx(_reference_axis_gap(mask, r), abs=1e-9)
     assert sum(abs(g) > 0.5 for g in gaps) >= 20  # gaps that move outlines were compared
+
+
+def test_thresholds_bounded_by_nested_long_axes_are_not_measured(val_probabilities, monkeypatch):
+    # Higher thresholds keep nested components, whose long axis can only shrink: a
+    # threshold beyond one measured shorter than the drawn L (or below one measured
+    # longer) has a long-axis error at least that one's, and is skipped once that
+    # reaches the best error. Same choice; fewer components flood-filled.
+    from napari_recist_seg import refine
+
+    filled = [0]
+    real = refine._kept_component
+
+    def counted(*args, **kwargs):
+        filled[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(refine, "_kept_component", counted)
+    distinct = maps = 0
+    for prob, r in val_probabilities:
+        for p in (prob, prob**2, np.sqrt(prob)):
+            f = min(1.0, _MEASURE_SIDE / max(p.shape))
+            size = (max(2, int(round(p.shape[1] * f))), max(2, int(round(p.shape[0] * f))))
+            small = cv2.resize(p, size, interpolation=cv2.INTER_LINEAR) if f < 1.0 else p
+            distinct += len({int(np.count_nonzero(small > t)) for t in (0.5, *THRESHOLDS)} - {0})
+            maps += 1
+            assert np.array_equal(refine_mask("recist", p, r), _reference_recist_choice(p, r))
+    # Without the bound every distinct non-empty threshold is flood-filled once.
+    assert filled[0] <= distinct - maps // 10
+
+
+def test_unshrunk_crops_reuse_the_choice_measurement_for_the_gap(val_probabilities, monkeypatch):
+    # axis_gap of the chosen mask measures what the choice measured on a crop that was
+    # not shrunk: refine_result takes it from there (same outline, one measurement less).
+    from napari_recist_seg import refine
+    from napari_recist_seg.postprocess import LesionResult
+
+    real_gap = refine.axis_gap
+    gap_calls = [0]
+
+    def counted(*args, **kwargs):
+        gap_calls[0] += 1
+        return real_gap(*args, **kwargs)
+
+    compared = 0
+    for prob, r in val_probabilities:
+        # A crop of at most _MEASURE_SIDE px: the choice measures it unshrunk.
+        p = np.ascontiguousarray(prob[:_MEASURE_SIDE, :_MEASURE_SIDE])
+        if not (p > 0.5).any():
+            continue
+        mask = refine_mask("recist", p, r)
+        expected = refine.offset_mask(mask, 0.75 * real_gap(mask, r))
+        res = LesionResult(r, (0, 0), p > 0.5, p, None, None, None)
+        monkeypatch.setattr(refine, "axis_gap", counted)
+        got = refine.refine_result(res, np.zeros(p.shape + (3,), np.uint8), "recist", recist_fit=0.75)
+        monkeypatch.setattr(refine, "axis_gap", real_gap)
+        assert np.array_equal(got.mask, expected)
+        compared += 1
+    assert compared >= 30 and gap_calls[0] == 0
+
+
+def _reference_offset_mask(mask, pixels):
+    """``offset_mask`` as first written: distances over the whole crop."""
+    if pixels == 0 or not mask.any():
+        return mask
+    if pixels > 0:
+        return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5) <= pixels
+    inside = cv2.distanceTransform(np.pad(mask, 1, mode="edge").astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    return inside > -pixels
+
+
+def test_offset_mask_measures_the_grown_box_only_with_the_whole_crop_result(val_probabilities, monkeypatch):
+    from napari_recist_seg.refine import offset_mask
+
+    sizes = []
+    real = cv2.distanceTransform
+
+    def recorded(src, *args, **kwargs):
+        sizes.append(src.size)
+        return real(src, *args, **kwargs)
+
+    rng = np.random.default_rng(3)
+    masks = [prob > t for prob, _ in val_probabilities for t in (0.3, 0.8)]
+    for _ in range(150):  # blobs touching the crop's edges, holes, several components
+        h, w = rng.integers(3, 90, 2)
+        noise = cv2.GaussianBlur(rng.random((int(h), int(w))).astype(np.float32), (0, 0), float(rng.uniform(0.5, 4)))
+        masks.append(noise > np.quantile(noise, rng.uniform(0.3, 0.97)))
+    smaller = 0
+    for mask in masks:
+        for px in (-7.5, -2.0, -0.4, 0.4, 2.6, 9.0):
+            expected = _reference_offset_mask(mask, px)
+            sizes.clear()
+            monkeypatch.setattr(cv2, "distanceTransform", recorded)
+            got = offset_mask(mask, px)
+            monkeypatch.setattr(cv2, "distanceTransform", real)
+            assert np.array_equal(got, expected)
+            smaller += bool(sizes) and sizes[0] < mask.size
+    assert smaller >= len(masks)  # most distance maps cover less than the crop
