@@ -23,6 +23,11 @@ each finished lesion is checkpointed (:mod:`napari_recist_seg.jobs.segment3d_sto
 so a re-run after a crash segments only the lesions that were not finished and then
 writes exactly the outputs of a clean run.
 
+A volume committed in ``OUT`` from other RECIST than the CSV now gives (lesions added,
+removed or moved) is not skipped as done, nor redone over its labels (which may have
+been edited by hand since): it is one line in failures.csv saying so, and
+``overwrite`` redoes it.
+
 A RECIST whose slice is outside the volume is reported (one line in failures.csv)
 and the other lesions are still written. A lesion id below 1 cannot be a label (0 is
 background): such a CSV is refused for that volume.
@@ -31,7 +36,9 @@ background): such a CSV is refused for that volume.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import os
 from dataclasses import asdict
 from functools import partial
@@ -71,6 +78,21 @@ MEASUREMENT_COLUMNS_3D: tuple[str, ...] = MEASUREMENT_COLUMNS + VOLUME_COLUMNS
 
 def _labels_name(item: SegmentItem) -> str:
     return f"{item.stem}_labels.nii.gz"
+
+
+def prompts_digest(item: SegmentItem) -> str:
+    """A digest of a volume's RECIST as the CSV gives them (ids, slices, endpoints)."""
+    prompts = sorted(
+        (int(lesion), None if r.slice_index is None else int(r.slice_index),
+         np.asarray(r.long_axis, float).round(3).tolist(), np.asarray(r.short_axis, float).round(3).tolist())
+        for lesion, r in item.lesions)
+    return hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:16]
+
+
+def _stale(record: dict | None, item: SegmentItem) -> bool:
+    """True when a committed volume was made from other RECIST (records from before
+    the digest was kept are taken as they are)."""
+    return record is not None and "prompts" in record and record["prompts"] != prompts_digest(item)
 
 
 def _checked(r: Recist, lesion: int, vol: np.ndarray, plane_spacing: Any) -> Recist:
@@ -203,12 +225,12 @@ def _commit(item: SegmentItem, img: Any, labels: np.ndarray, rows: list[dict[str
     def write() -> None:
         outdir.remove_record(out, item.stem)  # an old record must not vouch for new labels
         write_labels(path, labels, spacing=img.spacing, affine=img.metadata.get("affine"))
-        outdir.write_record(out, item.stem, [name], rows)
+        outdir.write_record(out, item.stem, [name], rows, prompts=prompts_digest(item))
 
     _write(out, report, write)
     clear_lesions(out, item.stem)
     report.outputs.append(path)
-    return {"outputs": [name], "rows": rows}
+    return {"outputs": [name], "rows": rows, "prompts": prompts_digest(item)}
 
 
 def _write_tables(out: Path, records: dict[str, dict]) -> None:
@@ -283,8 +305,13 @@ def run_segment3d(
     with outdir.OutputLock(out):
         outdir.clean_temps(out)
         records = outdir.read_records(out)
-        todo = [it for it in items if overwrite or not outdir.committed(out, records.get(it.stem))]
-        report.skipped += len(items) - len(todo)
+        done = [it for it in items if not overwrite and outdir.committed(out, records.get(it.stem))]
+        stale = [it for it in done if _stale(records.get(it.stem), it)]
+        for it in stale:
+            report.fail(it.image_path, f"{_labels_name(it)} in {out} was made from other RECIST than "
+                                       "this CSV gives; pass --overwrite to redo it, or choose another --out")
+        todo = [it for it in items if all(it is not d for d in done)]
+        report.skipped += len(done) - len(stale)
         _claim(out, todo, overwrite)
         if todo and predictor is None:
             from napari_recist_seg.predict import Predictor
