@@ -347,5 +347,18 @@ def _run_all(todo: Sequence[SegmentItem], predictor: Any, out: Path, report: Job
         except (MemoryError, KeyboardInterrupt, OutputWriteError):
             raise
         except Exception as exc:  # one bad volume never stops the run
-            report.fail(item.image_path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            report.fail(item.image_path, _reason(exc, item.image_path))
         tracker.step(item.image_path.name)
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    """One line, without the file name the failure line already starts with.
+
+    >>> _reason(ValueError("a.nii.gz: a 4D NIfTI is not a single volume"), Path("in/a.nii.gz"))
+    'a 4D NIfTI is not a single volume'
+    """
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for prefix in (f"{path}: ", f"{path.name}: "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text

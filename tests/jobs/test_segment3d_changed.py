@@ -62,3 +62,22 @@ def test_a_changed_csv_is_reported_not_skipped_and_overwrite_redoes_it(lits_dir,
     rows = list(csv.DictReader(open(out / "measurements.csv")))
     assert sorted(r["lesion"] for r in rows) == ["1", "2"]
     assert set(np.unique(read_image(out / "ct_labels.nii.gz").array)) == {0, 1, 2}
+
+
+def test_a_4d_file_is_one_line_naming_the_file_once(tmp_path, capsys):
+    import nibabel as nib
+
+    from napari_recist_seg.cli import main
+    from napari_recist_seg.recist import Recist
+
+    four = tmp_path / "four.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 5, 2), np.int16), np.eye(4)), str(four))
+    r = Recist(long_axis=[[5, 5], [5, 15]], short_axis=[[2, 10], [8, 10]], slice_index=2)
+    write_recist_csv(tmp_path / "r.csv", [RecistRecord(four, 1, r)])
+    code = main(["segment", str(four), "--recist", str(tmp_path / "r.csv"), "--3d",
+                 "--out", str(tmp_path / "out"), "-q"])
+    assert code == 3
+    [row] = list(csv.DictReader(open(tmp_path / "out" / "failures.csv")))
+    assert row["reason"].startswith("a 4D NIfTI") and "four.nii.gz" not in row["reason"]
+    [line] = [x for x in capsys.readouterr().err.splitlines() if "failed:" in x]
+    assert line.count("four.nii.gz") == 1
