@@ -50,7 +50,7 @@ import numpy as np
 from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.data.images import read_image
 from napari_recist_seg.data.masks import write_labels
-from napari_recist_seg.intensity import detect_modality
+from napari_recist_seg.intensity import detect_modality, is_ct
 from napari_recist_seg.jobs import outdir
 from napari_recist_seg.jobs.common import (
     FAILURES_CSV,
@@ -160,6 +160,9 @@ def _segment_volume(item: SegmentItem, predictor: Any, out: Path, report: JobRep
     if bad:
         raise ValueError(f"lesion id {bad[0]} cannot be a label (ids must be >= 1)")
     modality = predictor.modality or detect_modality(vol, img.modality)
+    if getattr(predictor, "window", None) is not None and not is_ct(modality):
+        report.notes.append(f"note: {item.image_path.name} is not CT ({modality}): --window does not "
+                            "apply to it; it is read by the percentile rule (see --modality)")
     seg = partial(_segmenter, predictor, vol, modality)
     setup = _setup(predictor, modality)
     done_lesions: list[tuple[int, int, np.ndarray, dict[str, str]]] = []
