@@ -280,8 +280,10 @@ def _segment(args: argparse.Namespace, progress: _StderrProgress, cancel: Cancel
     inputs = args.inputs[0] if len(args.inputs) == 1 and args.inputs[0].is_dir() else args.inputs
     if args.window is not None:
         resolve_window(args.window)  # a bad value: one line, exit 2
+    # "other", not "grey": detect_modality reads "grey" as "decide from the values", which
+    # would give an HU-looking volume the CT window the user just turned down.
     reading = {"window": args.window, "polarity": args.polarity, "tta": args.tta,
-                 "modality": {"auto": None, "ct": "ct", "other": "grey"}[args.modality]}
+                 "modality": {"auto": None, "ct": "ct", "other": "other"}[args.modality]}
     if args.three_d:
         from napari_recist_seg.jobs.segment3d import run_segment3d as run_segment
     return run_segment(

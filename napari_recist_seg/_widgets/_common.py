@@ -365,10 +365,17 @@ def layer_recists(viewer, image_layer, annotator=None) -> list:
         return []
     session = AnnotationSession(
         shape[-2:], n_slices=shape[0] if len(shape) == 3 else None,
-        spacing=spacing_from_scale(image_layer.scale),
+        spacing=spacing_from_scale(image_layer.scale, spacing_stated(image_layer)),
     )
     session.sync(_observe_lines(shapes))
     return list(session.recists())
+
+
+def spacing_stated(layer) -> bool | None:
+    """What the image's reader says of its spacing: True (stated by the file, so a scale
+    of ones is 1 mm), False (not known), ``None`` (not said: a scale of ones is unknown)."""
+    known = (getattr(layer, "metadata", None) or {}).get("spacing_known")
+    return None if known is None else bool(known)
 
 
 def curated_flag(layer) -> bool:

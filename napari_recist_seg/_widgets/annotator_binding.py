@@ -37,6 +37,7 @@ from napari_recist_seg.annotation import (
     spacing_from_scale,
 )
 from napari_recist_seg.pairing import stray_length
+from napari_recist_seg._widgets._common import spacing_stated
 from napari_recist_seg._widgets.annotator_layers import (  # noqa: F401 - re-exported
     CLICKS_SUFFIX,
     COLOURS,
@@ -95,7 +96,7 @@ class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, VolumeMixin, QObj
         self.session = AnnotationSession(
             plane,
             n_slices=n_slices,
-            spacing=spacing_from_scale(self.image.scale),
+            spacing=spacing_from_scale(self.image.scale, spacing_stated(self.image)),
             quick=quick,
             quick_ratio=quick_ratio,
         )
@@ -136,7 +137,7 @@ class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, VolumeMixin, QObj
             if layer is not None:
                 layer.scale = self.image.scale
                 layer.translate = self.image.translate
-        self.session.spacing = spacing_from_scale(self.image.scale)
+        self.session.spacing = spacing_from_scale(self.image.scale, spacing_stated(self.image))
         self.remeasure_volumes()
         self._write_shapes()
         self.changed.emit()

@@ -119,7 +119,10 @@ class FilesMixin:
 
         def write(b: Any, path: Path, mode: str) -> tuple[Path, str]:
             spacing = tuple(float(s) for s in b.labels.scale) if b.session.spacing is not None else None
-            out = ann.export_masks(path, np.asarray(b.labels.data), spacing, if_exists=mode)
+            labels = np.asarray(b.labels.data)
+            # The file's geometry, so the masks overlay the scan in other viewers.
+            affine = b.image.metadata.get("affine") if labels.shape == b.image.data.shape else None
+            out = ann.export_masks(path, labels, spacing, if_exists=mode, affine=affine)
             return out, f"saved the masks to {out}"
 
         return self._export(path, if_exists, write)

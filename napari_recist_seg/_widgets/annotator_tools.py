@@ -112,6 +112,10 @@ class ToolsMixin:
         if value < 0:
             self._say("pixel spacing must be positive", warn=True)
             return
+        if not value and b.image.metadata.get("spacing_known"):
+            # "unknown" overrides a file's stated 1 mm (a scale of ones would not change)
+            b.image.metadata["spacing_known"] = False
+            b._on_image_scale()
         scale = list(b.image.scale)
         scale[-2:] = [value or 1.0, value or 1.0]
         b.image.scale = scale

@@ -20,6 +20,7 @@ from napari_recist_seg import annotation as ann
 from napari_recist_seg.hand_edits import measure_lesion
 from napari_recist_seg.intensity import DEFAULT_WINDOW
 from napari_recist_seg.progress import CancelToken, Cancelled
+from napari_recist_seg._widgets._common import spacing_stated
 from napari_recist_seg._widgets.annotator_layers import image_array
 
 WINDOW_LABELS = {"soft_tissue": "soft tissue", "liver": "liver", "lung": "lung", "bone": "bone"}
@@ -107,7 +108,7 @@ class VolumeMixin:
 
         worker = create_worker(
             ann.propagate_request, segmenter, image_array(self.image), request,
-            spacing=ann.volume_spacing(self.image.scale), progress=progress, cancel=cancel,
+            spacing=ann.volume_spacing(self.image.scale, spacing_stated(self.image)), progress=progress, cancel=cancel,
             _start_thread=False, _ignore_errors=True,
         )
         worker.returned.connect(lambda lesion: self._on_volume(request, lesion))
@@ -174,7 +175,7 @@ class VolumeMixin:
             self.busy_changed.emit(False)
 
     def _measure_volume(self, lesion_id: int) -> None:
-        spacing = ann.volume_spacing(self.image.scale)
+        spacing = ann.volume_spacing(self.image.scale, spacing_stated(self.image))
         self.session.set_volume(lesion_id, ann.measure_volume(self.labels.data, lesion_id, spacing))
 
     def remeasure_volumes(self, ids: Any = None) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QTimer
 
-from napari_recist_seg.annotation import ClickRequest, SegmentOutcome, SegmentRequest, run_requests
+from napari_recist_seg.annotation import ClickRequest, SegmentOutcome, SegmentRequest, lesion_at, run_requests
 from napari_recist_seg.click_check import click_problem
 from napari_recist_seg._widgets.annotator_layers import image_array
 
@@ -149,15 +149,17 @@ class SegmentationMixin:
             self.points.data = np.zeros((0, self.ndim))
         requests = []
         for p in pts:
+            (row, col), z = (p[1:], int(round(p[0]))) if self.ndim == 3 else (p, None)
+            here = lesion_at(np.asarray(self.labels.data), row, col, z) if self.labels is not None else 0
+            if here:  # a second lesion there would hide under the first (paste never overlaps)
+                self.message.emit(f"click: lesion {here} is already segmented here; use Correct to "
+                                  "change its mask, or delete it first", True)
+                continue
             self._click_token += 1
-            if self.ndim == 3:
-                requests.append(
-                    ClickRequest(self._click_token, (float(p[1]), float(p[2])), int(round(p[0])), self.session.spacing)
-                )
-            else:
-                requests.append(ClickRequest(self._click_token, (float(p[0]), float(p[1])), None, self.session.spacing))
-        self.message.emit("segmenting the clicked lesion…", False)
-        self.enqueue(requests)
+            requests.append(ClickRequest(self._click_token, (float(row), float(col)), z, self.session.spacing))
+        if requests:
+            self.message.emit("segmenting the clicked lesion…", False)
+            self.enqueue(requests)
 
     def click(self, point: tuple[float, ...]) -> None:
         """Segment the lesion at ``point`` (layer data coordinates), as the click tool does."""

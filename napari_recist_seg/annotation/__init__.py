@@ -74,7 +74,7 @@ from napari_recist_seg.annotation.lesions import (
     LineView,
     SyncResult,
 )
-from napari_recist_seg.annotation.paste import Box, clear_indices, paste_indices
+from napari_recist_seg.annotation.paste import Box, clear_indices, lesion_at, paste_indices
 from napari_recist_seg.annotation.requests import (
     ClickRequest,
     SegmentOutcome,
@@ -128,6 +128,7 @@ __all__ = [
     "free_path",
     "save_image",
     "load_segmenter",
+    "lesion_at",
     "paste_indices",
     "lesion_status",
     "records_for_image",

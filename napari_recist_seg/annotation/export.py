@@ -233,14 +233,21 @@ def export_masks(
     spacing: Sequence[float] | None = None,
     *,
     if_exists: str = "error",
+    affine: Any = None,
 ) -> Path:
-    """Write the label image (one id per lesion): png/tif for 2D, nii.gz (with spacing) for 3D."""
+    """Write the label image (one id per lesion): png/tif for 2D, nii.gz (with spacing) for 3D.
+
+    ``affine``: the image's voxel-to-world affine (the reader's ``metadata["affine"]``)
+    for a NIfTI of the same grid: the masks then keep the image's orientation and
+    origin and overlay it in ITK-SNAP / 3D Slicer (without it: a diagonal affine from
+    ``spacing``, which an oblique or off-origin scan does not match).
+    """
     target = _target(path, if_exists)
     lab = np.asarray(labels)
     name = target.name.lower()
     if lab.ndim == 3 and not (name.endswith(".nii.gz") or name.endswith(".nii") or name.endswith((".tif", ".tiff"))):
         raise ValueError(f"{target.name}: a volume's masks are saved as .nii.gz (or .tif)")
-    write_labels(target, lab, spacing)
+    write_labels(target, lab, spacing, affine=affine)
     return target
 
 

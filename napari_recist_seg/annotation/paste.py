@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Box", "clear_indices", "paste_indices"]
+__all__ = ["Box", "clear_indices", "lesion_at", "paste_indices"]
 
 Box = tuple[int | None, int, int, int, int]  # (slice, row0, col0, rows, cols)
 
@@ -29,6 +29,22 @@ def clear_indices(labels: np.ndarray, lesion_id: int, box: Box | None) -> tuple[
     if z is None:
         return rr, cc
     return np.full(rr.shape, int(z), np.intp), rr, cc
+
+
+def lesion_at(labels: np.ndarray, row: float, col: float, slice_index: int | None = None) -> int:
+    """The lesion id at pixel ``(row, col)`` (of slice ``slice_index`` of a volume);
+    0 for background or a point outside the image.
+
+    >>> lab = np.zeros((4, 4), np.uint8); lab[1:3, 1:3] = 5
+    >>> lesion_at(lab, 1.6, 2.2), lesion_at(lab, 0.0, 3.0), lesion_at(lab, 9.0, 1.0)
+    (5, 0, 0)
+    """
+    r, c = int(round(row)), int(round(col))
+    plane = labels if slice_index is None else labels[int(slice_index)]
+    h, w = plane.shape[-2:]
+    if not (0 <= r < h and 0 <= c < w):
+        return 0
+    return int(plane[r, c])
 
 
 def paste_indices(

@@ -10,19 +10,24 @@ import numpy as np
 __all__ = ["format_length", "spacing_from_scale"]
 
 
-def spacing_from_scale(scale: Sequence[float]) -> tuple[float, float] | None:
+def spacing_from_scale(scale: Sequence[float], known: bool | None = None) -> tuple[float, float] | None:
     """In-plane spacing ``(row_mm, col_mm)`` from a napari layer scale, ``None`` if unknown.
 
-    A scale of all ones is napari's default and means "unknown" (lengths in px).
+    A scale of all ones is napari's default and means "unknown" (lengths in px), unless
+    ``known`` is True: the image's file states its spacing (the reader's
+    ``metadata["spacing_known"]``), and a 1 mm isotropic CT or MR is in mm. ``known``
+    False: unknown whatever the scale.
 
     >>> spacing_from_scale((1.0, 1.0)) is None, spacing_from_scale((3.0, 0.7, 0.7))
     (True, (0.7, 0.7))
+    >>> spacing_from_scale((1.0, 1.0, 1.0), known=True)
+    (1.0, 1.0)
     """
     sc = tuple(float(s) for s in scale)
     if len(sc) < 2:
         raise ValueError(f"a scale needs at least two values, got {sc}")
     plane = sc[-2:]
-    if all(abs(s - 1.0) < 1e-12 for s in sc):
+    if known is False or (known is not True and all(abs(s - 1.0) < 1e-12 for s in sc)):
         return None
     if not all(math.isfinite(s) and s > 0 for s in plane):
         return None

@@ -97,11 +97,15 @@ def with_intensity(segmenter: Any, modality: str | None, window: Any = None) -> 
 
 
 # -- 3D lesions ------------------------------------------------------------------------
-def volume_spacing(scale: Sequence[float]) -> tuple[float, float, float] | None:
+def volume_spacing(scale: Sequence[float], known: bool | None = None) -> tuple[float, float, float] | None:
     """``(z_mm, row_mm, col_mm)`` from a volume layer's scale; ``None`` for napari's
-    default of all ones (unknown: volumes in voxels)."""
+    default of all ones (unknown: volumes in voxels) unless ``known`` is True (the file
+    states a 1 mm spacing, as :func:`~napari_recist_seg.annotation.units.spacing_from_scale`);
+    ``None`` whenever ``known`` is False."""
     sc = tuple(float(s) for s in scale)[-3:]
-    if len(sc) != 3 or all(abs(s - 1.0) < 1e-12 for s in sc) or not all(s > 0 for s in sc):
+    if len(sc) != 3 or known is False or not all(s > 0 for s in sc):
+        return None
+    if known is not True and all(abs(s - 1.0) < 1e-12 for s in sc):
         return None
     return sc  # type: ignore[return-value]
 

@@ -216,9 +216,12 @@ def read_recist_csv(path: str | os.PathLike[str]) -> list[RecistRecord]:
         cols.setdefault(_norm_header(h), i)
     missing = [c for c in REQUIRED_COLUMNS if c not in cols]
     if missing:
+        # A typo is the usual cause: name the columns the file has that we do not know.
+        unknown = [h.strip() for h in header if h.strip() and _norm_header(h) not in RECIST_COLUMNS + OPTIONAL_COLUMNS]
+        found = f"; found instead: {', '.join(unknown)}" if unknown else ""
         raise RecistCsvError(
-            f"{p}: missing required column(s): {', '.join(missing)} "
-            f"(expected {', '.join(RECIST_COLUMNS)})"
+            f"{p}: missing required column(s): {', '.join(missing)}{found} "
+            f"(expected {', '.join(REQUIRED_COLUMNS)}; optional: {', '.join(OPTIONAL_COLUMNS)})"
         )
     base = p.parent.absolute()
     records: list[RecistRecord] = []

@@ -8,7 +8,9 @@ extension :func:`napari_recist_seg.data.masks.read_mask` reads (png, bmp, tif/ti
 nii/nii.gz). Label images (``*_labels.<ext>``, written next to the masks by
 ``recist-seg segment``), hidden files and non-mask files (``measurements.csv``,
 ``failures.csv``, ...) are ignored. When a folder holds no mask file but has a
-``masks/`` sub-folder (a dataset folder), the masks are read from there.
+``masks/`` sub-folder (a dataset folder), the masks are read from there. A folder that
+holds label images only (``recist-seg segment --3d`` writes ``<stem>_labels.nii.gz`` and
+no masks) is read as masks of case ``<stem>``: every lesion id is lesion.
 
 Outcomes per case
 -----------------
@@ -60,15 +62,17 @@ _TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def case_stem(path: str | os.PathLike[str]) -> str | None:
+def case_stem(path: str | os.PathLike[str], labels: bool = False) -> str | None:
     """The case a mask file belongs to, or ``None`` if the file is not a mask.
+
+    With ``labels``, a label image ``<stem>_labels.<ext>`` belongs to case ``<stem>`` too.
 
     >>> case_stem("ISIC_0000000_segmentation.png"), case_stem("ISIC_0000000.png")
     ('ISIC_0000000', 'ISIC_0000000')
     >>> case_stem("ISIC_0000000_labels.png"), case_stem("measurements.csv")
     (None, None)
-    >>> case_stem("liver_3.nii.gz")
-    'liver_3'
+    >>> case_stem("liver_3.nii.gz"), case_stem("ct_labels.nii.gz", labels=True)
+    ('liver_3', 'ct')
     """
     name = Path(path).name
     if name.startswith("."):  # hidden files, and atomic writers' temporary files
@@ -77,6 +81,8 @@ def case_stem(path: str | os.PathLike[str]) -> str | None:
     if suffix not in MASK_SUFFIXES:
         return None
     stem = name[: len(name) - len(suffix)]
+    if labels and stem.endswith(LABELS_SUFFIX) and len(stem) > len(LABELS_SUFFIX):
+        return stem[: -len(LABELS_SUFFIX)]
     if stem.endswith(LABELS_SUFFIX) or not stem:
         return None
     if stem.endswith(SEGMENTATION_SUFFIX) and len(stem) > len(SEGMENTATION_SUFFIX):
@@ -84,7 +90,8 @@ def case_stem(path: str | os.PathLike[str]) -> str | None:
     return stem
 
 
-def _mask_folder(folder: Path, what: str) -> Path:
+def _mask_folder(folder: Path, what: str) -> tuple[Path, bool]:
+    """The folder the masks are in, and whether they are label images only."""
     if not folder.exists():
         raise InputError(f"{what} folder not found: {folder}")
     if not folder.is_dir():
@@ -92,16 +99,20 @@ def _mask_folder(folder: Path, what: str) -> Path:
     if not any(case_stem(p) for p in folder.iterdir() if p.is_file()):
         sub = folder / "masks"
         if sub.is_dir() and any(case_stem(p) for p in sub.iterdir() if p.is_file()):
-            return sub
+            return sub, False
+        if any(case_stem(p, labels=True) for p in folder.iterdir() if p.is_file()):
+            return folder, True  # a `segment --3d` folder: its label volumes are the masks
         raise InputError(
             f"no mask files in the {what} folder {folder} "
             f"(expected <case>.png or <case>_segmentation.png; {', '.join(MASK_SUFFIXES)})"
         )
-    return folder
+    return folder, False
 
 
-def find_masks(folder: str | os.PathLike[str]) -> tuple[dict[str, Path], list[tuple[str, str]]]:
-    """Mask files of one folder by case stem, and ``(file, reason)`` for ambiguous ones.
+def find_masks(folder: str | os.PathLike[str],
+               labels: bool = False) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    """Mask files of one folder by case stem, and ``(file, reason)`` for ambiguous ones
+    (with ``labels``, label images ``<stem>_labels.<ext>`` count as masks).
 
     Two files for the same case (``a.png`` and ``a_segmentation.png``, or ``a.png`` and
     ``a.tif``) are ambiguous: neither is used, and both are reported.
@@ -110,7 +121,7 @@ def find_masks(folder: str | os.PathLike[str]) -> tuple[dict[str, Path], list[tu
     for path in sorted(Path(folder).iterdir()):
         if not path.is_file():
             continue
-        stem = case_stem(path)
+        stem = case_stem(path, labels)
         if stem is not None:
             by_stem.setdefault(stem, []).append(path)
     masks: dict[str, Path] = {}
@@ -261,17 +272,17 @@ def evaluate_folders(
     InputError
         A folder that does not exist or holds no mask file at all.
     """
-    pred_root = _mask_folder(Path(pred_dir), "prediction")
-    gt_root = _mask_folder(Path(gt_dir), "ground-truth")
+    pred_root, pred_labels = _mask_folder(Path(pred_dir), "prediction")
+    gt_root, gt_labels = _mask_folder(Path(gt_dir), "ground-truth")
     sp = tuple(float(s) for s in spacing) if spacing is not None else None
     report = EvaluationReport(
         unit="mm" if sp is not None else "px", spacing=sp,
         pred_dir=str(pred_root), gt_dir=str(gt_root),
     )
-    preds, pred_conflicts = find_masks(pred_root)
-    gts, gt_conflicts = find_masks(gt_root)
+    preds, pred_conflicts = find_masks(pred_root, pred_labels)
+    gts, gt_conflicts = find_masks(gt_root, gt_labels)
     report.failures.extend(gt_conflicts + pred_conflicts)
-    conflicted = {case_stem(f) for f, _ in gt_conflicts + pred_conflicts}
+    conflicted = {case_stem(f, labels=True) for f, _ in gt_conflicts + pred_conflicts}
 
     for stem in sorted(gts):
         if stem not in preds and stem not in conflicted:

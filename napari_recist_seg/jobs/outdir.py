@@ -304,14 +304,18 @@ def _line(entry: dict) -> str:
 
 
 def write_record(out: Path, stem: str, outputs: list[str], rows: list[dict[str, str]],
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, prompts: str | None = None) -> None:
     """Commit one image: its output file names and its (formatted) measurement rows;
-    a line of ``journal``, else its own file."""
+    a line of ``journal``, else its own file. ``prompts``: a digest of the RECIST the
+    outputs were made from (kept in the record, so a re-run can tell they changed)."""
+    entry: dict = {"stem": stem, "outputs": outputs, "rows": rows}
+    if prompts is not None:
+        entry["prompts"] = prompts
     if journal is not None:
-        journal.append({"stem": stem, "outputs": outputs, "rows": rows})
+        journal.append(entry)
         journal.known.add(stem)
         return
-    text = json.dumps({"stem": stem, "outputs": outputs, "rows": rows}, indent=0)
+    text = json.dumps(entry, indent=0)
     atomic_write_text(_record_path(out, stem), text)
 
 
@@ -337,7 +341,10 @@ def _parse_record(rec: object) -> tuple[str, dict | None]:
         return stem, None
     outputs = [str(n) for n in rec["outputs"]]  # type: ignore[index]
     rows = [{str(k): str(v) for k, v in row.items()} for row in rec["rows"]]  # type: ignore[index]
-    return stem, {"outputs": outputs, "rows": rows}
+    parsed: dict = {"outputs": outputs, "rows": rows}
+    if "prompts" in rec:  # type: ignore[operator]
+        parsed["prompts"] = str(rec["prompts"])  # type: ignore[index]
+    return stem, parsed
 
 
 def read_record_files(out: Path) -> dict[str, dict]:

@@ -23,6 +23,11 @@ each finished lesion is checkpointed (:mod:`napari_recist_seg.jobs.segment3d_sto
 so a re-run after a crash segments only the lesions that were not finished and then
 writes exactly the outputs of a clean run.
 
+A volume committed in ``OUT`` from other RECIST than the CSV now gives (lesions added,
+removed or moved) is not skipped as done, nor redone over its labels (which may have
+been edited by hand since): it is one line in failures.csv saying so, and
+``overwrite`` redoes it.
+
 A RECIST whose slice is outside the volume is reported (one line in failures.csv)
 and the other lesions are still written. A lesion id below 1 cannot be a label (0 is
 background): such a CSV is refused for that volume.
@@ -31,7 +36,9 @@ background): such a CSV is refused for that volume.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import os
 from dataclasses import asdict
 from functools import partial
@@ -43,7 +50,7 @@ import numpy as np
 from napari_recist_seg.data.atomic import atomic_write_text
 from napari_recist_seg.data.images import read_image
 from napari_recist_seg.data.masks import write_labels
-from napari_recist_seg.intensity import detect_modality
+from napari_recist_seg.intensity import detect_modality, is_ct
 from napari_recist_seg.jobs import outdir
 from napari_recist_seg.jobs.common import (
     FAILURES_CSV,
@@ -71,6 +78,21 @@ MEASUREMENT_COLUMNS_3D: tuple[str, ...] = MEASUREMENT_COLUMNS + VOLUME_COLUMNS
 
 def _labels_name(item: SegmentItem) -> str:
     return f"{item.stem}_labels.nii.gz"
+
+
+def prompts_digest(item: SegmentItem) -> str:
+    """A digest of a volume's RECIST as the CSV gives them (ids, slices, endpoints)."""
+    prompts = sorted(
+        (int(lesion), None if r.slice_index is None else int(r.slice_index),
+         np.asarray(r.long_axis, float).round(3).tolist(), np.asarray(r.short_axis, float).round(3).tolist())
+        for lesion, r in item.lesions)
+    return hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:16]
+
+
+def _stale(record: dict | None, item: SegmentItem) -> bool:
+    """True when a committed volume was made from other RECIST (records from before
+    the digest was kept are taken as they are)."""
+    return record is not None and "prompts" in record and record["prompts"] != prompts_digest(item)
 
 
 def _checked(r: Recist, lesion: int, vol: np.ndarray, plane_spacing: Any) -> Recist:
@@ -138,6 +160,9 @@ def _segment_volume(item: SegmentItem, predictor: Any, out: Path, report: JobRep
     if bad:
         raise ValueError(f"lesion id {bad[0]} cannot be a label (ids must be >= 1)")
     modality = predictor.modality or detect_modality(vol, img.modality)
+    if getattr(predictor, "window", None) is not None and not is_ct(modality):
+        report.notes.append(f"note: {item.image_path.name} is not CT ({modality}): --window does not "
+                            "apply to it; it is read by the percentile rule (see --modality)")
     seg = partial(_segmenter, predictor, vol, modality)
     setup = _setup(predictor, modality)
     done_lesions: list[tuple[int, int, np.ndarray, dict[str, str]]] = []
@@ -203,12 +228,12 @@ def _commit(item: SegmentItem, img: Any, labels: np.ndarray, rows: list[dict[str
     def write() -> None:
         outdir.remove_record(out, item.stem)  # an old record must not vouch for new labels
         write_labels(path, labels, spacing=img.spacing, affine=img.metadata.get("affine"))
-        outdir.write_record(out, item.stem, [name], rows)
+        outdir.write_record(out, item.stem, [name], rows, prompts=prompts_digest(item))
 
     _write(out, report, write)
     clear_lesions(out, item.stem)
     report.outputs.append(path)
-    return {"outputs": [name], "rows": rows}
+    return {"outputs": [name], "rows": rows, "prompts": prompts_digest(item)}
 
 
 def _write_tables(out: Path, records: dict[str, dict]) -> None:
@@ -283,8 +308,13 @@ def run_segment3d(
     with outdir.OutputLock(out):
         outdir.clean_temps(out)
         records = outdir.read_records(out)
-        todo = [it for it in items if overwrite or not outdir.committed(out, records.get(it.stem))]
-        report.skipped += len(items) - len(todo)
+        done = [it for it in items if not overwrite and outdir.committed(out, records.get(it.stem))]
+        stale = [it for it in done if _stale(records.get(it.stem), it)]
+        for it in stale:
+            report.fail(it.image_path, f"{_labels_name(it)} in {out} was made from other RECIST than "
+                                       "this CSV gives; pass --overwrite to redo it, or choose another --out")
+        todo = [it for it in items if all(it is not d for d in done)]
+        report.skipped += len(done) - len(stale)
         _claim(out, todo, overwrite)
         if todo and predictor is None:
             from napari_recist_seg.predict import Predictor
@@ -320,5 +350,18 @@ def _run_all(todo: Sequence[SegmentItem], predictor: Any, out: Path, report: Job
         except (MemoryError, KeyboardInterrupt, OutputWriteError):
             raise
         except Exception as exc:  # one bad volume never stops the run
-            report.fail(item.image_path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            report.fail(item.image_path, _reason(exc, item.image_path))
         tracker.step(item.image_path.name)
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    """One line, without the file name the failure line already starts with.
+
+    >>> _reason(ValueError("a.nii.gz: a 4D NIfTI is not a single volume"), Path("in/a.nii.gz"))
+    'a 4D NIfTI is not a single volume'
+    """
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for prefix in (f"{path}: ", f"{path.name}: "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text

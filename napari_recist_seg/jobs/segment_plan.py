@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from napari_recist_seg.data import recist_csv as rcsv
-from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
+from napari_recist_seg.data.dataset import _is_dicom_dir, dataset_recists, scan_dataset
 from napari_recist_seg.data.deeplesion import read_deeplesion_csv
 from napari_recist_seg.jobs import outdir
 from napari_recist_seg.jobs.common import FAILURES_CSV, InputError
@@ -168,9 +168,18 @@ def _plan(
     if not inputs_list:
         raise InputError("no inputs given")
 
-    if len(inputs_list) == 1 and inputs_list[0].is_dir():
+    if len(inputs_list) == 1 and inputs_list[0].is_dir() and not _named_series(inputs_list[0], recist_csv):
         return _plan_dataset(inputs_list[0], recist_csv, failures)
     return _plan_files(inputs_list, recist_csv, failures)
+
+
+def _named_series(folder: Path, recist_csv: str | os.PathLike[str] | None) -> bool:
+    """True when ``folder`` is a DICOM series that the RECIST CSV names as one image
+    (``segment SERIES --recist CSV``): one volume, not a dataset of 2D slices."""
+    if recist_csv is None or not Path(recist_csv).is_file() or not _is_dicom_dir(folder):
+        return False
+    records, _ = _read_records(Path(recist_csv))
+    return _key(folder) in _RecordIndex(records).by_path
 
 
 def _plan_dataset(
@@ -220,7 +229,7 @@ def _plan_files(
 ) -> tuple[list[SegmentItem], list[tuple[str, str]], list[Path], list[Path]]:
     """:func:`_plan` for a list of image files (``failures`` is extended)."""
     for p in inputs_list:
-        if p.is_dir():
+        if p.is_dir() and not _is_dicom_dir(p):  # a series folder is one image
             raise InputError(
                 f"{p} is a folder: give either one dataset folder or a list of image files"
             )

@@ -180,3 +180,13 @@ def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:
         write_recist_csv(target, [bad])
     assert target.read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recist.csv"]
+
+
+def test_a_misspelt_column_is_named_next_to_the_one_missing(tmp_path: Path) -> None:
+    header = "image,lesion,slice,long_x1,long_y1,long_x2,long_y_2,short_x1,short_y1,short_x2,short_y2"
+    (tmp_path / "t.csv").write_text(header + ",status\n./a.png,1,,1,1,10,0,5,-2,5,2,draft\n")
+    with pytest.raises(RecistCsvError) as info:
+        read_recist_csv(tmp_path / "t.csv")
+    msg = str(info.value)
+    assert "missing required column(s): long_y2; found instead: long_y_2 (" in msg
+    assert len(msg.splitlines()) == 1 and "status;" not in msg.split("(")[0]

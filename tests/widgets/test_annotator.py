@@ -414,6 +414,28 @@ def test_click_tool_segments_and_draws_the_measured_recist(qtbot, viewer, grey):
     assert les.cluster == 1 and les.confidence == pytest.approx(0.8)
 
 
+def test_a_click_on_a_segmented_lesion_adds_no_hidden_second_lesion(qtbot, viewer, grey):
+    """A click inside a lesion's mask would make a second lesion whose mask hides under
+    the first (a paste never takes a neighbour's pixels): refused with a message."""
+    grey = grey // 4  # dark disks on bright noise: lesions the click checks accept
+    rr, cc = np.mgrid[:256, :256]
+    grey[((rr - 60) ** 2 + (cc - 70) ** 2 > 144) & ((rr - 180) ** 2 + (cc - 180) ** 2 > 144)] += 150
+    widget, b = annotator(viewer, grey, DiskClicker())
+    b.shapes.add_lines([LONG1, SHORT1])
+    idle(qtbot, widget)
+    before = np.asarray(b.labels.data).copy()
+    widget.activate_click_tool()
+    b.click((60.0, 70.0))  # inside lesion 1's ellipse
+    idle(qtbot, widget)
+    qtbot.waitUntil(lambda: len(b.points.data) == 0, timeout=5000)
+    assert sorted(b.session.lesions) == [1] and len(b.shapes.data) == 2
+    np.testing.assert_array_equal(np.asarray(b.labels.data), before)
+    assert "lesion 1 is already segmented here" in widget.last_message
+    b.click((180.0, 180.0))  # elsewhere: a lesion as before
+    idle(qtbot, widget)
+    assert sorted(b.session.lesions) == [1, 2]
+
+
 def test_click_needs_a_model(qtbot, viewer, grey):
     widget, b = annotator(viewer, grey)
     widget.activate_click_tool()
