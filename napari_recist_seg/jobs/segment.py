@@ -83,6 +83,7 @@ from napari_recist_seg.jobs.segment_plan import (  # noqa: F401
     _plan_files,
     _read_records,
     _RecordIndex,
+    stale_record,
     _unique_stems,
     plan_segment,
 )
@@ -256,10 +257,14 @@ def run_segment(
         with journal:
             todo: list[SegmentItem] = []
             for item in items:
-                if not overwrite and outdir.committed(out, records.get(item.stem)):
-                    report.skipped += 1
-                else:
+                record = records.get(item.stem)
+                if overwrite or not outdir.committed(out, record):
                     todo.append(item)
+                elif stale_record(record, item):  # kept: the user may have checked them
+                    report.fail(item.image_path, f"the masks of {item.stem} in {out} were made from other "
+                                "RECIST than these; pass --overwrite to redo them, or choose another --out")
+                else:
+                    report.skipped += 1
             ours = _claim_outputs(out, todo, overwrite)
             # Overlapped read / segment / write unless RECIST_SEG_SERIAL=1 (same outputs).
             serial = os.environ.get("RECIST_SEG_SERIAL") == "1"

@@ -36,9 +36,7 @@ background): such a CSV is refused for that volume.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import os
 from dataclasses import asdict
 from functools import partial
@@ -65,7 +63,9 @@ from napari_recist_seg.jobs.segment import (
     MEASUREMENT_COLUMNS, MEASUREMENTS_CSV, VOLUME_COLUMNS, measurement_row, set_reading, volume_values)
 from napari_recist_seg.jobs.segment_commit import _fmt
 from napari_recist_seg.jobs.segment3d_store import clear_lesions, lesion_key, load_lesion, save_lesion
-from napari_recist_seg.jobs.segment_plan import SegmentItem, _check_collisions, _check_out, _plan
+from napari_recist_seg.jobs.segment_plan import (
+    SegmentItem, _check_collisions, _check_out, _plan, prompts_digest, stale_record,
+)
 from napari_recist_seg.polarity import lesion_polarity
 from napari_recist_seg.postprocess import measure_mask
 from napari_recist_seg.propagate import IntensityBlend, StopRules, predictor_segmenter, propagate_lesion
@@ -78,21 +78,6 @@ MEASUREMENT_COLUMNS_3D: tuple[str, ...] = MEASUREMENT_COLUMNS + VOLUME_COLUMNS
 
 def _labels_name(item: SegmentItem) -> str:
     return f"{item.stem}_labels.nii.gz"
-
-
-def prompts_digest(item: SegmentItem) -> str:
-    """A digest of a volume's RECIST as the CSV gives them (ids, slices, endpoints)."""
-    prompts = sorted(
-        (int(lesion), None if r.slice_index is None else int(r.slice_index),
-         np.asarray(r.long_axis, float).round(3).tolist(), np.asarray(r.short_axis, float).round(3).tolist())
-        for lesion, r in item.lesions)
-    return hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:16]
-
-
-def _stale(record: dict | None, item: SegmentItem) -> bool:
-    """True when a committed volume was made from other RECIST (records from before
-    the digest was kept are taken as they are)."""
-    return record is not None and "prompts" in record and record["prompts"] != prompts_digest(item)
 
 
 def _checked(r: Recist, lesion: int, vol: np.ndarray, plane_spacing: Any) -> Recist:
@@ -309,7 +294,7 @@ def run_segment3d(
         outdir.clean_temps(out)
         records = outdir.read_records(out)
         done = [it for it in items if not overwrite and outdir.committed(out, records.get(it.stem))]
-        stale = [it for it in done if _stale(records.get(it.stem), it)]
+        stale = [it for it in done if stale_record(records.get(it.stem), it)]
         for it in stale:
             report.fail(it.image_path, f"{_labels_name(it)} in {out} was made from other RECIST than "
                                        "this CSV gives; pass --overwrite to redo it, or choose another --out")

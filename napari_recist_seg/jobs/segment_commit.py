@@ -22,7 +22,7 @@ from napari_recist_seg.data.masks import write_labels, write_mask
 from napari_recist_seg.jobs import outdir
 from napari_recist_seg.jobs.common import JobReport
 from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
-from napari_recist_seg.jobs.segment_plan import MEASUREMENTS_CSV, SegmentItem
+from napari_recist_seg.jobs.segment_plan import MEASUREMENTS_CSV, SegmentItem, prompts_digest
 from napari_recist_seg.measurements import MEASUREMENT_COLUMNS, measurement_row
 from napari_recist_seg.recist import Recist
 
@@ -186,14 +186,14 @@ def _commit(
             write_mask(mask_path, union > 0, spacing=out_spacing, affine=out_affine)
         else:
             _write_png(mask_path, union)  # 0 / 255 already
-        outdir.write_record(out, item.stem, outputs, rows, journal=journal)
+        outdir.write_record(out, item.stem, outputs, rows, journal=journal, prompts=prompts_digest(item))
     except OSError as exc:
         raise OutputWriteError(
             f"cannot write into {out}: {describe_os_error(exc)}; {report.processed} image(s) "
             "finished and kept, run again (with space / write access) to resume"
         ) from None
     report.outputs.extend(out / n for n in outputs)
-    return {"outputs": outputs, "rows": rows}
+    return {"outputs": outputs, "rows": rows, "prompts": prompts_digest(item)}
 
 
 def _paste(res: "LesionResult", target: np.ndarray, value: int, volume: bool) -> None:

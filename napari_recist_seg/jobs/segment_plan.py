@@ -8,11 +8,15 @@ name, an ``OUT`` inside an input folder, files in ``OUT`` the tool did not write
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
+
+import numpy as np
 
 from napari_recist_seg.data import recist_csv as rcsv
 from napari_recist_seg.data.dataset import _is_dicom_dir, dataset_recists, scan_dataset
@@ -21,7 +25,7 @@ from napari_recist_seg.jobs import outdir
 from napari_recist_seg.jobs.common import FAILURES_CSV, InputError
 from napari_recist_seg.recist import Recist
 
-__all__ = ["MEASUREMENTS_CSV", "SegmentItem", "plan_segment"]
+__all__ = ["MEASUREMENTS_CSV", "SegmentItem", "plan_segment", "prompts_digest", "stale_record"]
 
 MEASUREMENTS_CSV = "measurements.csv"
 
@@ -34,6 +38,23 @@ class SegmentItem:
     stem: str
     lesions: list[tuple[int, Recist]] = field(default_factory=list)
     deeplesion: bool = False
+
+
+def prompts_digest(item: SegmentItem) -> str:
+    """A digest of an image's RECIST as the CSV (or the derivation from masks) gives
+    them: ids, slices, endpoints. Kept in each record, so that a re-run can tell a
+    committed image was made from other RECIST."""
+    prompts = sorted(
+        (int(lesion), -1 if r.slice_index is None else int(r.slice_index),
+         np.asarray(r.long_axis, float).round(3).tolist(), np.asarray(r.short_axis, float).round(3).tolist())
+        for lesion, r in item.lesions)
+    return hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:16]
+
+
+def stale_record(record: dict | None, item: SegmentItem) -> bool:
+    """True when a committed image was made from other RECIST than ``item`` holds
+    (records from before the digest was kept are taken as they are)."""
+    return record is not None and "prompts" in record and record["prompts"] != prompts_digest(item)
 
 
 # -- planning --------------------------------------------------------------------------

@@ -360,3 +360,40 @@ def test_a_mask_cut_short_by_a_power_cut_is_redone_by_a_re_run(dataset, dark, tm
     again = run_segment(dataset, out, predictor=dark)
     assert again.exit_code == 0 and again.skipped == len(STEMS) - 1 and again.processed == 1
     assert _outputs(out) == _outputs(clean)
+
+
+def test_a_changed_recist_is_reported_not_silently_skipped_and_overwrite_redoes_it(dataset, dark, tmp_path):
+    # The same images with RECIST derived from their masks, then the user edits one
+    # lesion's RECIST in a CSV: that image's committed masks no longer match it.
+    from napari_recist_seg.recist import Recist
+
+    records = {p.stem: recist_from_mask(np.asarray(Image.open(p)) > 0)
+               for p in sorted((dataset / "masks").glob("*.png"))}
+    csv_path = tmp_path / "recist.csv"
+
+    def write(changed: dict[str, np.ndarray]) -> None:
+        rows = []
+        for stem in STEMS:
+            r = records[f"{stem}_segmentation"]
+            long_axis = changed.get(stem, r.long_axis)
+            rows.append(RecistRecord(dataset / "images" / f"{stem}.jpg", 1, Recist(long_axis, r.short_axis)))
+        write_recist_csv(csv_path, rows)
+
+    write({})
+    out = tmp_path / "out"
+    assert run_segment(dataset, out, recist_csv=csv_path, predictor=dark).exit_code == 0
+    before = _outputs(out)
+    again = run_segment(dataset, out, recist_csv=csv_path, predictor=dark)
+    assert again.exit_code == 0 and again.skipped == len(STEMS)  # unchanged: all done
+    r1 = records[f"{STEMS[1]}_segmentation"]
+    moved = r1.long_axis + 0.1 * (r1.long_axis - r1.long_axis.mean(axis=0))  # drawn 10 % longer
+    write({STEMS[1]: moved})
+    changed = run_segment(dataset, out, recist_csv=csv_path, predictor=dark)
+    assert changed.exit_code == 3 and changed.skipped == len(STEMS) - 1 and changed.processed == 0
+    (failure,) = changed.failures
+    assert STEMS[1] in failure[1] and "--overwrite" in failure[1] and "\n" not in failure[1]
+    assert _outputs(out)[f"{STEMS[1]}.png"] == before[f"{STEMS[1]}.png"]  # kept as it was
+    redo = run_segment(dataset, out, recist_csv=csv_path, predictor=dark, overwrite=True)
+    assert redo.exit_code == 0 and redo.processed == len(STEMS)
+    after = run_segment(dataset, out, recist_csv=csv_path, predictor=dark)
+    assert after.exit_code == 0 and after.skipped == len(STEMS)
