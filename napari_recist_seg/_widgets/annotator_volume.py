@@ -142,7 +142,7 @@ class VolumeMixin:
                               "changed while it was computed)", False)
             return
         paste, clear = ann.volume_paste_indices(self.labels.data, request.lesion_id, lesion.mask)
-        with self._guard():  # not a hand edit
+        with self._labels_guard():  # not a hand edit
             if clear[0].size:
                 self.labels.data_setitem(clear, 0)
             if paste[0].size:
@@ -193,7 +193,7 @@ class VolumeMixin:
         self.session.set_volume(lesion_id, None)
         idx = np.nonzero(np.asarray(self.labels.data) == int(lesion_id))
         if idx[0].size:
-            with self._guard():
+            with self._labels_guard():
                 self.labels.data_setitem(idx, 0)
         return True
 
