@@ -29,16 +29,14 @@ class MasksMixin:
             return
         idx = clear_indices(self.labels.data, lesion_id, box)
         if idx[0].size:
-            with self._labels_guard():  # not a hand edit
-                self.labels.data_setitem(idx, 0)
+            self._write_labels(idx, 0)  # not a hand edit
 
     def _paste(self, request: SegmentRequest, result: Any) -> None:
         les = self.session.lesions[request.lesion_id]
         self._clear_mask(les.id, les.box)
         idx, box = paste_indices(self.labels.data, les.id, result, les.slice_index)
         if idx[0].size:
-            with self._labels_guard():
-                self.labels.data_setitem(idx, les.id)
+            self._write_labels(idx, les.id)
         self.session.accept(request, result, box)
         prob = getattr(result, "probability", None)
         offset = getattr(result, "offset", None)
