@@ -48,11 +48,17 @@ def lesion_ids_of_edit(atoms: Iterable[Any]) -> set[int] | None:
     [2, 3]
     >>> sorted(lesion_ids_of_edit([(idx, np.array([2, 2]), 0)]))  # erased
     [2]
+
+    napari's brush / fill / polygon atoms (``_MaskedPaintAtom``: ``slice_key``, ``mask``,
+    ``old_values``, ``new_value``) are read by their field names.
     """
     ids: set[int] = set()
     try:
         for atom in atoms:
-            _, old, new = atom
+            if hasattr(atom, "old_values") and hasattr(atom, "new_value"):
+                old, new = atom.old_values, atom.new_value
+            else:
+                _, old, new = atom
             ids.update(int(v) for v in np.unique(np.asarray(old)))
             ids.update(int(v) for v in np.unique(np.asarray(new)))
     except (TypeError, ValueError):

@@ -29,6 +29,7 @@ __all__ = [
     "add_recist_errors",
     "measurement_row",
     "recist_errors",
+    "volume_mm3_ml",
     "volume_values",
 ]
 
@@ -58,12 +59,34 @@ VOLUME_COLUMNS: tuple[str, ...] = (
 )
 
 
+#: Decimals of the volume columns: 0.1 mm^3 and the same in mL (4 decimals), so that
+#: ``volume_ml == volume_mm3 / 1000`` exactly as printed, and the extent to 0.001 mm.
+#: The spacing of a NIfTI header is float32 (0.7 reads 0.699999988): without this a
+#: volume prints as 2486.4001 mm^3 in the table, ``measurements.csv`` and the exports.
+VOLUME_DECIMALS = {"volume_mm3": 1, "volume_ml": 4, "extent_mm": 3}
+
+
+def volume_mm3_ml(voxels: int, spacing: Sequence[float] | None) -> tuple[float | None, float | None]:
+    """``(mm^3, mL)`` of ``voxels`` at ``spacing`` (``z_mm, row_mm, col_mm``), rounded as
+    :data:`VOLUME_DECIMALS` says; ``(None, None)`` when the spacing is not known.
+
+    >>> volume_mm3_ml(4440, np.array([2.5, 0.7, 0.32], np.float32))  # 4440 * 0.56 mm^3
+    (2486.4, 2.4864)
+    """
+    if spacing is None:
+        return None, None
+    mm3 = round(float(voxels) * float(np.prod([float(s) for s in spacing])), VOLUME_DECIMALS["volume_mm3"])
+    return mm3, round(mm3 / 1000.0, VOLUME_DECIMALS["volume_ml"])
+
+
 def volume_values(mask: np.ndarray, spacing: Sequence[float] | None) -> dict[str, Any]:
     """The :data:`VOLUME_COLUMNS` of one lesion's ``(Z, H, W)`` mask.
 
     ``spacing`` is ``(z_mm, row_mm, col_mm)``; ``None`` (unknown) leaves the mm / mL
     columns empty. The extent is the number of slices from the first to the last one
-    holding the lesion, times the slice spacing.
+    holding the lesion, times the slice spacing. Volumes and extent are rounded here
+    (:data:`VOLUME_DECIMALS`), the one place for the CLI's ``measurements.csv``, the
+    annotator's table and its exports.
 
     >>> m = np.zeros((5, 4, 4), bool); m[1:4, :2, :2] = True
     >>> v = volume_values(m, (2.0, 0.5, 0.5))
@@ -75,16 +98,17 @@ def volume_values(mask: np.ndarray, spacing: Sequence[float] | None) -> dict[str
     mask = np.asarray(mask, bool)
     zs = np.flatnonzero(mask.any(axis=(1, 2)))
     voxels = int(np.count_nonzero(mask))
-    mm3 = None if spacing is None else float(voxels * np.prod([float(s) for s in spacing]))
+    mm3, ml = volume_mm3_ml(voxels, spacing)
     n = int(zs[-1] - zs[0] + 1) if len(zs) else 0
+    extent = None if spacing is None or not n else n * float(spacing[0])
     return {
         "volume_voxels": voxels,
         "volume_mm3": mm3,
-        "volume_ml": None if mm3 is None else mm3 / 1000.0,
+        "volume_ml": ml,
         "z_first": int(zs[0]) if len(zs) else None,
         "z_last": int(zs[-1]) if len(zs) else None,
         "n_slices": n,
-        "extent_mm": None if spacing is None or not n else float(n * float(spacing[0])),
+        "extent_mm": None if extent is None else round(extent, VOLUME_DECIMALS["extent_mm"]),
     }
 
 

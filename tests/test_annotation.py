@@ -534,3 +534,28 @@ def test_the_annotator_loads_the_default_model_with_flip_tta():
     [c] = plain.segment(image, [r])
     np.testing.assert_array_equal(a.probability, b.probability)
     assert not np.array_equal(a.probability, c.probability)  # the mirrors did change it
+
+
+def test_undo_with_a_kept_label_image_gives_it_back_and_the_results_as_they_were():
+    # A session that keeps the label image (the annotator's): undoing a commit after a
+    # 3D result returns the labels of before the commit and the lesion without its
+    # volume; a worker's answer for the undone state is refused; nothing is re-segmented.
+    labels = np.zeros((3, 20, 20), np.uint16)
+    labels[1, 5:10, 5:10] = 1
+    s = AnnotationSession((20, 20), n_slices=3)
+    s.labels_state = lambda: ann.LabelsState.of(labels)
+    s.add_recist(Recist([[5, 5], [9, 9]], [[5, 9], [9, 5]], slice_index=1))
+    les = s.lesions[1]
+    req = ann.SegmentRequest(1, les.generation, les.recist)
+    mask = labels[1] == 1
+    assert s.accept(req, ShapeResult(req.recist, (0, 0), mask, mask.astype(np.float32)), (1, 5, 5, 5, 5))
+    s.commit()
+    vreq = s.volume_request(1, labels)
+    labels[0:3, 5:10, 5:10] = 1  # the propagated lesion
+    s.set_volume(1, ann.measure_volume(labels, 1, None))
+    out = s.undo()
+    assert out.segment == [] and out.clear == []
+    np.testing.assert_array_equal(out.labels.dense(), (np.arange(3) == 1)[:, None, None] * (labels == 1))
+    les = s.lesions[1]
+    assert not les.committed and les.volume is None and les.status == "done" and les.area_px == 25
+    assert not s.is_volume_current(vreq) and not s.is_current(req)

@@ -31,6 +31,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from napari_recist_seg.annotation import (
     AnnotationSession,
     ClickRequest,
+    LabelsState,
     LineObs,
     SegmentRequest,
     SyncResult,
@@ -109,15 +110,24 @@ class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, VolumeMixin, QObj
         self._worker: Any = None
         self._click_token = 0
         self._edited_ids: set[int] = set()
+        self._labels_check_scheduled = False
         self._closed = False
         #: lesion id -> (offset, probability) of its last segmentation (corrective clicks)
         self._probabilities: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
         self._init_volumes()
         self.shapes = self._adopt_or_create_shapes()
         self.labels = self._adopt_or_create_labels()
+        #: The labels as the session last knew them: what an undo step keeps, and the
+        #: "before" of a hand edit (refreshed after each write of ours and each edit).
+        self._labels_shadow = LabelsState.of(self.labels.data)
+        self.session.labels_state = lambda: self._labels_shadow
         self.points: Any = None
         self.shapes.events.data.connect(self._on_shapes_data)
         self.labels.events.paint.connect(self._on_paint)
+        # Writes from code without napari's paint API (``data[...] = v`` + ``refresh()``,
+        # ``data = ...``, ``events.data``) and napari's own Undo / Redo of the layer.
+        self.labels.events.set_data.connect(self._on_labels_written)
+        self.labels.events.data.connect(self._on_labels_written)
         self.image.events.scale.connect(self._on_image_scale)
         self.image.events.translate.connect(self._on_image_scale)
         # Lines already in an adopted layer (e.g. opened from a RECIST CSV) count too.
@@ -154,6 +164,8 @@ class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, VolumeMixin, QObj
             self.shapes.events.data.disconnect(self._on_shapes_data)
         with contextlib.suppress(Exception):
             self.labels.events.paint.disconnect(self._on_paint)
+            self.labels.events.set_data.disconnect(self._on_labels_written)
+            self.labels.events.data.disconnect(self._on_labels_written)
         if self.points is not None:
             with contextlib.suppress(Exception):
                 self.points.events.data.disconnect(self._on_points_data)
@@ -166,6 +178,27 @@ class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, VolumeMixin, QObj
             yield
         finally:
             self._writing -= 1
+
+    def _write_labels(self, indices: tuple[Any, ...], value: int) -> None:
+        """Our own write to the Labels layer (not a hand edit); the shadow follows it at
+        the cost of the lesion voxels (re-reading a CT volume would be ~45 ms a paste)."""
+        with self._guard():
+            self.labels.data_setitem(indices, value)
+        self._labels_shadow = self._labels_shadow.written(indices, value)
+
+    def _refresh_labels_shadow(self) -> None:
+        self._labels_shadow = LabelsState.of(self.labels.data)
+
+    def _restore_labels(self, state: LabelsState) -> None:
+        """Put the Labels layer back as an undo step kept it (only the voxels that differ)."""
+        with self._guard():
+            for value, idx in state.changes(self.labels.data):
+                self.labels.data_setitem(idx, value)
+        self._refresh_labels_shadow()
+        self._volumes = {i for i, les in self.session.lesions.items() if les.volume is not None}
+        for lesion_id in list(self._probabilities):
+            if lesion_id not in self.session.lesions:
+                self._probabilities.pop(lesion_id)
 
     # -- shapes <-> session --------------------------------------------------------
     def _on_shapes_data(self, event: Any) -> None:
@@ -257,6 +290,8 @@ class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, VolumeMixin, QObj
             self._write_shapes(colours=not out.segment)
             if out.segment:
                 self._schedule_colours()
+        if out.labels is not None:
+            self._restore_labels(out.labels)
         for lesion_id, box in out.clear:
             self._clear_mask(lesion_id, box)
         for msg in out.messages:

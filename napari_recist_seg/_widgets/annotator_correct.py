@@ -118,7 +118,9 @@ class Corrector:
             idx = np.nonzero(mask)
             if idx[0].size:
                 full = idx if z is None else (np.full(idx[0].shape, z), *idx)
-                with b._guard():  # recorded below, not as a paint event
+                # Recorded below, not as a paint event; the binding's labels shadow stays
+                # "before", the undo step of record_edits.
+                with b._guard():
                     b.labels.data_setitem(full, value)
         b.record_edits([lesion_id])
 

@@ -29,16 +29,14 @@ class MasksMixin:
             return
         idx = clear_indices(self.labels.data, lesion_id, box)
         if idx[0].size:
-            with self._guard():  # not a hand edit
-                self.labels.data_setitem(idx, 0)
+            self._write_labels(idx, 0)  # not a hand edit
 
     def _paste(self, request: SegmentRequest, result: Any) -> None:
         les = self.session.lesions[request.lesion_id]
         self._clear_mask(les.id, les.box)
         idx, box = paste_indices(self.labels.data, les.id, result, les.slice_index)
         if idx[0].size:
-            with self._guard():
-                self.labels.data_setitem(idx, les.id)
+            self._write_labels(idx, les.id)
         self.session.accept(request, result, box)
         prob = getattr(result, "probability", None)
         offset = getattr(result, "offset", None)
@@ -77,14 +75,37 @@ class MasksMixin:
             QTimer.singleShot(0, self._flush_edits)
         self._edited_ids |= set(ids)
 
+    def _on_labels_written(self, event: Any = None) -> None:
+        """The layer was refreshed or its data set: if from code (not us, not a brush
+        stroke, which ``paint`` reports), its changed labels are hand edits too. Checked
+        on the next loop turn, once however many refreshes came (a slider step is one)."""
+        if self._writing or self._closed or self._labels_check_scheduled:
+            return
+        self._labels_check_scheduled = True
+        QTimer.singleShot(0, self._check_labels_written)
+
+    def _check_labels_written(self) -> None:
+        self._labels_check_scheduled = False
+        if self._edited_ids or not self.alive():
+            return  # a paint event's flush is due: it records the edit
+        ids = self._labels_shadow.changed_ids(self.labels.data)
+        if ids:
+            self.record_edits(sorted(ids))
+
     def _flush_edits(self) -> None:
         ids, self._edited_ids = sorted(self._edited_ids), set()
         if ids and self.alive():
             self.record_edits(ids)
 
     def record_edits(self, ids: list[int]) -> None:
-        """Store the masks of ``ids`` as painted; a label with no lesion becomes one."""
+        """Store the masks of ``ids`` as painted; a label with no lesion becomes one.
+
+        One undo step (the labels before it: the shadow, not yet refreshed); a label
+        adopted as a new lesion is the undo step of its :meth:`add_recist`.
+        """
         spacing = self.session.spacing
+        if any(i in self.session.lesions for i in ids):
+            self.session.push_edit_step(self._labels_shadow)
         adopted = []
         for lesion_id in ids:
             les = self.session.lesions.get(lesion_id)
@@ -96,6 +117,7 @@ class MasksMixin:
         if adopted:
             self._adopt_masks(adopted)
         self.remeasure_volumes(ids)  # a 3D label edited by hand: its volume as painted
+        self._refresh_labels_shadow()
         self.message.emit(
             f"lesion(s) {', '.join(map(str, ids))}: mask edited by hand; area and mask L / W updated",
             False,
@@ -148,8 +170,10 @@ class MasksMixin:
                 new_id = max([0, *self.session.lesions, int(target.max())]) + 1
             idx = np.nonzero((labels == value) & free)
             if idx[0].size:
-                with self._guard():
+                with self._guard():  # the shadow stays "before": the adoption's undo step
                     self.labels.data_setitem(idx, new_id)
                 ids.append(new_id)
-        return self._adopt_masks(ids)
+        made = self._adopt_masks(ids)
+        self._refresh_labels_shadow()
+        return made
 

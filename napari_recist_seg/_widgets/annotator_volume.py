@@ -142,11 +142,10 @@ class VolumeMixin:
                               "changed while it was computed)", False)
             return
         paste, clear = ann.volume_paste_indices(self.labels.data, request.lesion_id, lesion.mask)
-        with self._guard():  # not a hand edit
-            if clear[0].size:
-                self.labels.data_setitem(clear, 0)
-            if paste[0].size:
-                self.labels.data_setitem(paste, request.lesion_id)
+        if clear[0].size:  # not a hand edit
+            self._write_labels(clear, 0)
+        if paste[0].size:
+            self._write_labels(paste, request.lesion_id)
         if not np.array_equal(lesion.mask[request.z0], request.seed):  # the seed's blend won
             m = measure_lesion(self.labels.data, request.lesion_id, request.z0, self.session.spacing)
             self.session.set_slice_measure(request.lesion_id, m.area_px, m.measured, m.box)
@@ -193,8 +192,7 @@ class VolumeMixin:
         self.session.set_volume(lesion_id, None)
         idx = np.nonzero(np.asarray(self.labels.data) == int(lesion_id))
         if idx[0].size:
-            with self._guard():
-                self.labels.data_setitem(idx, 0)
+            self._write_labels(idx, 0)
         return True
 
     def _close_volumes(self) -> None:

@@ -74,6 +74,7 @@ from napari_recist_seg.annotation.lesions import (
     LineView,
     SyncResult,
 )
+from napari_recist_seg.annotation.labels_state import LabelsState
 from napari_recist_seg.annotation.paste import Box, clear_indices, lesion_at, paste_indices
 from napari_recist_seg.annotation.requests import (
     ClickRequest,
@@ -109,6 +110,7 @@ __all__ = [
     "DISAGREEMENT_THRESHOLD",
     "AnnotationSession",
     "ClickRequest",
+    "LabelsState",
     "Lesion",
     "LineObs",
     "LineView",

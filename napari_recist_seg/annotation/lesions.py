@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,8 @@ class SyncResult:
     ``rewrite``: the layer's lines differ from the session's (snapped, proposed,
     restored, removed) and must be rewritten from :meth:`AnnotationSession.layer_lines`;
     ``segment``: lesions to (re-)segment; ``clear``: lesions whose mask must be
-    removed now; ``messages``: what to tell the user.
+    removed now; ``messages``: what to tell the user; ``labels``: the label image to
+    put back as it was (:class:`~.labels_state.LabelsState`, an undo).
     """
 
     rewrite: bool = False
@@ -118,6 +120,7 @@ class SyncResult:
     clear: list[tuple[int, Box | None]] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     changed: bool = False
+    labels: Any = None
 
     def extend(self, other: "SyncResult") -> None:
         self.rewrite |= other.rewrite

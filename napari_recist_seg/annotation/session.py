@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from napari_recist_seg.annotation.geometry import _LesionGeometry
+from napari_recist_seg.annotation.labels_state import LabelsState
 from napari_recist_seg.annotation.lesions import (
     DEFAULT_QUICK_RATIO,
     DONE,
@@ -72,6 +73,10 @@ class AnnotationSession(_LayerSync, _SessionViews, _SessionVolumes, _LesionGeome
         #: New lines shorter than this (data px) are stray clicks and dropped; the
         #: widget sets it from the canvas zoom (:func:`pairing.stray_length`).
         self.min_line_length = MIN_AXIS_LENGTH_PX
+        #: The label image as it is now (the widget's Labels layer); when set, every undo
+        #: step keeps it and :meth:`undo` gives it back (``SyncResult.labels``) with the
+        #: lesions' results as they were, instead of re-segmenting them.
+        self.labels_state: Callable[[], LabelsState] | None = None
 
     # -- helpers ---------------------------------------------------------------------
     @property
@@ -111,11 +116,14 @@ class AnnotationSession(_LayerSync, _SessionViews, _SessionVolumes, _LesionGeome
         return np.column_stack([np.full(2, float(slice_index or 0)), plane])
 
 
-    def _snapshot(self) -> dict[str, Any]:
+    def _snapshot(self, labels: LabelsState | None = None) -> dict[str, Any]:
+        if labels is None and self.labels_state is not None:
+            labels = self.labels_state()
         return {
             "lines": {k: v.copy() for k, v in self.lines.items()},
             "order": list(self.order),
             "lesions": copy.deepcopy(self.lesions),
+            "labels": labels,
         }
 
     def _push_undo(self, snap_: dict[str, Any] | None = None) -> None:
@@ -125,6 +133,11 @@ class AnnotationSession(_LayerSync, _SessionViews, _SessionVolumes, _LesionGeome
     @property
     def can_undo(self) -> bool:
         return bool(self._undo)
+
+    def push_edit_step(self, labels_before: LabelsState | None) -> None:
+        """Make a hand edit of the masks (paint, fill, erase, corrective click) an undo
+        step: ``labels_before`` is the label image before it (``None``: as now)."""
+        self._push_undo(self._snapshot(labels_before))
 
     def record_edit(
         self, lesion_id: int, area_px: int, measured: Recist | None, box: Box | None
@@ -293,6 +306,8 @@ class AnnotationSession(_LayerSync, _SessionViews, _SessionVolumes, _LesionGeome
         if "note" in snap_:  # a step that changed no lesion (a removed non-line shape)
             out.messages.append(f"nothing else undone: {snap_['note']}")
             return out
+        if snap_.get("labels") is not None:
+            return self._undo_with_labels(snap_, out)
         current = self.lesions
         restored: dict[int, Lesion] = snap_["lesions"]
         for les_id, les in current.items():
@@ -338,5 +353,25 @@ class AnnotationSession(_LayerSync, _SessionViews, _SessionVolumes, _LesionGeome
         self.lines = snap_["lines"]
         self.order = snap_["order"]
         self.lesions = restored
+        out.rewrite = out.changed = True
+        return out
+
+    def _undo_with_labels(self, snap_: dict[str, Any], out: SyncResult) -> SyncResult:
+        """Undo to a step that kept the label image: the labels go back as they were and
+        so do the lesions' results (masks, volumes); only a lesion whose result was still
+        being computed then is segmented again."""
+        current = self.lesions
+        restored: dict[int, Lesion] = snap_["lesions"]
+        for les_id, old in restored.items():
+            cur = current.get(les_id)
+            # Never reuse a generation a worker may still answer to (masks, 3D results).
+            old.generation = max(old.generation, cur.generation if cur else 0) + 1
+            old.volume_generation = max(old.volume_generation, cur.volume_generation if cur else 0) + 1
+            if old.status == PENDING and old.recist is not None:
+                out.segment.append(self._request(old))
+        self.lines = snap_["lines"]
+        self.order = snap_["order"]
+        self.lesions = restored
+        out.labels = snap_["labels"]
         out.rewrite = out.changed = True
         return out

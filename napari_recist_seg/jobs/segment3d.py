@@ -114,9 +114,7 @@ def _one_lesion(predictor: Any, seg_for: Any, img: Any, r: Recist, lesion: int,
     row = measurement_row(
         name, lesion, res.recist, measured, cluster=res.cluster,
         confidence=res.confidence, area_px=area, spacing=img.plane_spacing)
-    row.update(volume_voxels=les.voxels, volume_mm3=les.volume_mm3, volume_ml=les.volume_ml,
-               z_first=les.z_range[0], z_last=les.z_range[1], n_slices=les.n_slices,
-               extent_mm=les.extent_mm)
+    row.update(volume_values(les.mask, img.spacing))  # rounded there, as everywhere
     return les.mask, les.z_range, {k: _fmt(row.get(k)) for k in MEASUREMENT_COLUMNS_3D}
 
 
