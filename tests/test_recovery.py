@@ -47,6 +47,7 @@ def test_entry_round_trip_lines_statuses_labels_and_missing_lesions(tmp_path):
     labels[60:80, 65:75] = 2
     labels[0, 0] = 300  # ids above 255 survive
     snap = recovery.snapshot("k1", s, labels, None, "img", now=1000.0)
+    assert recovery.snapshot("k1", s, labels, None, "img", copy_labels=False).labels is labels  # big CT
     labels[:] = 0  # the snapshot is a copy: later edits do not leak into the write
     folder = recovery.write_snapshot(tmp_path, snap)
     meta = json.loads((folder / "entry.json").read_text())

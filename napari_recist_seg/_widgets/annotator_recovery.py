@@ -27,6 +27,9 @@ from napari_recist_seg._widgets.annotator_files import image_source_path
 
 #: The autosave waits this long after the last change (drawing bursts are one write).
 AUTOSAVE_DELAY_MS = 2000
+#: Labels up to this size are copied in the GUI thread (~18 ms at 16 MB); bigger ones
+#: (a full CT: 100 MB, ~120 ms) are read by the writer thread (see recovery.snapshot).
+COPY_IN_GUI_BYTES = 16 << 20
 # How often a restore checks whether its lesions' masks are in (then pastes the saved ones).
 RESTORE_POLL_MS = 50
 
@@ -88,8 +91,10 @@ class RecoveryMixin:
             if id(b) not in dirty or not b.alive():
                 continue
             try:
-                snap = recovery.snapshot(self._recovery_key(b), b.session, b.labels.data,
-                                         image_source_path(b.image), b.name)
+                data = b.labels.data
+                snap = recovery.snapshot(self._recovery_key(b), b.session, data,
+                                         image_source_path(b.image), b.name,
+                                         copy_labels=np.asarray(data).nbytes <= COPY_IN_GUI_BYTES)
             except Exception as exc:  # noqa: BLE001 - autosave never breaks the dock
                 self._on_autosaved(id(b), exc)
                 continue

@@ -116,9 +116,15 @@ def snapshot(
     name: str,
     *,
     now: float | None = None,
+    copy_labels: bool = True,
 ) -> Snapshot:
-    """The session's complete lesions (with their status) and a copy of the labels."""
-    lab = np.array(labels, copy=True)
+    """The session's complete lesions (with their status) and a copy of the labels.
+
+    ``copy_labels=False`` keeps a reference: the writer reads the live array (a full
+    CT's 100 MB copy costs ~120 ms, too long for the GUI thread). A stroke painted
+    during that read may be half in the entry; the stroke's own autosave follows.
+    """
+    lab = np.array(labels, copy=True) if copy_labels else np.asarray(labels)
     # The CSV's image column: the file, else the layer's name (an in-memory image).
     image_ref = Path(image_path) if image_path is not None else Path(name)
     records = session_records(session, image_ref)
