@@ -204,22 +204,35 @@ class RecoveryMixin:
 
     def _paste_restored(self, b: ImageBinding, labels: np.ndarray | None, ids: list[int],
                         edited: set[int]) -> None:
-        """Put the saved masks of ``ids`` in the layer; lesions whose mask is not the
-        segmenter's (hand-edited, or another model) are recorded as edited."""
+        """Put the saved masks of ``ids`` in the layer. A lesion whose saved mask on its
+        slice is not the segmenter's (hand-edited, or another model) is recorded as
+        edited; one whose label spans slices is a 3D lesion again (volume measured)."""
         if labels is not None and ids:
             current = np.asarray(b.labels.data)
             region = np.isin(labels, ids) | np.isin(current, ids)
             target = np.where(np.isin(labels, ids), labels, 0).astype(current.dtype)
-            differs = {int(v) for v in np.unique(current[region & (current != target)])}
-            differs |= {int(v) for v in np.unique(target[region & (current != target)])}
+            differs = {i for i in ids if not np.array_equal(
+                _on_slice(current, b, i) == i, _on_slice(target, b, i) == i)}
             for value in np.unique(target[region]):
                 idx = np.nonzero(region & (target == value))
                 with b._guard():  # not a hand stroke: the edits are recorded below
                     b.labels.data_setitem(idx, int(value))
-            edited = edited | (differs & set(ids))
+            edited = edited | differs
+            if b.ndim == 3:
+                for i in ids:
+                    if int((target == i).any(axis=(1, 2)).sum()) > 1:
+                        b._volumes.add(i)  # as a propagation result would register it
+                        b._measure_volume(i)
         if edited:
             b.record_edits(sorted(i for i in edited if i in b.session.lesions))
         self._schedule_autosave(b)
         b.changed.emit()
         if b is self.binding:
             self._say(f"{b.name}: restored {len(ids)} lesion mask(s) as autosaved")
+
+
+def _on_slice(labels: np.ndarray, b: ImageBinding, lesion_id: int) -> np.ndarray:
+    """The plane of ``labels`` that lesion ``lesion_id`` is drawn on (all of a 2D image)."""
+    les = b.session.lesions.get(lesion_id)
+    z = None if les is None else les.slice_index
+    return labels if z is None or labels.ndim == 2 else labels[z]

@@ -193,31 +193,44 @@ def test_an_unwritable_recovery_folder_warns_once_and_never_raises(
             os.chmod(rec_dir, 0o700)
 
 
-def test_a_3d_volume_restores_lines_and_labels(make_napari_viewer, qtbot, rec_dir):
-    volume = np.linspace(-200, 300, 9 * 96 * 96).reshape(9, 96, 96).astype(np.float32)
+def _ct_dock(viewer, qtbot):
+    from napari_recist_seg._widgets.annotator import AnnotatorWidget
+
+    [layer] = viewer.open(SAMPLES / "lits117_slab.nii.gz", plugin="napari-recist-seg")
+    widget = AnnotatorWidget(viewer, segmenter=ShapeSegmenter("ellipse"))
+    viewer.window.add_dock_widget(widget)
+    qtbot.waitUntil(lambda: widget.binding is not None and not widget.busy, timeout=15000)
+    return widget, widget.binding
+
+
+@pytest.mark.parametrize("as_3d_lesion", [False, True])
+def test_a_ct_volume_restores_lines_labels_and_3d_lesions(make_napari_viewer, qtbot, rec_dir, as_3d_lesion):
     viewer = make_napari_viewer()
-    widget, b = _dock(viewer, volume, name="vol")
+    widget, b = _ct_dock(viewer, qtbot)
     before = widget.autosaves
-    viewer.dims.set_current_step(0, 4)
     b.shapes.add_lines([LONG3D, SHORT3D])
     _idle(qtbot, widget)
+    widget.volume_check.setChecked(as_3d_lesion)
     widget.commit([1])
     _idle(qtbot, widget)
     _autosaved(qtbot, widget, before)
     labels = np.asarray(b.labels.data).copy()
-    assert labels.ndim == 3 and (labels[4] == 1).any()
+    slices = int((labels == 1).any(axis=(1, 2)).sum())
+    assert labels.ndim == 3 and (labels[4] == 1).any() and (slices > 1) == as_3d_lesion
     lines = [np.asarray(d).copy() for d in b.shapes.data]
     recists = b.session.recists()
+    volume = b.session.lesions[1].volume
     widget.close()
     viewer.close()
 
     viewer2 = make_napari_viewer()
-    widget2, b2 = _dock(viewer2, volume, name="vol")
+    widget2, b2 = _ct_dock(viewer2, qtbot)
     assert widget2.restore_recovery() == 1
     _idle(qtbot, widget2)
     _same_lines(b2, lines, recists)
     assert _statuses(b2) == {1: "committed"}
     np.testing.assert_array_equal(np.asarray(b2.labels.data), labels)
+    assert b2.session.lesions[1].volume == volume and (volume is not None) == as_3d_lesion
 
 
 class _StallMeter:
