@@ -142,6 +142,8 @@ def test_dismiss_keeps_the_entry_until_the_next_autosave_and_export_keeps_it(
     viewer2 = make_napari_viewer()
     widget2, b2 = _dock(viewer2, grey)
     assert widget2.restore_button.isVisibleTo(widget2)
+    widget2._schedule_autosave(b2)  # a change before the user chose: the entry is not replaced
+    assert not widget2.autosave_pending
     widget2.dismiss_recovery()
     assert not widget2.restore_button.isVisibleTo(widget2)
     assert (entry_dir / "recist.csv").exists()  # kept on disk
@@ -151,6 +153,19 @@ def test_dismiss_keeps_the_entry_until_the_next_autosave_and_export_keeps_it(
     _autosaved(qtbot, widget2, before)
     entry = recovery.read_entry(rec_dir, entry_dir.name, grey.shape)
     assert [r.recist.long_axis[0, 1] for r in entry.records] == [140.0]  # replaced
+
+
+def test_closing_the_dock_writes_the_last_change_at_once(make_napari_viewer, qtbot, rec_dir):
+    grey = np.random.default_rng(2).integers(0, 255, (256, 256), dtype=np.uint8)
+    viewer = make_napari_viewer()
+    widget, b = _dock(viewer, grey)
+    b.shapes.add_lines([LONG1, SHORT1])
+    _idle(qtbot, widget)
+    assert widget._autosave_timer.isActive() and widget.autosaves == 0  # within the 2 s
+    key = widget._recovery_key(b)
+    widget.close()
+    entry = recovery.read_entry(rec_dir, key, grey.shape)
+    assert entry is not None and [r.lesion for r in entry.records] == [1]
 
 
 def _unwritable(rec_dir, how):
