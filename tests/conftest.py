@@ -60,6 +60,13 @@ def lits_dir() -> Path:
 # the helpers below are plain functions handed out by fixtures of the same name.
 
 
+@pytest.fixture(autouse=True)
+def _recovery_in_tmp(tmp_path_factory, monkeypatch):
+    """The annotator's autosave writes into a fresh folder per test, never the user's
+    ~/.cache (and an entry of one test is never offered for restore in the next)."""
+    monkeypatch.setenv("RECIST_SEG_RECOVERY_DIR", str(tmp_path_factory.mktemp("recovery")))
+
+
 @pytest.fixture()
 def one_thread():
     """Torch on one thread for the test (the CI machine has 2 shared cores and

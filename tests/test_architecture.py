@@ -86,6 +86,7 @@ LAYERS: dict[str, int] = {
     "propagate": 2,  # a mask from slice to slice (recist, polarity)
     "propagate_intensity": 2,  # the lesion's intensity band and blend (numpy only)
     "annotation": 4,  # a package: units, segmenters, requests, paste, lesions, session, export
+    "annotation.recovery": 4,  # autosave / restore entries of the annotator (numpy, files)
     "curation": 4,  # fine-tuning on curated images; re-exports the two below
     "curation_images": 4,  # AnnotatedImage, training samples, hold-out split
     "curation_save": 4,  # a curation saved as a dataset folder

@@ -18,6 +18,7 @@ Its rooms:
 - :mod:`.annotator_table`: the lesion table, selection and mask colours;
 - :mod:`.annotator_files`: export / import and their file dialogs;
 - :mod:`.annotator_volume`: CT window presets and the "3D lesion" option;
+- :mod:`.annotator_recovery`: autosave and the restore offer;
 - :mod:`.annotator_binding`: one image's layers, session and segmentation worker.
 """
 
@@ -42,6 +43,7 @@ from napari_recist_seg._widgets.annotator_correct import Corrector
 from napari_recist_seg._widgets.annotator_files import FilesMixin, image_source_path
 from napari_recist_seg._widgets.annotator_keys import bind_keys, unbind_keys
 from napari_recist_seg._widgets.annotator_model import SegmenterMixin, default_model_available
+from napari_recist_seg._widgets.annotator_recovery import RecoveryMixin
 from napari_recist_seg._widgets.annotator_table import LesionTableMixin
 from napari_recist_seg._widgets.annotator_tools import ToolsMixin
 from napari_recist_seg._widgets.annotator_torch import prepare_ml_imports
@@ -60,7 +62,7 @@ BUSY_LABEL_DELAY_MS = 250
 
 
 class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, RadiologyDockMixin,
-                      QWidget):
+                      RecoveryMixin, QWidget):
     """RECIST annotator dock widget.
 
     Parameters
@@ -102,6 +104,7 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
         self._busy_label_timer.timeout.connect(self._show_busy)
         self.last_message = ""
         self._build_ui()
+        self._init_recovery()
         self._keys = bind_keys(self, self.viewer)
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -249,6 +252,7 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
             self.activate_drawing()
         elif activate:
             self._on_ndisplay()
+        self._offer_recovery(binding)  # last: its message is the one that stays
         return binding
 
     def _on_ndisplay(self, event: Any = None) -> None:
@@ -273,6 +277,7 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
         self._refresh_table()
         self._show_spacing()
         self._show_radiology()
+        self._show_recovery_offer()
         unit = binding.session.unit
         self._say(
             f"{binding.name}: draw the long axis, then the short axis across it "
@@ -309,6 +314,7 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
         if isinstance(binding, ImageBinding):
             self._dirty.add(id(binding))
             busy = binding.busy
+            self._schedule_autosave(binding)
         # Coalesced and a little later: the table and the Labels features are
         # bookkeeping, the mask on the canvas comes first.
         self._schedule_refresh(BUSY_REFRESH_DELAY_MS if busy else REFRESH_DELAY_MS)
@@ -384,6 +390,7 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
             self._loader is not None
             or self._follow_scheduled
             or self._refresh_timer.isActive()
+            or bool(self._restoring)
             or any(b.busy for b in self.bindings.values())
         )
 
@@ -417,6 +424,7 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
         self._keys = []
         with contextlib.suppress(Exception):
             self.viewer.dims.events.ndisplay.disconnect(self._on_ndisplay)
+        self._close_recovery()  # before the bindings let go of their layers
         for binding in self.bindings.values():
             binding.close()
         super().closeEvent(event)

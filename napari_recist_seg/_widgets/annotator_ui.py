@@ -90,6 +90,7 @@ def build_ui(w: Any) -> None:
     w.setMinimumWidth(480)  # the lesion table stays readable
     layout = scroll_layout(w)  # fits a 1366 x 768 screen (scrolls)
     layout.addLayout(_selectors(w))
+    layout.addLayout(_recovery_row(w))
     layout.addLayout(_tools(w))
     layout.addLayout(_quick(w))
     layout.addLayout(_spacing(w))
@@ -99,6 +100,22 @@ def build_ui(w: Any) -> None:
     layout.addLayout(_colour_row(w))
     layout.addLayout(_files(w))
     _help_and_status(w, layout)
+
+
+def _recovery_row(w: Any) -> QLayout:
+    """Restore / dismiss an autosaved session of this image (hidden until there is one)."""
+    row = QHBoxLayout()
+    w.restore_button = QPushButton("Restore unsaved annotations")
+    w.restore_button.setToolTip("Bring back the lesions, states and masks autosaved for this image")
+    w.restore_button.clicked.connect(lambda: w.restore_recovery())
+    w.dismiss_restore_button = QPushButton("Dismiss")
+    w.dismiss_restore_button.setToolTip("Keep the autosave on disk but do not load it "
+                                        "(the next autosave of this image replaces it)")
+    w.dismiss_restore_button.clicked.connect(lambda: w.dismiss_recovery())
+    for button in (w.restore_button, w.dismiss_restore_button):
+        button.setVisible(False)
+        row.addWidget(button)
+    return row
 
 
 def _selectors(w: Any) -> QLayout:

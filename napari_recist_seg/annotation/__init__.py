@@ -58,6 +58,7 @@ from napari_recist_seg.annotation.export import (
     records_for_image,
     restore_states,
     save_image,
+    session_records,
 )
 from napari_recist_seg.annotation.lesions import (
     DEFAULT_QUICK_RATIO,
@@ -129,6 +130,7 @@ __all__ = [
     "format_length",
     "free_path",
     "save_image",
+    "session_records",
     "load_segmenter",
     "lesion_at",
     "paste_indices",

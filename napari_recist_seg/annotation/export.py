@@ -27,6 +27,7 @@ __all__ = [
     "records_for_image",
     "restore_states",
     "save_image",
+    "session_records",
 ]
 
 
@@ -98,16 +99,20 @@ def export_recist_csv_many(
     Each row's ``status`` column keeps the lesion's state (:func:`lesion_status`), so
     :func:`restore_states` can give it back on import.
     """
-    records = [
-        RecistRecord(image=Path(image_path), lesion=i, recist=r, status=lesion_status(session, i))
-        for session, image_path in items
-        for i, r in session.recists()
-    ]
+    records = [rec for session, image_path in items for rec in session_records(session, image_path)]
     if not records:
         raise ValueError("no complete lesion to export (draw two crossing axes first)")
     target = _target(path, if_exists)
     write_recist_csv(target, records)
     return target
+
+
+def session_records(session: AnnotationSession, image_path: str | os.PathLike[str]) -> list[RecistRecord]:
+    """The RECIST CSV records of a session's complete lesions, each with its ``status``."""
+    return [
+        RecistRecord(image=Path(image_path), lesion=i, recist=r, status=lesion_status(session, i))
+        for i, r in session.recists()
+    ]
 
 
 def lesion_status(session: AnnotationSession, lesion_id: int) -> str:
