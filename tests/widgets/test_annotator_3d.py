@@ -9,7 +9,6 @@ ellipse so that the masks are known, propagated by the same core path as
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ torch = pytest.importorskip("torch")  # before Qt/OpenGL (see test_annotator.py)
 pytest.importorskip("segmentation_models_pytorch")
 
 from napari_recist_seg.annotation import ShapeSegmenter
+from tests.widgets.test_train_widget import StallMeter  # noqa: E402 - one meter for the stall printouts
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "napari_recist_seg" / "sample_data"
@@ -43,24 +43,6 @@ class Recording(ShapeSegmenter):
         if self.gate is not None and recists[0].slice_index != 4:  # off the RECIST slice
             self.gate.wait(10)
         return super().segment(image, recists)
-
-
-class StallMeter:
-    """Longest gap between ticks of a 10 ms QTimer (as in test_train_widget.py)."""
-
-    def __init__(self) -> None:
-        from qtpy.QtCore import QTimer
-
-        self.timer = QTimer()
-        self.timer.setInterval(10)
-        self.timer.timeout.connect(self._tick)
-        self.last = time.perf_counter()
-        self.max_gap = 0.0
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.max_gap = max(self.max_gap, now - self.last)
-        self.last = now
 
 
 def _ct_annotator(viewer, qtbot, segmenter):

@@ -21,6 +21,7 @@ pytest.importorskip("segmentation_models_pytorch")
 
 from napari_recist_seg import annotation as ann
 from napari_recist_seg.annotation import ShapeSegmenter, recovery
+from tests.widgets.test_train_widget import StallMeter  # noqa: E402 - one meter for the stall printouts
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "napari_recist_seg" / "sample_data"
@@ -248,24 +249,6 @@ def test_a_ct_volume_restores_lines_labels_and_3d_lesions(make_napari_viewer, qt
     assert b2.session.lesions[1].volume == volume and (volume is not None) == as_3d_lesion
 
 
-class _StallMeter:
-    """Longest gap between ticks of a 10 ms QTimer (as in test_annotator_3d.py)."""
-
-    def __init__(self) -> None:
-        from qtpy.QtCore import QTimer
-
-        self.timer = QTimer()
-        self.timer.setInterval(10)
-        self.timer.timeout.connect(self._tick)
-        self.last = time.perf_counter()
-        self.max_gap = 0.0
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.max_gap = max(self.max_gap, now - self.last)
-        self.last = now
-
-
 def test_the_autosave_keeps_the_viewer_responsive(make_napari_viewer, qtbot, rec_dir, capsys):
     from napari_recist_seg.data import read_image
 
@@ -276,7 +259,7 @@ def test_the_autosave_keeps_the_viewer_responsive(make_napari_viewer, qtbot, rec
     b.shapes.add_lines([LONG2, SHORT2])
     _idle(qtbot, widget)
     qtbot.waitUntil(lambda: not widget.autosave_pending, timeout=10000)
-    meter = _StallMeter()
+    meter = StallMeter()
     meter.timer.start()
     qtbot.wait(50)
     before = widget.autosaves
