@@ -52,7 +52,7 @@ def test_entry_round_trip_lines_statuses_labels_and_missing_lesions(tmp_path):
     folder = recovery.write_snapshot(tmp_path, snap)
     meta = json.loads((folder / "entry.json").read_text())
     assert meta == {"image_path": None, "name": "img", "shape": [100, 100], "key": "k1",
-                    "saved_at": 1000.0, "n_lesions": 2}
+                    "written_by": "napari-recist-seg recovery", "saved_at": 1000.0, "n_lesions": 2}
     entry = recovery.read_entry(tmp_path, "k1", (100, 100))
     assert {r.lesion: r.status for r in entry.records} == {1: "committed", 2: "draft+edited"}
     assert entry.labels[0, 0] == 300 and int((entry.labels == 2).sum()) == 200
@@ -88,3 +88,23 @@ def test_entries_older_than_30_days_are_removed(tmp_path):
     assert recovery.remove_old_entries(tmp_path, now=now) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "writing"]
     assert recovery.remove_old_entries(tmp_path / "absent") == 0
+
+
+def test_old_folders_that_are_not_wholly_ours_are_never_removed(tmp_path):
+    # RECIST_SEG_RECOVERY_DIR may point at a folder of the user's own: only folders
+    # that are entirely an entry of ours may go.
+    s = _session()
+    lab = np.zeros((100, 100), np.uint8)
+    recovery.write_snapshot(tmp_path, recovery.snapshot("mixed", s, lab, None, "mixed"))
+    (tmp_path / "mixed" / "my_notes.txt").write_text("the user's file")
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "entry.json").write_text('{"key": "project"}')  # not written by us
+    recovery.write_snapshot(tmp_path, recovery.snapshot("moved", s, lab, None, "moved"))
+    (tmp_path / "moved").rename(tmp_path / "renamed")  # its key no longer names it
+    now = time.time()
+    old = now - 31 * 86400
+    for name in ("mixed", "project", "renamed"):
+        os.utime(tmp_path / name / "entry.json", (old, old))
+    assert recovery.remove_old_entries(tmp_path, now=now) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mixed", "project", "renamed"]
+    assert (tmp_path / "mixed" / "my_notes.txt").read_text() == "the user's file"

@@ -63,6 +63,9 @@ ENTRY_JSON = "entry.json"
 RECIST_CSV = "recist.csv"
 # TIFF: uncompressed (fast), 2D and 3D, label ids above 65535 kept (write_labels).
 LABELS_FILE = "labels.tif"
+# Marks an entry.json as ours: only such entries are ever removed (the folder may be one
+# a user chose with RECIST_SEG_RECOVERY_DIR, holding their own files).
+WRITTEN_BY = "napari-recist-seg recovery"
 
 
 def recovery_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -133,6 +136,7 @@ def snapshot(
         "name": name,
         "shape": list(lab.shape),
         "key": key,
+        "written_by": WRITTEN_BY,
         "saved_at": time.time() if now is None else float(now),
         "n_lesions": len(records),
     }
@@ -211,7 +215,10 @@ def remove_old_entries(
 ) -> int:
     """Remove the entries whose ``entry.json`` is older than ``max_age_days``; returns how many.
 
-    Folders without an ``entry.json`` are left alone (an autosave may be writing one).
+    Only folders that are wholly an entry of ours go: named by their key, with an
+    ``entry.json`` we wrote (:data:`WRITTEN_BY`, the same key) and nothing but our files.
+    Folders without an ``entry.json`` (an autosave may be writing one), and anything
+    else a user keeps under ``root``, are left alone.
     """
     limit = (time.time() if now is None else now) - max_age_days * 86400.0
     removed = 0
@@ -221,9 +228,19 @@ def remove_old_entries(
         return 0
     for folder in folders:
         try:
-            if (folder / ENTRY_JSON).stat().st_mtime < limit:
+            if (folder / ENTRY_JSON).stat().st_mtime < limit and _only_ours(folder):
                 shutil.rmtree(folder)
                 removed += 1
-        except OSError:
+        except (OSError, ValueError):
             continue
     return removed
+
+
+def _only_ours(folder: Path) -> bool:
+    meta = json.loads((folder / ENTRY_JSON).read_text(encoding="utf-8"))
+    if not isinstance(meta, dict) or meta.get("written_by") != WRITTEN_BY or meta.get("key") != folder.name:
+        return False
+    ours = {ENTRY_JSON, RECIST_CSV, LABELS_FILE}
+    # (an interrupted atomic write leaves a hidden ".<name>.~part-*" file of ours)
+    return all(p.is_file() and (p.name in ours or (p.name.startswith(".") and ".~part-" in p.name))
+               for p in folder.iterdir())
