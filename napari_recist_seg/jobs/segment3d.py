@@ -207,16 +207,17 @@ def _commit(item: SegmentItem, img: Any, labels: np.ndarray, rows: list[dict[str
     """The volume's labels (atomically), then its record; then drop its checkpoints."""
     name = _labels_name(item)
     path = out / name
+    prompts = prompts_digest(item)
 
     def write() -> None:
         outdir.remove_record(out, item.stem)  # an old record must not vouch for new labels
         write_labels(path, labels, spacing=img.spacing, affine=img.metadata.get("affine"))
-        outdir.write_record(out, item.stem, [name], rows, prompts=prompts_digest(item))
+        outdir.write_record(out, item.stem, [name], rows, prompts=prompts)
 
     _write(out, report, write)
     clear_lesions(out, item.stem)
     report.outputs.append(path)
-    return {"outputs": [name], "rows": rows, "prompts": prompts_digest(item)}
+    return {"outputs": [name], "rows": rows, "prompts": prompts}
 
 
 def _write_tables(out: Path, records: dict[str, dict]) -> None:

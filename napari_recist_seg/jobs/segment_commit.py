@@ -173,6 +173,7 @@ def _commit(
         for (lesion, _), res in zip(loaded.lesions, results)
     ]
     outputs = [mask_path.name] + ([labels_path.name] if labels is not None else [])
+    prompts = prompts_digest(item)
     try:
         # An old record must not vouch for the new masks while they are half done.
         outdir.remove_record(out, item.stem, journal)
@@ -186,14 +187,14 @@ def _commit(
             write_mask(mask_path, union > 0, spacing=out_spacing, affine=out_affine)
         else:
             _write_png(mask_path, union)  # 0 / 255 already
-        outdir.write_record(out, item.stem, outputs, rows, journal=journal, prompts=prompts_digest(item))
+        outdir.write_record(out, item.stem, outputs, rows, journal=journal, prompts=prompts)
     except OSError as exc:
         raise OutputWriteError(
             f"cannot write into {out}: {describe_os_error(exc)}; {report.processed} image(s) "
             "finished and kept, run again (with space / write access) to resume"
         ) from None
     report.outputs.extend(out / n for n in outputs)
-    return {"outputs": outputs, "rows": rows, "prompts": prompts_digest(item)}
+    return {"outputs": outputs, "rows": rows, "prompts": prompts}
 
 
 def _paste(res: "LesionResult", target: np.ndarray, value: int, volume: bool) -> None:
