@@ -35,10 +35,12 @@ import contextlib
 import os
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from napari_recist_seg.data.images import read_image
+from napari_recist_seg.intensity import detect_modality, is_ct
 from napari_recist_seg.jobs import outdir
 from napari_recist_seg.jobs.common import (
     CancelToken,
@@ -49,6 +51,7 @@ from napari_recist_seg.jobs.common import (
 )
 from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
 from napari_recist_seg.jobs.pipeline import Steps, run_pipelined
+
 # The rooms of the job: planning, and committing one image. Their names are
 # re-exported here, where the bulk job's callers (and tests) import them; the loops
 # below look ``_load`` and ``_commit`` up in this module.
@@ -83,10 +86,11 @@ from napari_recist_seg.jobs.segment_plan import (  # noqa: F401
     _plan_files,
     _read_records,
     _RecordIndex,
-    stale_record,
     _unique_stems,
     plan_segment,
+    stale_record,
 )
+
 # The columns and the row builder live in measurements (the annotator uses them too);
 # re-exported here, where the bulk job and its callers import them.
 from napari_recist_seg.measurements import (  # noqa: F401
@@ -124,10 +128,15 @@ def _read(item: SegmentItem):
     return read_image(item.image_path, deeplesion=True if item.deeplesion else None)
 
 
-def _load(item: SegmentItem, report: JobReport) -> _Loaded:
-    """Read one image and check its RECIST (bad ones are reported and dropped)."""
+def _load(item: SegmentItem, report: JobReport, *, not_ct: list[str] | None = None,
+          modality: str | None = None) -> _Loaded:
+    """Read one image and check its RECIST (bad ones are reported and dropped); with
+    ``not_ct`` (a ``--window`` was given) the names of images that are not CT (by
+    ``modality`` when given, else their file and values) are appended to it."""
     data = _read(item)
     array = data.array
+    if not_ct is not None and not is_ct(modality or detect_modality(array, data.modality)):
+        not_ct.append(item.image_path.name)
     volume = bool(data.is_volume)
     spacing = data.plane_spacing
     valid: list[tuple[int, Recist]] = []
@@ -276,16 +285,21 @@ def run_segment(
                 predictor = Predictor.load(model, device=device, precision=precision,
                                            threads=threads)
             set_reading(predictor, window=window, modality=modality, polarity=polarity, tta=tta)
+            # A CT window on a photograph or an MR image is not applied: say so, once.
+            not_ct: list[str] | None = [] if window is not None else None
             try:
                 run = _segment_all if serial else _segment_pipelined
                 run(todo, out, predictor, batch_size, report, records, ours,
-                    ProgressTracker(len(todo), progress), cancel, journal)
+                    ProgressTracker(len(todo), progress), cancel, journal,
+                    load=partial(_load, not_ct=not_ct, modality=modality))
             except BaseException:
                 # Whatever stopped the run, the tables follow the committed records; on
                 # a full disk this may fail too (a re-run rebuilds them).
                 with contextlib.suppress(OSError):
                     _finish(out, records, report)
                 raise
+        if not_ct:
+            report.notes.append(_window_note(not_ct))
         try:
             _finish(out, records, report)
         except OSError as exc:
@@ -294,6 +308,13 @@ def run_segment(
                 "again (with space / write access) to write the tables"
             ) from None
     return report
+
+
+def _window_note(names: Sequence[str]) -> str:
+    """One line for the images a ``--window`` did not apply to."""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"note: --window applies to CT only; {len(names)} image(s) are not CT ({shown}): "
+            "they were read as colour / by the percentile rule (--modality ct if they are CT)")
 
 
 def set_reading(predictor: "Predictor | None", *, window: object = None, modality: str | None = None,
@@ -322,6 +343,7 @@ def _segment_all(
     tracker: ProgressTracker,
     cancel: CancelToken | None,
     journal: outdir.Journal | None = None,
+    load: Callable[..., _Loaded] = _load,
 ) -> None:
     """Read, segment and commit ``todo`` a chunk at a time (updates ``records``)."""
     last_flush = time.perf_counter()
@@ -349,7 +371,7 @@ def _segment_all(
                 break
             pending.pop()
             try:
-                loaded = _load(nxt, report)
+                loaded = load(nxt, report)
             except (MemoryError, KeyboardInterrupt):
                 raise
             except Exception as exc:  # one bad file never stops the run
@@ -397,6 +419,7 @@ def _segment_pipelined(
     tracker: ProgressTracker,
     cancel: CancelToken | None,
     journal: outdir.Journal | None = None,
+    load: Callable[..., _Loaded] = _load,
 ) -> None:
     """:func:`_segment_all` with reading ahead and writing behind in threads
     (:mod:`napari_recist_seg.jobs.pipeline`): the same outputs, in the same order."""
@@ -422,7 +445,7 @@ def _segment_pipelined(
             last_flush[0] = time.perf_counter()
 
     steps = Steps(
-        load=_load,
+        load=load,
         lesions=lambda item: len(item.lesions),
         weight=lambda c: (len(c.lesions), int(c.data.array.nbytes)),
         segment=lambda chunk: _segment_chunk(chunk, predictor, batch_size),

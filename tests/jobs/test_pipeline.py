@@ -63,9 +63,9 @@ def test_pipelined_outputs_are_byte_identical_to_serial(dataset, tiny, serial_ou
     threads = set()
     load = segment_mod._load
 
-    def spy(item, report):
+    def spy(item, report, **kw):
         threads.add(threading.current_thread().name)
-        return load(item, report)
+        return load(item, report, **kw)
 
     monkeypatch.setattr(segment_mod, "_load", spy)
     out = tmp_path / "out"
