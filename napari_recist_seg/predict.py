@@ -270,15 +270,17 @@ class Predictor:
         tta: bool | str,
         timings: dict[str, float] | None,
         postprocess: bool | None = None,
-        modality_of: str | None = None,
+        modality_of: str | Sequence[str | None] | None = None,
         polarity: str | None = None,
     ) -> list[list[LesionResult]]:
-        """Segment validated RECIST of several images in shared forward passes."""
+        """Segment validated RECIST of several images in shared forward passes
+        (``modality_of``: one for all images, or one per image)."""
         postprocess = self.postprocess if postprocess is None else postprocess
         t0 = time.perf_counter()
         inputs, boxes, pol = [], [], polarity or self.polarity
-        for image, recists in pairs:
-            modality = self._modality(image, modality_of)
+        each = [modality_of] * len(pairs) if modality_of is None or isinstance(modality_of, str) else modality_of
+        for (image, recists), given in zip(pairs, each):
+            modality = self._modality(image, given)
             for r in recists:
                 x, box = model_input(_plane(image, r), r, self.preprocess, modality=modality,
                                      window=self.window, polarity=pol)
@@ -438,6 +440,7 @@ class Predictor:
         batch_size: int = 32,
         tta: bool | str | None = None,
         timings: dict[str, float] | None = None,
+        modalities: Sequence[str | None] | None = None,
     ) -> list[list[LesionResult]]:
         """Segment the lesions of several images in shared forward passes.
 
@@ -451,6 +454,8 @@ class Predictor:
             As for :meth:`segment`.
         batch_size, tta, timings
             As for :meth:`segment`.
+        modalities : sequence of str or None, optional
+            Each image's ``modality`` (as for :meth:`segment`; ``None``: detected).
 
         Returns
         -------
@@ -469,9 +474,10 @@ class Predictor:
             pairs.append((arr, self._prompts(arr, recists, f"image {j + 1}: ")))
         if timings is not None:
             timings["preprocess"] = timings.get("preprocess", 0.0) + time.perf_counter() - t0
-        return self._run_many(
-            pairs, batch_size=batch_size, tta=self.tta if tta is None else tta, timings=timings
-        )
+        if modalities is not None and len(modalities) != len(pairs):
+            raise ValueError(f"{len(modalities)} modalities for {len(pairs)} images")
+        return self._run_many(pairs, batch_size=batch_size, tta=self.tta if tta is None else tta,
+                              timings=timings, modality_of=None if modalities is None else list(modalities))
 
     def segment_click(
         self,

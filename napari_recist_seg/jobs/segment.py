@@ -164,18 +164,21 @@ def _segment_chunk(
     """All lesions of several images in shared forward passes (one result list or
     the error per image)."""
     jobs = [(c.data.array, [r for _, r in c.lesions]) for c in chunk]  # type: ignore[attr-defined]
+    # What the file says (a DICOM's Modality tag) unless the user said otherwise: an MR
+    # file whose values happen to look like HU must not get the CT window.
+    modalities = [getattr(predictor, "modality", None) or c.data.modality for c in chunk]  # type: ignore[attr-defined]
     many = getattr(predictor, "segment_many", None)
     if many is not None and len(jobs) > 1:
         try:
-            return list(many(jobs, batch_size=batch_size))
+            return list(many(jobs, batch_size=batch_size, modalities=modalities))
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception:  # noqa: BLE001 - redo one by one to blame the right image
             pass
     out: list[list["LesionResult"] | BaseException] = []
-    for array, recists in jobs:
+    for (array, recists), modality in zip(jobs, modalities):
         try:
-            out.append(list(predictor.segment(array, recists, batch_size=batch_size)))
+            out.append(list(predictor.segment(array, recists, batch_size=batch_size, modality=modality)))
         except (MemoryError, KeyboardInterrupt):
             raise
         except Exception as exc:  # noqa: BLE001 - reported per file by the caller
