@@ -139,8 +139,6 @@ KNOWN_LAZY_IMPORTS: frozenset[str] = frozenset({
     "_widgets.bulk -> curation",
     "_widgets.bulk -> data",
     "_widgets.bulk -> jobs.segment",
-    "jobs.segment -> predict",
-    "jobs.segment3d -> predict",
 })
 KNOWN_CYCLES: frozenset[str] = frozenset()
 

@@ -37,7 +37,7 @@ import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 from napari_recist_seg.data.images import read_image
 from napari_recist_seg.intensity import detect_modality, is_ct
@@ -99,12 +99,10 @@ from napari_recist_seg.measurements import (  # noqa: F401
     measurement_row,
     volume_values,
 )
+from napari_recist_seg.predict import LesionResult, Predictor
 from napari_recist_seg.recist import Recist, RecistError, snap
 from napari_recist_seg.runtime import default_threads
 from napari_recist_seg.tta import resolve_tta
-
-if TYPE_CHECKING:  # pragma: no cover
-    from napari_recist_seg.predict import LesionResult, Predictor
 
 __all__ = ["MEASUREMENTS_CSV", "MEASUREMENT_COLUMNS", "SegmentItem", "plan_segment", "run_segment"]
 
@@ -281,8 +279,6 @@ def run_segment(
             # Overlapped read / segment / write unless RECIST_SEG_SERIAL=1 (same outputs).
             serial = os.environ.get("RECIST_SEG_SERIAL") == "1"
             if todo and predictor is None:
-                from napari_recist_seg.predict import Predictor
-
                 # Pipelined, _SEGMENTERS chunks run at once: they share the cores.
                 threads = None if serial else max(1, default_threads() // _SEGMENTERS)
                 predictor = Predictor.load(model, device=device, precision=precision,

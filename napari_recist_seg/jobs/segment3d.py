@@ -60,14 +60,26 @@ from napari_recist_seg.jobs.common import (
 )
 from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
 from napari_recist_seg.jobs.segment import (
-    MEASUREMENT_COLUMNS, MEASUREMENTS_CSV, VOLUME_COLUMNS, measurement_row, set_reading, volume_values)
-from napari_recist_seg.jobs.segment_commit import _fmt
+    MEASUREMENT_COLUMNS,
+    MEASUREMENTS_CSV,
+    VOLUME_COLUMNS,
+    measurement_row,
+    set_reading,
+    volume_values,
+)
 from napari_recist_seg.jobs.segment3d_store import clear_lesions, lesion_key, load_lesion, save_lesion
+from napari_recist_seg.jobs.segment_commit import _fmt
 from napari_recist_seg.jobs.segment_plan import (
-    SegmentItem, _check_collisions, _check_out, _plan, prompts_digest, stale_record,
+    SegmentItem,
+    _check_collisions,
+    _check_out,
+    _plan,
+    prompts_digest,
+    stale_record,
 )
 from napari_recist_seg.polarity import lesion_polarity
 from napari_recist_seg.postprocess import measure_mask
+from napari_recist_seg.predict import Predictor
 from napari_recist_seg.propagate import IntensityBlend, StopRules, predictor_segmenter, propagate_lesion
 from napari_recist_seg.recist import Recist, RecistError, snap
 
@@ -301,8 +313,6 @@ def run_segment3d(
         report.skipped += len(done) - len(stale)
         _claim(out, todo, overwrite)
         if todo and predictor is None:
-            from napari_recist_seg.predict import Predictor
-
             predictor = Predictor.load(model, device=device, precision=precision)
         set_reading(predictor, window=window, modality=modality, polarity=polarity, tta=tta)
         try:
