@@ -17,9 +17,9 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Sequence
 
-from napari_recist_seg.intensity import resolve_window
 from napari_recist_seg import __version__
 from napari_recist_seg.data.atomic import atomic_write_text
+from napari_recist_seg.intensity import resolve_window
 from napari_recist_seg.jobs.common import (
     Cancelled,
     CancelToken,

@@ -209,7 +209,7 @@ def _tidy(mask: np.ndarray, before: np.ndarray, clicks: Sequence[Click]) -> np.n
     labels, n = ndimage.label(mask)
     if n == 0:
         return mask
-    keep = set(int(v) for v in np.unique(labels[before & mask]) if v)
+    keep = {int(v) for v in np.unique(labels[before & mask]) if v}
     inside = lambda r, c: 0 <= r < mask.shape[0] and 0 <= c < mask.shape[1]  # noqa: E731
     for c in clicks:
         r, col = int(round(c.row)), int(round(c.col))

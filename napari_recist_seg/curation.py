@@ -54,7 +54,7 @@ from napari_recist_seg.curation_images import (
     split_holdout,
     training_samples,
 )
-from napari_recist_seg.curation_save import (
+from napari_recist_seg.curation_save import (  # noqa: F401 - re-exported
     MANIFEST,
     CurationConflict,
     SavedCuration,
@@ -62,6 +62,7 @@ from napari_recist_seg.curation_save import (
     save_curated,
 )
 from napari_recist_seg.data.atomic import atomic_write_text
+
 # Helpers the docks and jobs/compare used to import from here (re-exported).
 from napari_recist_seg.data.dataset import write_derived_recist
 from napari_recist_seg.measurements import add_recist_errors, recist_errors

@@ -156,9 +156,8 @@ def curation_conflicts(images: Sequence[AnnotatedImage], folder: str | os.PathLi
         if "labels" in p and p["labels"].exists() and not _same_mask(p["labels"], img.labels, True):
             conflicts.append(p["labels"])
     csv_path = folder / "recist.csv"
-    if csv_path.exists():
-        if not _same_records(csv_path, _records(images, paths)):
-            conflicts.append(csv_path)
+    if csv_path.exists() and not _same_records(csv_path, _records(images, paths)):
+        conflicts.append(csv_path)
     return conflicts
 
 

@@ -61,16 +61,18 @@ import numpy as np
 
 from napari_recist_seg import targets
 from napari_recist_seg.calibration import BIASES, BLENDS, FITS, OFFSETS, CalibrationCase, calibrate
-from napari_recist_seg.data.atomic import atomic_write_text
-from napari_recist_seg.data.images import image_plane, read_image
+
 # masks.read_mask looked up at call time: the only mask reader here (tests record it).
 from napari_recist_seg.data import masks
+from napari_recist_seg.data.atomic import atomic_write_text
+from napari_recist_seg.data.images import image_plane, read_image
 from napari_recist_seg.model import load_checkpoint, resolve_device, save_checkpoint
 from napari_recist_seg.predict import Predictor
 from napari_recist_seg.preprocess import CropBox, crop_box, extract_crop, make_input
 from napari_recist_seg.progress import CancelToken, ProgressCallback, ProgressTracker
 from napari_recist_seg.quantize import carry_int8_graph
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask
+
 # training loads torch at import; this module is itself imported only to fine-tune.
 from napari_recist_seg.training import TRAIN_LOG, TrainResult, TrainSample
 

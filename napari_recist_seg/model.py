@@ -64,7 +64,7 @@ __all__ = [
     "NETWORK_PROBE_TIMEOUT_S",
     "CheckpointError",
     "ModelConfig",
-    "RecistSegNet",
+    "RecistSegNet",  # noqa: F822 - made on first use (module __getattr__)
     "build_model",
     "load_checkpoint",
     "read_checkpoint_config",

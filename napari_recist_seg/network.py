@@ -32,7 +32,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "ModelConfig",
-    "RecistSegNet",
+    "RecistSegNet",  # noqa: F822 - made on first use (module __getattr__)
     "build_model",
     "resolve_device",
 ]
@@ -264,7 +264,7 @@ def _pretrained_state(encoder: str, weights: str) -> dict | None:
     return load_file(path, device="cpu")
 
 
-def build_model(config: ModelConfig, *, pretrained: bool = True) -> RecistSegNet:
+def build_model(config: ModelConfig, *, pretrained: bool = True) -> RecistSegNet:  # noqa: F821 - see __getattr__
     """Build the network for ``config`` (random or ImageNet-initialised encoder).
 
     Parameters

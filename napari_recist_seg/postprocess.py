@@ -13,8 +13,9 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from napari_recist_seg.recist import Recist, RecistError, recist_from_mask, shape_features
 from napari_recist_seg.mask_holes import fill_holes as _fill_holes
+from napari_recist_seg.recist import Recist, RecistError, recist_from_mask, shape_features
+
 
 def _lazy_module(name: str) -> Any:
     """``name`` imported on first attribute access (importlib's LazyLoader recipe)."""

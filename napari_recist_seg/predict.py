@@ -47,7 +47,12 @@ from napari_recist_seg.intensity import detect_modality
 from napari_recist_seg.model import CheckpointError, load_checkpoint, load_checkpoint_graph, resolve_device
 from napari_recist_seg.polarity import DEFAULT_POLARITY, model_input
 from napari_recist_seg.postprocess import (
-    LesionResult, _sigmoid_inplace, _softmax, measure_mask, postprocess_mask, recist_cluster_probs,
+    LesionResult,
+    _sigmoid_inplace,
+    _softmax,
+    measure_mask,
+    postprocess_mask,
+    recist_cluster_probs,
 )
 from napari_recist_seg.preprocess import paste_back
 from napari_recist_seg.recist import Recist, RecistError, snap

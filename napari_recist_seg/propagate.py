@@ -398,7 +398,7 @@ def propagate_lesion(
     spacing: Sequence[float] | None = None,
     image: np.ndarray | None = None,
     rules: StopRules | None = None,
-    blend: IntensityBlend | None = IntensityBlend(),
+    blend: IntensityBlend | None = IntensityBlend(),  # noqa: B008 - frozen, never mutated
     recist: Recist | None = None,
 ) -> Lesion3D:
     """Grow a RECIST-slice mask into a 3D lesion, slice by slice both ways.

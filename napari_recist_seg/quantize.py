@@ -85,7 +85,11 @@ def int8_mask_dice(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
 def _quantize(graph: bytes, calibration: np.ndarray, work: Path) -> bytes:
     import onnx
     from onnxruntime.quantization import (
-        CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

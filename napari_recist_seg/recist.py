@@ -26,7 +26,7 @@ import numpy as np
 
 # The thresholds and RecistError are re-exported: ``from napari_recist_seg.recist import``
 # keeps working for them.
-from napari_recist_seg.recist_geometry import (
+from napari_recist_seg.recist_geometry import (  # noqa: F401 - re-exported
     CROSSING_TOLERANCE,
     MAX_COORDINATE_PX,
     MIN_AXIS_LENGTH_PX,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_recist_seg.recist import Recist
+
 # refine's signed distance (inside positive): averaging two averages the outlines.
 from napari_recist_seg.refine import _keep_at, _signed, recist_error, refine_mask
 from napari_recist_seg.targets import grabcut_mask

@@ -29,8 +29,6 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any
-
 import cv2
 import numpy as np
 

@@ -24,6 +24,7 @@ In a widget::
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -265,10 +266,8 @@ class JobPanel(QWidget):
         job_id = self._job_id if self.busy else self._job_id + 1
 
         def send(payload: Any) -> None:
-            try:
+            with contextlib.suppress(RuntimeError):  # the panel was deleted (viewer closed): drop it
                 self._relay.event.emit(job_id, name, payload)
-            except RuntimeError:  # the panel was deleted (viewer closed): drop it
-                pass
 
         return send
 
@@ -337,10 +336,8 @@ class JobPanel(QWidget):
                 already = self._pending is not None
                 self._pending = event
             if not already:
-                try:
+                with contextlib.suppress(RuntimeError):  # panel deleted
                     self._relay.progress_ready.emit(job_id)
-                except RuntimeError:  # panel deleted
-                    pass
 
         return progress
 
@@ -396,9 +393,8 @@ class JobPanel(QWidget):
             return
         self._drain_progress(job_id, now=True)  # show the last event before the summary
         elapsed = time.perf_counter() - self._t0
-        if status == "error" and isinstance(error, Cancelled):
-            status = "cancelled"
-        elif status == "ok" and getattr(result, "cancelled", False):
+        if (status == "error" and isinstance(error, Cancelled)) or (
+                status == "ok" and getattr(result, "cancelled", False)):
             status = "cancelled"
         outcome = JobOutcome(status, result, error, elapsed)
         self._worker = None

@@ -164,7 +164,7 @@ class AnnotatorWidget(ToolsMixin, LesionTableMixin, SegmenterMixin, FilesMixin, 
             if self.binding_for(layer) is not None:
                 continue
             name = f"{layer.name}{RECIST_SUFFIX}"
-            lines = self.viewer.layers[name] if name in self.viewer.layers else None
+            lines = self.viewer.layers[name] if name in self.viewer.layers else None  # noqa: SIM401 - LayerList has no .get
             if isinstance(lines, Shapes) and len(lines.data):
                 self.bind(layer, activate=False)
 

@@ -28,21 +28,11 @@ import numpy as np
 import pandas as pd
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from napari_recist_seg.annotation import (
-    AnnotationSession,
-    ClickRequest,
-    LabelsState,
-    LineObs,
-    SegmentRequest,
-    SyncResult,
-    spacing_from_scale,
-)
-from napari_recist_seg.pairing import stray_length
 from napari_recist_seg._widgets._common import spacing_stated
 from napari_recist_seg._widgets.annotator_layers import (  # noqa: F401 - re-exported
     CLICKS_SUFFIX,
-    COLOURS,
     COLOUR_DELAY_MS,
+    COLOURS,
     FEATURE_DEFAULTS,
     HOLD_CANVAS_MS,
     LESIONS_SUFFIX,
@@ -55,6 +45,16 @@ from napari_recist_seg._widgets.annotator_layers import (  # noqa: F401 - re-exp
 from napari_recist_seg._widgets.annotator_masks import MasksMixin
 from napari_recist_seg._widgets.annotator_volume import VolumeMixin
 from napari_recist_seg._widgets.annotator_worker import SegmentationMixin
+from napari_recist_seg.annotation import (
+    AnnotationSession,
+    ClickRequest,
+    LabelsState,
+    LineObs,
+    SegmentRequest,
+    SyncResult,
+    spacing_from_scale,
+)
+from napari_recist_seg.pairing import stray_length
 
 
 class ImageBinding(LayersMixin, MasksMixin, SegmentationMixin, VolumeMixin, QObject):

@@ -9,6 +9,7 @@ unbound when the dock closes.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 __all__ = ["KEYS", "bind_keys", "help_text", "unbind_keys"]
@@ -57,7 +58,5 @@ def bind_keys(widget: Any, viewer: Any) -> list[str]:
 def unbind_keys(viewer: Any, keys: list[str]) -> None:
     """Remove the annotator's bindings (the dock closed)."""
     for key in keys:
-        try:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
             viewer.bind_key(key, None)
-        except (KeyError, TypeError, ValueError):
-            pass

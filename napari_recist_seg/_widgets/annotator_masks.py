@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QTimer
 
+from napari_recist_seg._widgets.annotator_layers import image_array
 from napari_recist_seg.annotation import SegmentRequest, clear_indices, paste_indices
 from napari_recist_seg.hand_edits import lesion_ids_of_edit, lesions_in_label_image, measure_lesion
-from napari_recist_seg._widgets.annotator_layers import image_array
 
 
 class MasksMixin:

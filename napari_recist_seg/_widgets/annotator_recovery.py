@@ -21,9 +21,9 @@ import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from napari_recist_seg import annotation as ann
-from napari_recist_seg.annotation import recovery
 from napari_recist_seg._widgets.annotator_binding import ImageBinding
 from napari_recist_seg._widgets.annotator_files import image_source_path
+from napari_recist_seg.annotation import recovery
 
 #: The autosave waits this long after the last change (drawing bursts are one write).
 AUTOSAVE_DELAY_MS = 2000

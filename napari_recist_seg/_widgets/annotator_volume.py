@@ -16,12 +16,13 @@ import contextlib
 from typing import Any
 
 import numpy as np
+
 from napari_recist_seg import annotation as ann
-from napari_recist_seg.hand_edits import measure_lesion
-from napari_recist_seg.intensity import DEFAULT_WINDOW
-from napari_recist_seg.progress import CancelToken, Cancelled
 from napari_recist_seg._widgets._common import spacing_stated
 from napari_recist_seg._widgets.annotator_layers import image_array
+from napari_recist_seg.hand_edits import measure_lesion
+from napari_recist_seg.intensity import DEFAULT_WINDOW
+from napari_recist_seg.progress import Cancelled, CancelToken
 
 WINDOW_LABELS = {"soft_tissue": "soft tissue", "liver": "liver", "lung": "lung", "bone": "bone"}
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import QTimer
 
+from napari_recist_seg._widgets.annotator_layers import image_array
 from napari_recist_seg.annotation import ClickRequest, SegmentOutcome, SegmentRequest, lesion_at, run_requests
 from napari_recist_seg.click_check import click_problem
-from napari_recist_seg._widgets.annotator_layers import image_array
 
 
 class SegmentationMixin:

@@ -31,7 +31,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_recist_seg._widgets._layout import elide, scroll_layout  # noqa: F401
 from napari_recist_seg._widgets._common import (
     LESIONS_SUFFIX,
     DeviceCombo,
@@ -41,6 +40,7 @@ from napari_recist_seg._widgets._common import (
     prepare_torch,
 )
 from napari_recist_seg._widgets._jobs import JobPanel
+from napari_recist_seg._widgets._layout import elide, scroll_layout  # noqa: F401
 from napari_recist_seg.jobs.common import InputError
 
 __all__ = ["BulkSegmentWidget", "RecistSource", "ResultRow"]

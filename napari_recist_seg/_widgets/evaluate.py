@@ -43,7 +43,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_recist_seg._widgets._layout import elide, scroll_layout, set_row_visible  # noqa: F401
 from napari_recist_seg._widgets._common import (
     DeviceCombo,
     ModelPicker,
@@ -55,6 +54,7 @@ from napari_recist_seg._widgets._common import (
     prepare_torch,
 )
 from napari_recist_seg._widgets._jobs import JobPanel
+from napari_recist_seg._widgets._layout import elide, scroll_layout, set_row_visible  # noqa: F401
 from napari_recist_seg._widgets._plot import MetricPlot, PlotStyle
 from napari_recist_seg._widgets.evaluate_table import (
     ALL_KEYS,

@@ -60,6 +60,7 @@ from napari_recist_seg.annotation.export import (
     save_image,
     session_records,
 )
+from napari_recist_seg.annotation.labels_state import LabelsState
 from napari_recist_seg.annotation.lesions import (
     DEFAULT_QUICK_RATIO,
     DISAGREEMENT_THRESHOLD,
@@ -75,7 +76,6 @@ from napari_recist_seg.annotation.lesions import (
     LineView,
     SyncResult,
 )
-from napari_recist_seg.annotation.labels_state import LabelsState
 from napari_recist_seg.annotation.paste import Box, clear_indices, lesion_at, paste_indices
 from napari_recist_seg.annotation.requests import (
     ClickRequest,

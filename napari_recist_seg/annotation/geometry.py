@@ -45,11 +45,9 @@ class _LesionGeometry:
             or pts[:, 1].max() > cols - 0.5
         ):
             raise RecistError(f"an endpoint lies outside the {rows}x{cols} image")
-        if recist.slice_index is not None and self.n_slices is not None:
-            if not 0 <= recist.slice_index < self.n_slices:
-                raise RecistError(
-                    f"slice {recist.slice_index} is outside the volume (0..{self.n_slices - 1})"
-                )
+        if (recist.slice_index is not None and self.n_slices is not None
+                and not 0 <= recist.slice_index < self.n_slices):
+            raise RecistError(f"slice {recist.slice_index} is outside the volume (0..{self.n_slices - 1})")
 
     # -- geometry of one lesion -----------------------------------------------------
     def _request(self, les: Lesion) -> SegmentRequest:
@@ -195,7 +193,7 @@ class _LesionGeometry:
         """
         plane = self._plane_coords(self.lines[line_id])
         tried: list[tuple[Lesion, str]] = []
-        for les in sorted(self.lesions.values(), key=lambda l: -l.id):
+        for les in sorted(self.lesions.values(), key=lambda les: -les.id):
             if les.short_id is not None or les.committed or les.slice_index != slice_index:
                 continue
             if les.id == exclude:

@@ -58,7 +58,7 @@ class LabelsState:
             flat, values = flat[order], values[order]
         return LabelsState(flat, values, self.shape)
 
-    def dense(self, dtype: np.dtype = np.dtype(np.int64)) -> np.ndarray:
+    def dense(self, dtype: np.dtype | type = np.int64) -> np.ndarray:
         out = np.zeros(self.shape, dtype)
         out.reshape(-1)[self.flat] = self.values
         return out

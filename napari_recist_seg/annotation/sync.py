@@ -41,7 +41,7 @@ class _LayerSync:
         changed = [lid for lid in seen_order if not _same(seen[lid], self.lines[lid])]
         if not (removed or changed or new):
             if seen_order != self.order:
-                self.order = [lid for lid in seen_order]
+                self.order = list(seen_order)
                 out.rewrite = out.rewrite or bad_new > 0
             if bad_new:
                 # The user drew something (a rectangle...) that was taken away at once:
@@ -60,7 +60,7 @@ class _LayerSync:
             ]
             return out
 
-        new_order = [lid for lid in seen_order]
+        new_order = list(seen_order)
         for les_id in locked:
             for lid in self.lesions[les_id].line_ids:
                 if lid not in seen:

@@ -105,7 +105,7 @@ class _SessionViews:
         :data:`DISAGREEMENT_THRESHOLD`.
         """
         rows = []
-        for les in sorted(self.lesions.values(), key=lambda l: l.id):
+        for les in sorted(self.lesions.values(), key=lambda les: les.id):
             ld, sd = self._length_values(les.recist)
             lm, sm = self._length_values(les.measured)
             dis = None
@@ -150,7 +150,7 @@ class _SessionViews:
         """``(lesion id, snapped RECIST)`` of every valid lesion, by id."""
         return [
             (les.id, les.recist.with_spacing(self.spacing))
-            for les in sorted(self.lesions.values(), key=lambda l: l.id)
+            for les in sorted(self.lesions.values(), key=lambda les: les.id)
             if les.recist is not None
         ]
 

@@ -17,8 +17,8 @@ from napari_recist_seg.data.atomic import atomic_write_text
 # The progress / cancel primitives live at the bottom of the package (``data`` and the
 # core use them too); re-exported here, where the jobs and the docks import them.
 from napari_recist_seg.progress import (
-    CancelToken,
     Cancelled,
+    CancelToken,
     InputError,
     ProgressCallback,
     ProgressEvent,

@@ -174,7 +174,7 @@ def _segment_volume(item: SegmentItem, predictor: Any, out: Path, report: JobRep
                 return None
             mask, z_range, row = _one_lesion(predictor, seg, img, r, lesion, modality,
                                              item.image_path.name)
-            _write(out, report, lambda: save_lesion(out, item.stem, key, mask, z_range, row))
+            _write(out, report, partial(save_lesion, out, item.stem, key, mask, z_range, row))
             done = (mask, row)
         done_lesions.append((int(lesion), int(r.slice_index), done[0], done[1]))
     if not done_lesions:

@@ -47,10 +47,9 @@ def save_lesion(out: Path, stem: str, key: str, mask: np.ndarray,
     """Checkpoint one finished lesion (atomic: a kill leaves none or all of it)."""
     z0, z1 = int(z_range[0]), int(z_range[1])
     slab = np.asarray(mask[z0:z1 + 1], bool)
-    with atomic_path(_folder(out, stem) / f"{key}.npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, bits=np.packbits(slab.ravel()), shape=np.array(slab.shape),
-                                z0=np.array(z0), row=np.array(json.dumps(row)))
+    with atomic_path(_folder(out, stem) / f"{key}.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, bits=np.packbits(slab.ravel()), shape=np.array(slab.shape),
+                            z0=np.array(z0), row=np.array(json.dumps(row)))
 
 
 def load_lesion(out: Path, stem: str, key: str,

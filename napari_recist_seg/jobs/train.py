@@ -22,7 +22,6 @@ from typing import Any
 from napari_recist_seg.checkpoint_checks import model_config_problem
 from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
 from napari_recist_seg.data.masks import MASK_SUFFIXES, mask_suffix
-from napari_recist_seg.predict import DEFAULT_MODEL_DIR
 from napari_recist_seg.jobs.common import (
     CancelToken,
     InputError,
@@ -30,6 +29,7 @@ from napari_recist_seg.jobs.common import (
     ProgressCallback,
 )
 from napari_recist_seg.model import CheckpointError
+from napari_recist_seg.predict import DEFAULT_MODEL_DIR
 
 __all__ = ["build_samples", "run_train", "train_from_dataset", "train_config_from_args"]
 

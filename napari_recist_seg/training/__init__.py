@@ -54,7 +54,6 @@ from napari_recist_seg.training.distributed import (
     _gather,
     _setup_dist,
 )
-from napari_recist_seg.training.losses import _dice_np, _seg_loss
 from napari_recist_seg.training.loop import (
     _resolve_clusters,
     _train,
@@ -63,6 +62,7 @@ from napari_recist_seg.training.loop import (
     train,
     validate,
 )
+from napari_recist_seg.training.losses import _dice_np, _seg_loss
 from napari_recist_seg.training.samples import (
     CONTEXT_FACTOR,
     CONTEXT_OVERSAMPLE,
