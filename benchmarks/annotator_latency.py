@@ -166,7 +166,7 @@ def main() -> None:
         b.shapes.add_lines([r.long_axis, r.short_axis])
 
         def shown() -> bool:
-            new = set(b.session.lesions) - before
+            new = set(b.session.lesions) - before  # noqa: B023 - called in this iteration
             return bool(new) and all(
                 b.session.lesions[i].status in ("done", "failed", "invalid") for i in new
             )

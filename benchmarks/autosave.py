@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_recist_seg.annotation import AnnotationSession, recovery
 from napari_recist_seg._widgets.annotator_recovery import COPY_IN_GUI_BYTES
+from napari_recist_seg.annotation import AnnotationSession, recovery
 from napari_recist_seg.data import read_image, read_mask
 from napari_recist_seg.recist import recist_from_mask
 

@@ -219,14 +219,13 @@ def main(argv: list[str] | None = None) -> dict:
 
         if args.cli_only:
             raise _Done
-        from napari_recist_seg.predict import Predictor
         from napari_recist_seg.jobs.segment import plan_segment
+        from napari_recist_seg.predict import Predictor
 
         predictor = Predictor.load(None, device="cpu")
         items, _, _ = plan_segment(tmp / "ds")
         out["stages"], x = stage_times(items, predictor, args.batch_size)
         from napari_recist_seg.model import load_checkpoint_graph
-
         from napari_recist_seg.quantize import read_int8_graph
 
         graph = load_checkpoint_graph(predictor.path)[0]

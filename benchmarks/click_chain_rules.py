@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     out = {}
     for f in args.files:
-        d = json.loads(open(f).read())
+        d = json.loads(Path(f).read_text())
         render = d.get("render", args.render)
         pixels = {"clinic": 576 * 768, "none": 256 * 256, "hires": 960 * 1280}[render]
         for kind in ("exact", "jittered"):

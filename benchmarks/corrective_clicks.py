@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         v: {k: [] for k in range(args.clicks + 1)} for v in variants
     }
     ms: list[float] = []
-    for d0, stem, image, gt, mask0, prob in worst:
+    for d0, _stem, image, gt, mask0, prob in worst:
         for name, local in variants.items():
             mask, clicks = mask0, []
             after[name][0].append(d0)

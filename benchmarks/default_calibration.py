@@ -24,6 +24,7 @@ Prints one JSON object on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -50,11 +51,9 @@ def cell_tables(predictor, stems: list[str], render: str, seed: int = 0) -> dict
     out = {k: np.zeros((len(stems), len(FITS), len(OFFSETS))) for k in KINDS}
     for i, (stem, image, gt, exact, jittered) in enumerate(load_cases(stems, render, seed)):
         for kind, r in zip(KINDS, (exact, jittered)):
-            try:
+            with contextlib.suppress(RecistError):  # refused: Dice 0 whatever the setting
                 out[kind][i] = dice_table(predictor, [CalibrationCase(stem, image, [r], gt)],
                                           (0.0,), OFFSETS, fits=FITS)[0, 0]
-            except RecistError:
-                pass  # refused: Dice 0 whatever the setting
     return out
 
 

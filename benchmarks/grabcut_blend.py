@@ -43,8 +43,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
 
-from latency import load_predictor, machine_info  # noqa: E402
 from finetune_gain import styled_cases  # noqa: E402
+from latency import load_predictor, machine_info  # noqa: E402
 from proxy_shift import split_ids  # noqa: E402
 
 ORDERS = ("no_fit", "blend_then_fit", "fit_then_blend")

@@ -19,6 +19,7 @@ look at ``loadavg_1min`` and ``min``: other processes inflate the wall times, an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -47,10 +48,8 @@ def machine_info(device: str = "cpu") -> dict:
         "torch_threads": torch.get_num_threads(),
         "device": device,
     }
-    try:
+    with contextlib.suppress(OSError):  # not on every platform
         info["loadavg_1min"] = round(os.getloadavg()[0], 2)
-    except OSError:  # pragma: no cover - not on every platform
-        pass
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

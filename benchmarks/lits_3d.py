@@ -176,9 +176,14 @@ def tumours(labels: np.ndarray, min_slices: int, min_area: int) -> list[dict]:
 def trace_proxy(name: str, ct: np.ndarray, labels: np.ndarray, pred, args) -> dict:
     """Seed, context and the two capped walks of every tumour of one proxy."""
     from napari_recist_seg.polarity import lesion_contrast, lesion_polarity
+    from napari_recist_seg.propagate import (
+        intensity_prompter,
+        intensity_refiner,
+        predictor_segmenter,
+        seed_context,
+        trace,
+    )
     from napari_recist_seg.propagate_intensity import _axis_error
-    from napari_recist_seg.propagate import (intensity_prompter, intensity_refiner,
-                                             predictor_segmenter, seed_context, trace)
 
     vol, lab, spacing, modality = make_proxy(name, ct, labels)
     blend = _blend(args)

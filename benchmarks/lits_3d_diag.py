@@ -75,10 +75,10 @@ def diagnose(rows: list[dict], gt: dict, rules: StopRules) -> dict:
 
         def score(ks, seed_area=row["seed_area"], seed_inter=row["seed_inter"]):
             a, i = seed_area, seed_inter
-            for w, k in zip(row["walks"], ks):
+            for w, k in zip(row["walks"], ks):  # noqa: B023 - called in this iteration
                 da, di = _sums(w, k)
                 a, i = a + da, i + di
-            return _dice(i, a, row["gt_voxels"])
+            return _dice(i, a, row["gt_voxels"])  # noqa: B023 - called in this iteration
 
         for w in row["walks"]:
             for d, (s, inter) in enumerate(w, start=1):

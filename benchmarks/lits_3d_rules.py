@@ -64,9 +64,9 @@ class LegacyRules:
             return "area"
         if step.area > 1.2 * step.prev_area:
             return "growth"
-        if self.modality == "ct" and self.seed_mean is not None and step.mean is not None:
-            if abs(step.mean - self.seed_mean) > 30.0:
-                return "intensity"
+        if (self.modality == "ct" and self.seed_mean is not None and step.mean is not None
+                and abs(step.mean - self.seed_mean) > 30.0):
+            return "intensity"
         if step.overlap < 0.3 * min(step.area, step.prev_area):
             return "overlap"
         return None

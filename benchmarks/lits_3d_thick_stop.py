@@ -20,8 +20,8 @@ import pickle
 from dataclasses import dataclass, replace
 
 import numpy as np
-
 from lits_3d_rules import evaluate
+
 from napari_recist_seg.propagate import StopRules
 
 
@@ -83,7 +83,9 @@ def main() -> None:
         sr = ScaledRules(**dict(zip(GRID, vals)))
         s = fold_scores(traces, proxies, sr)
         results.append((sr, s))
-    f0 = lambda s: s[:, 0]
+    def f0(s):
+        return s[:, 0]
+
     ok = [(sr, s) for sr, s in results if np.all(f0(s) >= f0(base) - args.drop)]
     mean_pick = max(ok, key=lambda x: np.nanmean(f0(x[1])))
     maximin = max(results, key=lambda x: tuple(np.sort(f0(x[1]))))

@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from test_polarity import RECIST, _crescent_image  # noqa: E402
+
 from napari_recist_seg.polarity import lesion_polarity  # noqa: E402
 from napari_recist_seg.predict import Predictor  # noqa: E402
-from test_polarity import RECIST, _crescent_image  # noqa: E402
 
 
 def main() -> None:

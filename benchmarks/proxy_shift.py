@@ -275,7 +275,7 @@ def evaluate(predictor, methods: dict[str, Callable], cases, seed: int = 0) -> d
     refused: dict[str, int] = {}
     per_case: dict[str, list[float]] = {}
     times: dict[str, list[float]] = {}
-    for i, (stem, image, gt, exact, jittered) in enumerate(cases):
+    for i, (_stem, image, gt, exact, jittered) in enumerate(cases):
         clicks = click_points(gt, exact, np.random.default_rng([seed, i, 5]))
         for kind, r in (("exact", exact), ("jittered", jittered)):
             for name, fn in methods.items():

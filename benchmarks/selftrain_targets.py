@@ -69,13 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max", type=int, default=None, help="only the first N ids (quick runs)")
     args = p.parse_args(argv)
 
+    import os
+
     from PIL import Image
 
     from napari_recist_seg.data.images import read_image
     from napari_recist_seg.metrics import dice
     from napari_recist_seg.predict import Predictor
-    import os
-
     from napari_recist_seg.recist import recist_from_mask
 
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # ONNX Runtime's intra-op threads

@@ -150,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no runs under {args.out}; pass accuracy.py arguments after '--' to train them",
                   file=sys.stderr)
             return 2
-        import accuracy
-
         import contextlib
         import io
+
+        import accuracy
 
         with contextlib.redirect_stdout(io.StringIO()):
             accuracy.main(["--out", str(args.out), *passthrough])

@@ -141,7 +141,7 @@ def main() -> int:
         w.device.setCurrentText("cpu")
         w.output.set_path(args.work / f"model_{mode}")
         w.start_training()
-        _wait(app, lambda: not w.jobs.busy)
+        _wait(app, lambda: not w.jobs.busy)  # noqa: B023 - called in this iteration
         if w.jobs.last_outcome.status != "ok":
             print("training failed:", w.jobs.error.text(), w.jobs.error.toolTip(), file=sys.stderr)
             return 1

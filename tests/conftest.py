@@ -337,4 +337,4 @@ def open_dock(make_napari_viewer, qtbot):
     for w, timeout in opened:
         if w.jobs.busy:
             w.jobs.cancel()
-            qtbot.waitUntil(lambda: not w.jobs.busy, timeout=timeout)
+            qtbot.waitUntil(lambda: not w.jobs.busy, timeout=timeout)  # noqa: B023 - called in this iteration

@@ -49,7 +49,7 @@ def add_pair(session, a, b):
 def test_second_line_snaps_perpendicular_through_the_crossing():
     s = AnnotationSession((100, 100))
     out = s.sync(observe(s, line([50, 20], [50, 80])))
-    assert [l.status for l in s.lesions.values()] == ["open"] and not out.segment
+    assert [les.status for les in s.lesions.values()] == ["open"] and not out.segment
     out = s.sync(observe(s, line([30, 45], [70, 55])))
     les = s.lesions[1]
     # The crossing is at row 50: col 45 + (20/40) * 10 = 50; the short axis keeps its
@@ -138,7 +138,7 @@ def test_a_second_line_pairs_only_with_an_open_line_on_its_slice():
     s = AnnotationSession((128, 128), n_slices=9)
     s.sync(observe(s, line([2, 40, 20], [2, 40, 80])))
     s.sync(observe(s, line([6, 20, 50], [6, 60, 50])))
-    assert sorted(l.status for l in s.lesions.values()) == ["open", "open"]
+    assert sorted(les.status for les in s.lesions.values()) == ["open", "open"]
     s.sync(observe(s, line([2, 20, 50], [2, 60, 50])))
     assert s.lesions[1].status == "pending" and s.lesions[2].status == "open"
 
@@ -421,7 +421,7 @@ def test_recist_csv_status_column_round_trip_restores_committed(tmp_path):
     for b in back:
         s3.add_recist(b.recist, lesion_id=b.lesion)
     ann.restore_states(s3, back)
-    assert [les.committed for les in sorted(s3.lesions.values(), key=lambda l: l.id)] == [False, True, False]
+    assert [les.committed for les in sorted(s3.lesions.values(), key=lambda les: les.id)] == [False, True, False]
 
 
 def test_recist_csv_without_status_column_reads_as_before(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from napari_recist_seg import annotation as ann
 from napari_recist_seg.annotation import AnnotationSession, LineObs, ShapeSegmenter
 from napari_recist_seg.data import read_image
-from napari_recist_seg.progress import CancelToken, Cancelled
+from napari_recist_seg.progress import Cancelled, CancelToken
 
 SAMPLES = Path(__file__).resolve().parents[1] / "napari_recist_seg" / "sample_data"
 LONG = np.array([[4.0, 34, 46], [4, 55, 64]])  # lesion 1 of sample_data/ct_recist.csv

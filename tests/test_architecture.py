@@ -27,7 +27,7 @@ import io
 import tokenize
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -165,13 +165,13 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-@lru_cache(maxsize=None)
+@cache
 def modules() -> dict[str, Path]:
     """``{module name: file}`` for every ``.py`` file of the package."""
     return {_module_name(p): p for p in sorted(PACKAGE_DIR.rglob("*.py"))}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tree(name: str) -> ast.Module:
     return ast.parse(modules()[name].read_text(encoding="utf-8"))
 
@@ -223,7 +223,7 @@ def _walk(node: ast.AST, lazy: bool = False,
         )
 
 
-@lru_cache(maxsize=None)
+@cache
 def imports() -> tuple[Import, ...]:
     """Every import of every module, function-level and ``TYPE_CHECKING`` ones included."""
     found = []
@@ -336,7 +336,7 @@ def upward_imports() -> dict[str, str]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def heavy_modules() -> frozenset[str]:
     """Package modules that load a :data:`HEAVY_STACKS` package when imported
     (module-level imports, followed through the package): deferring one is deferring

@@ -119,7 +119,7 @@ def test_save_curated_writes_a_dataset_folder(isic, tmp_path):
     assert np.array_equal(read_mask(saved.masks[STEMS[0]]), cur.labels > 0)
     assert np.array_equal(read_labels(saved.labels[STEMS[0]]), cur.labels)
     # No temporary files left behind.
-    assert not [p for p in folder.rglob(".*")]
+    assert not list(folder.rglob(".*"))
 
     # recist-seg reads it as a dataset: masks for the curated image only, same RECIST.
     ds = scan_dataset(folder)

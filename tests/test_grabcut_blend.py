@@ -20,7 +20,7 @@ from napari_recist_seg.calibration import CalibrationCase, calibrate
 from napari_recist_seg.grabcut_blend import blend_masks, grabcut_of
 from napari_recist_seg.model import CheckpointError, ModelConfig, load_checkpoint
 from napari_recist_seg.predict import Predictor
-from napari_recist_seg.recist import Recist, recist_from_mask
+from napari_recist_seg.recist import recist_from_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

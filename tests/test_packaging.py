@@ -7,11 +7,11 @@ import ast
 import re
 import subprocess
 import sys
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from napari_recist_seg.cli import build_parser
 
@@ -101,3 +101,11 @@ def test_declared_dependencies_are_the_imported_ones():
 
 def test_readme_has_the_pip_install_line():
     assert 'pip install "napari-recist-seg[all]"' in (REPO / "README.md").read_text()
+
+
+def test_the_code_passes_the_configured_lint():
+    """``ruff check`` (pyproject's rule set, as the pre-commit hook runs it) finds
+    nothing in the package, tests, benchmarks, scripts and docs."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise",
+                           "."], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-1000:]

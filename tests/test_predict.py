@@ -121,7 +121,7 @@ def test_full_mask_and_paste_into_match_pasting_by_hand(trained):
     for value, res in enumerate(results, start=1):
         full = res.full_mask(image.shape)  # the RGB shape: colour axis dropped
         manual = np.zeros(image.shape[:2], bool)
-        (r0, c0), (h, w) = res.offset, res.mask.shape
+        r0, c0 = res.offset
         for i, j in zip(*np.nonzero(res.mask)):  # pixel by pixel, no slicing
             manual[r0 + i, c0 + j] = True
         assert full.sum() == res.area_px
@@ -406,7 +406,7 @@ def test_postprocess_flag_applies_to_the_thresholded_probability(trained_ckpt):
     # The fixed threshold itself (the RECIST-consistent refinement: tests/test_refine.py).
     plain.refine = post.refine = "none"
     assert not plain.postprocess and post.postprocess
-    for a, b in zip(plain.segment(image, recists), post.segment(image, recists)):
+    for a, _ in zip(plain.segment(image, recists), post.segment(image, recists)):
         np.testing.assert_array_equal(a.mask, a.probability > 0.5)
     # The threshold is on the probability, not the logit: pixels at p in (0.5, 0.62)
     # (logit below 0.5) are in the mask, and there are many of them.

@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 
 from napari_recist_seg.ellipse import ellipse_mask
-from napari_recist_seg.propagate import (IntensityBlend, SeedContext, SliceStep, StopRules,
-                                         first_stop, propagate_lesion)
+from napari_recist_seg.propagate import (
+    IntensityBlend,
+    SeedContext,
+    SliceStep,
+    StopRules,
+    first_stop,
+    propagate_lesion,
+)
 from napari_recist_seg.recist import recist_from_mask
 
 # prompt_weight 0.75 (chosen on fold 0, docs/RESULTS.md) alone: the prompt shrink is tested below

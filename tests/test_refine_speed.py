@@ -12,7 +12,7 @@ import pytest
 from napari_recist_seg import recist_geometry
 from napari_recist_seg.predict import DEFAULT_MODEL_DIR, Predictor
 from napari_recist_seg.recist import recist_from_mask
-from napari_recist_seg.refine import THRESHOLDS, _MEASURE_SIDE, _keep_at, recist_error, refine_mask
+from napari_recist_seg.refine import _MEASURE_SIDE, THRESHOLDS, _keep_at, recist_error, refine_mask
 
 
 def _reference_recist_choice(prob, r, threshold=0.5):

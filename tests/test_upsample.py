@@ -13,7 +13,11 @@ from PIL import Image
 from napari_recist_seg.predict import DEFAULT_MODEL_DIR, Predictor
 from napari_recist_seg.recist import recist_from_mask
 from napari_recist_seg.upsample import (
-    colour_guided_filter, guide_image, guided_filter, guided_upsample, upsample_box,
+    colour_guided_filter,
+    guide_image,
+    guided_filter,
+    guided_upsample,
+    upsample_box,
 )
 
 ISIC = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "isic2017_train256"

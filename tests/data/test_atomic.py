@@ -31,9 +31,8 @@ def test_replaced_file_keeps_its_permissions(tmp_path):
 def test_failure_leaves_target_and_no_temp_file(tmp_path):
     target = tmp_path / "c.png"
     target.write_bytes(b"original")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("crash while writing")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash while writing")
     assert target.read_bytes() == b"original"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png"]

@@ -90,7 +90,7 @@ def test_cli_on_a_dataset_with_derived_recist_and_a_truncated_image(dataset, tra
     assert not (out / "broken.png").exists()
     # no temporary files left behind (.recist-seg holds the run's records)
     assert [p.name for p in out.glob(".*")] == [".recist-seg"]
-    assert not [p for p in (out / ".recist-seg").rglob(".*")]
+    assert not list((out / ".recist-seg").rglob(".*"))
 
 
 def test_resume_skips_done_images_and_overwrite_redoes_them(dataset, tiny_ckpt, tiny, tmp_path):

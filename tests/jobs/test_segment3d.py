@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
+import pytest
 from scipy import ndimage as ndi
 
 from napari_recist_seg.cli import main
@@ -89,10 +90,8 @@ def test_crash_mid_volume_resumes_per_lesion(lits_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(segment3d, "_one_lesion", crash_on_second)
     out = tmp_path / "out"
-    try:
+    with pytest.raises(KeyboardInterrupt):
         run_segment3d([ct_path], out, recist_csv=csv_path, predictor=pred)
-    except KeyboardInterrupt:
-        pass
     assert not (out / "ct_labels.nii.gz").exists()  # nothing half-written
     first, crashed = calls
     calls.clear()
@@ -113,8 +112,6 @@ def test_crash_mid_volume_resumes_per_lesion(lits_dir, tmp_path, monkeypatch):
 
 def test_rerun_keeps_rows_of_skipped_volumes_and_user_files(lits_dir, tmp_path):
     import shutil
-
-    import pytest
 
     from napari_recist_seg.jobs.common import InputError
     from napari_recist_seg.jobs.segment3d import run_segment3d

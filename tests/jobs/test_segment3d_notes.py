@@ -36,5 +36,5 @@ def test_a_window_on_a_volume_that_is_not_ct_is_noted(tmp_path, window, noted):
                            predictor=Predictor.load(None, device="cpu"), window=window)
     assert report.processed == 1
     notes = [n for n in report.notes if "--window does not apply" in n]
-    assert (notes == [f"note: mr.nii.gz is not CT (grey): --window does not apply to it; it is read "
+    assert (notes == ["note: mr.nii.gz is not CT (grey): --window does not apply to it; it is read "
                       "by the percentile rule (see --modality)"]) if noted else notes == []

@@ -241,7 +241,7 @@ def test_lengths_in_mm_from_the_image_scale(qtbot, viewer, grey):
     b.shapes.add_lines([LONG1, SHORT1])
     idle(qtbot, widget)
     assert list(b.shapes.features["label"])[0] == "#1 L 40.0 × W 20.0 mm"
-    assert "L (mm)" == widget.table.horizontalHeaderItem(2).text()
+    assert widget.table.horizontalHeaderItem(2).text() == "L (mm)"
     # The user sets the real pixel size afterwards: lengths follow.
     b.image.scale = (0.25, 0.25)
     idle(qtbot, widget)
@@ -569,7 +569,7 @@ def test_volume_pairs_live_on_the_current_slice(qtbot, viewer):
     b.shapes.add_lines([np.array([[2.0, 100, 90], [2, 100, 120]])])
     b.shapes.add_lines([np.array([[6.0, 90, 105], [6, 110, 105]])])
     idle(qtbot, widget)
-    assert sorted(l.status for l in b.session.lesions.values())[-2:] == ["open", "open"]
+    assert sorted(les.status for les in b.session.lesions.values())[-2:] == ["open", "open"]
     assert not (np.asarray(b.labels.data) > 1).any()
 
 

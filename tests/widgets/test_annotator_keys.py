@@ -8,7 +8,6 @@ import pytest
 torch = pytest.importorskip("torch")  # before Qt/OpenGL (see test_annotator.py)
 
 from napari_recist_seg.annotation import ShapeSegmenter
-from napari_recist_seg.recist import Recist
 
 from .test_annotator_hands import _isic, annotator, idle
 

@@ -122,7 +122,7 @@ def test_table_equals_the_command_line(widget, qtbot, dataset, models, tmp_path)
     widget._row_clicked(r, 0)
     viewer = widget.viewer
     pred_name = f"{STEMS[2]} prediction {run.label}"
-    assert {STEMS[2], pred_name, f"{STEMS[2]} ground truth"} <= {l.name for l in viewer.layers}
+    assert {STEMS[2], pred_name, f"{STEMS[2]} ground truth"} <= {layer.name for layer in viewer.layers}
     assert np.array_equal(np.asarray(viewer.layers[pred_name].data) > 0,
                           read_mask(run.by_case()[STEMS[2]]["pred"]))
     gt_layer = viewer.layers[f"{STEMS[2]} ground truth"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 import pydicom
+import pytest
 from pydicom.data import get_testdata_file
 
 from napari_recist_seg._image_reader import get_image_reader, image_layer_data

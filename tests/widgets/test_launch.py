@@ -12,7 +12,7 @@ def test_open_viewer_with_dermoscopy_sample(qtbot):
     try:
         names = [layer.name for layer in viewer.layers]
         assert any(n.startswith("ISIC_") for n in names), names
-        docks = [name for name in viewer.window.dock_widgets]
+        docks = list(viewer.window.dock_widgets)
         assert any("RECIST annotator" in name for name in docks), docks
 
         images = [n for n in names if n.startswith("ISIC_") and " " not in n]

@@ -84,7 +84,7 @@ def test_sample_contributions_return_images_with_recist_layers():
     assert kinds.count("image") == kinds.count("shapes") == kinds.count("labels") >= 3
     offsets = {tuple(kw["translate"]) for _, kw, k in derm if k == "image"}
     assert len(offsets) == kinds.count("image")  # side by side, not stacked
-    for data, kw, kind in derm:
+    for _, kw, kind in derm:
         if kind == "shapes":
             image_kw = next(k for _, k, t in derm if t == "image" and f"{k['name']} RECIST" == kw["name"])
             assert kw["translate"] == image_kw["translate"]
