@@ -148,7 +148,7 @@ def train_one(cfg, samples, out_dir: Path, retrain: bool, command: str) -> dict:
     log_path = out_dir / "train_log.json"
     if not retrain and log_path.is_file():
         doc = json.loads(log_path.read_text())
-        same = dict(doc.get("train_config", {}).items()) == asdict(cfg)
+        same = dict(doc.get("train_config", {})) == asdict(cfg)
         if same and doc.get("status") in ("finished", "early_stopped"):
             log(f"reusing {out_dir} ({doc['status']})")
             return {"reused": True, "best_epoch": doc["best_epoch"], "epochs_run": len(doc["epochs"]),

@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "finetune_gain",
         "curated_ids": f"test[{args.curated}]", "eval_ids": f"test[{args.eval}]",
         "render": args.render, "style": args.style, "style_frac": style,
-        "calibration": _calibration_of(ft), "finetune_config": dict(vars(ftc).items()),
+        "calibration": _calibration_of(ft), "finetune_config": dict(vars(ftc)),
         "n_curated": len(cur_ids), "n_eval": len(ev_ids), "failures": failures,
         **summarise(before, after),
         "train_seconds": round(t_train, 1), "seconds": round(time.perf_counter() - t0, 1),
