@@ -66,13 +66,15 @@ def _load() -> list[float]:
 
 #: ``--variants``: name -> (extra CLI arguments, extra environment).
 VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
-    "pipelined": ([], {}),  # the default: INT8 graph, reader / 2 segmenters / writer threads
+    "pipelined": ([], {}),  # the default: INT8 graph, worker processes (one per core, jobs/segment_processes.py)
+    "threads": ([], {"RECIST_SEG_WORKERS": "1"}),  # one process: reader / 2 segmenters / writer threads
     "fp32": (["--precision", "fp32"], {}),  # the float graph, same pipeline
     "serial": ([], {"RECIST_SEG_SERIAL": "1"}),  # the plain loop, INT8
     "cv1": ([], {"OPENCV_FOR_THREADS_NUM": "1"}),  # OpenCV without its own threads
     "cv1blas1": ([], {"OPENCV_FOR_THREADS_NUM": "1", "OPENBLAS_NUM_THREADS": "1"}),
-    "seg1": ([], {"RECIST_SEG_SEGMENTERS": "1"}),  # the pipeline with one segmenter
-    "seg3": ([], {"RECIST_SEG_SEGMENTERS": "3"}),  # three segmenters (one ONNX Runtime thread each)
+    # the threaded pipeline with one / three segmenters (one ONNX Runtime thread each)
+    "seg1": ([], {"RECIST_SEG_WORKERS": "1", "RECIST_SEG_SEGMENTERS": "1"}),
+    "seg3": ([], {"RECIST_SEG_WORKERS": "1", "RECIST_SEG_SEGMENTERS": "3"}),
 }
 
 
@@ -170,7 +172,7 @@ def forward_cpu_ms(graph: bytes, x, batch: int = 8) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="number of images")
-    parser.add_argument("--variants", default="pipelined,fp32",
+    parser.add_argument("--variants", default="pipelined,threads,fp32",
                         help=f"CLI variants timed in turn, comma-separated: {', '.join(VARIANTS)}")
     parser.add_argument("--repeat", type=int, default=1, help="times each variant is run (median)")
     parser.add_argument("--threads-sweep", action="store_true",

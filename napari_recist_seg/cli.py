@@ -205,6 +205,9 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["auto", "int8", "fp32"], default="auto",
                    help="network arithmetic on CPU: auto (the checkpoint's INT8 graph when it "
                         "stores one, about 3x faster), int8, or fp32 (the float graph)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes for a large 2D run on the CPU (default: the cores, at "
+                        "most 8; env RECIST_SEG_WORKERS); 1 = one process with threads")
     _add_common(p)
 
 
@@ -284,8 +287,12 @@ def _segment(args: argparse.Namespace, progress: _StderrProgress, cancel: Cancel
     # would give an HU-looking volume the CT window the user just turned down.
     reading = {"window": args.window, "polarity": args.polarity, "tta": args.tta,
                  "modality": {"auto": None, "ct": "ct", "other": "other"}[args.modality]}
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be 1 or more, got {args.workers}")
     if args.three_d:
         from napari_recist_seg.jobs.segment3d import run_segment3d as run_segment
+    else:
+        reading["workers"] = args.workers
     return run_segment(
         inputs, args.out, recist_csv=args.recist, model=args.model, device=args.device,
         overwrite=args.overwrite, progress=progress, cancel=cancel, precision=args.precision,

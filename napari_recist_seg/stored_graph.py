@@ -50,6 +50,12 @@ def _graph_device(device: str) -> str | None:
     return "cpu" if dev == "cpu" else None
 
 
+def runs_on_cpu(device: str) -> bool:
+    """True when a checkpoint's stored graph runs on the CPU for ``device`` (``"auto"``
+    on a machine with no GPU for torch to pick)."""
+    return _graph_device(device) == "cpu"
+
+
 def check_precision(precision: str) -> str:
     """``precision`` lower-cased, or ``ValueError`` naming the choices."""
     p = str(precision or "auto").lower()

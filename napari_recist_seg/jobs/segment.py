@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
@@ -47,7 +47,6 @@ from napari_recist_seg.jobs.common import (
     JobReport,
     ProgressCallback,
     ProgressTracker,
-    describe_error,
 )
 from napari_recist_seg.jobs.outdir import OutputWriteError, describe_os_error
 from napari_recist_seg.jobs.pipeline import Steps, run_pipelined
@@ -90,6 +89,13 @@ from napari_recist_seg.jobs.segment_plan import (  # noqa: F401
     plan_segment,
     stale_record,
 )
+from napari_recist_seg.jobs.segment_processes import WorkerSetup, process_workers, segment_in_processes
+from napari_recist_seg.jobs.segment_reading import (  # noqa: F401 - set_reading: re-exported
+    _opencv_threads,
+    _reason,
+    _window_note,
+    set_reading,
+)
 
 # The columns and the row builder live in measurements (the annotator uses them too);
 # re-exported here, where the bulk job and its callers import them.
@@ -102,7 +108,6 @@ from napari_recist_seg.measurements import (  # noqa: F401
 from napari_recist_seg.predict import LesionResult, Predictor
 from napari_recist_seg.recist import Recist, RecistError, snap
 from napari_recist_seg.runtime import default_threads
-from napari_recist_seg.tta import resolve_tta
 
 __all__ = ["MEASUREMENTS_CSV", "MEASUREMENT_COLUMNS", "SegmentItem", "plan_segment", "run_segment"]
 
@@ -201,6 +206,7 @@ def run_segment(
     precision: str = "auto",
     polarity: str | None = None,
     tta: str | None = None,
+    workers: int | None = None,
 ) -> JobReport:
     """Segment every RECIST of a dataset folder or a list of image files.
 
@@ -240,6 +246,11 @@ def run_segment(
         ``"none"`` / ``"flip"`` / ``"flip4"``: the predictor's test-time augmentation
         (:mod:`napari_recist_seg.tta`; 1x / 2x / 4x the network's compute); ``None``
         keeps the predictor's (``"none"`` for the default).
+    workers : int, optional
+        Worker processes for a large run on the CPU (:mod:`.segment_processes`);
+        ``None``: ``RECIST_SEG_WORKERS``, else the usable cores (at most 8); 1: none
+        (the reading / segmenting / writing threads of one process). Unused with
+        ``predictor``.
 
     Returns
     -------
@@ -276,21 +287,13 @@ def run_segment(
                 else:
                     report.skipped += 1
             ours = _claim_outputs(out, todo, overwrite)
-            # Overlapped read / segment / write unless RECIST_SEG_SERIAL=1 (same outputs).
-            serial = os.environ.get("RECIST_SEG_SERIAL") == "1"
-            if todo and predictor is None:
-                # Pipelined, _SEGMENTERS chunks run at once: they share the cores.
-                threads = None if serial else max(1, default_threads() // _SEGMENTERS)
-                predictor = Predictor.load(model, device=device, precision=precision,
-                                           threads=threads)
-            set_reading(predictor, window=window, modality=modality, polarity=polarity, tta=tta)
             # A CT window on a photograph or an MR image is not applied: say so, once.
             not_ct: list[str] | None = [] if window is not None else None
+            options = _Options(model, device, precision, batch_size, predictor, workers,
+                               {"window": window, "modality": modality, "polarity": polarity, "tta": tta})
             try:
-                run = _segment_all if serial else _segment_pipelined
-                run(todo, out, predictor, batch_size, report, records, ours,
-                    ProgressTracker(len(todo), progress), cancel, journal,
-                    load=partial(_load, not_ct=not_ct, modality=modality))
+                _segment_todo(todo, out, options, report, records, ours, journal,
+                              ProgressTracker(len(todo), progress), cancel, not_ct)
             except BaseException:
                 # Whatever stopped the run, the tables follow the committed records; on
                 # a full disk this may fail too (a re-run rebuilds them).
@@ -309,26 +312,61 @@ def run_segment(
     return report
 
 
-def _window_note(names: Sequence[str]) -> str:
-    """One line for the images a ``--window`` did not apply to."""
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return (f"note: --window applies to CT only; {len(names)} image(s) are not CT ({shown}): "
-            "they were read as colour / by the percentile rule (--modality ct if they are CT)")
+@dataclass(frozen=True)
+class _Options:
+    """How :func:`run_segment` segments: the model to load (or a loaded ``predictor``),
+    the worker processes asked for, and set_reading's keywords."""
+
+    model: str | os.PathLike[str] | None
+    device: str
+    precision: str
+    batch_size: int
+    predictor: "Predictor | None"
+    workers: int | None
+    reading: dict
 
 
-def set_reading(predictor: "Predictor | None", *, window: object = None, modality: str | None = None,
-                polarity: str | None = None, tta: str | None = None) -> None:
-    """Give a job's ``predictor`` the options its caller set (``None``: keep the
-    predictor's): CT ``window`` and ``modality`` (napari_recist_seg.intensity), lesion
-    ``polarity`` (napari_recist_seg.polarity), test-time augmentation (napari_recist_seg.tta)."""
-    if predictor is None:
+def _segment_todo(todo: Sequence[SegmentItem], out: Path, options: _Options, report: JobReport,
+                  records: dict[str, dict], ours: set[str], journal: outdir.Journal,
+                  tracker: ProgressTracker, cancel: CancelToken | None, not_ct: list[str] | None) -> None:
+    """Segment and commit ``todo``: in worker processes (:mod:`.segment_processes`),
+    else pipelined in threads, else (``RECIST_SEG_SERIAL=1``) the plain loop; the
+    outputs are the same."""
+    if not todo:
         return
-    if window is not None or modality is not None:
-        predictor.window, predictor.modality = window, modality
-    if polarity is not None:
-        predictor.polarity = polarity
-    if tta is not None:
-        predictor.tta = resolve_tta(tta)
+    serial = os.environ.get("RECIST_SEG_SERIAL") == "1"
+    modality = options.reading["modality"]
+    load = partial(_load, modality=modality)
+    predictor = options.predictor
+    n_workers = 1 if serial or predictor is not None else process_workers(
+        len(todo), _CHUNK_IMAGES, options.device, options.workers)
+    if n_workers > 1:  # each worker loads its own model
+        model = None if options.model is None else str(options.model)
+        setup = WorkerSetup(model, options.device, options.precision, options.reading, out,
+                            frozenset(ours), options.batch_size, _CHUNK_BYTES, not_ct is not None,
+                            load, _segment_chunk, _reason)
+        segment_in_processes(todo, setup, n_workers, report, records, tracker, cancel, journal,
+                             max_images=_CHUNK_IMAGES, not_ct=not_ct,
+                             tick=partial(_flush_tables, out, records, [time.perf_counter()]))
+        return
+    if predictor is None:
+        # Pipelined, _SEGMENTERS chunks run at once: they share the cores.
+        threads = None if serial else max(1, default_threads() // _SEGMENTERS)
+        predictor = Predictor.load(options.model, device=options.device, precision=options.precision,
+                                   threads=threads)
+    set_reading(predictor, **options.reading)
+    run = _segment_all if serial else _segment_pipelined
+    run(todo, out, predictor, options.batch_size, report, records, ours, tracker, cancel, journal,
+        load=partial(load, not_ct=not_ct))
+
+
+def _flush_tables(out: Path, records: dict[str, dict], last: list[float]) -> None:
+    """measurements.csv rebuilt at most every _CSV_FLUSH_SECONDS (``last``: when)."""
+    if time.perf_counter() - last[0] > _CSV_FLUSH_SECONDS:
+        _write_tables(out, records)
+        last[0] = time.perf_counter()
+
+
 
 
 def _segment_all(
@@ -345,7 +383,7 @@ def _segment_all(
     load: Callable[..., _Loaded] = _load,
 ) -> None:
     """Read, segment and commit ``todo`` a chunk at a time (updates ``records``)."""
-    last_flush = time.perf_counter()
+    last_flush = [time.perf_counter()]
     pending = list(reversed(todo))
 
     def failed(item: SegmentItem, exc: BaseException) -> None:
@@ -401,10 +439,7 @@ def _segment_all(
             report.processed += 1
             tracker.step(item.image_path.name)
         del chunk
-        if time.perf_counter() - last_flush > _CSV_FLUSH_SECONDS:
-            # A table to watch during long runs; the records are what counts.
-            _write_tables(out, records)
-            last_flush = time.perf_counter()
+        _flush_tables(out, records, last_flush)  # a table to watch; the records count
 
 
 def _segment_pipelined(
@@ -438,11 +473,6 @@ def _segment_pipelined(
             report.cancelled = True
         return report.cancelled
 
-    def tick() -> None:
-        if time.perf_counter() - last_flush[0] > _CSV_FLUSH_SECONDS:
-            _write_tables(out, records)
-            last_flush[0] = time.perf_counter()
-
     steps = Steps(
         load=load,
         lesions=lambda item: len(item.lesions),
@@ -450,33 +480,8 @@ def _segment_pipelined(
         segment=lambda chunk: _segment_chunk(chunk, predictor, batch_size),
         commit=lambda c, results: _commit(c, results, out, report, ours, journal),
         done=done, failed=failed, replay=lambda call: report.fail(*call),
-        cancelled=cancelled, tick=tick,
+        cancelled=cancelled, tick=partial(_flush_tables, out, records, last_flush),
         fatal=(MemoryError, KeyboardInterrupt, OutputWriteError),
     )
     run_pipelined(todo, steps, max_lesions=batch_size, max_images=_CHUNK_IMAGES,
                   max_bytes=_CHUNK_BYTES, segmenters=_SEGMENTERS)
-
-
-@contextlib.contextmanager
-def _opencv_threads(n: int):
-    """OpenCV's own thread pool off for the run (restored after): the job already
-    runs a reader, two segmenters and a writer on the cores, and OpenCV's workers
-    on small crops cost more CPU in hand-overs than they save."""
-    import cv2
-
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(n)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
-
-
-def _reason(exc: BaseException, path: Path) -> str:
-    """A one-line reason without repeating the file name (failures.csv has it)."""
-    text = describe_error(exc)
-    if isinstance(exc, ValueError):  # our readers' errors: the message is the reason
-        for prefix in (f"{type(exc).__name__}: ", f"{path}: "):
-            if text.startswith(prefix):
-                text = text[len(prefix):]
-    return text

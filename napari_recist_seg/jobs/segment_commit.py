@@ -37,8 +37,12 @@ if TYPE_CHECKING:  # pragma: no cover
 _PNG_LEVEL, _PNG_STRATEGY_RLE = 1, 3  # zlib's Z_RLE = cv2.IMWRITE_PNG_STRATEGY_RLE
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    """A 2D uint8 image as an 8-bit grey PNG, atomically."""
+def _write_png(path: Path, image: np.ndarray | bytes) -> None:
+    """A 2D uint8 image (or its :func:`_png_bytes`) as an 8-bit grey PNG, atomically."""
+    atomic_write_bytes(path, image if isinstance(image, bytes) else _png_bytes(path, image))
+
+
+def _png_bytes(path: Path, image: np.ndarray) -> bytes:
     import cv2  # loaded by the predictor already; kept out of this module's import
 
     params = [cv2.IMWRITE_PNG_COMPRESSION, _PNG_LEVEL, cv2.IMWRITE_PNG_STRATEGY, _PNG_STRATEGY_RLE]
@@ -47,7 +51,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image), params)
     if not ok:  # pragma: no cover - OpenCV encodes any 2D uint8 array
         raise ValueError(f"{path}: OpenCV could not encode the mask")
-    atomic_write_bytes(path, encoded)
+    return encoded.tobytes()
 
 
 # -- measurements.csv ------------------------------------------------------------------
@@ -161,40 +165,92 @@ def _commit(
     OutputWriteError
         ``out`` cannot be written (full disk, read-only...): the run must stop.
     """
+    try:
+        # An old record must not vouch for the new masks while they are half done.
+        outdir.remove_record(out, loaded.item.stem, journal)
+        record = _write_outputs(loaded, results, out, ours)
+        write_record_of(out, loaded.item.stem, record, journal)
+    except OSError as exc:
+        raise output_write_error(out, exc, report.processed) from None
+    report.outputs.extend(out / n for n in record["outputs"])
+    return record
+
+
+def output_write_error(out: Path, exc: OSError | str, processed: int) -> OutputWriteError:
+    """The one line for an ``out`` that cannot be written (``exc``: the error or its
+    description), with the number of images finished and kept."""
+    reason = exc if isinstance(exc, str) else describe_os_error(exc)
+    return OutputWriteError(
+        f"cannot write into {out}: {reason}; {processed} image(s) "
+        "finished and kept, run again (with space / write access) to resume"
+    )
+
+
+def write_record_of(out: Path, stem: str, record: dict, journal: "outdir.Journal | None") -> None:
+    """The record of :func:`_write_outputs`' files (the commit's second half)."""
+    outdir.write_record(out, stem, record["outputs"], record["rows"], journal=journal,
+                        prompts=record["prompts"])
+
+
+def _write_outputs(loaded: _Loaded, results: Sequence["LesionResult"], out: Path, ours: set[str]) -> dict:
+    """Write one image's masks atomically (no record); its record's content (the
+    first half of :func:`_commit`). ``OSError`` passes through."""
+    encoded = encode_outputs(loaded, results, out, ours)
+    write_encoded(encoded)
+    return encoded.record
+
+
+@dataclass
+class EncodedOutputs:
+    """One image's outputs made and ready to write: 2D files as PNG bytes, volumes as
+    arrays (written as NIfTI with the input's geometry), and its record's content.
+    Made where the pixels are (a worker process, :mod:`.segment_processes`) and
+    written by the one process that owns ``OUT``."""
+
+    record: dict  # outputs, rows, prompts
+    files: list[tuple[Path, "bytes | np.ndarray"]]  # labels first, then the mask
+    spacing: object = None
+    affine: object = None
+    stale_labels: Path | None = None  # an earlier run's labels file of this image (ours)
+
+
+def encode_outputs(loaded: _Loaded, results: Sequence["LesionResult"], out: Path,
+                   ours: "set[str] | frozenset[str]") -> EncodedOutputs:
+    """The union mask, label image and measurement rows of one image (no file written)."""
     item, data, volume = loaded.item, loaded.data, loaded.volume
     union, labels = _masks(loaded, results)
     mask_path, labels_path = _outputs(out, item.stem, volume)
-    out_spacing = data.spacing  # type: ignore[attr-defined]
-    # The input's geometry (NIfTI affine / DICOM series RAS affine), for volume outputs.
-    out_affine = getattr(data, "metadata", {}).get("affine") if volume else None
     image_label = _image_label(item.image_path, out)
     rows = [
         {k: _fmt(v) for k, v in _measurement_row(image_label, lesion, res, res.recist.spacing).items()}
         for (lesion, _), res in zip(loaded.lesions, results)
     ]
     outputs = [mask_path.name] + ([labels_path.name] if labels is not None else [])
-    prompts = prompts_digest(item)
-    try:
-        # An old record must not vouch for the new masks while they are half done.
-        outdir.remove_record(out, item.stem, journal)
-        if labels is not None and not volume and labels.dtype == np.uint8:
-            _write_png(labels_path, labels)
-        elif labels is not None:
-            write_labels(labels_path, labels, spacing=out_spacing, affine=out_affine)
-        elif labels_path.name in ours and labels_path.exists():
-            labels_path.unlink()  # from an earlier run with more lesions (overwrite)
-        if volume:
-            write_mask(mask_path, union > 0, spacing=out_spacing, affine=out_affine)
+    files: list[tuple[Path, bytes | np.ndarray]] = []
+    if labels is not None:
+        png = not volume and labels.dtype == np.uint8
+        files.append((labels_path, _png_bytes(labels_path, labels) if png else labels))
+    files.append((mask_path, union > 0 if volume else _png_bytes(mask_path, union)))  # 0 / 255
+    return EncodedOutputs(
+        {"outputs": outputs, "rows": rows, "prompts": prompts_digest(item)}, files,
+        spacing=data.spacing,  # type: ignore[attr-defined]
+        # The input's geometry (NIfTI affine / DICOM series RAS affine), for volume outputs.
+        affine=getattr(data, "metadata", {}).get("affine") if volume else None,
+        stale_labels=labels_path if labels is None and labels_path.name in ours else None,
+    )
+
+
+def write_encoded(encoded: EncodedOutputs) -> None:
+    """Write :func:`encode_outputs`' files, each atomically. ``OSError`` passes through."""
+    if encoded.stale_labels is not None and encoded.stale_labels.exists():
+        encoded.stale_labels.unlink()  # from an earlier run with more lesions (overwrite)
+    for path, content in encoded.files:
+        if isinstance(content, bytes):
+            _write_png(path, content)
+        elif content.dtype == bool:
+            write_mask(path, content, spacing=encoded.spacing, affine=encoded.affine)
         else:
-            _write_png(mask_path, union)  # 0 / 255 already
-        outdir.write_record(out, item.stem, outputs, rows, journal=journal, prompts=prompts)
-    except OSError as exc:
-        raise OutputWriteError(
-            f"cannot write into {out}: {describe_os_error(exc)}; {report.processed} image(s) "
-            "finished and kept, run again (with space / write access) to resume"
-        ) from None
-    report.outputs.extend(out / n for n in outputs)
-    return {"outputs": outputs, "rows": rows, "prompts": prompts}
+            write_labels(path, content, spacing=encoded.spacing, affine=encoded.affine)
 
 
 def _paste(res: "LesionResult", target: np.ndarray, value: int, volume: bool) -> None:

@@ -303,7 +303,7 @@ def test_overwrite_drops_the_journal_record_before_rewriting_the_masks(dataset, 
 
     def dying(path, image):
         if path.name == f"{STEMS[2]}.png":
-            real(path, 255 - image)  # the new mask is in, its record not yet
+            real(path, image)  # the new mask (PNG bytes) is in, its record not yet
             raise KeyboardInterrupt
         real(path, image)
 
