@@ -48,6 +48,7 @@ from napari_recist_seg.jobs.segment_commit import (
 from napari_recist_seg.jobs.segment_plan import SegmentItem
 from napari_recist_seg.jobs.segment_reading import set_reading
 from napari_recist_seg.predict import Predictor
+from napari_recist_seg.runtime import usable_cores
 from napari_recist_seg.stored_graph import runs_on_cpu
 
 __all__ = ["WorkerSetup", "process_workers", "segment_in_processes"]
@@ -103,19 +104,12 @@ def process_workers(n_items: int, chunk_images: int, device: str, workers: int |
         # torch's thread pool does not survive a fork: unasked, a process that loaded
         # torch (training, a notebook) keeps the threads; the CLI never imports it here.
         workers = int(env) if env.isdigit() else 1 if "torch" in sys.modules else min(
-            MAX_WORKERS, _usable_cores())
+            MAX_WORKERS, usable_cores())
     workers = min(max(1, int(workers)), max(1, n_items // (chunk_images * _MIN_CHUNKS_PER_WORKER)))
     if (workers < 2 or sys.platform != "linux" or threading.active_count() > 1
             or "fork" not in multiprocessing.get_all_start_methods() or not runs_on_cpu(device)):
         return 1
     return workers
-
-
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 # -- in a worker -----------------------------------------------------------------------

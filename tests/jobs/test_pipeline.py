@@ -10,13 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
-from napari_recist_seg.data.recist_csv import RecistRecord, write_recist_csv
 from napari_recist_seg.jobs import segment as segment_mod
 from napari_recist_seg.jobs.common import CancelToken
 from napari_recist_seg.jobs.outdir import OutputWriteError
 from napari_recist_seg.jobs.segment import run_segment
-from napari_recist_seg.recist import Recist
+from tests.jobs._bulk_data import dataset_with_two_failures, output_files
 
 _ISIC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "isic2017_train256"
 _NAMES = sorted(p.stem for p in (_ISIC / "images").glob("ISIC_*.jpg"))[:21]
@@ -29,24 +27,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, make_isic_dataset) -> Path:
-    """20 real images, a truncated JPEG, and RECIST derived from the expert masks plus
-    a second lesion of the sixth image lying outside the 256 px image (a per-lesion
-    failure reported while reading)."""
-    root = make_isic_dataset(tmp_path_factory.mktemp("ds") / "ds", STEMS,
-                             broken="broken", broken_from=SPARE[0])
-    derived = dataset_recists(scan_dataset(root))
-    records = [r for recs in derived.values() for r in recs]
-    bad = Recist([[10, 300], [20, 320]], [[14, 308], [16, 312]])
-    records.append(RecistRecord(root / "images" / f"{STEMS[5]}.jpg", 2, bad))
-    write_recist_csv(root / "recist.csv", records)
-    return root
+    """20 real images, a truncated JPEG and a bad lesion (tests/jobs/_bulk_data.py)."""
+    return dataset_with_two_failures(make_isic_dataset, tmp_path_factory.mktemp("ds") / "ds",
+                                     STEMS, SPARE[0])
 
 
-def _files(out: Path) -> dict[str, bytes]:
-    """Every file the run left (masks, tables, per-image records), by relative path."""
-    skip = {"lock"}
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and not any(s in p.name for s in skip)}
+_files = output_files
 
 
 @pytest.fixture(scope="module")

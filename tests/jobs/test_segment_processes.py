@@ -17,14 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
-from napari_recist_seg.data.recist_csv import RecistRecord, write_recist_csv
 from napari_recist_seg.jobs import segment_commit
 from napari_recist_seg.jobs.common import CancelToken
 from napari_recist_seg.jobs.outdir import OutputWriteError
 from napari_recist_seg.jobs.segment import run_segment
 from napari_recist_seg.jobs.segment_processes import process_workers
-from napari_recist_seg.recist import Recist
+from tests.jobs._bulk_data import dataset_with_two_failures, output_files
 
 _ISIC = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "isic2017_train256"
 _NAMES = sorted(p.stem for p in (_ISIC / "images").glob("ISIC_*.jpg"))[:41]
@@ -38,21 +36,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, make_isic_dataset) -> Path:
-    """40 real images, a truncated JPEG, RECIST derived from the expert masks, and a
-    second lesion of the sixth image outside the 256 px image."""
-    root = make_isic_dataset(tmp_path_factory.mktemp("ds") / "ds", STEMS,
-                             broken="broken", broken_from=SPARE[0])
-    derived = dataset_recists(scan_dataset(root))
-    records = [r for recs in derived.values() for r in recs]
-    bad = Recist([[10, 300], [20, 320]], [[14, 308], [16, 312]])
-    records.append(RecistRecord(root / "images" / f"{STEMS[5]}.jpg", 2, bad))
-    write_recist_csv(root / "recist.csv", records)
-    return root
+    """40 real images, a truncated JPEG and a bad lesion (tests/jobs/_bulk_data.py)."""
+    return dataset_with_two_failures(make_isic_dataset, tmp_path_factory.mktemp("ds") / "ds",
+                                     STEMS, SPARE[0])
 
 
-def _files(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and "lock" not in p.name}
+_files = output_files
 
 
 @pytest.fixture(scope="module")
