@@ -36,8 +36,10 @@ from napari_recist_seg import click_rank as CR  # noqa: E402
 SHAPE = {"clinic": (576, 768), "none": (256, 256), "hires": (960, 1280)}
 
 
-def groups(dump: dict, shape: tuple[int, int]) -> list[dict]:
-    """Per click: ``X`` (steps x features), ``dice``, ``ship`` (the shipped rule's Dice)."""
+def groups(dump: dict, shape: tuple[int, int], drop: tuple[str, ...] = ()) -> list[dict]:
+    """Per click: ``X`` (steps x features), ``dice``, ``ship`` (the shipped rule's Dice);
+    the features named in ``drop`` are zero (a constant column: the fit gives it weight 0)."""
+    cols = [CR.RANK_FEATURES.index(n) for n in drop]
     out = []
     for case in dump["cases"]:
         for kind in ("exact", "jittered"):
@@ -55,7 +57,9 @@ def groups(dump: dict, shape: tuple[int, int]) -> list[dict]:
                     rows.append(CR.step_vector(s, round_index=k, rank=rank, diameter=ch[0]["d"],
                                                prev_shift=prev, plane_shape=shape))
                     dice.append(s["dice"])
-            out.append({"X": np.array(rows).reshape(-1, len(CR.RANK_FEATURES)), "dice": np.array(dice),
+            x = np.array(rows).reshape(-1, len(CR.RANK_FEATURES))
+            x[:, cols] = 0.0
+            out.append({"X": x, "dice": np.array(dice),
                         "ship": round1_ring(chains), "kind": kind})
     return out
 
@@ -127,12 +131,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--halves", default=None, help="A,B:C,D: dump names of the two id halves")
     parser.add_argument("--lam", type=float, default=0.3)
     parser.add_argument("--tau", type=float, default=0.02)
+    parser.add_argument("--drop", default="", help="features left out (comma-separated)")
     args = parser.parse_args(argv)
     G = {}
     for spec in args.dumps:
         name, path = spec.split("=", 1)
         d = json.loads(Path(path).read_text())
-        G[name] = groups(d, SHAPE[d["render"]])
+        G[name] = groups(d, SHAPE[d["render"]], tuple(n for n in args.drop.split(",") if n))
     rows = []
     for hold in G:
         rows += held_out(G, [k for k in G if k != hold], [hold], args.lam, args.tau, "lodo")
