@@ -89,7 +89,12 @@ from napari_recist_seg.jobs.segment_plan import (  # noqa: F401
     plan_segment,
     stale_record,
 )
-from napari_recist_seg.jobs.segment_processes import WorkerSetup, process_workers, segment_in_processes
+from napari_recist_seg.jobs.segment_processes import (
+    WorkerSetup,
+    holds_volumes,
+    process_workers,
+    segment_in_processes,
+)
 from napari_recist_seg.jobs.segment_reading import (  # noqa: F401 - set_reading: re-exported
     _opencv_threads,
     _reason,
@@ -338,7 +343,7 @@ def _segment_todo(todo: Sequence[SegmentItem], out: Path, options: _Options, rep
     modality = options.reading["modality"]
     load = partial(_load, modality=modality)
     predictor = options.predictor
-    n_workers = 1 if serial or predictor is not None else process_workers(
+    n_workers = 1 if serial or predictor is not None or holds_volumes(todo) else process_workers(
         len(todo), _CHUNK_IMAGES, options.device, options.workers)
     if n_workers > 1:  # each worker loads its own model
         model = None if options.model is None else str(options.model)

@@ -9,10 +9,13 @@ never writes into ``OUT``. The parent is the one writer, in the order of the ima
 as the serial loop: each image's masks (atomically), then its record in the journal;
 the failures, progress, cancel (between images) and ``measurements.csv``. So the
 outputs are byte-identical to the serial loop's, and a cancel, full disk or
-``kill -9`` leaves what it leaves there (workers die with the parent).
+``kill -9`` leaves what it leaves there (workers die with the parent). A cancel or an
+error kills the workers at once (they never write into ``OUT``); a worker that dies
+(killed, out of memory) stops the run with one line (:class:`WorkerDied`).
 
 Used by :func:`~napari_recist_seg.jobs.segment.run_segment` when it loads the model
-itself for the CPU and the run is big enough; ``RECIST_SEG_WORKERS=1`` (or
+itself for the CPU, the run is big enough and holds no volume (:func:`holds_volumes`);
+``RECIST_SEG_WORKERS=1`` (or
 ``workers=1``, ``--workers 1``) keeps the threads. Workers are forked (Linux only:
 fork is cheap and the parent has not loaded a model), never from a process that runs
 other Python threads (the viewer). Measured in benchmarks/README.md (bulk.py).
@@ -36,6 +39,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from napari_recist_seg.data.imagedata import image_suffix
 from napari_recist_seg.jobs import outdir
 from napari_recist_seg.jobs.common import CancelToken, JobReport, ProgressTracker
 from napari_recist_seg.jobs.pipeline import FailureLog
@@ -48,15 +52,21 @@ from napari_recist_seg.jobs.segment_commit import (
 from napari_recist_seg.jobs.segment_plan import SegmentItem
 from napari_recist_seg.jobs.segment_reading import set_reading
 from napari_recist_seg.predict import Predictor
+from napari_recist_seg.progress import InputError
 from napari_recist_seg.runtime import usable_cores
 from napari_recist_seg.stored_graph import runs_on_cpu
 
-__all__ = ["WorkerSetup", "process_workers", "segment_in_processes"]
+__all__ = ["WorkerDied", "WorkerSetup", "holds_volumes", "process_workers", "segment_in_processes"]
 
 # At most this many workers (each holds a model and its chunk: ~150 MB).
 MAX_WORKERS = 8
 # Fewer images than this many chunks per worker: the threads (no processes to start).
 _MIN_CHUNKS_PER_WORKER = 2
+
+
+class WorkerDied(InputError):
+    """A worker process died (killed, out of memory): the run stops with one line;
+    what was committed is kept and a re-run resumes."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,18 @@ def process_workers(n_items: int, chunk_images: int, device: str, workers: int |
     return workers
 
 
+# Files that may hold a volume (a TIFF or DICOM file can be multi-page), and folders
+# (DICOM series).
+_VOLUME_SUFFIXES = frozenset({".nii", ".nii.gz", ".dcm", ".tif", ".tiff"})
+
+
+def holds_volumes(todo: Sequence[SegmentItem]) -> bool:
+    """Whether any image of ``todo`` may be a volume: such runs keep the threads (a
+    volume's labels are raw arrays of ~100 MB or more, too big to send between
+    processes a chunk at a time)."""
+    return any(item.image_path.is_dir() or image_suffix(item.image_path) in _VOLUME_SUFFIXES for item in todo)
+
+
 # -- in a worker -----------------------------------------------------------------------
 # One worker process runs one job: its predictor and setup live here from the
 # initializer to the process's end (a process pool's only way to keep them).
@@ -122,6 +144,9 @@ def _init_worker(setup: WorkerSetup) -> None:
     """Load the worker's predictor (an error is raised by its first chunk, so the
     parent reports the real reason, not a broken pool)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # The CLI turns SIGTERM into KeyboardInterrupt; a worker must die of it (the pool
+    # terminates the others when one dies), not carry on into a pipe no one reads.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _WORKER.clear()
     _WORKER["setup"] = setup
     _exit_with_parent(os.getppid())
@@ -244,47 +269,64 @@ def segment_in_processes(
     chunks = deque(_chunks(todo, setup.batch_size, max_images))
     context = multiprocessing.get_context("fork")
     running: deque[tuple[list[SegmentItem], Future]] = deque()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(setup,)) as pool:
-        submit = partial(_submit, pool, chunks, running, records, journal, setup.out)
-        try:
-            for _ in range(2 * workers):  # one being segmented, one waiting, per worker
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(setup,))
+    submit = partial(_submit, pool, chunks, running)
+    finished = False
+    try:
+        for _ in range(2 * workers):  # one being segmented, one waiting, per worker
+            submit()
+        while running and not report.cancelled:
+            chunk, future = running.popleft()
+            for item, outcome in zip(chunk, _result(future, report, chunk)):
+                if cancel is not None and cancel.cancelled:
+                    report.cancelled = True
+                    break
+                _take(item, outcome, setup.out, report, records, tracker, journal, not_ct)
+            if not report.cancelled:
                 submit()
-            while running and not report.cancelled:
-                chunk, future = running.popleft()
-                for item, outcome in zip(chunk, _result(future, report)):
-                    if cancel is not None and cancel.cancelled:
-                        report.cancelled = True
-                        break
-                    _take(item, outcome, setup.out, report, records, tracker, journal, not_ct)
-                submit()
-                tick()
-        finally:
-            for _, future in running:
-                future.cancel()
+            tick()
+        finished = not report.cancelled
+    finally:
+        _close(pool, running, finished)
 
 
-def _result(future: Future, report: JobReport) -> list[_Outcome]:
+def _close(pool: ProcessPoolExecutor, running: deque, finished: bool) -> None:
+    """Shut the pool down: wait when every chunk was taken; else (cancel, an error, a
+    second Ctrl-C) kill the workers now -- they never write into ``OUT``, so nothing a
+    worker was doing needs to finish."""
+    if finished:
+        pool.shutdown(wait=True)
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for _, future in running:
+        future.cancel()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.kill()
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.join(timeout=5.0)
+
+
+def _result(future: Future, report: JobReport, chunk: Sequence[SegmentItem]) -> list[_Outcome]:
     try:
         return future.result()
     except BrokenProcessPool:
-        raise RuntimeError(
-            f"a worker process died (out of memory?); {report.processed} image(s) finished "
-            "and kept, run again to resume (RECIST_SEG_WORKERS=1: no worker processes)"
+        # The pool breaks every chunk in flight: the one waited on need not be the one
+        # that killed its worker.
+        raise WorkerDied(
+            f"a worker process died (killed, or out of memory?); {report.processed} image(s) "
+            f"finished and kept, the first not done: {chunk[0].image_path.name}; run again to "
+            "resume (--workers 1: no worker processes)"
         ) from None
 
 
-def _submit(pool: ProcessPoolExecutor, chunks: deque, running: deque, records: dict[str, dict],
-            journal: outdir.Journal | None, out: Path) -> None:
-    """Send the next chunk to a worker, its images' old records dropped first (an
-    old record must not vouch for masks being rewritten)."""
-    if not chunks:
-        return
-    chunk = chunks.popleft()
-    for item in chunk:
-        outdir.remove_record(out, item.stem, journal)
-        records.pop(item.stem, None)
-    running.append((chunk, pool.submit(_segment_items, chunk)))
+def _submit(pool: ProcessPoolExecutor, chunks: deque, running: deque) -> None:
+    """Send the next chunk to a worker."""
+    if chunks:
+        chunk = chunks.popleft()
+        running.append((chunk, pool.submit(_segment_items, chunk)))
 
 
 def _take(item: SegmentItem, outcome: _Outcome, out: Path, report: JobReport, records: dict[str, dict],
@@ -299,7 +341,9 @@ def _take(item: SegmentItem, outcome: _Outcome, out: Path, report: JobReport, re
         tracker.step(f"failed {item.image_path.name}")
         return
     record = outcome.value.record
-    try:  # masks, then the record: the commit order of segment_commit._commit
+    try:  # as segment_commit._commit: the old record goes, then the masks, then the record
+        outdir.remove_record(out, item.stem, journal)  # it must not vouch for half-written masks
+        records.pop(item.stem, None)
         write_encoded(outcome.value)
         write_record_of(out, item.stem, record, journal)
     except OSError as exc:

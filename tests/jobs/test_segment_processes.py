@@ -186,3 +186,75 @@ def test_no_worker_outlives_a_killed_parent(dataset, tmp_path):
             os.kill(w, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
+
+
+def test_cancelling_an_overwrite_keeps_the_rows_of_images_not_yet_redone(dataset, serial_out, tmp_path):
+    out = tmp_path / "out"
+    assert run_segment(dataset, out, workers=2).processed == 40
+    token = CancelToken()
+
+    def progress(event):
+        if event.done >= 10:
+            token.cancel()
+
+    report = run_segment(dataset, out, workers=2, overwrite=True, progress=progress, cancel=token)
+    assert report.cancelled and report.processed == 10
+    # as the serial loop: the 30 images not redone keep their records, so their rows stay
+    rows = (out / "measurements.csv").read_text().splitlines()[1:]
+    assert len({r.split(",")[0] for r in rows}) == 40
+    got, want = _files(out), _files(serial_out)
+    assert got["measurements.csv"] == want["measurements.csv"]
+
+
+# A worker is killed (the OOM killer) in a CLI run: the CLI's SIGTERM -> KeyboardInterrupt
+# handler must not keep the other worker alive writing results into a pipe no one reads
+# (each image's outcome padded past the pipe's 64 KiB here, as a big image's masks are).
+_DYING_RUN = """
+import os, signal, sys
+from napari_recist_seg import cli
+from napari_recist_seg.jobs import segment, segment_processes as sp
+segment_chunk, segment_items = segment._segment_chunk, sp._segment_items
+def dying(chunk, predictor, batch):
+    if any(one.item.stem == {victim!r} for one in chunk):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return segment_chunk(chunk, predictor, batch)
+def padded(items):
+    outcomes = segment_items(items)
+    for o in outcomes:
+        o.not_ct = o.not_ct + ["x" * 100_000]
+    return outcomes
+segment._segment_chunk, sp._segment_items = dying, padded
+sys.exit(cli.main(["segment", {dataset!r}, "--out", {out!r}, "-q", "--workers", "2"]))
+"""
+
+
+def test_a_dead_worker_stops_the_cli_with_one_line_and_a_rerun_repairs_it(dataset, serial_out, tmp_path):
+    out = tmp_path / "out"
+    code = _DYING_RUN.format(victim=STEMS[20], dataset=str(dataset), out=str(out))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run hung after a worker died")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "a worker process died" in lines[0] and "Traceback" not in done.stderr
+    assert "the first not done: ISIC_" in lines[0]
+    again = run_segment(dataset, out, workers=2)
+    assert again.processed + again.skipped == 40
+    got, want = _files(out), _files(serial_out)
+    for name in ("measurements.csv", *[n for n in want if n.endswith(".png")]):
+        assert got[name] == want[name], name
+
+
+def test_volume_runs_keep_the_threads(tmp_path):
+    from napari_recist_seg.jobs.segment_plan import SegmentItem
+    from napari_recist_seg.jobs.segment_processes import holds_volumes
+
+    photos = [SegmentItem(tmp_path / f"a{k}.jpg", f"a{k}") for k in range(3)]
+    assert not holds_volumes(photos)
+    for name in ("ct.nii.gz", "mr.nii", "slice.dcm", "stack.tif"):
+        assert holds_volumes([*photos, SegmentItem(tmp_path / name, "v")]), name
+    (tmp_path / "series").mkdir()
+    assert holds_volumes([SegmentItem(tmp_path / "series", "series")])
