@@ -4,9 +4,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
-import sys
+import threading
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -17,22 +17,33 @@ from napari_recist_seg.mask_holes import fill_holes as _fill_holes
 from napari_recist_seg.recist import Recist, RecistError, recist_from_mask, shape_features
 
 
-def _lazy_module(name: str) -> Any:
-    """``name`` imported on first attribute access (importlib's LazyLoader recipe)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    loader = importlib.util.LazyLoader(spec.loader)  # type: ignore[arg-type]
-    spec.loader = loader  # type: ignore[union-attr]
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+class _LazyModule:
+    """A module imported on first attribute access, safely from any thread.
+
+    (importlib's ``LazyLoader`` is not: it puts a half-loaded module in
+    ``sys.modules``, and two segmenter threads reaching ``ndimage.label`` at once saw
+    an empty ``scipy.ndimage``.) Nothing goes into ``sys.modules`` until the real,
+    ordinary import, which holds Python's import lock.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._module: Any = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, attr: str) -> Any:
+        module = self._module
+        if module is None:
+            with self._lock:
+                if self._module is None:
+                    self._module = importlib.import_module(self._name)
+                module = self._module
+        return getattr(module, attr)
 
 
 # scipy.ndimage takes about 0.8 s to import on the 2-core CPU, a third of a cold
 # `recist-seg segment`, and only post-processing (off by default) needs it.
-ndimage = _lazy_module("scipy.ndimage")
+ndimage: Any = _LazyModule("scipy.ndimage")
 
 #: Masks with more pixels are measured on a decimated grid (see ``measure_mask``).
 MEASURE_MAX_PIXELS = 1 << 20

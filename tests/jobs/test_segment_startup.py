@@ -31,3 +31,36 @@ def test_default_bulk_run_never_loads_scipy_ndimage(tmp_path, make_isic_dataset)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == [str(len(STEMS)), "0", "[]"]
+
+
+_FIRST_USE_RACE = """
+import threading
+import numpy as np
+from napari_recist_seg import postprocess
+barrier, errors = threading.Barrier(8), []
+def use(via_import):
+    barrier.wait()
+    try:
+        if via_import:  # as grabcut / refine import it in their functions
+            from scipy import ndimage
+        else:
+            ndimage = postprocess.ndimage
+        ndimage.label(np.ones((4, 4), bool))
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=use, args=(i % 2 == 0,)) for i in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(errors)
+"""
+
+
+def test_the_lazy_scipy_ndimage_is_safe_from_threads_at_first_use():
+    # Two segmenter threads reaching GrabCut (a fine-tuned model's blend) at once saw an
+    # empty scipy.ndimage under importlib's LazyLoader: "no attribute 'label'".
+    out = subprocess.run([sys.executable, "-c", _FIRST_USE_RACE], capture_output=True, text=True,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
