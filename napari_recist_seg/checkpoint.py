@@ -43,6 +43,7 @@ from napari_recist_seg.network import (
     build_model,
     resolve_device,
 )
+from napari_recist_seg.progress import InputError
 
 if TYPE_CHECKING:  # a torch class, created on first use
     from napari_recist_seg.network import RecistSegNet
@@ -220,6 +221,35 @@ def _store_graph(
         return None
     name, sha = write_graph(out, data)
     return {"graph": name, "graph_sha256": sha, "graph_weights_sha256": weights_sha}
+
+
+#: The models shipped inside the package (``predict.DEFAULT_MODEL_DIR`` is one of them).
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+def refuse_model_out(out: str | os.PathLike[str], init: str | os.PathLike[str] | None = None) -> None:
+    """Refuse to write a model into the folder it starts from or into a shipped model:
+    both would be replaced while (or before) being read, silently.
+
+    Raises
+    ------
+    InputError
+        ``out`` is ``init`` or lies under :data:`SHIPPED_MODELS_DIR`.
+
+    Examples
+    --------
+    >>> refuse_model_out(SHIPPED_MODELS_DIR / "default")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    napari_recist_seg.progress.InputError: ... is a model shipped with napari-recist-seg: write the new model to a folder of your own
+    """
+    target = Path(out).expanduser().resolve()
+    if init is not None and Path(init).expanduser().resolve() == target:
+        raise InputError(f"--out {out} is the model it starts from (--init): write the new model to "
+                         "another folder")
+    if target == SHIPPED_MODELS_DIR or SHIPPED_MODELS_DIR in target.parents:
+        raise InputError(f"{out} is a model shipped with napari-recist-seg: write the new model to a "
+                         "folder of your own")
 
 
 def read_checkpoint_config(path: str | os.PathLike[str]) -> dict[str, Any]:

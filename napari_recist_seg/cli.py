@@ -170,6 +170,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto",
                    help="auto (CUDA, else MPS, else CPU), cpu, cuda or mps")
     p.add_argument("--seed", type=int, default=0, help="random seed (split, init, augmentation)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a model already in --out (never --init's own folder or a shipped model)")
     _add_common(p)
 
 

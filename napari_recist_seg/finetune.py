@@ -61,6 +61,7 @@ import numpy as np
 
 from napari_recist_seg import targets
 from napari_recist_seg.calibration import BIASES, BLENDS, FITS, OFFSETS, CalibrationCase, calibrate
+from napari_recist_seg.checkpoint import refuse_model_out
 
 # masks.read_mask looked up at call time: the only mask reader here (tests record it).
 from napari_recist_seg.data import masks
@@ -357,6 +358,7 @@ def fine_tune(
     """
     import torch
 
+    refuse_model_out(out_dir, init_checkpoint)
     cfg = config if config is not None else FineTuneConfig()
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)

@@ -19,6 +19,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from napari_recist_seg.checkpoint import refuse_model_out
 from napari_recist_seg.checkpoint_checks import model_config_problem
 from napari_recist_seg.data.dataset import dataset_recists, scan_dataset
 from napari_recist_seg.data.masks import MASK_SUFFIXES, mask_suffix
@@ -187,6 +188,7 @@ def train_from_dataset(
     init = resolve_init(init)
     if init is not None and not Path(init).exists():
         raise InputError(f"checkpoint {init} does not exist")
+    refuse_model_out(out, init)
     dataset = Path(dataset)
     if not dataset.is_dir():
         raise InputError(f"dataset folder {dataset} does not exist")
@@ -246,7 +248,8 @@ def run_train(
 
     ``options`` are the CLI's option names (``mode, epochs, encoder, encoder_weights,
     clusters, aux_weight, target, input_size, batch_size, val_fraction, init, curated,
-    device, seed, lr, steps``). With ``init`` and ``curated``: the fine-tuning recipe of
+    device, seed, lr, steps, overwrite``; a model already in ``out`` is replaced only
+    with ``overwrite``). With ``init`` and ``curated``: the fine-tuning recipe of
     :mod:`napari_recist_seg.finetune` (``lr``, ``steps``; ``epochs`` is not used).
     """
     if isinstance(args, argparse.Namespace):
@@ -258,6 +261,10 @@ def run_train(
             raise InputError("run_train needs an output folder")
     init = opts.pop("init", None)
     curated = opts.pop("curated", None)
+    if (Path(out) / "config.json").exists() and not opts.pop("overwrite", False):
+        raise InputError(f"--out {out} already holds a model: choose another folder, or --overwrite "
+                         "to replace it")
+    opts.pop("overwrite", None)
     cfg = train_config_from_args(opts)
     ft = None
     if init is not None and curated is not None:
