@@ -90,6 +90,9 @@ class RecoveryMixin:
         for b in list(self.bindings.values()):
             if id(b) not in dirty or not b.alive():
                 continue
+            if id(b) in self._offers or id(b) in self._restoring:
+                self._autosave_dirty.add(id(b))  # the entry is still the user's only copy
+                continue
             try:
                 data = b.labels.data
                 snap = recovery.snapshot(self._recovery_key(b), b.session, data,
@@ -141,15 +144,16 @@ class RecoveryMixin:
             entry = recovery.read_entry(self.recovery_root, self._recovery_key(b), b.labels.data.shape)
         except Exception:  # noqa: BLE001 - a broken cache folder offers nothing
             entry = None
-        if entry is None or not entry.records or not recovery.missing_lesions(entry, b.session):
+        if entry is None or not entry.records or not (recovery.missing_lesions(entry, b.session)
+                                                      or recovery.unrestored_edits(entry, b.session)):
             return
         self._offers[id(b)] = entry
         self._show_recovery_offer()
         if b is not self.binding:
             return
-        self._say(f"{b.name}: {len(entry.records)} lesion(s) autosaved at {entry.saved_hhmm} are not "
-                  "in the layers: Restore unsaved annotations, or Dismiss (autosave of this "
-                  "image waits for your choice)")
+        self._say(f"{b.name}: {len(entry.records)} lesion(s) autosaved at {entry.saved_hhmm} hold work "
+                  "the layers do not (lesions or hand-edited masks): Restore unsaved annotations, "
+                  "or Dismiss (autosave of this image waits for your choice)")
 
     def _show_recovery_offer(self) -> None:
         entry = self._offers.get(id(self.binding)) if self.binding is not None else None
@@ -170,27 +174,34 @@ class RecoveryMixin:
     def restore_recovery(self) -> int:
         """Load the offered entry into the current image: lines, states, then masks.
 
-        Returns how many lesions were added. The masks are pasted once the segmenter
-        has answered for the restored lines (their results would overwrite them).
+        Returns how many lesions were restored: added, or given back their hand-edited
+        masks (:func:`recovery.unrestored_edits`). The masks are pasted once the
+        segmenter has answered for the restored lines (their results would overwrite them).
         """
         b = self.binding
         entry = self._offers.pop(id(b), None) if b is not None else None
+        if b is not None and entry is not None:
+            # Before any change below: its autosave must not replace the entry yet.
+            self._restoring[id(b)] = (b, None, [], set())
         self._show_recovery_offer()
         if b is None or entry is None:
             return 0
+        flat = b.ndim == 2
         missing = [rec for rec in recovery.missing_lesions(entry, b.session)
-                   if (rec.recist.slice_index is None) == (b.ndim == 2)]
+                   if (rec.recist.slice_index is None) == flat]
+        edits = [rec for rec in recovery.unrestored_edits(entry, b.session)
+                 if (rec.recist.slice_index is None) == flat]
         taken = set(b.session.lesions)
         b.add_recists([(rec.lesion, rec.recist) for rec in missing])
         b.apply(ann.restore_states(b.session, missing))
         # Masks only for lesions that got their saved id (not one taken by a lesion here).
         same_id = [int(rec.lesion) for rec in missing if int(rec.lesion) not in taken
-                   and int(rec.lesion) in b.session.lesions]
-        edited = {int(rec.lesion) for rec in missing if "+edited" in (rec.status or "")}
+                   and int(rec.lesion) in b.session.lesions] + [int(rec.lesion) for rec in edits]
+        edited = {int(rec.lesion) for rec in missing + edits if "+edited" in (rec.status or "")}
         self._restoring[id(b)] = (b, entry.labels, same_id, edited)
         self._restore_timer.start()
-        self._say(f"{b.name}: restored {len(missing)} lesion(s) autosaved at {entry.saved_hhmm}")
-        return len(missing)
+        self._say(f"{b.name}: restored {len(missing) + len(edits)} lesion(s) autosaved at {entry.saved_hhmm}")
+        return len(missing) + len(edits)
 
     def _finish_restores(self) -> None:
         for key, (b, labels, ids, edited) in list(self._restoring.items()):

@@ -210,6 +210,21 @@ def missing_lesions(entry: RecoveryEntry, session: AnnotationSession) -> list[Re
     return [rec for rec in entry.records if not held(rec)]
 
 
+def unrestored_edits(entry: RecoveryEntry, session: AnnotationSession) -> list[RecistRecord]:
+    """The entry's hand-edited lesions (status ``+edited``) that the session holds with
+    the same id and lines but not as edited: their painted masks are only in the entry
+    (the image reopened from its exported CSV, say, after the edits)."""
+    out = []
+    for rec in entry.records:
+        les = session.lesions.get(int(rec.lesion))
+        r = None if les is None else les.recist
+        if ("+edited" in (rec.status or "") and r is not None and not les.edited
+                and r.slice_index == rec.recist.slice_index
+                and np.allclose(r.long_axis, rec.recist.long_axis, atol=0.5)):
+            out.append(rec)
+    return out
+
+
 def remove_old_entries(
     root: str | os.PathLike[str], *, max_age_days: float = MAX_AGE_DAYS, now: float | None = None
 ) -> int:

@@ -275,3 +275,94 @@ def test_the_autosave_keeps_the_viewer_responsive(make_napari_viewer, qtbot, rec
         print(f"\n[autosave] {image.shape}: snapshot in the GUI thread {gui_ms:.1f} ms, entry on disk "
               f"after {total_ms:.0f} ms; longest Qt event-loop stall {meter.max_gap * 1000:.0f} ms")
     assert meter.max_gap < 1.0  # the viewer never froze (the figures are in the printout)
+
+
+def _hand_edit_lesion_2(qtbot, widget, b) -> np.ndarray:
+    """Erase the right part of lesion 2 with the 'brush', record it, wait for the autosave."""
+    before = widget.autosaves
+    lab = np.asarray(b.labels.data)
+    cut = np.nonzero((lab == 2) & (np.arange(lab.shape[1])[None, :] > 200))
+    b.labels.data_setitem(cut, 0)
+    b.record_edits([2])
+    _idle(qtbot, widget)
+    _autosaved(qtbot, widget, before)
+    return np.asarray(b.labels.data).copy()
+
+
+def test_reopening_from_the_exported_csv_offers_the_hand_edits_made_after_it(
+        make_napari_viewer, qtbot, rec_dir, tmp_path):
+    # Export, then paint a correction (not exported), then a crash; the image reopened
+    # through its CSV holds the same lines, so only the entry has the painted mask: it
+    # must be offered, and no autosave may replace it before the user chooses.
+    import shutil
+
+    from napari_recist_seg._widgets.annotator import AnnotatorWidget
+    from napari_recist_seg.data import read_image, read_labels
+
+    img_path = tmp_path / "case.jpg"
+    shutil.copy(ISIC_IMAGE, img_path)
+    viewer = make_napari_viewer()
+    viewer.add_image(read_image(img_path).array, name="case", rgb=True, metadata={"image_path": str(img_path)})
+    widget = AnnotatorWidget(viewer, segmenter=ShapeSegmenter("ellipse"))
+    viewer.window.add_dock_widget(widget)
+    b = widget.binding
+    for long, short in ((LONG1, SHORT1), (LONG2, SHORT2)):
+        b.shapes.add_lines([long, short])
+        _idle(qtbot, widget)
+    csv = widget.export_recist_csv(tmp_path / "case_recist.csv", if_exists="error")
+    edited = _hand_edit_lesion_2(qtbot, widget, b)
+    key = widget._recovery_key(b)
+    assert np.array_equal(read_labels(rec_dir / key / recovery.LABELS_FILE), edited)
+    widget.close()
+    viewer.close()
+
+    viewer2 = make_napari_viewer()
+    viewer2.open(csv, plugin="napari-recist-seg")
+    widget2 = AnnotatorWidget(viewer2, segmenter=ShapeSegmenter("ellipse"))
+    viewer2.window.add_dock_widget(widget2)
+    qtbot.waitUntil(lambda: widget2.binding is not None and not widget2.busy, timeout=15000)
+    assert widget2._recovery_key(widget2.binding) == key
+    assert widget2.restore_button.isVisibleTo(widget2)  # offered
+    qtbot.wait(3000)  # longer than the autosave delay
+    assert widget2.autosaves == 0
+    assert np.array_equal(read_labels(rec_dir / key / recovery.LABELS_FILE), edited)
+    assert widget2.restore_recovery() == 1  # lesion 2's painted mask
+    qtbot.waitUntil(lambda: not widget2._restoring and not widget2.busy, timeout=15000)
+    assert np.array_equal(np.asarray(widget2.binding.labels.data), edited)
+    assert widget2.binding.session.lesions[2].edited
+
+
+class _SlowSegmenter(ShapeSegmenter):
+    """A segmenter that takes seconds (a model loading on a busy CPU)."""
+
+    def segment(self, image, recists):
+        time.sleep(4)
+        return super().segment(image, recists)
+
+
+def test_a_restore_is_not_replaced_by_an_autosave_while_the_segmenter_works(
+        make_napari_viewer, qtbot, rec_dir):
+    grey = np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)
+    viewer = make_napari_viewer()
+    widget, b = _dock(viewer, grey)
+    for long, short in ((LONG1, SHORT1), (LONG2, SHORT2)):
+        b.shapes.add_lines([long, short])
+        _idle(qtbot, widget)
+    edited = _hand_edit_lesion_2(qtbot, widget, b)
+    key = widget._recovery_key(b)
+    widget.close()
+    viewer.close()
+
+    from napari_recist_seg._widgets.annotator import AnnotatorWidget
+    from napari_recist_seg.data import read_labels
+
+    viewer2 = make_napari_viewer()
+    viewer2.add_image(grey, name="img")
+    widget2 = AnnotatorWidget(viewer2, segmenter=_SlowSegmenter("ellipse"))
+    viewer2.window.add_dock_widget(widget2)
+    assert widget2.restore_recovery() == 2
+    qtbot.wait(3000)  # the autosave delay passes while the segmenter still works
+    assert widget2._restoring and widget2.autosaves == 0
+    assert np.array_equal(read_labels(rec_dir / key / recovery.LABELS_FILE), edited)
+    qtbot.waitUntil(lambda: not widget2._restoring and not widget2.busy, timeout=30000)
+    assert np.array_equal(np.asarray(widget2.binding.labels.data), edited)
