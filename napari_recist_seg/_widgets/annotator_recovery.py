@@ -8,7 +8,9 @@ and written in a worker thread. A write that fails warns once in the message lin
 never raises. Binding an image with an entry whose lesions are not in its layers
 shows "Restore unsaved annotations (N lesions, saved HH:MM)" and "Dismiss"; until the
 user picks one, that image is not autosaved (its entry would be replaced by the
-half-empty session). It uses the dock's ``binding``, ``bindings`` and ``_say``.
+half-empty session); while a restore lands, neither. A pending autosave is written at
+once before a layer leaves the viewer (the window closing clears the layers first). It
+uses the dock's ``binding``, ``bindings``, ``viewer`` and ``_say``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class RecoveryMixin:
         self._restore_timer.timeout.connect(self._finish_restores)
         with contextlib.suppress(Exception):  # a start never fails on the cache folder
             recovery.remove_old_entries(self.recovery_root)
+        # napari's window closing clears the layers before any close event reaches the
+        # dock (and then deletes the autosave timer): write the pending change first.
+        self.viewer.layers.events.removing.connect(self._flush_before_removal)
 
     @property
     def autosave_pending(self) -> bool:
@@ -129,10 +134,20 @@ class RecoveryMixin:
             self._say(f"autosave failed ({error}); your work is not backed up in "
                       f"{self.recovery_root}: export it (or set {recovery.ENV_VAR})", warn=True)
 
+    def _flush_before_removal(self, event: Any = None) -> None:
+        """A layer is about to leave the viewer (deleted, or the window closing): write
+        the pending autosave now, while its image is still bound."""
+        if self._autosave_timer.isActive():
+            self._autosave_timer.stop()
+            with contextlib.suppress(Exception):
+                self.autosave_now(wait=True)
+
     def _close_recovery(self) -> None:
         """The dock closes: write what is not written yet, then stop the worker."""
         self._autosave_timer.stop()
         self._restore_timer.stop()
+        with contextlib.suppress(Exception):
+            self.viewer.layers.events.removing.disconnect(self._flush_before_removal)
         with contextlib.suppress(Exception):
             self.autosave_now()
         self._autosave_pool.shutdown(wait=True)
