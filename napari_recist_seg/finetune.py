@@ -224,6 +224,9 @@ def _mask(mask: Any, recist: Recist, shape: tuple[int, int]) -> np.ndarray:
         m = m[recist.slice_index]
     if m.shape != shape:
         raise ValueError(f"curated mask has shape {m.shape} but the image plane is {shape}")
+    (r0, c0), (r1, c1) = np.floor(recist.endpoints.min(0)).astype(int), np.ceil(recist.endpoints.max(0)).astype(int)
+    if not m[max(r0, 0): r1 + 1, max(c0, 0): c1 + 1].any():  # empty, or another image's mask
+        raise ValueError("curated mask has no lesion pixel where its RECIST lies")
     return m.astype(bool)
 
 

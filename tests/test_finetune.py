@@ -86,6 +86,22 @@ def test_curated_mask_is_the_target_and_gt_of_replay_never_read(isic_dir, tmp_pa
     assert failures == [] and rep_e[0].target is not None and rep_e[0].target.sum() > 0
 
 
+def test_a_curated_mask_without_the_lesion_is_reported_not_learned(isic_dir):
+    # An all-zero mask (or another image's) for an image whose RECIST says there is a
+    # lesion would teach "no lesion" and pull the calibration's Dice down silently.
+    img, gt = _real(isic_dir, STEMS[0])
+    r = recist_from_mask(gt)
+    other = np.zeros_like(gt)
+    other[:20, :20] = True  # a mask far from this lesion
+    samples = [TrainSample(image=img, recist=r, curated_mask=gt, name="good"),
+               TrainSample(image=img, recist=r, curated_mask=np.zeros_like(gt), name="empty"),
+               TrainSample(image=img, recist=r, curated_mask=other, name="elsewhere")]
+    failures: list = []
+    cur, _ = finetune._prepare(samples, FineTuneConfig(), failures)
+    assert [c.name for c in cur] == ["good"]
+    assert [(n, "no lesion pixel" in why) for n, why in failures] == [("empty", True), ("elsewhere", True)]
+
+
 def test_every_batch_mixes_replay_crops(isic_dir):
     from napari_recist_seg.model import ModelConfig
 
