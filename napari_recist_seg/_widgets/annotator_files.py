@@ -105,6 +105,8 @@ class FilesMixin:
         """
 
         def write(b: Any, path: Path, mode: str) -> tuple[Path, str]:
+            if all_images:  # images opened with RECIST lines after the dock: theirs too
+                self._adopt_annotated()
             bindings = [x for x in self.bindings.values() if x.alive()] if all_images else [b]
             bindings = [x for x in bindings if x.session.recists()] or [b]
             items = [(x.session, self._image_file_for_export(x, path.parent)) for x in bindings]

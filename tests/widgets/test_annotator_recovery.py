@@ -384,3 +384,26 @@ def test_closing_the_napari_window_writes_the_last_change(make_napari_viewer, qt
     viewer.close()
     entry = recovery.read_entry(rec_dir, key, grey.shape)
     assert entry is not None and len(entry.records) == 2
+
+
+def test_saving_all_images_onto_the_opened_csv_keeps_every_image(make_napari_viewer, qtbot, tmp_path):
+    # The dock is open first, then a 4-image RECIST CSV: only the active image was bound,
+    # and "Save RECIST CSV" (all images) onto that CSV kept 1 image's rows of 4.
+    import shutil
+
+    from napari_recist_seg._widgets.annotator import AnnotatorWidget
+    from napari_recist_seg.data import read_recist_csv
+
+    folder = Path(shutil.copytree(SAMPLES, tmp_path / "case"))
+    csv = folder / "dermoscopy_recist.csv"
+    before = read_recist_csv(csv)
+    viewer = make_napari_viewer()
+    widget = AnnotatorWidget(viewer, segmenter=ShapeSegmenter("ellipse"))
+    viewer.window.add_dock_widget(widget)
+    viewer.open(csv, plugin="napari-recist-seg")
+    _idle(qtbot, widget, 20000)
+    out = widget.export_recist_csv(csv, if_exists="overwrite")
+    after = read_recist_csv(out)
+    assert len({Path(r.image).name for r in before}) == 4
+    assert sorted((Path(r.image).name, r.lesion) for r in after) == sorted(
+        (Path(r.image).name, r.lesion) for r in before)
