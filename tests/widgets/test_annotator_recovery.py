@@ -156,7 +156,10 @@ def test_dismiss_keeps_the_entry_until_the_next_autosave_and_export_keeps_it(
     assert [r.recist.long_axis[0, 1] for r in entry.records] == [140.0]  # replaced
 
 
-def test_closing_the_dock_writes_the_last_change_at_once(make_napari_viewer, qtbot, rec_dir):
+@pytest.mark.parametrize("closed", ["dock", "window"])
+def test_closing_writes_the_last_change_at_once(make_napari_viewer, qtbot, rec_dir, closed):
+    # "window": the user closes napari within the autosave delay; napari clears the
+    # layers first and never calls the dock's closeEvent.
     grey = np.random.default_rng(2).integers(0, 255, (256, 256), dtype=np.uint8)
     viewer = make_napari_viewer()
     widget, b = _dock(viewer, grey)
@@ -164,7 +167,7 @@ def test_closing_the_dock_writes_the_last_change_at_once(make_napari_viewer, qtb
     _idle(qtbot, widget)
     assert widget._autosave_timer.isActive() and widget.autosaves == 0  # within the 2 s
     key = widget._recovery_key(b)
-    widget.close()
+    widget.close() if closed == "dock" else viewer.close()
     entry = recovery.read_entry(rec_dir, key, grey.shape)
     assert entry is not None and [r.lesion for r in entry.records] == [1]
 
@@ -366,24 +369,6 @@ def test_a_restore_is_not_replaced_by_an_autosave_while_the_segmenter_works(
     assert np.array_equal(read_labels(rec_dir / key / recovery.LABELS_FILE), edited)
     qtbot.waitUntil(lambda: not widget2._restoring and not widget2.busy, timeout=30000)
     assert np.array_equal(np.asarray(widget2.binding.labels.data), edited)
-
-
-def test_closing_the_napari_window_writes_the_last_change(make_napari_viewer, qtbot, rec_dir):
-    # The user closes the window within the autosave delay: napari clears the layers and
-    # never calls the dock's closeEvent (test_closing_the_dock_... closes the dock itself).
-    grey = np.random.default_rng(3).integers(0, 255, (256, 256), dtype=np.uint8)
-    viewer = make_napari_viewer()
-    widget, b = _dock(viewer, grey)
-    b.shapes.add_lines([LONG1, SHORT1])
-    _idle(qtbot, widget)
-    _autosaved(qtbot, widget, 0)
-    b.shapes.add_lines([LONG2, SHORT2])
-    _idle(qtbot, widget)
-    assert widget.autosave_pending  # the second lesion is not written yet
-    key = widget._recovery_key(b)
-    viewer.close()
-    entry = recovery.read_entry(rec_dir, key, grey.shape)
-    assert entry is not None and len(entry.records) == 2
 
 
 def test_saving_all_images_onto_the_opened_csv_keeps_every_image(make_napari_viewer, qtbot, tmp_path):
