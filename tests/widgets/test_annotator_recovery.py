@@ -280,6 +280,26 @@ def test_the_autosave_keeps_the_viewer_responsive(make_napari_viewer, qtbot, rec
     assert meter.max_gap < 1.0  # the viewer never froze (the figures are in the printout)
 
 
+def _reopened(make_napari_viewer, segmenter, *, image=None, csv=None):
+    """A new viewer (the image, or the CSV opened by the plugin) and its annotator dock."""
+    from napari_recist_seg._widgets.annotator import AnnotatorWidget
+
+    viewer = make_napari_viewer()
+    if csv is not None:
+        viewer.open(csv, plugin="napari-recist-seg")
+    else:
+        viewer.add_image(image, name="img")
+    widget = AnnotatorWidget(viewer, segmenter=segmenter)
+    viewer.window.add_dock_widget(widget)
+    return widget
+
+
+def _draw_two_lesions(qtbot, widget, b) -> None:
+    for long, short in ((LONG1, SHORT1), (LONG2, SHORT2)):
+        b.shapes.add_lines([long, short])
+        _idle(qtbot, widget)
+
+
 def _hand_edit_lesion_2(qtbot, widget, b) -> np.ndarray:
     """Erase the right part of lesion 2 with the 'brush', record it, wait for the autosave."""
     before = widget.autosaves
@@ -309,9 +329,7 @@ def test_reopening_from_the_exported_csv_offers_the_hand_edits_made_after_it(
     widget = AnnotatorWidget(viewer, segmenter=ShapeSegmenter("ellipse"))
     viewer.window.add_dock_widget(widget)
     b = widget.binding
-    for long, short in ((LONG1, SHORT1), (LONG2, SHORT2)):
-        b.shapes.add_lines([long, short])
-        _idle(qtbot, widget)
+    _draw_two_lesions(qtbot, widget, b)
     csv = widget.export_recist_csv(tmp_path / "case_recist.csv", if_exists="error")
     edited = _hand_edit_lesion_2(qtbot, widget, b)
     key = widget._recovery_key(b)
@@ -319,10 +337,7 @@ def test_reopening_from_the_exported_csv_offers_the_hand_edits_made_after_it(
     widget.close()
     viewer.close()
 
-    viewer2 = make_napari_viewer()
-    viewer2.open(csv, plugin="napari-recist-seg")
-    widget2 = AnnotatorWidget(viewer2, segmenter=ShapeSegmenter("ellipse"))
-    viewer2.window.add_dock_widget(widget2)
+    widget2 = _reopened(make_napari_viewer, ShapeSegmenter("ellipse"), csv=csv)
     qtbot.waitUntil(lambda: widget2.binding is not None and not widget2.busy, timeout=15000)
     assert widget2._recovery_key(widget2.binding) == key
     assert widget2.restore_button.isVisibleTo(widget2)  # offered
@@ -348,21 +363,15 @@ def test_a_restore_is_not_replaced_by_an_autosave_while_the_segmenter_works(
     grey = np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)
     viewer = make_napari_viewer()
     widget, b = _dock(viewer, grey)
-    for long, short in ((LONG1, SHORT1), (LONG2, SHORT2)):
-        b.shapes.add_lines([long, short])
-        _idle(qtbot, widget)
+    _draw_two_lesions(qtbot, widget, b)
     edited = _hand_edit_lesion_2(qtbot, widget, b)
     key = widget._recovery_key(b)
     widget.close()
     viewer.close()
 
-    from napari_recist_seg._widgets.annotator import AnnotatorWidget
     from napari_recist_seg.data import read_labels
 
-    viewer2 = make_napari_viewer()
-    viewer2.add_image(grey, name="img")
-    widget2 = AnnotatorWidget(viewer2, segmenter=_SlowSegmenter("ellipse"))
-    viewer2.window.add_dock_widget(widget2)
+    widget2 = _reopened(make_napari_viewer, _SlowSegmenter("ellipse"), image=grey)
     assert widget2.restore_recovery() == 2
     qtbot.wait(3000)  # the autosave delay passes while the segmenter still works
     assert widget2._restoring and widget2.autosaves == 0
