@@ -393,8 +393,11 @@ class TrainWidget(QWidget):
             best = (f"best epoch {train.best_epoch}"
                     + (f", validation Dice {dice:.3f}" if dice is not None and math.isfinite(dice) else ""))
             state = "cancelled: " if train.cancelled else ""
-            lines.append(f"{state}{train.epochs_run} epoch(s) on {train.n_train} lesions "
-                         f"({train.n_val} for validation); {best}.")
+            if isinstance(result, FineTuneResult):  # a fixed schedule: no epochs, no best one
+                lines.append(f"{state}fine-tuned on {train.n_train} curated lesion(s); before / after below.")
+            else:
+                lines.append(f"{state}{train.epochs_run} epoch(s) on {train.n_train} lesions "
+                             f"({train.n_val} for validation); {best}.")
             if train.checkpoint is not None:
                 lines.append(f"Checkpoint (with train_log.json): {train.checkpoint}")
             else:

@@ -229,6 +229,7 @@ def test_fine_tune_on_two_curated_images(widget, qtbot, tiny_a1_ckpt, tmp_path, 
     # a calibration to the curated masks (here 1 image: nothing to cross-validate).
     assert widget.plot.epochs == []
     assert "calibration on 1 curated image(s): none" in widget.summary.text()
+    assert "epoch" not in widget.summary.text()  # no "0 epoch(s) ... best epoch None"
     log = json.loads((Path(result.checkpoint) / "train_log.json").read_text())
     assert log["n_curated"] == 1  # the non-held-out curated image, full supervision
     assert log["init_checkpoint"] == str(tiny_a1_ckpt)
