@@ -233,6 +233,8 @@ class RecoveryMixin:
         """Put the saved masks of ``ids`` in the layer. A lesion whose saved mask on its
         slice is not the segmenter's (hand-edited, or another model) is recorded as
         edited; one whose label spans slices is a 3D lesion again (volume measured)."""
+        if labels is not None:  # a lesion with no saved pixel keeps the segmenter's mask
+            ids = [i for i in ids if (labels == i).any()]  # (an entry written half-way)
         if labels is not None and ids:
             current = np.asarray(b.labels.data)
             region = np.isin(labels, ids) | np.isin(current, ids)

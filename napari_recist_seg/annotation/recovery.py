@@ -144,19 +144,21 @@ def snapshot(
 
 
 def write_snapshot(root: str | os.PathLike[str], snap: Snapshot) -> Path:
-    """Write one entry (CSV, labels, then ``entry.json``); returns its folder.
+    """Write one entry (labels, CSV, then ``entry.json``); returns its folder.
 
-    Raises ``OSError`` (read-only or full disk) like any write: the caller warns.
+    Labels first: a write stopped half-way leaves new labels under old rows (a lesion's
+    mask without its row is never restored), not new rows over old labels. Raises
+    ``OSError`` (read-only or full disk) like any write: the caller warns.
     """
     folder = Path(root) / snap.key
     folder.mkdir(parents=True, exist_ok=True)
+    write_labels(folder / LABELS_FILE, snap.labels)
     csv_path = folder / RECIST_CSV
     if snap.records:
         write_recist_csv(csv_path, snap.records)
     else:  # every lesion deleted: the entry says so (nothing to offer)
         with contextlib.suppress(FileNotFoundError):
             csv_path.unlink()
-    write_labels(folder / LABELS_FILE, snap.labels)
     atomic_write_text(folder / ENTRY_JSON, json.dumps(snap.meta, indent=1))
     return folder
 

@@ -401,3 +401,28 @@ def test_saving_all_images_onto_the_opened_csv_keeps_every_image(make_napari_vie
     assert len({Path(r.image).name for r in before}) == 4
     assert sorted((Path(r.image).name, r.lesion) for r in after) == sorted(
         (Path(r.image).name, r.lesion) for r in before)
+
+
+def test_an_entry_written_half_way_never_erases_a_restored_lesions_mask(make_napari_viewer, qtbot, rec_dir):
+    # Rows for lesions 1 and 2 over labels that lack lesion 2 (a write stopped between the
+    # two files): lesion 2 comes back with the segmenter's mask, not an erased one.
+    from napari_recist_seg.data import write_labels
+
+    grey = np.random.default_rng(4).integers(0, 255, (256, 256), dtype=np.uint8)
+    viewer = make_napari_viewer()
+    widget, b = _dock(viewer, grey)
+    before = widget.autosaves
+    _draw_two_lesions(qtbot, widget, b)
+    _autosaved(qtbot, widget, before)
+    key = widget._recovery_key(b)
+    labels = np.asarray(b.labels.data).copy()
+    widget.close()
+    viewer.close()
+    write_labels(rec_dir / key / recovery.LABELS_FILE, np.where(labels == 2, 0, labels).astype(labels.dtype))
+
+    widget2 = _reopened(make_napari_viewer, ShapeSegmenter("ellipse"), image=grey)
+    assert widget2.restore_recovery() == 2
+    qtbot.waitUntil(lambda: not widget2._restoring and not widget2.busy, timeout=15000)
+    got = np.asarray(widget2.binding.labels.data)
+    assert (got == 2).sum() == (labels == 2).sum() > 0  # the ellipse segmenter's, as before
+    assert not widget2.binding.session.lesions[2].edited
