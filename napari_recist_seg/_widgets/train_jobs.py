@@ -22,6 +22,7 @@ _warm_up_state: dict[str, Any] = {"worker": None, "done": False}
 
 
 def _import_training_stack() -> None:
+    import scipy.ndimage  # noqa: F401 - the weak targets import it in their functions
     import segmentation_models_pytorch  # noqa: F401 - model.build_model imports it lazily
     import torch._dynamo  # noqa: F401 - torch optimisers import it on creation
     from sklearn.cluster import KMeans
