@@ -270,7 +270,7 @@ def segment_in_processes(
     context = multiprocessing.get_context("fork")
     running: deque[tuple[list[SegmentItem], Future]] = deque()
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(setup,))
-    submit = partial(_submit, pool, chunks, running)
+    submit = partial(_submit, pool, chunks, running, report)
     finished = False
     try:
         for _ in range(2 * workers):  # one being segmented, one waiting, per worker
@@ -309,24 +309,31 @@ def _close(pool: ProcessPoolExecutor, running: deque, finished: bool) -> None:
             proc.join(timeout=5.0)
 
 
+def _worker_died(report: JobReport, first: SegmentItem) -> WorkerDied:
+    # The pool breaks every chunk in flight: the one waited on (or sent) need not be the
+    # one that killed its worker.
+    return WorkerDied(
+        f"a worker process died (killed, or out of memory?); {report.processed} image(s) "
+        f"finished and kept, the first not done: {first.image_path.name}; run again to "
+        "resume (--workers 1: no worker processes)"
+    )
+
+
 def _result(future: Future, report: JobReport, chunk: Sequence[SegmentItem]) -> list[_Outcome]:
     try:
         return future.result()
     except BrokenProcessPool:
-        # The pool breaks every chunk in flight: the one waited on need not be the one
-        # that killed its worker.
-        raise WorkerDied(
-            f"a worker process died (killed, or out of memory?); {report.processed} image(s) "
-            f"finished and kept, the first not done: {chunk[0].image_path.name}; run again to "
-            "resume (--workers 1: no worker processes)"
-        ) from None
+        raise _worker_died(report, chunk[0]) from None
 
 
-def _submit(pool: ProcessPoolExecutor, chunks: deque, running: deque) -> None:
-    """Send the next chunk to a worker."""
+def _submit(pool: ProcessPoolExecutor, chunks: deque, running: deque, report: JobReport) -> None:
+    """Send the next chunk to a worker (a pool already broken: :class:`WorkerDied`)."""
     if chunks:
         chunk = chunks.popleft()
-        running.append((chunk, pool.submit(_segment_items, chunk)))
+        try:
+            running.append((chunk, pool.submit(_segment_items, chunk)))
+        except BrokenProcessPool:
+            raise _worker_died(report, running[0][0][0] if running else chunk[0]) from None
 
 
 def _take(item: SegmentItem, outcome: _Outcome, out: Path, report: JobReport, records: dict[str, dict],

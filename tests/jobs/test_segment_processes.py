@@ -258,3 +258,29 @@ def test_volume_runs_keep_the_threads(tmp_path):
         assert holds_volumes([*photos, SegmentItem(tmp_path / name, "v")]), name
     (tmp_path / "series").mkdir()
     assert holds_volumes([SegmentItem(tmp_path / "series", "series")])
+
+
+def _die() -> None:
+    os._exit(1)
+
+
+def test_a_chunk_sent_to_a_broken_pool_is_the_same_one_line_error(tmp_path):
+    # The pool may break between taking one chunk's results and sending the next one.
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from napari_recist_seg.jobs.common import JobReport
+    from napari_recist_seg.jobs.segment_plan import SegmentItem
+    from napari_recist_seg.jobs.segment_processes import WorkerDied, _submit
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    try:
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(_die).result(timeout=30)
+        chunks = deque([[SegmentItem(tmp_path / "b.jpg", "b")]])
+        running = deque([([SegmentItem(tmp_path / "a.jpg", "a")], None)])
+        with pytest.raises(WorkerDied, match="the first not done: a.jpg"):
+            _submit(pool, chunks, running, JobReport())
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
