@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -48,17 +49,38 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = _mkstemp(target)
+    try:
+        fd, tmp_name = _mkstemp(target)
+    except OSError as exc:
+        raise _write_error(target, exc) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.chmod(tmp, _mode_for(target))
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
+        # (judged before the temporary file goes: it holds the space that ran out)
+        error = _write_error(target, exc) if isinstance(exc, Exception) else exc
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        raise
+        if error is exc:
+            raise
+        raise error from exc
+
+
+def _write_error(target: Path, exc: Exception) -> Exception:
+    """The error a user should read for a failed write of ``target``: an ``OSError``
+    naming ``target`` (not the hidden temporary file), and "No space left on device"
+    where a writer library reported a short write on a full disk in its own words
+    ("1440000 requested and 65280 written"); any other error as it was."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return OSError(exc.errno, exc.strerror or str(exc), str(target))
+    if isinstance(exc, OSError) or "written" in str(exc):
+        with contextlib.suppress(OSError):
+            if os.statvfs(target.parent).f_bavail == 0:
+                return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+    return exc
 
 
 def _mkstemp(target: Path) -> tuple[int, str]:
