@@ -309,6 +309,10 @@ def run_segment(
             report.notes.append(_window_note(not_ct))
         try:
             _finish(out, records, report)
+        except KeyboardInterrupt:  # SIGTERM as the last image was done: the tables still
+            with contextlib.suppress(OSError):  # follow the records (measurements.csv is
+                _finish(out, records, report)  # written atomically, the old one stayed)
+            raise
         except OSError as exc:
             raise OutputWriteError(
                 f"cannot write into {out}: {describe_os_error(exc)}; the masks are kept, run "

@@ -72,6 +72,27 @@ def test_interrupt_between_mask_and_record_then_resume_equals_a_clean_run(
     assert _outputs(out) == _outputs(clean)
 
 
+def test_a_cancel_as_the_last_image_is_done_still_writes_every_row(dataset, dark, tmp_path, monkeypatch):
+    # SIGTERM (KeyboardInterrupt) while the final tables are written: every committed
+    # image's row must be in measurements.csv (CI's kill test caught 9 rows for 10 masks).
+    from napari_recist_seg.jobs import segment
+
+    real_finish, calls = segment._finish, []
+
+    def interrupted_finish(*args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        real_finish(*args, **kw)
+
+    monkeypatch.setattr(segment, "_finish", interrupted_finish)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_segment(dataset, out, predictor=dark)
+    assert len(list(out.glob("ISIC_*.png"))) == len(STEMS)
+    assert [r["image"].split("/")[-1] for r in _rows(out)] == [f"{s}.jpg" for s in STEMS]
+
+
 def test_a_second_run_on_the_same_out_refuses_while_the_first_is_alive(dataset, dark, tmp_path):
     out = tmp_path / "out"
     outdir.prepare_out(out)
